@@ -1,0 +1,1 @@
+//! Agent simulator, module emulator and local orchestrator (being written).

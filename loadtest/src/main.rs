@@ -1,0 +1,2 @@
+//! The `loadtest` binary.
+fn main() {}

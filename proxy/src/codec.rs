@@ -1,0 +1,1 @@
+//! MessagePack-RPC frame codec (being written).

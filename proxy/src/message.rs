@@ -1,0 +1,1 @@
+//! Typed RPC messages (being written).
