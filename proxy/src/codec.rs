@@ -1,1 +1,141 @@
-//! MessagePack-RPC frame codec (being written).
+//! MessagePack-RPC framing for the module ↔ agent protocol.
+//!
+//! The protocol has no length prefix: a frame is one complete MessagePack value. [`FrameCodec`]
+//! finds each frame's end by walking the MessagePack structure incrementally (never re-reading
+//! bytes, never deserializing the message), rejects oversized or too deeply nested input as soon as
+//! a header makes that certain, and hands out [`Frame`]s: the original bytes plus the fields the
+//! proxy routes on (kind, msgid, method, RequestID). Forwarding never re-encodes a message; only
+//! [`Frame::rewrite`] edits the msgid and RequestID in place.
+
+mod error;
+mod frame;
+mod scan;
+#[cfg(test)]
+mod tests;
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+pub use error::CodecError;
+pub use frame::{Frame, FrameKind, Method, error_response};
+
+use scan::Scanner;
+
+/// Bounds on what the decoder accepts from a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame, in bytes (default [`Limits::DEFAULT_MAX_FRAME_BYTES`], 1 MiB). A header that
+    /// declares a string, binary, array or map that cannot fit is rejected before its bytes arrive.
+    pub max_frame_bytes: usize,
+    /// Deepest nesting of arrays and maps, the top-level array counting as one (default
+    /// [`Limits::DEFAULT_MAX_DEPTH`], 32).
+    pub max_depth: usize,
+}
+
+impl Limits {
+    /// Default [`Limits::max_frame_bytes`]: 1 MiB, ten times the modules' default 100 000-byte
+    /// maximum body plus headers.
+    pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
+    /// Default [`Limits::max_depth`]: 32 levels (real frames use 4).
+    pub const DEFAULT_MAX_DEPTH: usize = 32;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: Self::DEFAULT_MAX_FRAME_BYTES,
+            max_depth: Self::DEFAULT_MAX_DEPTH,
+        }
+    }
+}
+
+/// `tokio_util` codec for MessagePack-RPC frames.
+///
+/// Decoding yields [`Frame`]s; the walk position is kept between calls, so each byte is examined
+/// once however the stream is chunked. After an error the stream cannot be resynchronised: drop
+/// the connection. Encoding a [`Frame`] or [`Bytes`] copies the bytes as they are, so a frame is
+/// written in one piece.
+#[derive(Debug)]
+pub struct FrameCodec {
+    limits: Limits,
+    scanner: Scanner,
+}
+
+impl FrameCodec {
+    /// A codec enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
+        FrameCodec {
+            scanner: Scanner::new(&limits),
+            limits,
+        }
+    }
+
+    /// The limits this codec enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(Limits::default())
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.scanner.scan(src, &self.limits) {
+            Ok(Some(end)) => {
+                let view = self.scanner.take_view();
+                Ok(Some(Frame::from_parts(src.split_to(end).freeze(), view)))
+            }
+            Ok(None) => {
+                // Reserve what the walk already knows it needs (a pending string, at most the frame
+                // limit), so a long payload arrives without repeated reallocation.
+                let need = self.scanner.need();
+                if need > src.len() {
+                    src.reserve(need - src.len());
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                self.scanner.reset();
+                Err(e)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => {
+                self.scanner.reset();
+                Err(CodecError::Truncated {
+                    buffered: src.len(),
+                })
+            }
+        }
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        dst.extend_from_slice(frame.as_bytes());
+        Ok(())
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, bytes: Bytes, dst: &mut BytesMut) -> Result<(), CodecError> {
+        dst.extend_from_slice(&bytes);
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! Unit tests of the walker, the view and rewrite on frames built with the typed encoder.
+//! Wire-exact frames of the real modules and property tests live in `proxy/tests/codec_*.rs`.
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::Decoder;
+
+use super::*;
+use crate::message::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut};
+
+fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Vec<Frame> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(frame) = codec.decode(&mut buf).expect("valid frames") {
+        out.push(frame);
+    }
+    assert!(buf.is_empty(), "{} bytes left over", buf.len());
+    out
+}
+
+#[test]
+fn request_view_has_kind_msgid_method() {
+    let params = RPCMsgIn {
+        uri: "/x".into(),
+        ..Default::default()
+    };
+    let bytes = message::encode_request(70_000, message::PRE_REQUEST, &params);
+    let frame = Frame::parse(Bytes::from(bytes.clone()), &Limits::default()).unwrap();
+    assert_eq!(frame.kind(), FrameKind::Request);
+    assert_eq!(frame.msgid(), Some(70_000));
+    assert_eq!(frame.method(), Some(Method::PreRequest));
+    assert_eq!(frame.method_name(), Some(&b"RPC.PreRequest"[..]));
+    assert_eq!(
+        frame.request_id(),
+        None,
+        "PreRequest requests carry no RequestID"
+    );
+    assert!(!frame.is_error_response());
+    assert_eq!(frame.as_bytes(), &bytes[..]);
+}
+
+#[test]
+fn update_request_exposes_request_id() {
+    let params = RPCMsgIn2 {
+        request_id: "abc-123".into(),
+        response_code: 200,
+        ..Default::default()
+    };
+    let bytes = message::encode_request(5, message::UPDATE_REQUEST, &params);
+    let frame = Frame::parse(Bytes::from(bytes), &Limits::default()).unwrap();
+    assert_eq!(frame.method(), Some(Method::UpdateRequest));
+    assert_eq!(frame.request_id(), Some(&b"abc-123"[..]));
+}
+
+#[test]
+fn response_exposes_request_id_and_error() {
+    let out = RPCMsgOut {
+        waf_response: 200,
+        request_id: "rid".into(),
+        ..Default::default()
+    };
+    let frame = Frame::parse(
+        Bytes::from(message::encode_response(9, None, &out)),
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(frame.kind(), FrameKind::Response);
+    assert_eq!(frame.msgid(), Some(9));
+    assert_eq!(frame.method(), None);
+    assert_eq!(frame.request_id(), Some(&b"rid"[..]));
+    assert!(!frame.is_error_response());
+
+    let err = Frame::parse(error_response(9, "no agent available"), &Limits::default()).unwrap();
+    assert!(err.is_error_response());
+    assert_eq!(err.msgid(), Some(9));
+    let (msgid, error, result) = message::decode_response::<RPCMsgOut>(err.as_bytes()).unwrap();
+    assert_eq!(
+        (msgid, error.as_deref(), result),
+        (9, Some("no agent available"), None)
+    );
+}
+
+#[test]
+fn frames_split_byte_by_byte_decode_identically() {
+    let a = message::encode_request(1, message::PRE_REQUEST, &RPCMsgIn::default());
+    let b = message::encode_response(
+        1,
+        None,
+        &RPCMsgOut {
+            request_id: "x".repeat(300),
+            ..Default::default()
+        },
+    );
+    let stream: Vec<u8> = [a.clone(), b.clone()].concat();
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    for &byte in &stream {
+        buf.extend_from_slice(&[byte]);
+        while let Some(frame) = codec.decode(&mut buf).unwrap() {
+            frames.push(frame);
+        }
+    }
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0].as_bytes(), &a[..]);
+    assert_eq!(frames[1].as_bytes(), &b[..]);
+    assert_eq!(frames[1].request_id().map(<[u8]>::len), Some(300));
+}
+
+#[test]
+fn rewrite_changes_msgid_and_request_id_only() {
+    let out = RPCMsgOut {
+        waf_response: 406,
+        request_id: "short".into(),
+        ..Default::default()
+    };
+    let frame = Frame::parse(
+        Bytes::from(message::encode_response(3, None, &out)),
+        &Limits::default(),
+    )
+    .unwrap();
+    let long = "y".repeat(40);
+    let new = frame
+        .rewrite(Some(u64::MAX), Some(long.as_bytes()))
+        .unwrap();
+    assert_eq!(new.msgid(), Some(u64::MAX));
+    assert_eq!(new.request_id(), Some(long.as_bytes()));
+    assert_eq!(
+        Frame::parse(new.clone().into_bytes(), &Limits::default()).unwrap(),
+        new
+    );
+    let (msgid, error, result) = message::decode_response::<RPCMsgOut>(new.as_bytes()).unwrap();
+    assert_eq!((msgid, error), (u64::MAX, None));
+    assert_eq!(
+        result,
+        Some(RPCMsgOut {
+            request_id: long,
+            ..out
+        })
+    );
+}
+
+#[test]
+fn rewrite_refuses_missing_fields() {
+    let frame = Frame::parse(
+        Bytes::from(message::encode_request(
+            1,
+            message::PRE_REQUEST,
+            &RPCMsgIn::default(),
+        )),
+        &Limits::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        frame.rewrite(None, Some(b"x")),
+        Err(CodecError::NotRewritable { .. })
+    ));
+    let notification = Frame::parse(
+        Bytes::from_static(&[0x93, 0x02, 0xa1, b'm', 0x90]),
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(notification.kind(), FrameKind::Notification);
+    assert_eq!(notification.msgid(), None);
+    assert!(matches!(
+        notification.rewrite(Some(1), None),
+        Err(CodecError::NotRewritable { .. })
+    ));
+}
+
+#[test]
+fn garbage_at_top_level_is_not_rpc() {
+    let mut codec = FrameCodec::default();
+    for bytes in [
+        &[0x01][..],
+        &[0x92, 0x00, 0x00],
+        &[0x94, 0x05, 0x00, 0xa0, 0x90],
+        &[0x94, 0x00, 0xff, 0xa0, 0x90],
+    ] {
+        let err = codec.decode(&mut BytesMut::from(bytes)).unwrap_err();
+        assert!(
+            matches!(err, CodecError::NotRpc { .. }),
+            "{bytes:02x?}: {err}"
+        );
+    }
+    let err = codec
+        .decode(&mut BytesMut::from(&[0x94, 0xc1][..]))
+        .unwrap_err();
+    assert!(
+        matches!(err, CodecError::InvalidMessagePack { offset: 1, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn eof_inside_a_frame_is_truncated() {
+    let bytes = message::encode_request(1, message::PRE_REQUEST, &RPCMsgIn::default());
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::from(&bytes[..bytes.len() - 1]);
+    assert!(matches!(
+        codec.decode_eof(&mut buf),
+        Err(CodecError::Truncated { .. })
+    ));
+    assert_eq!(decode_all(&mut FrameCodec::default(), &bytes).len(), 1);
+}
