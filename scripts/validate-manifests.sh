@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Validate the Kubernetes manifests (called by CI; safe to run again and again).
+#
+#   scripts/validate-manifests.sh
+#
+# 1. `kubectl kustomize` renders the base and every overlay, plus a copy of the simulated
+#    overlay moved to another namespace (the namespace must stay overridable).
+# 2. Every rendered built-in object is validated strictly against the Kubernetes 1.30 and 1.34
+#    schemas (PyPI kubernetes-validate); custom resources (KEDA, prometheus-operator) by their
+#    required fields (scripts/manifests/schemas.py says which).
+# 3. checkov scans the rendered manifests and the Dockerfiles: no failed check allowed; skips
+#    only inline, each with its reason.
+# 4. scripts/manifests/consistency.py: RBAC = what the proxy's Kubernetes source uses; every
+#    port, name and label the proxy's configuration uses matches the manifests and the code.
+#
+# Tools go into a virtualenv, .venv/manifests (created, and python3-venv installed with apt
+# when missing, on first run; reused after). Output: reports/manifests/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv/manifests"
+REQ="$ROOT/scripts/manifests/requirements.txt"
+OUT="$ROOT/reports/manifests"
+RENDERED="$OUT/rendered"
+K8S_VERSIONS=(1.30.0 1.34.0)
+TARGETS=(base overlays/production overlays/simulated overlays/autoscaling overlays/autoscaling-keda
+         overlays/monitoring overlays/example-app)
+
+declare -a TIMINGS=()
+STEP_START=0
+step() { STEP_START=$(date +%s.%N); echo; echo "== $*"; }
+done_step() {
+    local t; t=$(awk -v a="$STEP_START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    TIMINGS+=("$(printf '%-34s %6ss' "$1" "$t")")
+}
+die() { echo "validate-manifests: $*" >&2; exit 1; }
+TOTAL_START=$(date +%s.%N)
+
+# --- kubectl ---------------------------------------------------------------------------
+step "kubectl"
+command -v kubectl >/dev/null 2>&1 \
+    || die "kubectl not found on PATH: install it (Debian: apt-get install kubectl from the Kubernetes apt repository) — 'kubectl kustomize' renders the manifests"
+kubectl version --client 2>/dev/null | head -2 || true
+kubectl kustomize --help >/dev/null 2>&1 || die "this kubectl has no 'kustomize' subcommand (kubectl >= 1.14 needed)"
+done_step "kubectl check"
+
+# --- virtualenv ------------------------------------------------------------------------
+step "python tools (.venv/manifests)"
+command -v python3 >/dev/null 2>&1 || die "python3 not found (Debian: apt-get install python3 python3-venv)"
+if [ ! -x "$VENV/bin/python" ]; then
+    mkdir -p "$ROOT/.venv"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        rm -rf "$VENV"
+        echo "python3 -m venv failed: installing python3-venv with apt"
+        [ "$(id -u)" = 0 ] || die "python3-venv is missing and this is not root: apt-get install python3-venv"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$VENV"
+    fi
+fi
+STAMP="$VENV/.requirements.sha256"
+WANT=$(sha256sum "$REQ" | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+    echo "installing $(grep -v '^#' "$REQ" | tr '\n' ' ')"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
+    echo "$WANT" > "$STAMP"
+else
+    echo "cached: $(grep -v '^#' "$REQ" | tr '\n' ' ')"
+fi
+done_step "venv (install or cache)"
+
+# --- render ----------------------------------------------------------------------------
+step "kubectl kustomize"
+rm -rf "$RENDERED" "$OUT/namespace-override"
+mkdir -p "$RENDERED"
+for t in "${TARGETS[@]}"; do
+    name=$(basename "$t")
+    kubectl kustomize "$ROOT/manifests/$t" > "$RENDERED/$name.yaml" \
+        || die "kubectl kustomize manifests/$t failed"
+    echo "manifests/$t -> $(grep -c '^kind:' "$RENDERED/$name.yaml") objects"
+done
+# The namespace is overridable: the simulated system plus the HPA, moved to another namespace.
+mkdir -p "$OUT/namespace-override"
+cat > "$OUT/namespace-override/kustomization.yaml" <<'EOF'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: sigsci-moved
+resources:
+  - ../../../manifests/overlays/simulated
+components:
+  - ../../../manifests/components/hpa
+patches:
+  - target: {kind: Deployment, name: sigsci-agent}
+    patch: |-
+      - op: remove
+        path: /spec/replicas
+EOF
+kubectl kustomize "$OUT/namespace-override" > "$RENDERED/namespace-override.yaml" \
+    || die "kubectl kustomize of the namespace override failed"
+echo "namespace override (sigsci-moved) -> $(grep -c '^kind:' "$RENDERED/namespace-override.yaml") objects"
+done_step "render (8 targets)"
+
+FAILED=0
+PASSED=0
+record() { if [ "$1" = 0 ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); fi; }
+
+# --- schemas ---------------------------------------------------------------------------
+step "schemas: Kubernetes ${K8S_VERSIONS[*]} (kubernetes-validate, strict)"
+rc=0
+"$VENV/bin/python" "$ROOT/scripts/manifests/schemas.py" "$RENDERED" "${K8S_VERSIONS[@]}" > "$OUT/schemas.txt" || rc=$?
+grep -v '^ok ' "$OUT/schemas.txt" || true
+record $rc
+done_step "schemas (1.30 + 1.34)"
+
+# --- checkov ---------------------------------------------------------------------------
+step "checkov (rendered manifests + Dockerfiles)"
+rc=0
+# --skip-download: no calls to the vendor's platform (the machine may be offline).
+"$VENV/bin/checkov" --quiet --compact --skip-download --framework kubernetes \
+    -d "$RENDERED" > "$OUT/checkov-kubernetes.txt" 2>&1 || rc=$?
+grep -E 'Passed checks|FAILED|Check:' "$OUT/checkov-kubernetes.txt" || cat "$OUT/checkov-kubernetes.txt"
+record $rc
+rc=0
+"$VENV/bin/checkov" --quiet --compact --skip-download --framework dockerfile \
+    -d "$ROOT/docker" > "$OUT/checkov-dockerfile.txt" 2>&1 || rc=$?
+grep -E 'Passed checks|FAILED|Check:' "$OUT/checkov-dockerfile.txt" || cat "$OUT/checkov-dockerfile.txt"
+record $rc
+done_step "checkov (kubernetes + dockerfile)"
+
+# --- consistency -----------------------------------------------------------------------
+step "consistency (RBAC, ports, names, labels vs proxy config and code)"
+rc=0
+"$VENV/bin/python" "$ROOT/scripts/manifests/consistency.py" "$ROOT" "$RENDERED" > "$OUT/consistency.txt" || rc=$?
+grep -v '^ok ' "$OUT/consistency.txt" || true
+record $rc
+done_step "consistency"
+
+echo
+echo "== timings"
+printf '  %s\n' "${TIMINGS[@]}"
+awk -v a="$TOTAL_START" -v b="$(date +%s.%N)" 'BEGIN { printf "  %-34s %6.1fs\n", "total", b - a }'
+echo "  details: reports/manifests/{schemas,checkov-*,consistency}.txt"
+echo
+echo "validate-manifests: $PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]
