@@ -3,10 +3,7 @@
 # sigsci-module-nodejs, whose RPC address comes from SIGSCI_RPC_HOST / SIGSCI_RPC_PORT.
 # Build from the repository root:
 #   docker build -f docker/example-app.Dockerfile -t sigsci-example-app:0.1.0 .
-ARG NODE_IMAGE=node:20-bookworm-slim
-ARG RUNTIME_IMAGE=gcr.io/distroless/nodejs20-debian12:nonroot
-
-FROM ${NODE_IMAGE} AS build
+FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY loadtest/node/package.json loadtest/node/package-lock.json ./
 # Exactly the locked versions, no dev dependencies; install scripts off (the only one is
@@ -14,7 +11,7 @@ COPY loadtest/node/package.json loadtest/node/package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 COPY loadtest/node/*.js ./
 
-FROM ${RUNTIME_IMAGE}
+FROM gcr.io/distroless/nodejs20-debian12:nonroot
 WORKDIR /app
 COPY --from=build /app /app
 USER 65532:65532

@@ -3,10 +3,7 @@
 # (`loadtest agent ...`, used by manifests/overlays/simulated in place of sigsci-agent).
 # Build from the repository root:
 #   docker build -f docker/loadtest.Dockerfile -t sigsci-loadtest:0.1.0 .
-ARG RUST_IMAGE=rust:1.95.0-bookworm
-ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
-
-FROM ${RUST_IMAGE} AS build
+FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
@@ -14,7 +11,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo build --release --locked -p sigsci-loadtest --bin loadtest \
     && install -D -m 0755 target/release/loadtest /out/loadtest
 
-FROM ${RUNTIME_IMAGE}
+FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/loadtest /loadtest
 USER 65532:65532
 # Simulated agent: RPC and admin.
