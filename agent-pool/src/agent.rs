@@ -1,0 +1,390 @@
+//! One agent as the pool tracks it: identity, state, load (outstanding requests and peak-EWMA
+//! latency), health and counters. The same `Arc<Agent>` lives on across membership snapshots
+//! while its id stays a member, so its load and counters persist.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::ewma::PeakEwma;
+use crate::health::{EjectionBudget, Health};
+use crate::{Address, AffinityToken, Endpoint, EndpointId, SourceState};
+
+/// An agent's state as the picker sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    /// Takes new work.
+    Ready,
+    /// The source says it is shutting down: no new work, still serves its RequestIDs.
+    Terminating,
+    /// Passive health ejected it until its backoff ends: no new work.
+    Ejected,
+    /// It left the membership; kept for the grace period so late UpdateRequests reach it.
+    Gone,
+}
+
+/// How one request to an agent ended, reported with [`InFlight::finish`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The agent answered.
+    Success,
+    /// No connection to the agent (refused, reset before any answer, connect timeout).
+    /// Counts toward ejection; records no latency sample.
+    ConnectFailure,
+    /// The agent did not answer within the deadline. Counts toward ejection; the elapsed time
+    /// is a latency sample.
+    Timeout,
+    /// Any other failure (e.g. an error answer or a protocol error): the agent did answer, so
+    /// this records latency but neither counts toward ejection nor resets the count.
+    Failed,
+}
+
+const SOURCE_READY: u8 = 0;
+const SOURCE_TERMINATING: u8 = 1;
+const SOURCE_GONE: u8 = 2;
+
+/// Per-pool parameters every agent needs.
+#[derive(Debug)]
+pub(crate) struct AgentParams {
+    pub(crate) epoch: Instant,
+    pub(crate) default_rtt: Duration,
+    pub(crate) latency_decay: Duration,
+    pub(crate) budget: Arc<EjectionBudget>,
+}
+
+/// One agent of the pool. Cheap to share (`Arc<Agent>`); every method is lock-free.
+#[derive(Debug)]
+pub struct Agent {
+    id: EndpointId,
+    address: Address,
+    token: AffinityToken,
+    epoch: Instant,
+    budget: Arc<EjectionBudget>,
+    source: AtomicU8,
+    /// When it turned gone (nanoseconds since the epoch); meaningful only when gone.
+    gone_at: AtomicU64,
+    outstanding: AtomicU64,
+    ewma: PeakEwma,
+    health: Health,
+    picks: AtomicU64,
+    started: AtomicU64,
+    successes: AtomicU64,
+    connect_failures: AtomicU64,
+    timeouts: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    /// `started` as of the hints tick before, to compute the RPC rate.
+    pub(crate) rate_mark: AtomicU64,
+}
+
+impl Agent {
+    pub(crate) fn new(endpoint: &Endpoint, params: &AgentParams, now: Instant) -> Self {
+        let now_ns = nanos_since(params.epoch, now);
+        let agent = Self {
+            token: AffinityToken::of(&endpoint.id),
+            id: endpoint.id.clone(),
+            address: endpoint.address.clone(),
+            epoch: params.epoch,
+            budget: params.budget.clone(),
+            source: AtomicU8::new(SOURCE_READY),
+            gone_at: AtomicU64::new(0),
+            outstanding: AtomicU64::new(0),
+            ewma: PeakEwma::new(
+                params.default_rtt.as_nanos() as f64,
+                now_ns,
+                params.latency_decay.as_nanos() as f64,
+            ),
+            health: Health::default(),
+            picks: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            rate_mark: AtomicU64::new(0),
+        };
+        agent.set_source(endpoint.state, now);
+        agent
+    }
+
+    /// Its stable identity.
+    pub fn id(&self) -> &EndpointId {
+        &self.id
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Its affinity token (FNV-1a 64 of the id).
+    pub fn token(&self) -> AffinityToken {
+        self.token
+    }
+
+    /// Its state now.
+    pub fn state(&self) -> AgentState {
+        self.state_at(Instant::now())
+    }
+
+    pub(crate) fn state_at(&self, now: Instant) -> AgentState {
+        match self.source.load(Relaxed) {
+            SOURCE_GONE => AgentState::Gone,
+            SOURCE_TERMINATING => AgentState::Terminating,
+            _ if self.health.is_ejected(self.ns(now)) => AgentState::Ejected,
+            _ => AgentState::Ready,
+        }
+    }
+
+    /// Requests started and not yet finished or dropped.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.load(Relaxed)
+    }
+
+    /// The peak-EWMA latency estimate now (decayed toward zero since the last sample).
+    pub fn latency_ewma(&self) -> Duration {
+        Duration::from_nanos(self.ewma.get(self.ns(Instant::now())) as u64)
+    }
+
+    /// Counts a request to this agent as outstanding until the returned guard is finished or
+    /// dropped (dropped = cancelled: no latency sample, no health effect).
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.start_at(Instant::now())
+    }
+
+    pub(crate) fn start_at(self: &Arc<Self>, now: Instant) -> InFlight {
+        self.outstanding.fetch_add(1, Relaxed);
+        self.started.fetch_add(1, Relaxed);
+        InFlight {
+            agent: self.clone(),
+            started: now,
+            finished: false,
+        }
+    }
+
+    /// Counters and current load, for `/agents`.
+    pub fn stats(&self) -> AgentStats {
+        let now = Instant::now();
+        let now_ns = self.ns(now);
+        let successes = self.successes.load(Relaxed);
+        let connect_failures = self.connect_failures.load(Relaxed);
+        let timeouts = self.timeouts.load(Relaxed);
+        let failed = self.failed.load(Relaxed);
+        AgentStats {
+            id: self.id.clone(),
+            address: self.address.to_string(),
+            token: self.token,
+            state: self.state_at(now),
+            outstanding: self.outstanding(),
+            latency_ewma_ms: self.ewma.get(now_ns) / 1e6,
+            picks: self.picks.load(Relaxed),
+            started: self.started.load(Relaxed),
+            successes,
+            failures: connect_failures + timeouts + failed,
+            connect_failures,
+            timeouts,
+            cancelled: self.cancelled.load(Relaxed),
+            ejections: self.health.ejections(),
+            consecutive_failures: self.health.consecutive_failures(),
+            ejected_for_ms: self.health.ejected_for(now_ns).as_secs_f64() * 1e3,
+        }
+    }
+
+    // ---- crate-internal: the picker's and the pool's view ----
+
+    #[inline]
+    pub(crate) fn ns(&self, now: Instant) -> u64 {
+        nanos_since(self.epoch, now)
+    }
+
+    /// Takes new work at `now_ns`: source-ready and not ejected (ends an expired ejection).
+    #[inline]
+    pub(crate) fn usable(&self, now_ns: u64) -> bool {
+        self.source.load(Relaxed) == SOURCE_READY && self.health.available(now_ns, &self.budget)
+    }
+
+    /// Picker cost: peak-EWMA latency × (outstanding + 1).
+    #[inline]
+    pub(crate) fn cost(&self, now_ns: u64) -> f64 {
+        self.ewma.get(now_ns) * (self.outstanding.load(Relaxed) + 1) as f64
+    }
+
+    #[inline]
+    pub(crate) fn count_pick(&self) {
+        self.picks.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn started_total(&self) -> u64 {
+        self.started.load(Relaxed)
+    }
+
+    pub(crate) fn is_source_ready(&self) -> bool {
+        self.source.load(Relaxed) == SOURCE_READY
+    }
+
+    pub(crate) fn is_gone(&self) -> bool {
+        self.source.load(Relaxed) == SOURCE_GONE
+    }
+
+    /// How long it has been gone at `now`, if gone.
+    pub(crate) fn gone_for(&self, now: Instant) -> Option<Duration> {
+        self.is_gone()
+            .then(|| Duration::from_nanos(self.ns(now).saturating_sub(self.gone_at.load(Relaxed))))
+    }
+
+    pub(crate) fn set_source(&self, state: SourceState, _now: Instant) {
+        let v = match state {
+            SourceState::Ready => SOURCE_READY,
+            SourceState::Terminating => SOURCE_TERMINATING,
+        };
+        self.source.store(v, Relaxed);
+        if v != SOURCE_READY {
+            self.health.clear(&self.budget);
+        }
+    }
+
+    pub(crate) fn set_gone(&self, now: Instant) {
+        if self.source.swap(SOURCE_GONE, Relaxed) != SOURCE_GONE {
+            self.gone_at.store(self.ns(now), Relaxed);
+        }
+        self.health.clear(&self.budget);
+    }
+
+    /// Ends the ejection if its backoff is over (the pool's periodic sweep).
+    pub(crate) fn sweep(&self, now: Instant) {
+        if self.is_source_ready() {
+            self.health.available(self.ns(now), &self.budget);
+        } else {
+            self.health.clear(&self.budget);
+        }
+    }
+
+    pub(crate) fn is_ejected_at(&self, now: Instant) -> bool {
+        self.health.is_ejected(self.ns(now))
+    }
+
+    fn record(&self, outcome: Outcome, elapsed: Duration, now: Instant) {
+        let now_ns = self.ns(now);
+        let sample = elapsed.as_nanos() as f64;
+        match outcome {
+            Outcome::Success => {
+                self.successes.fetch_add(1, Relaxed);
+                self.ewma.observe(sample, now_ns);
+                self.health.on_success();
+            }
+            Outcome::Failed => {
+                self.failed.fetch_add(1, Relaxed);
+                self.ewma.observe(sample, now_ns);
+            }
+            Outcome::Timeout | Outcome::ConnectFailure => {
+                if outcome == Outcome::Timeout {
+                    self.timeouts.fetch_add(1, Relaxed);
+                    self.ewma.observe(sample, now_ns);
+                } else {
+                    self.connect_failures.fetch_add(1, Relaxed);
+                }
+                if self.is_source_ready()
+                    && let Some(backoff) = self.health.on_failure(now_ns, &self.budget)
+                {
+                    tracing::warn!(
+                        agent.id = %self.id,
+                        agent.addr = %self.address,
+                        backoff_ms = backoff.as_millis() as u64,
+                        "Agent ejected after consecutive failures"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Nanoseconds from `epoch` to `now` (0 if `now` is earlier).
+#[inline]
+pub(crate) fn nanos_since(epoch: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(epoch).as_nanos() as u64
+}
+
+/// One request in flight to an agent: counted in the agent's outstanding load until
+/// [`finish`](InFlight::finish)ed or dropped.
+#[derive(Debug)]
+#[must_use = "dropping an InFlight at once counts the request as cancelled"]
+pub struct InFlight {
+    agent: Arc<Agent>,
+    started: Instant,
+    finished: bool,
+}
+
+impl InFlight {
+    /// The agent this request went to.
+    pub fn agent(&self) -> &Arc<Agent> {
+        &self.agent
+    }
+
+    /// When the request started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Ends the request: records the latency sample and the outcome's effect on health.
+    pub fn finish(self, outcome: Outcome) {
+        self.finish_at(outcome, Instant::now());
+    }
+
+    pub(crate) fn finish_at(mut self, outcome: Outcome, now: Instant) {
+        self.finished = true;
+        let elapsed = now.saturating_duration_since(self.started);
+        self.agent.record(outcome, elapsed, now);
+        self.agent.outstanding.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.agent.cancelled.fetch_add(1, Relaxed);
+            self.agent.outstanding.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// One agent's counters and load, as `/agents` shows them.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentStats {
+    /// Stable identity.
+    pub id: EndpointId,
+    /// Address text.
+    pub address: String,
+    /// Affinity token (16 hex digits).
+    pub token: AffinityToken,
+    /// State now.
+    pub state: AgentState,
+    /// Requests in flight.
+    pub outstanding: u64,
+    /// Peak-EWMA latency estimate, milliseconds.
+    pub latency_ewma_ms: f64,
+    /// Times the picker chose it.
+    pub picks: u64,
+    /// Requests started on it (picked or routed by affinity).
+    pub started: u64,
+    /// Requests it answered.
+    pub successes: u64,
+    /// Requests that failed, all kinds.
+    pub failures: u64,
+    /// Of the failures: connect failures.
+    pub connect_failures: u64,
+    /// Of the failures: timeouts.
+    pub timeouts: u64,
+    /// Requests dropped without an outcome.
+    pub cancelled: u64,
+    /// Times passive health ejected it.
+    pub ejections: u64,
+    /// Connect failures and timeouts since the last success or ejection.
+    pub consecutive_failures: u32,
+    /// Time left in the current ejection, milliseconds (0 when not ejected).
+    pub ejected_for_ms: f64,
+}

@@ -1,0 +1,181 @@
+//! Passive health: consecutive connect failures or timeouts eject an agent for an exponential
+//! backoff, never more than a fraction of the pool at once. Ejection ends lazily: whoever next
+//! looks at the agent after its backoff (the picker, or the pool's tick) puts it back, with one
+//! compare-and-swap and no lock.
+
+use std::sync::atomic::{
+    AtomicU32, AtomicU64, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
+use std::time::Duration;
+
+/// When an agent is ejected and for how long.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EjectionConfig {
+    /// Consecutive [`ConnectFailure`](crate::Outcome::ConnectFailure) or
+    /// [`Timeout`](crate::Outcome::Timeout) outcomes that eject an agent. Default 5.
+    /// A success resets the count. 0 disables ejection.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each further ejection without a success in between
+    /// doubles it. Default 1 s.
+    pub base: Duration,
+    /// The longest ejection. Default 30 s.
+    pub max: Duration,
+    /// The largest fraction of the ready agents ejected at once, in `[0, 1]`. Default 0.5.
+    /// At least one ready agent is never ejected, whatever the fraction.
+    pub max_ejected_fraction: f64,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+            max_ejected_fraction: 0.5,
+        }
+    }
+}
+
+impl EjectionConfig {
+    /// The length of ejection number `level` (0 for the first): `base × 2^level`, at most `max`.
+    pub fn backoff(&self, level: u32) -> Duration {
+        let factor = 1u32.checked_shl(level.min(31)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Pool-wide ejection bookkeeping, shared by every agent of one pool.
+#[derive(Debug)]
+pub(crate) struct EjectionBudget {
+    pub(crate) config: EjectionConfig,
+    /// Agents currently ejected (expired ejections count until someone notices).
+    ejected: AtomicUsize,
+    /// Ready agents in the latest snapshot (the denominator of the fraction).
+    members: AtomicUsize,
+}
+
+impl EjectionBudget {
+    pub(crate) fn new(config: EjectionConfig) -> Self {
+        Self {
+            config,
+            ejected: AtomicUsize::new(0),
+            members: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn set_members(&self, n: usize) {
+        self.members.store(n, Relaxed);
+    }
+
+    fn try_reserve(&self) -> bool {
+        let members = self.members.load(Relaxed);
+        let fraction = self.config.max_ejected_fraction.clamp(0.0, 1.0);
+        let allowed = ((members as f64 * fraction).floor() as usize).min(members.saturating_sub(1));
+        self.ejected
+            .fetch_update(AcqRel, Acquire, |e| (e < allowed).then_some(e + 1))
+            .is_ok()
+    }
+
+    fn release(&self) {
+        let _ = self
+            .ejected
+            .fetch_update(AcqRel, Acquire, |e| Some(e.saturating_sub(1)));
+    }
+}
+
+/// One agent's health. Times are nanoseconds since the pool's epoch.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    consecutive: AtomicU32,
+    /// Ejections since the last success: the exponent of the next backoff.
+    level: AtomicU32,
+    /// End of the current ejection; 0 when not ejected.
+    ejected_until: AtomicU64,
+    ejections: AtomicU64,
+}
+
+impl Health {
+    pub(crate) fn on_success(&self) {
+        self.consecutive.store(0, Relaxed);
+        self.level.store(0, Relaxed);
+    }
+
+    /// Counts a connect failure or timeout; returns the backoff if this ejected the agent.
+    pub(crate) fn on_failure(&self, now_ns: u64, budget: &EjectionBudget) -> Option<Duration> {
+        let threshold = budget.config.consecutive_failures;
+        let n = self.consecutive.fetch_add(1, Relaxed).saturating_add(1);
+        if threshold == 0 || n < threshold {
+            return None;
+        }
+        let until = self.ejected_until.load(Acquire);
+        if until > now_ns {
+            return None; // already ejected
+        }
+        // An expired ejection nobody noticed yet is still counted in the budget: reuse it.
+        let reserved = until == 0;
+        if reserved && !budget.try_reserve() {
+            return None; // too many ejected; the next failure tries again
+        }
+        let backoff = budget.config.backoff(self.level.load(Relaxed));
+        let next = now_ns.saturating_add(backoff.as_nanos() as u64).max(1);
+        if self
+            .ejected_until
+            .compare_exchange(until, next, AcqRel, Acquire)
+            .is_err()
+        {
+            if reserved {
+                budget.release();
+            }
+            return None; // a concurrent failure ejected it
+        }
+        self.level.fetch_add(1, Relaxed);
+        self.consecutive.store(0, Relaxed);
+        self.ejections.fetch_add(1, Relaxed);
+        Some(backoff)
+    }
+
+    /// Whether the agent is not ejected at `now_ns`; ends an expired ejection.
+    #[inline]
+    pub(crate) fn available(&self, now_ns: u64, budget: &EjectionBudget) -> bool {
+        let until = self.ejected_until.load(Acquire);
+        if until == 0 {
+            return true;
+        }
+        if now_ns < until {
+            return false;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, AcqRel, Acquire)
+            .is_ok()
+        {
+            budget.release();
+        }
+        true
+    }
+
+    /// Ends any ejection at once (the agent left the ready set).
+    pub(crate) fn clear(&self, budget: &EjectionBudget) {
+        if self.ejected_until.swap(0, AcqRel) != 0 {
+            budget.release();
+        }
+    }
+
+    pub(crate) fn is_ejected(&self, now_ns: u64) -> bool {
+        self.ejected_until.load(Acquire) > now_ns
+    }
+
+    /// Time left in the current ejection.
+    pub(crate) fn ejected_for(&self, now_ns: u64) -> Duration {
+        Duration::from_nanos(self.ejected_until.load(Acquire).saturating_sub(now_ns))
+    }
+
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.consecutive.load(Relaxed)
+    }
+
+    pub(crate) fn ejections(&self) -> u64 {
+        self.ejections.load(Relaxed)
+    }
+}

@@ -1,0 +1,316 @@
+//! The pool: applies membership updates to a map of agents (the write side, behind a mutex) and
+//! publishes each result as an immutable [`Snapshot`] through an `ArcSwap`, so the hot path
+//! (`snapshot()`, `pick()`, `by_token()`) never takes a lock. A periodic tick, driven by
+//! [`Pool::run`], expires gone agents, ends elapsed ejections and computes the hints.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+
+use crate::agent::AgentParams;
+use crate::health::EjectionBudget;
+use crate::hints::{HintsState, TickInput};
+use crate::{
+    Agent, EjectionConfig, Endpoint, EndpointId, Hints, HintsConfig, Snapshot, Update, Updates,
+};
+
+/// How the pool behaves. Every field has a default (`PoolConfig::default()`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolConfig {
+    /// How long an agent that left the membership is still found by its token, so late
+    /// UpdateRequests reach it. Default 30 s (the agent keeps a request's context 10 s).
+    pub gone_grace: Duration,
+    /// Passive health.
+    pub ejection: EjectionConfig,
+    /// Autoscaling hint.
+    pub hints: HintsConfig,
+    /// Latency estimate of an agent with no sample yet. Default 5 ms (pessimistic next to a
+    /// healthy sub-millisecond agent, so a new agent is not stampeded).
+    pub default_rtt: Duration,
+    /// Time constant of the peak-EWMA latency. Default 10 s (as linkerd2-proxy).
+    pub latency_decay: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            gone_grace: Duration::from_secs(30),
+            ejection: EjectionConfig::default(),
+            hints: HintsConfig::default(),
+            default_rtt: Duration::from_millis(5),
+            latency_decay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// An invalid [`PoolConfig`]: every problem found, each naming its field.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid pool configuration: {}", problems.join("; "))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl PoolConfig {
+    /// Checks every field; returns all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        let e = &self.ejection;
+        if !(0.0..=1.0).contains(&e.max_ejected_fraction) {
+            p.push(format!(
+                "ejection.max_ejected_fraction must be in [0, 1], got {}",
+                e.max_ejected_fraction
+            ));
+        }
+        if e.base.is_zero() {
+            p.push("ejection.base must be positive".to_owned());
+        }
+        if e.max < e.base {
+            p.push(format!(
+                "ejection.max ({:?}) must be at least ejection.base ({:?})",
+                e.max, e.base
+            ));
+        }
+        let h = &self.hints;
+        if h.target_outstanding_per_agent.is_nan() || h.target_outstanding_per_agent <= 0.0 {
+            p.push(format!(
+                "hints.target_outstanding_per_agent must be positive, got {}",
+                h.target_outstanding_per_agent
+            ));
+        }
+        if let Some(t) = h.target_rpc_per_agent
+            && (t.is_nan() || t <= 0.0)
+        {
+            p.push(format!(
+                "hints.target_rpc_per_agent must be positive, got {t}"
+            ));
+        }
+        if h.min_agents > h.max_agents {
+            p.push(format!(
+                "hints.min_agents ({}) must not exceed hints.max_agents ({})",
+                h.min_agents, h.max_agents
+            ));
+        }
+        if h.tick.is_zero() {
+            p.push("hints.tick must be positive".to_owned());
+        }
+        if self.default_rtt.is_zero() {
+            p.push("default_rtt must be positive".to_owned());
+        }
+        if self.latency_decay.is_zero() {
+            p.push("latency_decay must be positive".to_owned());
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: p })
+        }
+    }
+}
+
+/// The pool of agents. Cheap to clone (an `Arc` inside); every clone is the same pool.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: PoolConfig,
+    params: AgentParams,
+    current: ArcSwap<Snapshot>,
+    members: Mutex<Members>,
+    hints: Mutex<HintsState>,
+}
+
+#[derive(Debug, Default)]
+struct Members {
+    agents: HashMap<EndpointId, Arc<Agent>>,
+    version: u64,
+}
+
+/// Locks a mutex, ignoring poisoning: the data behind it stays consistent at every await-free
+/// step, so a panic elsewhere never leaves it half-updated.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    /// An empty pool (no agent until the first update).
+    pub fn new(config: PoolConfig) -> Pool {
+        let epoch = Instant::now();
+        let params = AgentParams {
+            epoch,
+            default_rtt: config.default_rtt,
+            latency_decay: config.latency_decay,
+            budget: Arc::new(EjectionBudget::new(config.ejection.clone())),
+        };
+        let empty = Snapshot::new(0, epoch, config.gone_grace, Vec::new());
+        Pool {
+            inner: Arc::new(Inner {
+                hints: Mutex::new(HintsState::new(config.hints.clone())),
+                current: ArcSwap::from_pointee(empty),
+                members: Mutex::new(Members::default()),
+                params,
+                config,
+            }),
+        }
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
+    /// Applies one membership update and publishes the new snapshot.
+    pub fn apply(&self, update: Update) {
+        self.apply_at(update, Instant::now());
+    }
+
+    pub(crate) fn apply_at(&self, update: Update, now: Instant) {
+        let mut m = lock(&self.inner.members);
+        match update {
+            Update::Reset(endpoints) => {
+                let mut listed = HashSet::with_capacity(endpoints.len());
+                for ep in &endpoints {
+                    if !listed.insert(ep.id.clone()) {
+                        tracing::warn!(agent.id = %ep.id, "Endpoint listed twice; the last entry wins");
+                    }
+                    self.upsert(&mut m, ep, now);
+                }
+                for (id, a) in &m.agents {
+                    if !listed.contains(id) && !a.is_gone() {
+                        tracing::info!(agent.id = %id, agent.addr = %a.address(), "Agent left");
+                        a.set_gone(now);
+                    }
+                }
+            }
+            Update::Upsert(ep) => self.upsert(&mut m, &ep, now),
+            Update::Remove(id) => match m.agents.get(&id) {
+                Some(a) if !a.is_gone() => {
+                    tracing::info!(agent.id = %id, agent.addr = %a.address(), "Agent left");
+                    a.set_gone(now);
+                }
+                _ => {}
+            },
+        }
+        self.expire_gone(&mut m, now);
+        self.publish(&mut m);
+    }
+
+    fn upsert(&self, m: &mut Members, ep: &Endpoint, now: Instant) {
+        match m.agents.get(&ep.id) {
+            Some(a) if *a.address() == ep.address => {
+                if a.is_gone() {
+                    tracing::info!(agent.id = %ep.id, agent.addr = %ep.address, "Agent returned");
+                }
+                a.set_source(ep.state, now);
+            }
+            old => {
+                if let Some(old) = old {
+                    tracing::info!(agent.id = %ep.id, agent.addr = %ep.address, old.addr = %old.address(), "Agent moved");
+                    old.set_gone(now);
+                } else {
+                    tracing::info!(agent.id = %ep.id, agent.addr = %ep.address, state = ?ep.state, "Agent joined");
+                }
+                let a = Arc::new(Agent::new(ep, &self.inner.params, now));
+                m.agents.insert(ep.id.clone(), a);
+            }
+        }
+    }
+
+    /// Drops agents gone for longer than the grace period; true if any was dropped.
+    fn expire_gone(&self, m: &mut Members, now: Instant) -> bool {
+        let grace = self.inner.config.gone_grace;
+        let before = m.agents.len();
+        m.agents
+            .retain(|_, a| a.gone_for(now).is_none_or(|d| d <= grace));
+        m.agents.len() != before
+    }
+
+    fn publish(&self, m: &mut Members) {
+        m.version += 1;
+        let agents = m.agents.values().cloned().collect();
+        let snap = Snapshot::new(
+            m.version,
+            self.inner.params.epoch,
+            self.inner.config.gone_grace,
+            agents,
+        );
+        self.inner
+            .params
+            .budget
+            .set_members(snap.ready_agents().len());
+        self.inner.current.store(Arc::new(snap));
+    }
+
+    /// Applies updates until the stream ends, and meanwhile ticks every `hints.tick` (1 s by
+    /// default; see [`tick`](Self::tick)). Hints stay as they were once this returns. Run it in
+    /// its own task; abort the task (or drop the future) to stop.
+    pub async fn run(&self, mut updates: Updates) {
+        let mut ticks = tokio::time::interval(self.inner.config.hints.tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                update = updates.next() => match update {
+                    Some(update) => self.apply(update),
+                    None => break,
+                },
+                _ = ticks.tick() => self.tick(Instant::now()),
+            }
+        }
+        tracing::debug!("Membership stream ended");
+    }
+
+    /// The periodic maintenance, at time `now` (normally `Instant::now()`; tests pass a later
+    /// instant instead of waiting): drops agents gone past the grace period, ends elapsed
+    /// ejections, and computes the hints from the load since the previous tick.
+    pub fn tick(&self, now: Instant) {
+        {
+            let mut m = lock(&self.inner.members);
+            if self.expire_gone(&mut m, now) {
+                self.publish(&mut m);
+            }
+        }
+        let snap = self.snapshot();
+        let mut input = TickInput {
+            known_agents: snap.agents().len(),
+            ..TickInput::default()
+        };
+        for a in snap.agents() {
+            a.sweep(now);
+            input.total_outstanding += a.outstanding();
+            let started = a.started_total();
+            let mark = a
+                .rate_mark
+                .swap(started, std::sync::atomic::Ordering::Relaxed);
+            input.started += started.saturating_sub(mark);
+            if a.is_ejected_at(now) {
+                input.ejected_agents += 1;
+            } else if a.is_source_ready() {
+                input.ready_agents += 1;
+            }
+        }
+        let hints = lock(&self.inner.hints).tick(now, input).clone();
+        tracing::trace!(
+            recommended = hints.recommended,
+            utilization = hints.utilization,
+            "Hints"
+        );
+    }
+
+    /// The current membership. Lock-free (one `ArcSwap` load).
+    #[inline]
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.current.load_full()
+    }
+
+    /// The hint computed at the latest tick (before any tick: `min_agents`, zero load).
+    pub fn hints(&self) -> Hints {
+        lock(&self.inner.hints).hints().clone()
+    }
+}

@@ -1,0 +1,136 @@
+//! An immutable view of the membership, published by the pool and read on the hot path
+//! without locks: the agents, the ready ones the picker draws from, and the token index.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::agent::nanos_since;
+use crate::{AffinityToken, Agent, picker};
+
+/// Tokens are already hashes: the index uses them as they are.
+#[derive(Default)]
+pub(crate) struct TokenHasher(u64);
+
+impl Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type TokenMap = HashMap<u64, Arc<Agent>, BuildHasherDefault<TokenHasher>>;
+
+/// One published membership. Cheap to hold (`Arc<Snapshot>`); a newer one replaces it on every
+/// membership change, while the `Arc<Agent>`s inside stay the same objects.
+#[derive(Debug)]
+pub struct Snapshot {
+    version: u64,
+    epoch: Instant,
+    gone_grace: Duration,
+    /// Every known agent, sorted by id.
+    agents: Vec<Arc<Agent>>,
+    /// Source-ready agents, the picker's candidates (some may be ejected right now).
+    ready: Vec<Arc<Agent>>,
+    by_token: TokenMap,
+}
+
+impl Snapshot {
+    pub(crate) fn new(
+        version: u64,
+        epoch: Instant,
+        gone_grace: Duration,
+        mut agents: Vec<Arc<Agent>>,
+    ) -> Self {
+        agents.sort_by(|a, b| a.id().cmp(b.id()));
+        let ready: Vec<_> = agents
+            .iter()
+            .filter(|a| a.is_source_ready())
+            .cloned()
+            .collect();
+        let mut by_token = TokenMap::default();
+        for a in &agents {
+            if let Some(other) = by_token.insert(a.token().0, a.clone()) {
+                tracing::warn!(
+                    agent.id = %a.id(),
+                    other.id = %other.id(),
+                    "Two agents share an affinity token; the later one wins"
+                );
+            }
+        }
+        Self {
+            version,
+            epoch,
+            gone_grace,
+            agents,
+            ready,
+            by_token,
+        }
+    }
+
+    /// Picks an agent for new work: power of two choices among ready agents (not terminating,
+    /// not ejected, not gone), the cheaper by peak-EWMA latency × (outstanding + 1). `None` when
+    /// no agent takes new work.
+    #[inline]
+    pub fn pick(&self) -> Option<Arc<Agent>> {
+        self.pick_at(Instant::now(), None)
+    }
+
+    /// Like [`pick`](Self::pick) but never returns `not` (to retry elsewhere).
+    #[inline]
+    pub fn pick_excluding(&self, not: &Agent) -> Option<Arc<Agent>> {
+        self.pick_at(Instant::now(), Some(not))
+    }
+
+    pub(crate) fn pick_at(&self, now: Instant, exclude: Option<&Agent>) -> Option<Arc<Agent>> {
+        let now_ns = nanos_since(self.epoch, now);
+        let a = picker::pick(&self.ready, now_ns, exclude)?;
+        a.count_pick();
+        Some(a.clone())
+    }
+
+    /// The agent with this affinity token, if it is a member in any state: ready, terminating,
+    /// ejected, or gone for less than the grace period (30 s by default).
+    #[inline]
+    pub fn by_token(&self, token: AffinityToken) -> Option<Arc<Agent>> {
+        let a = self.by_token.get(&token.0)?;
+        if a.is_gone()
+            && a.gone_for(Instant::now())
+                .is_some_and(|d| d > self.gone_grace)
+        {
+            return None;
+        }
+        Some(a.clone())
+    }
+
+    /// Every known agent, sorted by id: ready, terminating, ejected and gone-within-grace.
+    pub fn agents(&self) -> &[Arc<Agent>] {
+        &self.agents
+    }
+
+    /// How many agents take new work now (ready and not ejected). O(agents).
+    pub fn ready_len(&self) -> usize {
+        let now = Instant::now();
+        self.ready
+            .iter()
+            .filter(|a| !a.is_ejected_at(now) && a.is_source_ready())
+            .count()
+    }
+
+    /// Increases by one with every published snapshot.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub(crate) fn ready_agents(&self) -> &[Arc<Agent>] {
+        &self.ready
+    }
+}

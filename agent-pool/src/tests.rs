@@ -1,0 +1,1 @@
+//! Crate tests that need the crate-internal clock (`*_at` methods).
