@@ -4,7 +4,29 @@
 //! Modules open a connection per RPC, so the proxy balances each RPC (not each connection) and
 //! keeps every `RPC.UpdateRequest` on the agent that issued its `RequestID` by carrying an opaque
 //! affinity token inside that ID. See `DESIGN.md` and `PROTOCOL.md` in the shared folder.
+//!
+//! Layout: [`config`] (flags, env, TOML), `listener` (sockets, accept loop), `downstream` (one
+//! module connection), `route` (method → agent, affinity, retry), `affinity` (the token in the
+//! RequestID), `upstream` (persistent multiplexed or per-call agent connections), `admin`
+//! (HTTP: metrics, health, readiness, drain), `server` (wiring and drain).
 #![warn(missing_docs)]
 
 pub mod codec;
 pub mod message;
+
+mod admin;
+mod affinity;
+pub mod config;
+mod downstream;
+mod drain;
+mod error;
+mod listener;
+mod metrics;
+mod route;
+mod server;
+mod upstream;
+
+pub use admin::request_drain;
+pub use config::Config;
+pub use drain::DrainReport;
+pub use server::{Proxy, run};

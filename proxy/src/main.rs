@@ -1,5 +1,87 @@
-//! The `sigsci-proxy` binary: parse configuration, then run.
+//! The `sigsci-proxy` binary: parse configuration, set up logging and signals, then run.
 
-fn main() {
-    println!("sigsci-proxy: not built yet");
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sigsci_proxy::config::{Cli, Command, LogFormat};
+use sigsci_proxy::{Config, request_drain};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Some(Command::Drain { admin }) = cli.command {
+        return match runtime.block_on(request_drain(admin)) {
+            Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+            Ok(status) => {
+                eprintln!("sigsci-proxy drain: {admin} answered HTTP {status}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("sigsci-proxy drain: {admin}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match Config::load(cli.options) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("sigsci-proxy: invalid configuration:");
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        match sigsci_proxy::run(config, shutdown).await {
+            Ok(report) if report.cut_off == 0 => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "Cannot start");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// First SIGTERM or SIGINT: drain. Second: exit at once.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("Cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("Signal received, draining (again to force exit)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("Second signal, exiting now");
+    std::process::exit(130);
 }

@@ -1,0 +1,152 @@
+//! The admin HTTP server (hyper 1), on its own port, never part of the RPC Service.
+//!
+//! Routes:
+//! - `GET /healthz`: 200 while the process runs (liveness).
+//! - `GET /readyz`: 200 while serving and at least one agent is ready; 503 once draining or
+//!   with no ready agent (readiness).
+//! - `GET /metrics`: Prometheus text.
+//! - `GET /agents`: JSON array, one object per known agent (address, state, outstanding,
+//!   latency, counters).
+//! - `GET /hints`: the pool's autoscaling hint as JSON.
+//! - `POST /drain`: start draining (what the preStop hook calls); 202.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use agent_pool::Pool;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::drain::Readiness;
+use crate::metrics;
+
+/// What the admin routes read and act on.
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    /// The agent pool.
+    pub(crate) pool: Pool,
+    /// Flipped by drain.
+    pub(crate) readiness: Arc<Readiness>,
+    /// Cancelled by `POST /drain`.
+    pub(crate) drain: CancellationToken,
+    /// The metrics recorder.
+    pub(crate) prometheus: PrometheusHandle,
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+fn json(body: serde_json::Result<Vec<u8>>) -> Response<Full<Bytes>> {
+    match body {
+        Ok(body) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid"),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+/// Answers one admin request. No I/O, so tests call it directly.
+pub(crate) fn route<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if !state.readiness.is_serving() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if state.pool.snapshot().ready_len() == 0 {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no ready agent\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(metrics::render(
+                &state.prometheus,
+                &state.pool,
+            ))))
+            .expect("static response parts are valid"),
+        (&Method::GET, "/agents") => {
+            let stats: Vec<_> = state
+                .pool
+                .snapshot()
+                .agents()
+                .iter()
+                .map(|a| a.stats())
+                .collect();
+            json(serde_json::to_vec_pretty(&stats))
+        }
+        (&Method::GET, "/hints") => json(serde_json::to_vec_pretty(&state.pool.hints())),
+        (&Method::POST, "/drain") => {
+            state.drain.cancel();
+            text(StatusCode::ACCEPTED, "draining\n")
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/agents" | "/hints" | "/drain") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Serves admin HTTP/1 on `listener` until `exit` is cancelled.
+pub(crate) async fn serve(listener: TcpListener, state: AdminState, exit: CancellationToken) {
+    let state = Arc::new(state);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = exit.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "Admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let exit = exit.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = route(&state, &req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                r = conn => if let Err(e) = r { debug!(error = %e, "Admin connection failed") },
+                () = exit.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// `sigsci-proxy drain`: POST /drain to a running proxy, with a plain HTTP/1.1 request so the
+/// image needs no curl.
+pub async fn request_drain(admin: std::net::SocketAddr) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    let request = format!(
+        "POST /drain HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let status = std::str::from_utf8(&response)
+        .ok()
+        .and_then(|r| r.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP response"))?;
+    Ok(status)
+}

@@ -1,0 +1,722 @@
+//! Configuration: command-line flags, `SIGSCI_PROXY_*` environment variables and an optional TOML
+//! file (`--config`), in that order of precedence, resolved into one [`Config`] and validated
+//! up front so a bad deployment fails at start-up with every problem named.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// Command line of the `sigsci-proxy` binary.
+#[derive(Debug, Parser)]
+#[command(name = "sigsci-proxy", version, about, long_about = None)]
+pub struct Cli {
+    /// A subcommand; without one the proxy runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of the proxy itself.
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ask a running proxy to drain (POST /drain on its admin port), for an exec preStop hook.
+    Drain {
+        /// Admin address of the proxy to drain.
+        #[arg(long, env = "SIGSCI_PROXY_ADMIN", default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+    },
+}
+
+/// Every proxy option, as given on the command line, in the environment or in the TOML file.
+///
+/// Each field is optional so that the three layers can be merged; [`Config`] holds the result
+/// with defaults applied. Keys in the TOML file are the flag names (`rpc-timeout = "80ms"`).
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Options {
+    /// TOML file with any of these options (keys are the flag names); flags and env win over it.
+    #[arg(long, env = "SIGSCI_PROXY_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to accept module RPCs on: `host:port` or `unix:/path`; repeatable or
+    /// comma-separated [default: 0.0.0.0:9999].
+    #[arg(
+        long,
+        env = "SIGSCI_PROXY_LISTEN",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    pub listen: Option<Vec<ListenAddr>>,
+    /// Admin HTTP address (/metrics, /healthz, /readyz, /agents, /hints, POST /drain)
+    /// [default: 127.0.0.1:9090].
+    #[arg(long, env = "SIGSCI_PROXY_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Accept backlog of each listening socket [default: 4096].
+    #[arg(long, env = "SIGSCI_PROXY_BACKLOG", value_name = "N")]
+    pub backlog: Option<u32>,
+    /// Set SO_REUSEPORT on TCP listeners [default: false].
+    #[arg(long, env = "SIGSCI_PROXY_REUSE_PORT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub reuse_port: Option<bool>,
+    /// Maximum open downstream connections; beyond it new connections are closed at once
+    /// [default: 20000].
+    #[arg(long, env = "SIGSCI_PROXY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Maximum RPCs in flight on one downstream connection (pipelining) [default: 64].
+    #[arg(
+        long,
+        env = "SIGSCI_PROXY_MAX_IN_FLIGHT_PER_CONNECTION",
+        value_name = "N"
+    )]
+    pub max_in_flight_per_connection: Option<usize>,
+    /// Close a downstream connection idle (no RPC in flight, no bytes) this long [default: 60s].
+    #[arg(long, env = "SIGSCI_PROXY_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<Dur>,
+    /// A frame must arrive completely within this time of its first byte (slow clients)
+    /// [default: 5s].
+    #[arg(long, env = "SIGSCI_PROXY_FRAME_READ_TIMEOUT", value_name = "DURATION")]
+    pub frame_read_timeout: Option<Dur>,
+    /// Largest frame accepted from a module or an agent, in bytes [default: 1048576].
+    #[arg(long, env = "SIGSCI_PROXY_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+
+    /// Static agent list, `host:port,host:port` or `unix:/path` (one of the four membership
+    /// sources).
+    #[arg(
+        long,
+        env = "SIGSCI_PROXY_AGENTS",
+        value_delimiter = ',',
+        value_name = "ADDRS"
+    )]
+    pub agents: Option<Vec<String>>,
+    /// JSON or TOML file listing the agents, re-read when it changes.
+    #[arg(long, env = "SIGSCI_PROXY_AGENTS_FILE", value_name = "PATH")]
+    pub agents_file: Option<PathBuf>,
+    /// How often the agents file is checked for changes [default: 1s].
+    #[arg(long, env = "SIGSCI_PROXY_AGENTS_FILE_POLL", value_name = "DURATION")]
+    pub agents_file_poll: Option<Dur>,
+    /// DNS name (of a headless Service) resolved to the agents, `NAME:PORT`.
+    #[arg(long, env = "SIGSCI_PROXY_AGENTS_DNS", value_name = "NAME:PORT")]
+    pub agents_dns: Option<String>,
+    /// How often the DNS name is resolved again [default: 5s].
+    #[arg(
+        long,
+        env = "SIGSCI_PROXY_AGENTS_DNS_INTERVAL",
+        value_name = "DURATION"
+    )]
+    pub agents_dns_interval: Option<Dur>,
+    /// Kubernetes EndpointSlices of a Service, `NAMESPACE/SERVICE[:PORTNAME]`.
+    #[arg(long, env = "SIGSCI_PROXY_AGENTS_K8S", value_name = "NS/SVC[:PORT]")]
+    pub agents_k8s: Option<String>,
+
+    /// Upstream connection mode: `mux` (a few persistent multiplexed connections per agent) or
+    /// `per-call` (one connection per RPC) [default: mux].
+    #[arg(long, env = "SIGSCI_PROXY_UPSTREAM_MODE", value_name = "MODE")]
+    pub upstream_mode: Option<UpstreamMode>,
+    /// Persistent connections per agent in `mux` mode [default: 2].
+    #[arg(long, env = "SIGSCI_PROXY_UPSTREAM_CONNECTIONS", value_name = "N")]
+    pub upstream_connections: Option<usize>,
+    /// Timeout to connect to an agent [default: 20ms].
+    #[arg(long, env = "SIGSCI_PROXY_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<Dur>,
+    /// Deadline of one RPC from its arrival to its answer, retry included [default: 80ms].
+    #[arg(long, env = "SIGSCI_PROXY_RPC_TIMEOUT", value_name = "DURATION")]
+    pub rpc_timeout: Option<Dur>,
+    /// Retries allowed as a fraction of successful first attempts [default: 0.2].
+    #[arg(long, env = "SIGSCI_PROXY_RETRY_BUDGET", value_name = "RATIO")]
+    pub retry_budget: Option<f64>,
+    /// Consecutive connect failures or timeouts that eject an agent [default: 5].
+    #[arg(long, env = "SIGSCI_PROXY_EJECT_AFTER", value_name = "N")]
+    pub eject_after: Option<u32>,
+    /// How long a departed agent still receives the UpdateRequests for its RequestIDs
+    /// [default: 30s].
+    #[arg(long, env = "SIGSCI_PROXY_GONE_GRACE", value_name = "DURATION")]
+    pub gone_grace: Option<Dur>,
+
+    /// After a drain starts, keep accepting this long while endpoints converge [default: 5s].
+    #[arg(long, env = "SIGSCI_PROXY_DRAIN_DELAY", value_name = "DURATION")]
+    pub drain_delay: Option<Dur>,
+    /// Exit at the latest this long after a drain starts [default: 25s].
+    #[arg(long, env = "SIGSCI_PROXY_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Option<Dur>,
+
+    /// Log format: `text` (human) or `json`; the level comes from RUST_LOG [default: text].
+    #[arg(long, env = "SIGSCI_PROXY_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Where the proxy accepts module connections.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ListenAddr {
+    /// TCP `host:port` (`0` picks a free port).
+    Tcp(SocketAddr),
+    /// A Unix socket path (`unix:/path`).
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("a unix listener needs a path, e.g. unix:/var/run/sigsci.sock".into());
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        s.parse::<SocketAddr>()
+            .map(Self::Tcp)
+            .map_err(|_| format!("`{s}` is neither `ip:port` nor `unix:/path`"))
+    }
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// How the proxy talks to agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamMode {
+    /// A few persistent connections per agent, RPCs multiplexed by proxy-assigned msgids.
+    Mux,
+    /// A new connection for every RPC, as the modules themselves do.
+    PerCall,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A duration written with a unit: `250us`, `20ms`, `5s`, `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (examples: 20ms, 5s, 1m)"))?;
+        let secs = match unit.trim() {
+            "us" | "µs" => value / 1e6,
+            "ms" => value / 1e3,
+            "s" => value,
+            "m" => value * 60.0,
+            "" if value == 0.0 => 0.0,
+            _ => return Err(format!("`{s}` needs a unit: us, ms, s or m (e.g. 20ms)")),
+        };
+        Duration::try_from_secs_f64(secs)
+            .map(Dur)
+            .map_err(|_| format!("`{s}` is out of range"))
+    }
+}
+
+impl TryFrom<String> for Dur {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+/// One problem found in the configuration, naming the option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The option's flag name, without dashes (`rpc-timeout`).
+    pub option: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "--{}: {}", self.option, self.message)
+    }
+}
+
+/// The membership source chosen by the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// `--agents`: a fixed list of `host:port`.
+    Static(Vec<String>),
+    /// `--agents-file`: a watched JSON/TOML file.
+    File(PathBuf),
+    /// `--agents-dns`: a name resolved periodically.
+    Dns {
+        /// The DNS name.
+        name: String,
+        /// The agents' RPC port.
+        port: u16,
+    },
+    /// `--agents-k8s`: EndpointSlices of a Service.
+    Kubernetes {
+        /// Namespace of the Service.
+        namespace: String,
+        /// Service name.
+        service: String,
+        /// Named port of the Service, if given.
+        port_name: Option<String>,
+    },
+}
+
+/// The resolved configuration of one proxy (defaults applied). See [`Options`] for each field.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// RPC listeners.
+    pub listen: Vec<ListenAddr>,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    /// Accept backlog.
+    pub backlog: u32,
+    /// SO_REUSEPORT on TCP listeners.
+    pub reuse_port: bool,
+    /// Maximum open downstream connections.
+    pub max_connections: usize,
+    /// Maximum RPCs in flight per downstream connection.
+    pub max_in_flight_per_connection: usize,
+    /// Idle downstream connection timeout.
+    pub idle_timeout: Duration,
+    /// Time allowed for one frame to arrive once its first byte has.
+    pub frame_read_timeout: Duration,
+    /// Largest frame in bytes.
+    pub max_frame_bytes: usize,
+    /// Static agents (`--agents`).
+    pub agents: Vec<String>,
+    /// Agents file (`--agents-file`).
+    pub agents_file: Option<PathBuf>,
+    /// Agents file poll period.
+    pub agents_file_poll: Duration,
+    /// DNS source (`--agents-dns`), unparsed.
+    pub agents_dns: Option<String>,
+    /// DNS re-resolution period.
+    pub agents_dns_interval: Duration,
+    /// Kubernetes source (`--agents-k8s`), unparsed.
+    pub agents_k8s: Option<String>,
+    /// Upstream mode.
+    pub upstream_mode: UpstreamMode,
+    /// Persistent connections per agent.
+    pub upstream_connections: usize,
+    /// Agent connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-RPC deadline.
+    pub rpc_timeout: Duration,
+    /// Retry budget ratio.
+    pub retry_budget: f64,
+    /// Consecutive failures before ejection.
+    pub eject_after: u32,
+    /// Grace period of departed agents for affinity.
+    pub gone_grace: Duration,
+    /// Drain delay.
+    pub drain_delay: Duration,
+    /// Drain timeout.
+    pub drain_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::from_options(Options::default())
+    }
+}
+
+impl Config {
+    /// Applies defaults to merged options.
+    pub fn from_options(o: Options) -> Self {
+        let d = |v: Option<Dur>, default: Duration| v.map_or(default, |d| d.0);
+        Self {
+            listen: o
+                .listen
+                .unwrap_or_else(|| vec![ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], 9999)))]),
+            admin: o
+                .admin
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            backlog: o.backlog.unwrap_or(4096),
+            reuse_port: o.reuse_port.unwrap_or(false),
+            max_connections: o.max_connections.unwrap_or(20_000),
+            max_in_flight_per_connection: o.max_in_flight_per_connection.unwrap_or(64),
+            idle_timeout: d(o.idle_timeout, Duration::from_secs(60)),
+            frame_read_timeout: d(o.frame_read_timeout, Duration::from_secs(5)),
+            max_frame_bytes: o.max_frame_bytes.unwrap_or(1 << 20),
+            agents: o.agents.unwrap_or_default(),
+            agents_file: o.agents_file,
+            agents_file_poll: d(o.agents_file_poll, Duration::from_secs(1)),
+            agents_dns: o.agents_dns,
+            agents_dns_interval: d(o.agents_dns_interval, Duration::from_secs(5)),
+            agents_k8s: o.agents_k8s,
+            upstream_mode: o.upstream_mode.unwrap_or(UpstreamMode::Mux),
+            upstream_connections: o.upstream_connections.unwrap_or(2),
+            connect_timeout: d(o.connect_timeout, Duration::from_millis(20)),
+            rpc_timeout: d(o.rpc_timeout, Duration::from_millis(80)),
+            retry_budget: o.retry_budget.unwrap_or(0.2),
+            eject_after: o.eject_after.unwrap_or(5),
+            gone_grace: d(o.gone_grace, Duration::from_secs(30)),
+            drain_delay: d(o.drain_delay, Duration::from_secs(5)),
+            drain_timeout: d(o.drain_timeout, Duration::from_secs(25)),
+            log_format: o.log_format.unwrap_or(LogFormat::Text),
+        }
+    }
+
+    /// Parses the command line (and environment), reads `--config` if given, merges, applies
+    /// defaults. Problems reading the file are returned as [`Problem`]s.
+    pub fn load(cli: Options) -> Result<Self, Vec<Problem>> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    vec![Problem {
+                        option: "config",
+                        message: format!("{}: {e}", path.display()),
+                    }]
+                })?;
+                toml::from_str::<Options>(&text).map_err(|e| {
+                    vec![Problem {
+                        option: "config",
+                        message: format!("{}: {}", path.display(), e.message()),
+                    }]
+                })?
+            }
+            None => Options::default(),
+        };
+        let config = Self::from_options(merge(cli, file));
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the configuration, returning every problem found.
+    pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut bad =
+            |option: &'static str, message: String| problems.push(Problem { option, message });
+        if self.listen.is_empty() {
+            bad("listen", "at least one address is needed".into());
+        }
+        if self.backlog == 0 {
+            bad("backlog", "must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            bad("max-connections", "must be at least 1".into());
+        }
+        if self.max_in_flight_per_connection == 0 {
+            bad("max-in-flight-per-connection", "must be at least 1".into());
+        }
+        if self.max_frame_bytes < 64 {
+            bad(
+                "max-frame-bytes",
+                format!("{} is too small (at least 64)", self.max_frame_bytes),
+            );
+        }
+        if self.upstream_connections == 0 {
+            bad("upstream-connections", "must be at least 1".into());
+        }
+        if self.connect_timeout.is_zero() {
+            bad("connect-timeout", "must be more than 0".into());
+        }
+        if self.rpc_timeout.is_zero() {
+            bad("rpc-timeout", "must be more than 0".into());
+        } else if self.connect_timeout > self.rpc_timeout {
+            bad(
+                "connect-timeout",
+                format!(
+                    "{:?} is longer than --rpc-timeout {:?}, which bounds the whole call",
+                    self.connect_timeout, self.rpc_timeout
+                ),
+            );
+        }
+        if self.rpc_timeout >= Duration::from_millis(100) {
+            // Modules give up after 100 ms: answering later is wasted work for everyone.
+            bad(
+                "rpc-timeout",
+                format!(
+                    "{:?} must be under the modules' 100ms timeout",
+                    self.rpc_timeout
+                ),
+            );
+        }
+        if self.idle_timeout.is_zero() {
+            bad("idle-timeout", "must be more than 0".into());
+        }
+        if self.frame_read_timeout.is_zero() {
+            bad("frame-read-timeout", "must be more than 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.retry_budget) {
+            bad(
+                "retry-budget",
+                format!("{} is not a ratio between 0 and 1", self.retry_budget),
+            );
+        }
+        if self.eject_after == 0 {
+            bad("eject-after", "must be at least 1".into());
+        }
+        if self.drain_delay >= self.drain_timeout {
+            bad(
+                "drain-delay",
+                format!(
+                    "{:?} must be shorter than --drain-timeout {:?}",
+                    self.drain_delay, self.drain_timeout
+                ),
+            );
+        }
+        if self.agents_file_poll.is_zero() {
+            bad("agents-file-poll", "must be more than 0".into());
+        }
+        if self.agents_dns_interval.is_zero() {
+            bad("agents-dns-interval", "must be more than 0".into());
+        }
+        let sources = [
+            !self.agents.is_empty(),
+            self.agents_file.is_some(),
+            self.agents_dns.is_some(),
+            self.agents_k8s.is_some(),
+        ];
+        match sources.iter().filter(|s| **s).count() {
+            0 => bad(
+                "agents",
+                "no agents: give one of --agents, --agents-file, --agents-dns, --agents-k8s".into(),
+            ),
+            1 => {}
+            _ => bad(
+                "agents",
+                "give only one of --agents, --agents-file, --agents-dns, --agents-k8s".into(),
+            ),
+        }
+        for a in self.agents.iter().filter(|a| !a.starts_with("unix:")) {
+            if let Err(e) = split_host_port(a) {
+                bad("agents", format!("`{a}`: {e}"));
+            }
+        }
+        if let Some(dns) = &self.agents_dns
+            && let Err(e) = split_host_port(dns)
+        {
+            bad("agents-dns", format!("`{dns}`: {e}"));
+        }
+        if let Some(k8s) = &self.agents_k8s
+            && let Err(e) = parse_k8s(k8s)
+        {
+            bad("agents-k8s", format!("`{k8s}`: {e}"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The membership source (valid only after [`Config::validate`]).
+    pub fn membership(&self) -> Option<Membership> {
+        if !self.agents.is_empty() {
+            return Some(Membership::Static(self.agents.clone()));
+        }
+        if let Some(path) = &self.agents_file {
+            return Some(Membership::File(path.clone()));
+        }
+        if let Some(dns) = &self.agents_dns {
+            let (name, port) = split_host_port(dns).ok()?;
+            return Some(Membership::Dns {
+                name: name.to_owned(),
+                port,
+            });
+        }
+        if let Some(k8s) = &self.agents_k8s {
+            let (namespace, service, port_name) = parse_k8s(k8s).ok()?;
+            return Some(Membership::Kubernetes {
+                namespace,
+                service,
+                port_name,
+            });
+        }
+        None
+    }
+}
+
+/// `host:port` (IPv6 as `[::1]:port`) split in two, the port checked.
+pub(crate) fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = s.rsplit_once(':').ok_or("expected host:port")?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{port}` is not a port number"))?;
+    if port == 0 {
+        return Err("port 0 cannot be dialled".into());
+    }
+    Ok((host, port))
+}
+
+fn parse_k8s(s: &str) -> Result<(String, String, Option<String>), String> {
+    let (namespace, rest) = s
+        .split_once('/')
+        .ok_or("expected NAMESPACE/SERVICE[:PORTNAME]")?;
+    let (service, port_name) = match rest.split_once(':') {
+        Some((svc, port)) => (svc, Some(port.to_owned())),
+        None => (rest, None),
+    };
+    if namespace.is_empty() || service.is_empty() || port_name.as_deref() == Some("") {
+        return Err("expected NAMESPACE/SERVICE[:PORTNAME]".into());
+    }
+    Ok((namespace.to_owned(), service.to_owned(), port_name))
+}
+
+/// Field by field: the first layer that sets an option wins.
+fn merge(high: Options, low: Options) -> Options {
+    macro_rules! pick {
+        ($($f:ident),* $(,)?) => { Options { $($f: high.$f.or(low.$f),)* } };
+    }
+    pick!(
+        config,
+        listen,
+        admin,
+        backlog,
+        reuse_port,
+        max_connections,
+        max_in_flight_per_connection,
+        idle_timeout,
+        frame_read_timeout,
+        max_frame_bytes,
+        agents,
+        agents_file,
+        agents_file_poll,
+        agents_dns,
+        agents_dns_interval,
+        agents_k8s,
+        upstream_mode,
+        upstream_connections,
+        connect_timeout,
+        rpc_timeout,
+        retry_budget,
+        eject_after,
+        gone_grace,
+        drain_delay,
+        drain_timeout,
+        log_format,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, Vec<Problem>> {
+        let mut argv = vec!["sigsci-proxy"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("clap parses");
+        Config::load(cli.options)
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!("20ms".parse::<Dur>().unwrap().0, Duration::from_millis(20));
+        assert_eq!(
+            "1.5s".parse::<Dur>().unwrap().0,
+            Duration::from_millis(1500)
+        );
+        assert_eq!("0".parse::<Dur>().unwrap().0, Duration::ZERO);
+        assert!("20".parse::<Dur>().is_err());
+        assert!("fast".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn defaults_with_static_agents() {
+        let c = parse(&["--agents", "10.0.0.1:9999,agent-1.agents:9999"]).unwrap();
+        assert_eq!(c.listen, vec!["0.0.0.0:9999".parse().unwrap()]);
+        assert_eq!(c.rpc_timeout, Duration::from_millis(80));
+        assert_eq!(c.connect_timeout, Duration::from_millis(20));
+        assert_eq!(c.upstream_connections, 2);
+        assert_eq!(c.agents.len(), 2);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_option() {
+        let problems = parse(&[
+            "--rpc-timeout",
+            "150ms",
+            "--retry-budget",
+            "3",
+            "--upstream-connections",
+            "0",
+        ])
+        .unwrap_err();
+        let options: Vec<_> = problems.iter().map(|p| p.option).collect();
+        assert!(options.contains(&"rpc-timeout"), "{problems:?}");
+        assert!(options.contains(&"retry-budget"), "{problems:?}");
+        assert!(options.contains(&"upstream-connections"), "{problems:?}");
+        assert!(options.contains(&"agents"), "{problems:?}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            "rpc-timeout = \"50ms\"\nconnect-timeout = \"10ms\"\nagents = [\"127.0.0.1:1\"]\nlisten = [\"unix:/tmp/x.sock\"]\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap(), "--rpc-timeout", "60ms"]).unwrap();
+        assert_eq!(c.rpc_timeout, Duration::from_millis(60));
+        assert_eq!(c.connect_timeout, Duration::from_millis(10));
+        assert_eq!(c.listen, vec![ListenAddr::Unix("/tmp/x.sock".into())]);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, "rpc-timout = \"50ms\"\n").unwrap();
+        let problems = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert_eq!(problems[0].option, "config");
+        assert!(problems[0].message.contains("rpc-timout"), "{problems:?}");
+    }
+
+    #[test]
+    fn membership_sources() {
+        let c = parse(&["--agents-k8s", "sigsci/agents:rpc"]).unwrap();
+        assert_eq!(
+            c.membership(),
+            Some(Membership::Kubernetes {
+                namespace: "sigsci".into(),
+                service: "agents".into(),
+                port_name: Some("rpc".into())
+            })
+        );
+        let p = parse(&["--agents", "a:1", "--agents-dns", "agents:9999"]).unwrap_err();
+        assert_eq!(p[0].option, "agents");
+        let p = parse(&["--agents", "nohost"]).unwrap_err();
+        assert!(p[0].to_string().starts_with("--agents: `nohost`"), "{p:?}");
+    }
+}

@@ -1,0 +1,171 @@
+//! One downstream (module) connection: read frames, route each request concurrently (several
+//! may be in flight: pipelining), write each answer in one write with the module's own msgid.
+//!
+//! Everything runs in the connection's one task: reads, the RPC futures (a `FuturesUnordered`)
+//! and writes, so a connection-per-call module costs one task and one buffer. The task closes
+//! the connection on a malformed frame, on a frame that does not complete within the frame
+//! read timeout (slow clients), after the idle timeout, or once draining and idle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::codec::{Frame, FrameCodec, FrameKind, Limits};
+use crate::error::ClientError;
+use crate::metrics as m;
+use crate::route::Router;
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub(crate) router: Router,
+    pub(crate) limits: Limits,
+    pub(crate) max_in_flight: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) frame_read_timeout: Duration,
+    /// Cancelled when the listeners close during a drain: finish in-flight work, then close.
+    pub(crate) stop: CancellationToken,
+}
+
+enum Event {
+    Answer(Option<Bytes>),
+    Read(std::io::Result<usize>),
+    Timeout,
+    Stop,
+}
+
+/// Serves one connection until it closes.
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Arc<Shared>) {
+    m::connections_open(1.0);
+    let result = run(&mut stream, &shared).await;
+    m::connections_open(-1.0);
+    match result {
+        Ok(()) => {}
+        Err(e) => {
+            let reason = match &e {
+                ClientError::Malformed(_) => "malformed",
+                ClientError::SlowFrame => "slow_frame",
+                ClientError::Io(_) => "io",
+            };
+            m::connection_closed(reason);
+            debug!(error = %e, side = ?e.side(), "Closing connection");
+        }
+    }
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &Shared,
+) -> Result<(), ClientError> {
+    let router = &shared.router;
+    let mut codec = FrameCodec::new(shared.limits);
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut in_flight = FuturesUnordered::new();
+    let mut reading = true;
+    let mut stopping = false;
+    // When the frame now partly in `buf` started arriving.
+    let mut frame_started: Option<Instant> = None;
+    let mut last_activity = Instant::now();
+
+    loop {
+        // Decode what is buffered, up to the in-flight limit.
+        while in_flight.len() < shared.max_in_flight && !buf.is_empty() {
+            match codec.decode(&mut buf).map_err(ClientError::Malformed)? {
+                Some(frame) => {
+                    frame_started = (!buf.is_empty()).then(Instant::now);
+                    if let Some(rpc) = dispatch(router, frame) {
+                        in_flight.push(rpc);
+                    }
+                }
+                None => break,
+            }
+        }
+        if !reading && in_flight.is_empty() {
+            break;
+        }
+        let deadline = match frame_started {
+            Some(t) => Some(t + shared.frame_read_timeout),
+            None if in_flight.is_empty() => Some(last_activity + shared.idle_timeout),
+            None => None,
+        };
+        let can_read = reading && in_flight.len() < shared.max_in_flight;
+        let event = tokio::select! {
+            biased;
+            Some(answer) = in_flight.next(), if !in_flight.is_empty() => Event::Answer(answer),
+            r = stream.read_buf(&mut buf), if can_read => Event::Read(r),
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Event::Timeout,
+            () = shared.stop.cancelled(), if !stopping => Event::Stop,
+        };
+        match event {
+            Event::Answer(Some(bytes)) => {
+                last_activity = Instant::now();
+                stream.write_all(&bytes).await.map_err(ClientError::Io)?;
+            }
+            Event::Answer(None) => {}
+            Event::Read(Ok(0)) => {
+                // The module closed its side: answer what is in flight, then close.
+                reading = false;
+                buf.clear();
+                frame_started = None;
+            }
+            Event::Read(Ok(_)) => {
+                last_activity = Instant::now();
+                frame_started.get_or_insert(last_activity);
+            }
+            Event::Read(Err(e)) => return Err(ClientError::Io(e)),
+            Event::Timeout => {
+                if frame_started.is_some() {
+                    return Err(ClientError::SlowFrame);
+                }
+                m::connection_closed("idle");
+                return Ok(());
+            }
+            Event::Stop => {
+                // Draining: no new requests on this connection; answer those in flight.
+                stopping = true;
+                reading = false;
+                buf.clear();
+                frame_started = None;
+            }
+        }
+    }
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+/// The work a frame from a module asks for.
+fn dispatch(router: &Router, frame: Frame) -> Option<impl Future<Output = Option<Bytes>> + '_> {
+    match frame.kind() {
+        FrameKind::Request => Some(Either::Request(router, frame).run()),
+        FrameKind::Notification => Some(Either::Notification(router, frame).run()),
+        FrameKind::Response => {
+            debug!("Ignoring a response frame sent by a module");
+            None
+        }
+    }
+}
+
+/// One future type for both kinds of work, so they share the `FuturesUnordered`.
+enum Either<'a> {
+    Request(&'a Router, Frame),
+    Notification(&'a Router, Frame),
+}
+
+impl<'a> Either<'a> {
+    async fn run(self) -> Option<Bytes> {
+        match self {
+            Either::Request(router, frame) => Some(router.request(frame).await),
+            Either::Notification(router, frame) => {
+                router.notification(frame).await;
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Listening sockets (TCP via socket2 with our options, or a Unix socket) and the accept loop.
+//!
+//! The accept loop is the proxy's real load (modules open a connection per RPC), so it does
+//! little: take a connection slot, set TCP_NODELAY, spawn the connection's task. It survives
+//! resource exhaustion (EMFILE, ENFILE, ENOBUFS...) by backing off, logging once per episode, and
+//! keeps serving the connections already open.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::ListenAddr;
+use crate::downstream::{self, Shared};
+use crate::metrics as m;
+
+/// A bound listening socket.
+pub(crate) enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// Unix socket; the path is removed when the listener is dropped.
+    Unix(UnixListener, UnixPathGuard),
+}
+
+/// Removes a Unix socket file we created.
+pub(crate) struct UnixPathGuard(PathBuf);
+
+impl Drop for UnixPathGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Listener {
+    /// Binds `addr` with SO_REUSEADDR, the given backlog and optionally SO_REUSEPORT.
+    pub(crate) fn bind(addr: &ListenAddr, backlog: u32, reuse_port: bool) -> io::Result<Self> {
+        let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+        match addr {
+            ListenAddr::Tcp(sa) => {
+                let socket =
+                    Socket::new(Domain::for_address(*sa), Type::STREAM, Some(Protocol::TCP))?;
+                socket.set_reuse_address(true)?;
+                if reuse_port {
+                    socket.set_reuse_port(true)?;
+                }
+                // Accepted sockets inherit it on Linux; set again per connection for portability.
+                socket.set_tcp_nodelay(true)?;
+                socket.set_nonblocking(true)?;
+                socket.bind(&SockAddr::from(*sa))?;
+                socket.listen(backlog)?;
+                Ok(Self::Tcp(TcpListener::from_std(socket.into())?))
+            }
+            ListenAddr::Unix(path) => {
+                // A socket file left by a previous run would make bind fail; only remove sockets.
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if meta.file_type().is_socket() {
+                        std::fs::remove_file(path)?;
+                    }
+                }
+                let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+                socket.set_nonblocking(true)?;
+                socket.bind(&SockAddr::unix(path)?)?;
+                socket.listen(backlog)?;
+                let std_listener: std::os::unix::net::UnixListener = socket.into();
+                Ok(Self::Unix(
+                    UnixListener::from_std(std_listener)?,
+                    UnixPathGuard(path.clone()),
+                ))
+            }
+        }
+    }
+
+    /// The bound address (with the real port when `:0` was asked).
+    pub(crate) fn local_addr(&self) -> ListenAddr {
+        match self {
+            Self::Tcp(l) => ListenAddr::Tcp(
+                l.local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            ),
+            Self::Unix(_, guard) => ListenAddr::Unix(guard.0.clone()),
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Self::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+            Self::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
+}
+
+/// Errors that concern one connection only: accept again at once.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Accepts until `stop` is cancelled, spawning a task per connection on `tracker`.
+pub(crate) async fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let local = listener.local_addr().to_string();
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let accepted = match accepted {
+            Ok(a) => {
+                if !backoff.is_zero() {
+                    info!(listen.addr = %local, "Accepting again");
+                    backoff = Duration::ZERO;
+                }
+                a
+            }
+            Err(e) if is_connection_error(&e) => {
+                debug!(error = %e, "Accept failed for one connection");
+                continue;
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: back off instead of spinning; open
+                // connections keep being served meanwhile.
+                if backoff.is_zero() {
+                    warn!(listen.addr = %local, error = %e, "Accept failing, backing off");
+                    backoff = Duration::from_millis(5);
+                } else {
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                m::accept_error();
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                continue;
+            }
+        };
+        m::connection_accepted();
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the limit: close at once (the module fails open immediately) rather than queue.
+            m::connection_rejected();
+            debug!("Connection limit reached, closing new connection");
+            drop(accepted);
+            continue;
+        };
+        let shared = shared.clone();
+        match accepted {
+            Accepted::Tcp(stream, peer) => {
+                let _ = stream.set_nodelay(true);
+                let span = info_span!("conn", client.addr = %peer);
+                tracker.spawn(
+                    async move {
+                        downstream::serve(stream, shared).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Accepted::Unix(stream) => {
+                let span = info_span!("conn", client.addr = "unix");
+                tracker.spawn(
+                    async move {
+                        downstream::serve(stream, shared).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+    debug!(listen.addr = %local, "Listener closed");
+}

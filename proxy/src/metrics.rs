@@ -1,0 +1,197 @@
+//! Prometheus metrics. Every name is `sigsci_proxy_*` with its unit in the name; labels come
+//! from closed sets (method, outcome, result, state) or from the membership (agent address),
+//! never from client input. Per-agent series are rendered from the pool's snapshot at scrape
+//! time, so departed agents disappear from `/metrics` with them.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use agent_pool::{AgentState, Pool};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::codec::Method;
+
+/// Latency buckets in seconds: the interesting range is well under the modules' 100 ms.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.1,
+    0.25, 1.0,
+];
+
+/// Installs the process-wide recorder once and returns its handle.
+pub(crate) fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program): then our
+            // counters go there and /metrics shows only what this handle sees.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The method label of an RPC.
+pub(crate) fn method_label(method: Option<Method>) -> &'static str {
+    match method {
+        Some(Method::PreRequest) => "pre_request",
+        Some(Method::UpdateRequest) => "update_request",
+        Some(Method::PostRequest) => "post_request",
+        Some(Method::ModuleInit) => "module_init",
+        Some(Method::Other) | None => "other",
+    }
+}
+
+/// One RPC answered (or failed) after `elapsed`.
+pub(crate) fn rpc_finished(method: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!("sigsci_proxy_rpcs_total", "method" => method, "outcome" => outcome).increment(1);
+    histogram!("sigsci_proxy_rpc_duration_seconds", "method" => method)
+        .record(elapsed.as_secs_f64());
+}
+
+/// A notification forwarded (or dropped).
+pub(crate) fn notification(outcome: &'static str) {
+    counter!("sigsci_proxy_notifications_total", "outcome" => outcome).increment(1);
+}
+
+/// RPCs in flight, up or down.
+pub(crate) fn in_flight(delta: f64) {
+    gauge!("sigsci_proxy_rpcs_in_flight").increment(delta);
+}
+
+/// An UpdateRequest routed by its token (`hit`), with a token naming no member (`lost`), or
+/// without a token (`none`).
+pub(crate) fn affinity(result: &'static str) {
+    counter!("sigsci_proxy_affinity_total", "result" => result).increment(1);
+}
+
+/// A retry on another agent: `attempted`, `budget_exhausted`, `no_other_agent`.
+pub(crate) fn retry(result: &'static str) {
+    counter!("sigsci_proxy_retries_total", "result" => result).increment(1);
+}
+
+/// A new upstream connection: `ok`, `error`, `timeout`.
+pub(crate) fn upstream_connect(result: &'static str) {
+    counter!("sigsci_proxy_upstream_connects_total", "result" => result).increment(1);
+}
+
+/// Persistent upstream connections open, up or down.
+pub(crate) fn upstream_open(delta: f64) {
+    gauge!("sigsci_proxy_upstream_connections_open").increment(delta);
+}
+
+/// A downstream connection accepted.
+pub(crate) fn connection_accepted() {
+    counter!("sigsci_proxy_connections_accepted_total").increment(1);
+}
+
+/// A downstream connection closed at once because of the connection limit.
+pub(crate) fn connection_rejected() {
+    counter!("sigsci_proxy_connections_rejected_total").increment(1);
+}
+
+/// accept(2) failed for lack of resources.
+pub(crate) fn accept_error() {
+    counter!("sigsci_proxy_accept_errors_total").increment(1);
+}
+
+/// Downstream connections open, up or down.
+pub(crate) fn connections_open(delta: f64) {
+    gauge!("sigsci_proxy_connections_open").increment(delta);
+}
+
+/// A downstream connection closed by the proxy: `malformed`, `slow_frame`, `idle`, `io`.
+pub(crate) fn connection_closed(reason: &'static str) {
+    counter!("sigsci_proxy_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// 1 while draining.
+pub(crate) fn draining(on: bool) {
+    gauge!("sigsci_proxy_draining").set(if on { 1.0 } else { 0.0 });
+}
+
+fn state_label(state: AgentState) -> &'static str {
+    match state {
+        AgentState::Ready => "ready",
+        AgentState::Terminating => "terminating",
+        AgentState::Ejected => "ejected",
+        AgentState::Gone => "gone",
+    }
+}
+
+/// The whole `/metrics` page: recorder output, then pool-derived gauges.
+pub(crate) fn render(handle: &PrometheusHandle, pool: &Pool) -> String {
+    handle.run_upkeep();
+    let mut out = handle.render();
+    let hints = pool.hints();
+    let snapshot = pool.snapshot();
+    let _ = writeln!(
+        out,
+        "# TYPE sigsci_proxy_agents_recommended gauge\nsigsci_proxy_agents_recommended {}",
+        hints.recommended
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE sigsci_proxy_pool_utilization gauge\nsigsci_proxy_pool_utilization {}",
+        hints.utilization
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE sigsci_proxy_agents_ready gauge\nsigsci_proxy_agents_ready {}",
+        snapshot.ready_len()
+    );
+    let agents = snapshot.agents();
+    type Series = (
+        &'static str,
+        &'static str,
+        fn(&agent_pool::AgentStats) -> f64,
+    );
+    let series: [Series; 5] = [
+        ("sigsci_proxy_agent_outstanding", "gauge", |s| {
+            s.outstanding as f64
+        }),
+        ("sigsci_proxy_agent_latency_ewma_seconds", "gauge", |s| {
+            s.latency_ewma_ms / 1e3
+        }),
+        ("sigsci_proxy_agent_requests_total", "counter", |s| {
+            s.started as f64
+        }),
+        ("sigsci_proxy_agent_failures_total", "counter", |s| {
+            s.failures as f64
+        }),
+        ("sigsci_proxy_agent_ejections_total", "counter", |s| {
+            s.ejections as f64
+        }),
+    ];
+    let stats: Vec<_> = agents.iter().map(|a| a.stats()).collect();
+    for (name, kind, value) in series {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for s in &stats {
+            let _ = writeln!(out, "{name}{{agent=\"{}\"}} {}", s.address, value(s));
+        }
+    }
+    let _ = writeln!(out, "# TYPE sigsci_proxy_agent_state gauge");
+    for s in &stats {
+        for state in [
+            AgentState::Ready,
+            AgentState::Terminating,
+            AgentState::Ejected,
+            AgentState::Gone,
+        ] {
+            let _ = writeln!(
+                out,
+                "sigsci_proxy_agent_state{{agent=\"{}\",state=\"{}\"}} {}",
+                s.address,
+                state_label(state),
+                u8::from(s.state == state)
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,262 @@
+//! The proxy as a whole: bind the sockets, start membership, serve, and drain.
+//!
+//! Drain sequence (SIGTERM, SIGINT or `POST /drain`): `/readyz` turns 503 at once; the listeners
+//! keep accepting for the drain delay while Service endpoints converge; then they close,
+//! connections finish their in-flight RPCs and close; `run` returns as soon as nothing is left,
+//! or at the drain timeout with the number of RPCs cut off.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_pool::{Address, Endpoint, EndpointId, Pool, PoolConfig, Updates, source};
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::admin::{self, AdminState};
+use crate::codec::Limits;
+use crate::config::{Config, ListenAddr, Membership, split_host_port};
+use crate::downstream::Shared;
+use crate::drain::{DrainReport, InFlightCount, Readiness};
+use crate::listener::{self, Listener};
+use crate::metrics as m;
+use crate::route::{RetryBudget, Router};
+use crate::upstream::{UpstreamConfig, Upstreams};
+
+/// A proxy with its sockets bound, ready to [`run`](Proxy::run).
+pub struct Proxy {
+    config: Config,
+    listeners: Vec<Listener>,
+    admin: TcpListener,
+    pool: Pool,
+}
+
+impl Proxy {
+    /// Binds the RPC listeners and the admin port. Nothing is served until [`Proxy::run`].
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let l = Listener::bind(addr, config.backlog, config.reuse_port)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            listeners.push(l);
+        }
+        let admin = TcpListener::bind(config.admin)
+            .await
+            .with_context(|| format!("cannot listen on admin address {}", config.admin))?;
+        let mut pool_config = PoolConfig {
+            gone_grace: config.gone_grace,
+            ..PoolConfig::default()
+        };
+        pool_config.ejection.consecutive_failures = config.eject_after;
+        let pool = Pool::new(pool_config);
+        Ok(Self {
+            config,
+            listeners,
+            admin,
+            pool,
+        })
+    }
+
+    /// The bound RPC addresses (real ports when `:0` was asked).
+    pub fn rpc_addrs(&self) -> Vec<ListenAddr> {
+        self.listeners.iter().map(Listener::local_addr).collect()
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or(self.config.admin)
+    }
+
+    /// The agent pool (tests look at it).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Serves until `shutdown` is cancelled (or `POST /drain`), then drains and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<DrainReport> {
+        let Self {
+            config,
+            listeners,
+            admin,
+            pool,
+        } = self;
+        let prometheus = m::handle();
+        m::draining(false);
+        let updates = membership(&config).await?;
+
+        // Cancelled when `run` returns: membership, admin, upstream connections.
+        let exit = CancellationToken::new();
+        let _exit_guard = exit.clone().drop_guard();
+        {
+            let pool = pool.clone();
+            let exit = exit.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = pool.run(updates) => {}
+                    () = exit.cancelled() => {}
+                }
+            });
+        }
+
+        let readiness = Arc::new(Readiness::new());
+        let drain_requested = CancellationToken::new();
+        let admin_addr = admin.local_addr()?;
+        tokio::spawn(
+            admin::serve(
+                admin,
+                AdminState {
+                    pool: pool.clone(),
+                    readiness: readiness.clone(),
+                    drain: drain_requested.clone(),
+                    prometheus,
+                },
+                exit.clone(),
+            )
+            .instrument(info_span!("admin")),
+        );
+
+        let in_flight = Arc::new(InFlightCount::default());
+        let limits = Limits {
+            max_frame_bytes: config.max_frame_bytes,
+            ..Limits::default()
+        };
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            router: Router {
+                pool: pool.clone(),
+                upstreams: Upstreams::new(
+                    UpstreamConfig {
+                        mode: config.upstream_mode,
+                        connections: config.upstream_connections,
+                        connect_timeout: config.connect_timeout,
+                        limits,
+                    },
+                    exit.clone(),
+                ),
+                budget: RetryBudget::new(config.retry_budget),
+                rpc_timeout: config.rpc_timeout,
+                in_flight: in_flight.clone(),
+            },
+            limits,
+            max_in_flight: config.max_in_flight_per_connection,
+            idle_timeout: config.idle_timeout,
+            frame_read_timeout: config.frame_read_timeout,
+            stop: stop.clone(),
+        });
+
+        // Close the connections of agents that left for good.
+        {
+            let shared = shared.clone();
+            let exit = exit.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        () = exit.cancelled() => break,
+                        _ = every.tick() => shared.router.upstreams.prune(&shared.router.pool.snapshot()),
+                    }
+                }
+            });
+        }
+
+        let tracker = TaskTracker::new();
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        let rpc_addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().to_string())
+            .collect();
+        for l in listeners {
+            tokio::spawn(listener::accept_loop(
+                l,
+                shared.clone(),
+                connections.clone(),
+                tracker.clone(),
+                stop.clone(),
+            ));
+        }
+        info!(
+            rpc.addr = %rpc_addrs.join(","),
+            admin.addr = %admin_addr,
+            upstream.mode = ?config.upstream_mode,
+            "Listening"
+        );
+
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = drain_requested.cancelled() => {}
+        }
+        let drain_started = Instant::now();
+        readiness.drain();
+        m::draining(true);
+        info!(delay = ?config.drain_delay, timeout = ?config.drain_timeout, "Draining");
+        tokio::time::sleep(config.drain_delay).await;
+
+        stop.cancel();
+        tracker.close();
+        info!(rpcs.in_flight = in_flight.get(), "Listeners closed");
+        let left = config.drain_timeout.saturating_sub(drain_started.elapsed());
+        let report = match tokio::time::timeout(left, tracker.wait()).await {
+            Ok(()) => {
+                info!(elapsed = ?drain_started.elapsed(), "Drained");
+                DrainReport { cut_off: 0 }
+            }
+            Err(_) => {
+                let cut_off = in_flight.get();
+                warn!(
+                    rpcs.cut_off = cut_off,
+                    "Drain timeout, exiting with RPCs in flight"
+                );
+                DrainReport { cut_off }
+            }
+        };
+        Ok(report)
+    }
+}
+
+/// Binds and runs: what `main` calls.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<DrainReport> {
+    Proxy::bind(config).await?.run(shutdown).await
+}
+
+/// The membership stream the configuration asks for.
+async fn membership(config: &Config) -> anyhow::Result<Updates> {
+    match config.membership().context("no membership source")? {
+        Membership::Static(list) => {
+            let mut endpoints = Vec::new();
+            for text in &list {
+                endpoints.push(resolve(text).await?);
+            }
+            Ok(source::fixed(endpoints))
+        }
+        Membership::File(path) => {
+            // Fail fast on a file that cannot be read or parsed at start-up.
+            source::read_file(&path)
+                .with_context(|| format!("--agents-file {}", path.display()))?;
+            Ok(source::file(path, config.agents_file_poll))
+        }
+        Membership::Dns { name, port } => Ok(source::dns(name, port, config.agents_dns_interval)),
+        Membership::Kubernetes { .. } => {
+            anyhow::bail!("--agents-k8s is not available yet in this build")
+        }
+    }
+}
+
+/// A static agent: an address literal, or a name resolved once (its id stays the name).
+async fn resolve(text: &str) -> anyhow::Result<Endpoint> {
+    if let Ok(address) = text.parse::<Address>() {
+        return Ok(Endpoint::new(address));
+    }
+    let (host, port) =
+        split_host_port(text).map_err(|e| anyhow::anyhow!("--agents {text}: {e}"))?;
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("--agents: cannot resolve {text}"))?
+        .next()
+        .with_context(|| format!("--agents: {text} resolves to no address"))?;
+    Ok(Endpoint::new(Address::Tcp(addr)).with_id(EndpointId::new(text)))
+}

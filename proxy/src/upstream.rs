@@ -1,0 +1,158 @@
+//! Connections to agents.
+//!
+//! In `mux` mode each agent gets a few persistent connections; RPCs are multiplexed on them with
+//! proxy-assigned msgids and matched back by msgid ([`mux`]). In `per-call` mode each RPC gets a
+//! connection of its own, as the modules do ([`per_call`]). Either way a call returns the
+//! agent's response frame (msgid as the agent sent it) or an [`UpstreamError`] saying whether a
+//! retry elsewhere is allowed.
+
+mod mux;
+mod per_call;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_pool::{Address, Agent, EndpointId, Snapshot};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::{Instant, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{Frame, Limits};
+use crate::config::UpstreamMode;
+use crate::error::UpstreamError;
+use crate::metrics as m;
+
+/// Settings of the upstream side.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamConfig {
+    /// Mux or per-call.
+    pub(crate) mode: UpstreamMode,
+    /// Persistent connections per agent (mux).
+    pub(crate) connections: usize,
+    /// Connect timeout.
+    pub(crate) connect_timeout: Duration,
+    /// Frame limits for what agents send.
+    pub(crate) limits: Limits,
+}
+
+/// Every agent's connections.
+pub(crate) struct Upstreams {
+    config: UpstreamConfig,
+    agents: Mutex<HashMap<EndpointId, Arc<mux::AgentConns>>>,
+    /// Cancelled when the proxy exits: ends every connection task.
+    exit: CancellationToken,
+}
+
+impl Upstreams {
+    pub(crate) fn new(config: UpstreamConfig, exit: CancellationToken) -> Self {
+        Self {
+            config,
+            agents: Mutex::new(HashMap::new()),
+            exit,
+        }
+    }
+
+    fn conns(&self, agent: &Agent) -> Arc<mux::AgentConns> {
+        let mut agents = self.agents.lock().expect("upstream map lock");
+        if let Some(c) = agents.get(agent.id())
+            && c.address() == agent.address()
+        {
+            return c.clone();
+        }
+        // New agent, or the same id at a new address: fresh connections.
+        let c = Arc::new(mux::AgentConns::new(
+            agent.address().clone(),
+            &self.config,
+            &self.exit,
+        ));
+        if let Some(old) = agents.insert(agent.id().clone(), c.clone()) {
+            old.close();
+        }
+        c
+    }
+
+    /// Sends a request to `agent` (RequestID replaced by `request_id` if given) and waits for
+    /// its response until `deadline`.
+    pub(crate) async fn call(
+        &self,
+        agent: &Agent,
+        request: &Frame,
+        request_id: Option<&[u8]>,
+        deadline: Instant,
+    ) -> Result<Frame, UpstreamError> {
+        match self.config.mode {
+            UpstreamMode::Mux => {
+                let conn = self.conns(agent).get(deadline).await?;
+                conn.call(request, request_id, deadline).await
+            }
+            UpstreamMode::PerCall => {
+                per_call::call(agent.address(), &self.config, request, request_id, deadline).await
+            }
+        }
+    }
+
+    /// Forwards a notification (no answer expected).
+    pub(crate) async fn notify(
+        &self,
+        agent: &Agent,
+        frame: &Frame,
+        deadline: Instant,
+    ) -> Result<(), UpstreamError> {
+        match self.config.mode {
+            UpstreamMode::Mux => self.conns(agent).get(deadline).await?.notify(frame),
+            UpstreamMode::PerCall => {
+                per_call::notify(agent.address(), &self.config, frame, deadline).await
+            }
+        }
+    }
+
+    /// Closes the connections of agents no longer in the pool.
+    pub(crate) fn prune(&self, snapshot: &Snapshot) {
+        let mut agents = self.agents.lock().expect("upstream map lock");
+        agents.retain(|id, conns| {
+            let keep = snapshot.agents().iter().any(|a| a.id() == id);
+            if !keep {
+                conns.close();
+            }
+            keep
+        });
+    }
+}
+
+/// A connected stream to an agent.
+pub(crate) enum Connected {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Connects to `address`, giving up at `deadline`.
+pub(crate) async fn connect(
+    address: &Address,
+    deadline: Instant,
+) -> Result<Connected, UpstreamError> {
+    let attempt = async {
+        match address {
+            Address::Tcp(sa) => {
+                let s = TcpStream::connect(sa).await?;
+                s.set_nodelay(true)?;
+                Ok(Connected::Tcp(s))
+            }
+            Address::Unix(path) => UnixStream::connect(path).await.map(Connected::Unix),
+        }
+    };
+    match timeout_at(deadline, attempt).await {
+        Ok(Ok(c)) => {
+            m::upstream_connect("ok");
+            Ok(c)
+        }
+        Ok(Err(e)) => {
+            m::upstream_connect("error");
+            Err(UpstreamError::Connect(e))
+        }
+        Err(_) => {
+            m::upstream_connect("timeout");
+            Err(UpstreamError::ConnectTimeout)
+        }
+    }
+}

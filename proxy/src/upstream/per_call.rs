@@ -1,0 +1,84 @@
+//! `per-call` mode: a connection per RPC, for agents that would not multiplex.
+
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, timeout_at};
+use tokio_util::codec::FramedRead;
+
+use super::{Connected, UpstreamConfig, connect};
+use crate::codec::{Frame, FrameCodec, FrameKind};
+use crate::error::UpstreamError;
+use agent_pool::Address;
+
+/// Connect, send, read the one answer, close.
+pub(super) async fn call(
+    address: &Address,
+    config: &UpstreamConfig,
+    request: &Frame,
+    request_id: Option<&[u8]>,
+    deadline: Instant,
+) -> Result<Frame, UpstreamError> {
+    let connect_deadline = deadline.min(Instant::now() + config.connect_timeout);
+    let bytes = match request_id {
+        Some(id) => request
+            .rewrite(None, Some(id))
+            .map_err(UpstreamError::Protocol)?
+            .into_bytes(),
+        None => request.clone().into_bytes(),
+    };
+    match connect(address, connect_deadline).await? {
+        Connected::Tcp(s) => exchange(s, config, &bytes, request.msgid(), deadline).await,
+        Connected::Unix(s) => exchange(s, config, &bytes, request.msgid(), deadline).await,
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    config: &UpstreamConfig,
+    bytes: &[u8],
+    msgid: Option<u64>,
+    deadline: Instant,
+) -> Result<Frame, UpstreamError> {
+    match timeout_at(deadline, stream.write_all(bytes)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(UpstreamError::Broken(e)),
+        Err(_) => return Err(UpstreamError::Timeout),
+    }
+    let mut frames = FramedRead::new(stream, FrameCodec::new(config.limits));
+    loop {
+        match timeout_at(deadline, frames.next()).await {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(None) => {
+                return Err(UpstreamError::Broken(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "agent closed the connection before answering",
+                )));
+            }
+            Ok(Some(Err(e))) => return Err(UpstreamError::Protocol(e)),
+            Ok(Some(Ok(frame))) => {
+                if frame.kind() == FrameKind::Response && frame.msgid() == msgid {
+                    return Ok(frame);
+                }
+            }
+        }
+    }
+}
+
+/// Connect, send the notification, close.
+pub(super) async fn notify(
+    address: &Address,
+    config: &UpstreamConfig,
+    frame: &Frame,
+    deadline: Instant,
+) -> Result<(), UpstreamError> {
+    let connect_deadline = deadline.min(Instant::now() + config.connect_timeout);
+    let result = match connect(address, connect_deadline).await? {
+        Connected::Tcp(mut s) => timeout_at(deadline, s.write_all(frame.as_bytes())).await,
+        Connected::Unix(mut s) => timeout_at(deadline, s.write_all(frame.as_bytes())).await,
+    };
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(UpstreamError::Broken(e)),
+        Err(_) => Err(UpstreamError::Timeout),
+    }
+}
