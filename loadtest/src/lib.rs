@@ -1,1 +1,13 @@
-//! Agent simulator, module emulator and local orchestrator (being written).
+//! Load testing for sigsci-proxy: a faithful agent simulator ([`agent`]), a module emulator that
+//! drives load the way the real modules do ([`drive`]), and a local orchestrator that wires them
+//! to the real proxy binary ([`local`]).
+#![warn(missing_docs)]
+
+pub mod addr;
+pub mod agent;
+pub mod cli;
+pub mod drive;
+pub mod http;
+pub mod local;
+pub mod rpc;
+pub mod units;

@@ -1,2 +1,29 @@
-//! The `loadtest` binary.
-fn main() {}
+//! The `loadtest` binary: parses the command line and runs the chosen subcommand.
+
+use clap::Parser;
+use loadtest::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Agent(a) => loadtest::cli::run_agent(a).await,
+            Command::Drive(d) => loadtest::drive::run_cli(d).await,
+            Command::Local(l) => loadtest::local::run_cli(l).await,
+        }
+    });
+    match result {
+        Ok(code) => std::process::ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

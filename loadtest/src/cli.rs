@@ -1,0 +1,146 @@
+//! Command-line interface: `loadtest agent`, `loadtest drive`, `loadtest local`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::addr::RpcAddr;
+use crate::agent::{AgentConfig, Faults, Stopped};
+use crate::units::{ServiceTime, parse_duration};
+
+/// Agent simulator, module emulator and local orchestrator for sigsci-proxy.
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a simulated sigsci-agent.
+    Agent(AgentArgs),
+    /// Drive load at an agent or proxy the way modules do.
+    Drive(crate::drive::DriveArgs),
+    /// Start agents (+ the proxy or HAProxy), drive load, report, stop everything.
+    Local(crate::local::LocalArgs),
+}
+
+/// `loadtest agent` options.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// RPC listen address: host:port, unix:/path or /path.
+    #[arg(long, env = "SIGSCI_RPC_ADDRESS", default_value = "127.0.0.1:9999")]
+    pub listen: RpcAddr,
+    /// Admin HTTP address (/stats, /metrics, /fault, /shutdown).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Block (406) PreRequests containing PATTERN in URI, header value or body; `PATTERN=TAG`
+    /// sets the tag. Repeatable; replaces the defaults (`<script`=XSS, `' OR 1=1`=SQLI).
+    #[arg(long = "attack-pattern", value_name = "PATTERN[=TAG]")]
+    pub attack_patterns: Vec<String>,
+    /// Fraction (0..=1) of allowed PreRequests that still get a RequestID.
+    #[arg(long, default_value_t = 0.0)]
+    pub flag_fraction: f64,
+    /// How long a RequestID waits for its UpdateRequest.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub context_expiration: Duration,
+    /// Work per RPC: fixed (`200us`) or exponential with that mean (`exp:200us`).
+    #[arg(long, default_value = "200us")]
+    pub service_time: ServiceTime,
+    /// RPCs served concurrently; more wait for a free worker.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Service time multiplier.
+    #[arg(long, default_value_t = 1.0)]
+    pub slow: f64,
+    /// Added delay before every answer.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// Start with the listening socket closed (connections refused).
+    #[arg(long)]
+    pub refuse: bool,
+    /// Reset connections instead of answering.
+    #[arg(long)]
+    pub reset: bool,
+    /// Crash (exit status 3) after this many requests.
+    #[arg(long)]
+    pub exit_after: Option<u64>,
+}
+
+impl AgentArgs {
+    /// The simulator configuration these flags describe.
+    pub fn to_config(&self) -> AgentConfig {
+        let mut cfg = AgentConfig {
+            listen: self.listen.clone(),
+            admin: self.admin,
+            flag_fraction: self.flag_fraction,
+            context_expiration: self.context_expiration,
+            service_time: self.service_time,
+            workers: self.workers,
+            faults: Faults {
+                refuse: self.refuse,
+                hangup: false,
+                reset: self.reset,
+                delay: self.delay,
+                slow: self.slow,
+                exit_after: self.exit_after,
+            },
+            ..AgentConfig::default()
+        };
+        if !self.attack_patterns.is_empty() {
+            cfg.attack_patterns = self
+                .attack_patterns
+                .iter()
+                .map(|p| match p.rsplit_once('=') {
+                    Some((pat, tag)) if !tag.is_empty() && !tag.contains(' ') => {
+                        (pat.into(), tag.into())
+                    }
+                    _ => (p.clone(), "ATTACK".into()),
+                })
+                .collect();
+        }
+        cfg
+    }
+}
+
+/// Runs `loadtest agent` until SIGTERM/SIGINT, `POST /shutdown` or the crash fault; returns the
+/// process exit status.
+pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
+    let cfg = args.to_config();
+    if let Err(errs) = cfg.validate() {
+        for e in errs {
+            eprintln!("error: {e}");
+        }
+        return Ok(2);
+    }
+    let agent = cfg.spawn().await?;
+    let admin = agent
+        .admin_addr()
+        .map_or_else(|| "-".to_string(), |a| a.to_string());
+    // Machine-readable: orchestrators and tests parse this line.
+    println!("listening rpc={} admin={admin}", agent.rpc_addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let crashed = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = term.recv() => false,
+        s = agent.stopped() => s == Stopped::Crashed,
+    };
+    if crashed {
+        let stats = agent.stats();
+        println!("crashed (exit_after fault)\n{}", stats.to_text());
+        return Ok(3);
+    }
+    let stats = tokio::select! {
+        s = agent.shutdown() => s,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("second signal: exiting now");
+            return Ok(1);
+        }
+    };
+    println!("stopped\n{}", stats.to_text());
+    Ok(0)
+}

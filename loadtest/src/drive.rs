@@ -1,0 +1,444 @@
+//! The module emulator: drives load exactly as the real modules do — per simulated HTTP
+//! request a PreRequest, then an UpdateRequest when a RequestID came back, else a PostRequest
+//! for anomalous responses — each on a new connection with a 100 ms whole-call deadline,
+//! failing open on any error.
+//!
+//! Open loop (default): transactions are scheduled on a timetable at `--rate`, and a
+//! PreRequest's latency is measured from its scheduled time, so a stalled target shows up as
+//! latency instead of silently lowering the rate (no coordinated omission). Concurrency is
+//! bounded by `--max-in-flight`; transactions beyond it are counted as `overflow`.
+//! Closed loop: `--concurrency N` workers each run transactions back to back.
+
+mod client;
+mod payload;
+mod report;
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use clap::Args;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::addr::RpcAddr;
+use crate::agent::AgentStats;
+use crate::rpc::{self, Reply};
+use crate::units::parse_duration;
+
+pub use client::{CallError, Client, ErrorKind};
+pub use payload::{ATTACK, PayloadShape};
+pub use report::{AgentReport, DriveReport, Latency, MethodReport};
+
+/// `loadtest drive` options (also the drive configuration used by the orchestrator).
+#[derive(Debug, Clone, Args)]
+pub struct DriveArgs {
+    /// Where PreRequests go: host:port, unix:/path or /path.
+    #[arg(long, default_value = "127.0.0.1:9999")]
+    pub target: RpcAddr,
+    /// Where UpdateRequests (and PostRequests) go, if not `--target`.
+    #[arg(long)]
+    pub update_target: Option<RpcAddr>,
+    /// Transactions (PreRequests) per second, open loop.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long to schedule transactions.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Closed loop with this many workers instead of a target rate.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Open loop: most transactions in flight; further scheduled ones are counted as overflow.
+    #[arg(long, default_value_t = 2000)]
+    pub max_in_flight: usize,
+    /// Whole-call deadline (dial + write + read), as in the modules.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Fraction of transactions whose URI carries `<script>` (the simulator blocks and flags
+    /// them, so they are followed by an UpdateRequest).
+    #[arg(long, default_value_t = 0.0)]
+    pub attack_fraction: f64,
+    /// Fraction of unflagged transactions whose response is anomalous (→ PostRequest).
+    #[arg(long, default_value_t = 0.0)]
+    pub anomalous_fraction: f64,
+    /// Pipeline calls over a few persistent connections instead of a connection per call.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Persistent connections per target with `--persistent`.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Request headers per request.
+    #[arg(long, default_value_t = 12)]
+    pub headers: usize,
+    /// URI length in bytes.
+    #[arg(long, default_value_t = 80)]
+    pub uri_len: usize,
+    /// Request body size in bytes (0 = GET).
+    #[arg(long, default_value_t = 0)]
+    pub body_size: usize,
+    /// Local source addresses to bind, round-robin (emulates several app pods), e.g.
+    /// `127.0.0.1,127.0.0.2`.
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<IpAddr>,
+    /// Agents' admin addresses; their /stats are read before and after to report matched,
+    /// orphaned and expired updates and each agent's PreRequest share.
+    #[arg(long, value_delimiter = ',')]
+    pub agents_admin: Vec<SocketAddr>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl Default for DriveArgs {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct P {
+            #[command(flatten)]
+            d: DriveArgs,
+        }
+        P::parse_from(["drive"]).d
+    }
+}
+
+impl DriveArgs {
+    /// Every problem with these options, named by flag.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut e = Vec::new();
+        if self.concurrency.is_none() && !(self.rate.is_finite() && self.rate > 0.0) {
+            e.push(format!("--rate {} must be positive", self.rate));
+        }
+        if self.concurrency == Some(0) {
+            e.push("--concurrency must be at least 1".into());
+        }
+        if self.max_in_flight == 0 {
+            e.push("--max-in-flight must be at least 1".into());
+        }
+        for (name, f) in [
+            ("--attack-fraction", self.attack_fraction),
+            ("--anomalous-fraction", self.anomalous_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&f) {
+                e.push(format!("{name} {f} is not within 0..=1"));
+            }
+        }
+        if self.timeout.is_zero() {
+            e.push("--timeout must be positive".into());
+        }
+        if self.persistent && self.connections == 0 {
+            e.push("--connections must be at least 1".into());
+        }
+        if e.is_empty() { Ok(()) } else { Err(e) }
+    }
+}
+
+/// Everything a transaction needs.
+struct Ctx {
+    pre: Client,
+    update: Client,
+    shape: PayloadShape,
+    args: DriveArgs,
+    rec: report::Recorder,
+    msgid: AtomicU32,
+    seq: AtomicU64,
+    flagged: AtomicU64,
+    blocked: AtomicU64,
+    failed_open: AtomicU64,
+    transactions: AtomicU64,
+}
+
+impl Ctx {
+    fn next_msgid(&self) -> u64 {
+        // Go's module counts up in a uint32.
+        u64::from(self.msgid.fetch_add(1, Relaxed))
+    }
+
+    async fn call(
+        &self,
+        client: &Client,
+        method: &'static str,
+        frame_of: impl FnOnce(u64) -> Vec<u8>,
+        since: Instant,
+    ) -> Result<Reply, CallError> {
+        let msgid = self.next_msgid();
+        let r = client.call(msgid, frame_of(msgid), self.args.timeout).await;
+        if let Err(e) = &r {
+            tracing::debug!(method, kind = ?e.kind, detail = %e.detail, "Call failed");
+        }
+        self.rec
+            .record(method, since.elapsed(), r.as_ref().err().map(|e| e.kind));
+        r
+    }
+
+    /// One simulated HTTP request; `scheduled` is when it should have started.
+    async fn transaction(&self, scheduled: Instant) {
+        self.transactions.fetch_add(1, Relaxed);
+        let seq = self.seq.fetch_add(1, Relaxed);
+        let attack = rand::random::<f64>() < self.args.attack_fraction;
+        let anomalous = rand::random::<f64>() < self.args.anomalous_fraction;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let req = self.shape.request(seq, attack, now_ms);
+        let pre = self
+            .call(
+                &self.pre,
+                rpc::PRE_REQUEST,
+                |id| rpc::encode_request(id, rpc::PRE_REQUEST, &req),
+                scheduled,
+            )
+            .await;
+        let (request_id, code) = match pre {
+            Ok(Reply::Out(out)) => {
+                if out.WAFResponse == 406 {
+                    self.blocked.fetch_add(1, Relaxed);
+                }
+                (out.RequestID, out.WAFResponse)
+            }
+            Ok(_) => (String::new(), 200),
+            Err(_) => {
+                self.failed_open.fetch_add(1, Relaxed);
+                (String::new(), 200)
+            }
+        };
+        let code = if anomalous && code == 200 { 500 } else { code };
+        if !request_id.is_empty() {
+            self.flagged.fetch_add(1, Relaxed);
+            let upd = self.shape.update_request(request_id, code);
+            let _ = self
+                .call(
+                    &self.update,
+                    rpc::UPDATE_REQUEST,
+                    |id| rpc::encode_request(id, rpc::UPDATE_REQUEST, &upd),
+                    Instant::now(),
+                )
+                .await;
+        } else if code >= 300 {
+            let post = self.shape.post_request(req, code);
+            let _ = self
+                .call(
+                    &self.update,
+                    rpc::POST_REQUEST,
+                    |id| rpc::encode_request(id, rpc::POST_REQUEST, &post),
+                    Instant::now(),
+                )
+                .await;
+        }
+    }
+}
+
+async fn read_agents(admins: &[SocketAddr]) -> Vec<Result<AgentStats, String>> {
+    let reads = admins.iter().map(|a| async move {
+        let body = crate::http::get(*a, "/stats")
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        serde_json::from_slice::<AgentStats>(&body).map_err(|e| format!("bad /stats JSON: {e}"))
+    });
+    futures::future::join_all(reads).await
+}
+
+/// Runs one drive and returns its report. Errors only for invalid options.
+pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
+    if let Err(errs) = args.validate() {
+        anyhow::bail!("{}", errs.join("; "));
+    }
+    let update_target = args
+        .update_target
+        .clone()
+        .unwrap_or_else(|| args.target.clone());
+    let client = |addr: &RpcAddr| {
+        if args.persistent {
+            Client::persistent(addr.clone(), args.sources.clone(), args.connections)
+        } else {
+            Client::per_call(addr.clone(), args.sources.clone())
+        }
+    };
+    let ctx = Arc::new(Ctx {
+        pre: client(&args.target),
+        update: client(&update_target),
+        shape: PayloadShape {
+            headers: args.headers,
+            uri_len: args.uri_len,
+            body_size: args.body_size,
+        },
+        args: args.clone(),
+        rec: report::Recorder::new(),
+        msgid: AtomicU32::new(rand::random::<u32>() >> 8),
+        seq: AtomicU64::new(0),
+        flagged: AtomicU64::new(0),
+        blocked: AtomicU64::new(0),
+        failed_open: AtomicU64::new(0),
+        transactions: AtomicU64::new(0),
+    });
+    let before = read_agents(&args.agents_admin).await;
+    let progress = progress_bar(&args);
+    let start = Instant::now();
+    let end = start + args.duration;
+    let mut overflow = 0u64;
+    let tasks = tokio_util::task::TaskTracker::new();
+    let ticker = progress.clone().map(|pb| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                pb.set_position(start.elapsed().as_millis() as u64);
+                pb.set_message(format!(
+                    "{} transactions, {} failed open",
+                    ctx.transactions.load(Relaxed),
+                    ctx.failed_open.load(Relaxed)
+                ));
+            }
+        })
+    });
+    match args.concurrency {
+        Some(n) => {
+            for _ in 0..n {
+                let ctx = ctx.clone();
+                tasks.spawn(async move {
+                    while Instant::now() < end {
+                        ctx.transaction(Instant::now()).await;
+                    }
+                });
+            }
+        }
+        None => {
+            let sem = Arc::new(Semaphore::new(args.max_in_flight));
+            let interval = Duration::from_secs_f64(1.0 / args.rate);
+            let mut i: u32 = 0;
+            loop {
+                let at = start + interval * i;
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
+                match sem.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let ctx = ctx.clone();
+                        tasks.spawn(async move {
+                            ctx.transaction(at).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => overflow += 1,
+                }
+                i += 1;
+            }
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    let after = read_agents(&args.agents_admin).await;
+    let methods = ctx.rec.methods();
+    let mut errors = std::collections::BTreeMap::new();
+    for m in methods.values() {
+        for (k, v) in &m.errors {
+            *errors.entry(*k).or_insert(0) += v;
+        }
+    }
+    let rpcs: u64 = methods.values().map(|m| m.calls).sum();
+    let transactions = ctx.transactions.load(Relaxed);
+    let mut report = DriveReport {
+        target: args.target.to_string(),
+        update_target: update_target.to_string(),
+        mode: format!(
+            "{}, {}",
+            if args.concurrency.is_some() {
+                "closed-loop"
+            } else {
+                "open-loop"
+            },
+            if args.persistent {
+                "persistent"
+            } else {
+                "per-call"
+            }
+        ),
+        target_rate: if args.concurrency.is_some() {
+            0.0
+        } else {
+            args.rate
+        },
+        elapsed_s: elapsed,
+        transactions,
+        overflow,
+        achieved_rate: transactions as f64 / elapsed,
+        achieved_rpc_rate: rpcs as f64 / elapsed,
+        flagged: ctx.flagged.load(Relaxed),
+        blocked: ctx.blocked.load(Relaxed),
+        failed_open: ctx.failed_open.load(Relaxed),
+        methods,
+        errors,
+        agents: Vec::new(),
+        updates_matched: 0,
+        updates_orphaned: 0,
+        updates_expired: 0,
+        orphaned_fraction: None,
+        problems: Vec::new(),
+    };
+    if !args.agents_admin.is_empty() {
+        let stats = args
+            .agents_admin
+            .iter()
+            .zip(before.into_iter().zip(after))
+            .map(|(a, (b, af))| {
+                let d = match (b, af) {
+                    (Ok(b), Ok(af)) => Ok(af.since(&b)),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
+                (*a, d)
+            })
+            .collect();
+        report.set_agents(stats);
+    }
+    Ok(report)
+}
+
+fn progress_bar(args: &DriveArgs) -> Option<indicatif::ProgressBar> {
+    if args.no_progress || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(args.duration.as_millis() as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    Some(pb)
+}
+
+/// Writes the report as pretty JSON.
+pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+}
+
+/// `loadtest drive`: prints the report, writes JSON if asked. Exit status 2 on invalid options,
+/// else 0 (the report says what went wrong).
+pub async fn run_cli(args: DriveArgs) -> anyhow::Result<i32> {
+    if let Err(errs) = args.validate() {
+        for e in errs {
+            eprintln!("error: {e}");
+        }
+        return Ok(2);
+    }
+    let json = args.json.clone();
+    let report = run(args).await?;
+    print!("{}", report.to_text());
+    if let Some(path) = json {
+        write_json(&path, &report)?;
+    }
+    Ok(0)
+}

@@ -1,0 +1,309 @@
+//! What a drive measured: latency histograms per method, errors by kind, and the agents' own
+//! counters; printed as text and written as JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::client::ErrorKind;
+use crate::agent::AgentStats;
+
+/// Collects results while the drive runs.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    inner: Mutex<BTreeMap<&'static str, MethodRecorder>>,
+}
+
+#[derive(Debug)]
+struct MethodRecorder {
+    ok: u64,
+    errors: BTreeMap<ErrorKind, u64>,
+    hist: Histogram<u64>,
+}
+
+impl Recorder {
+    pub(crate) fn new() -> Recorder {
+        Recorder {
+            inner: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records one call of `method` that took `latency` (recorded for failures too).
+    pub(crate) fn record(&self, method: &'static str, latency: Duration, error: Option<ErrorKind>) {
+        let mut map = self.inner.lock().expect("not poisoned");
+        let m = map.entry(method).or_insert_with(|| MethodRecorder {
+            ok: 0,
+            errors: BTreeMap::new(),
+            hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
+        });
+        match error {
+            None => m.ok += 1,
+            Some(k) => *m.errors.entry(k).or_default() += 1,
+        }
+        m.hist
+            .saturating_record((latency.as_micros() as u64).max(1));
+    }
+
+    pub(crate) fn methods(&self) -> BTreeMap<String, MethodReport> {
+        let map = self.inner.lock().expect("not poisoned");
+        map.iter()
+            .map(|(name, m)| {
+                let q = |p: f64| m.hist.value_at_quantile(p);
+                let errors: u64 = m.errors.values().sum();
+                let report = MethodReport {
+                    calls: m.ok + errors,
+                    ok: m.ok,
+                    errors: m.errors.iter().map(|(k, v)| (*k, *v)).collect(),
+                    latency_us: Latency {
+                        p50: q(0.5),
+                        p90: q(0.9),
+                        p99: q(0.99),
+                        p999: q(0.999),
+                        max: m.hist.max(),
+                        mean: m.hist.mean(),
+                    },
+                };
+                (name.to_string(), report)
+            })
+            .collect()
+    }
+}
+
+/// Latency quantiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Maximum.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// One RPC method's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodReport {
+    /// Calls made.
+    pub calls: u64,
+    /// Calls answered without error.
+    pub ok: u64,
+    /// Failed calls by kind.
+    pub errors: BTreeMap<ErrorKind, u64>,
+    /// Latency (PreRequest: from the scheduled time in open-loop mode).
+    pub latency_us: Latency,
+}
+
+/// One agent's counters over the drive (differences of its `/stats`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentReport {
+    /// Its admin address.
+    pub admin: SocketAddr,
+    /// Counter increase during the drive; `None` if its stats could not be read.
+    pub stats: Option<AgentStats>,
+    /// Its share of all PreRequests the agents received.
+    pub prerequest_share: f64,
+    /// Why stats are missing.
+    pub error: Option<String>,
+}
+
+/// The whole result of one drive.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveReport {
+    /// PreRequest target.
+    pub target: String,
+    /// UpdateRequest target.
+    pub update_target: String,
+    /// `open-loop` or `closed-loop`, `per-call` or `persistent`.
+    pub mode: String,
+    /// Requested transaction (PreRequest) rate; 0 in closed loop.
+    pub target_rate: f64,
+    /// Wall time of the drive in seconds (until the last call finished).
+    pub elapsed_s: f64,
+    /// Transactions started.
+    pub transactions: u64,
+    /// Scheduled transactions skipped because the concurrency bound was reached.
+    pub overflow: u64,
+    /// Transactions per second achieved.
+    pub achieved_rate: f64,
+    /// RPCs per second achieved (all methods).
+    pub achieved_rpc_rate: f64,
+    /// PreRequests answered with a RequestID.
+    pub flagged: u64,
+    /// PreRequests answered 406.
+    pub blocked: u64,
+    /// PreRequests that failed (the module failed open).
+    pub failed_open: u64,
+    /// Per method.
+    pub methods: BTreeMap<String, MethodReport>,
+    /// Errors of all methods by kind.
+    pub errors: BTreeMap<ErrorKind, u64>,
+    /// Per agent, when `--agents-admin` was given.
+    pub agents: Vec<AgentReport>,
+    /// Sum over agents of UpdateRequests matched / orphaned / expired.
+    pub updates_matched: u64,
+    /// See `updates_matched`.
+    pub updates_orphaned: u64,
+    /// See `updates_matched`.
+    pub updates_expired: u64,
+    /// orphaned / (matched + orphaned + expired), when agents were read.
+    pub orphaned_fraction: Option<f64>,
+    /// Anything that went wrong beyond the counted errors (e.g. unreadable agent stats).
+    pub problems: Vec<String>,
+}
+
+impl DriveReport {
+    /// Total errors of all methods.
+    pub fn total_errors(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Fills the agents section from stats read before and after.
+    pub(crate) fn set_agents(&mut self, agents: Vec<(SocketAddr, Result<AgentStats, String>)>) {
+        let total_pre: u64 = agents
+            .iter()
+            .filter_map(|(_, s)| s.as_ref().ok())
+            .map(|s| s.prerequests)
+            .sum();
+        self.agents = agents
+            .into_iter()
+            .map(|(admin, s)| match s {
+                Ok(s) => AgentReport {
+                    admin,
+                    prerequest_share: if total_pre > 0 {
+                        s.prerequests as f64 / total_pre as f64
+                    } else {
+                        0.0
+                    },
+                    stats: Some(s),
+                    error: None,
+                },
+                Err(e) => {
+                    self.problems.push(format!("agent {admin}: {e}"));
+                    AgentReport {
+                        admin,
+                        stats: None,
+                        prerequest_share: 0.0,
+                        error: Some(e),
+                    }
+                }
+            })
+            .collect();
+        let sum = |f: fn(&AgentStats) -> u64| {
+            self.agents
+                .iter()
+                .filter_map(|a| a.stats.as_ref())
+                .map(f)
+                .sum::<u64>()
+        };
+        self.updates_matched = sum(|s| s.updates_matched);
+        self.updates_orphaned = sum(|s| s.updates_orphaned);
+        self.updates_expired = sum(|s| s.updates_expired);
+        let all = self.updates_matched + self.updates_orphaned + self.updates_expired;
+        self.orphaned_fraction =
+            (!self.agents.is_empty() && all > 0).then(|| self.updates_orphaned as f64 / all as f64);
+    }
+
+    /// Human-readable report.
+    pub fn to_text(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "target {}  (updates to {})  mode {}",
+            self.target, self.update_target, self.mode
+        );
+        let _ = writeln!(
+            o,
+            "transactions {} in {:.2}s: {:.1}/s (target {:.0}/s), {:.1} RPC/s; overflow {}",
+            self.transactions,
+            self.elapsed_s,
+            self.achieved_rate,
+            self.target_rate,
+            self.achieved_rpc_rate,
+            self.overflow
+        );
+        let _ = writeln!(
+            o,
+            "flagged {} (blocked {}), failed open {}",
+            self.flagged, self.blocked, self.failed_open
+        );
+        let _ = writeln!(
+            o,
+            "{:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  latency µs",
+            "method", "calls", "errors", "p50", "p90", "p99", "p99.9", "max"
+        );
+        for (name, m) in &self.methods {
+            let l = &m.latency_us;
+            let errs: u64 = m.errors.values().sum();
+            let _ = writeln!(
+                o,
+                "{name:<20} {:>8} {errs:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                m.calls, l.p50, l.p90, l.p99, l.p999, l.max
+            );
+        }
+        if self.errors.is_empty() {
+            let _ = writeln!(o, "errors: none");
+        } else {
+            let list: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k:?}={v}"))
+                .collect();
+            let _ = writeln!(o, "errors: {}", list.join(" "));
+        }
+        if !self.agents.is_empty() {
+            let _ = writeln!(
+                o,
+                "{:<22} {:>7} {:>10} {:>8} {:>9} {:>8} {:>8}",
+                "agent admin", "share", "prereqs", "updates", "matched", "orphaned", "expired"
+            );
+            for a in &self.agents {
+                match &a.stats {
+                    Some(s) => {
+                        let _ = writeln!(
+                            o,
+                            "{:<22} {:>6.1}% {:>10} {:>8} {:>9} {:>8} {:>8}",
+                            a.admin.to_string(),
+                            100.0 * a.prerequest_share,
+                            s.prerequests,
+                            s.updaterequests,
+                            s.updates_matched,
+                            s.updates_orphaned,
+                            s.updates_expired
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(
+                            o,
+                            "{:<22} stats unavailable: {}",
+                            a.admin.to_string(),
+                            a.error.as_deref().unwrap_or("?")
+                        );
+                    }
+                }
+            }
+            let frac = self
+                .orphaned_fraction
+                .map_or("n/a".to_string(), |f| format!("{f:.3}"));
+            let _ = writeln!(
+                o,
+                "updates: matched {} orphaned {} expired {}; orphaned fraction {frac}",
+                self.updates_matched, self.updates_orphaned, self.updates_expired
+            );
+        }
+        for p in &self.problems {
+            let _ = writeln!(o, "problem: {p}");
+        }
+        o
+    }
+}

@@ -1,0 +1,95 @@
+//! Parsing of the human-friendly quantities the command line takes (`200us`, `10s`, `exp:200us`).
+
+use std::time::Duration;
+
+/// Parses a duration such as `200us`, `5ms`, `1.5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (examples: 200us, 5ms, 10s)"))?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" | "" => 1.0,
+        "m" | "min" => 60.0,
+        other => return Err(format!("unknown duration unit {other:?} in {text:?}")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {text:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// How long the simulated agent works on one RPC.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ServiceTime {
+    /// Always the same.
+    Fixed(Duration),
+    /// Exponentially distributed with this mean (`exp:200us`).
+    Exponential(Duration),
+}
+
+impl ServiceTime {
+    /// Draws one service time.
+    pub fn sample(&self) -> Duration {
+        match *self {
+            ServiceTime::Fixed(d) => d,
+            ServiceTime::Exponential(mean) => {
+                // Inverse-CDF sampling; 1 - u is in (0, 1] so ln never sees 0.
+                let u: f64 = rand::random::<f64>();
+                mean.mul_f64(-(1.0 - u).ln())
+            }
+        }
+    }
+
+    /// The mean service time.
+    pub fn mean(&self) -> Duration {
+        match *self {
+            ServiceTime::Fixed(d) | ServiceTime::Exponential(d) => d,
+        }
+    }
+}
+
+impl std::str::FromStr for ServiceTime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("exp:") {
+            Some(rest) => parse_duration(rest).map(ServiceTime::Exponential),
+            None => parse_duration(s).map(ServiceTime::Fixed),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServiceTime::Fixed(d) => write!(f, "{d:?}"),
+            ServiceTime::Exponential(d) => write!(f, "exp:{d:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("200us").unwrap(), Duration::from_micros(200));
+        assert_eq!(parse_duration("5ms").unwrap(), Duration::from_millis(5));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(
+            "exp:1ms".parse::<ServiceTime>().unwrap(),
+            ServiceTime::Exponential(Duration::from_millis(1))
+        );
+    }
+}
