@@ -101,11 +101,12 @@ impl Snapshot {
     /// ejected, or gone for less than the grace period (30 s by default).
     #[inline]
     pub fn by_token(&self, token: AffinityToken) -> Option<Arc<Agent>> {
+        self.by_token_at(token, Instant::now())
+    }
+
+    pub(crate) fn by_token_at(&self, token: AffinityToken, now: Instant) -> Option<Arc<Agent>> {
         let a = self.by_token.get(&token.0)?;
-        if a.is_gone()
-            && a.gone_for(Instant::now())
-                .is_some_and(|d| d > self.gone_grace)
-        {
+        if a.is_gone() && a.gone_for(now).is_some_and(|d| d > self.gone_grace) {
             return None;
         }
         Some(a.clone())
@@ -118,7 +119,10 @@ impl Snapshot {
 
     /// How many agents take new work now (ready and not ejected). O(agents).
     pub fn ready_len(&self) -> usize {
-        let now = Instant::now();
+        self.ready_len_at(Instant::now())
+    }
+
+    pub(crate) fn ready_len_at(&self, now: Instant) -> usize {
         self.ready
             .iter()
             .filter(|a| !a.is_ejected_at(now) && a.is_source_ready())

@@ -1,1 +1,444 @@
-//! Crate tests that need the crate-internal clock (`*_at` methods).
+//! Crate tests that drive the pool with explicit instants (the crate-internal `*_at` methods),
+//! so backoffs, grace periods and hint windows are checked without waiting or flaking.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use crate::picker::two_distinct;
+use crate::{
+    Agent, AgentState, EjectionConfig, Endpoint, EndpointId, HintsConfig, InFlight, Outcome, Pool,
+    PoolConfig, SourceState, Update,
+};
+
+const MS: Duration = Duration::from_millis(1);
+const S: Duration = Duration::from_secs(1);
+
+fn ep(i: usize) -> Endpoint {
+    Endpoint::new(format!("10.0.0.{}:9999", i + 1).parse().unwrap())
+}
+
+/// A pool of `n` ready agents, and an instant after its epoch.
+fn pool_of(n: usize, config: PoolConfig) -> (Pool, Instant) {
+    let pool = Pool::new(config);
+    let t0 = Instant::now();
+    pool.apply_at(Update::Reset((0..n).map(ep).collect()), t0);
+    (pool, t0)
+}
+
+fn agent(pool: &Pool, i: usize) -> Arc<Agent> {
+    let id = ep(i).id;
+    pool.snapshot()
+        .agents()
+        .iter()
+        .find(|a| *a.id() == id)
+        .unwrap()
+        .clone()
+}
+
+fn count_picks(pool: &Pool, now: Instant, picks: usize) -> HashMap<EndpointId, usize> {
+    let snap = pool.snapshot();
+    let mut counts = HashMap::new();
+    for _ in 0..picks {
+        let a = snap.pick_at(now, None).expect("an agent");
+        *counts.entry(a.id().clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// One request on `a` from `at` taking `took`, ending with `outcome`.
+fn request(a: &Arc<Agent>, at: Instant, took: Duration, outcome: Outcome) {
+    a.start_at(at).finish_at(outcome, at + took);
+}
+
+#[test]
+fn equal_agents_share_picks_within_5_percent() {
+    let (pool, t0) = pool_of(10, PoolConfig::default());
+    let counts = count_picks(&pool, t0, 100_000);
+    assert_eq!(counts.len(), 10);
+    for (id, n) in &counts {
+        assert!((9_500..=10_500).contains(n), "{id}: {n} picks of 100000");
+    }
+}
+
+#[test]
+fn a_slow_agent_gets_less() {
+    let (pool, t0) = pool_of(4, PoolConfig::default());
+    request(&agent(&pool, 0), t0, 50 * MS, Outcome::Success);
+    for i in 1..4 {
+        request(&agent(&pool, i), t0, MS, Outcome::Success);
+    }
+    let counts = count_picks(&pool, t0 + 50 * MS, 10_000);
+    let slow = counts.get(&ep(0).id).copied().unwrap_or(0);
+    // Fair share is 2500; P2C never keeps the costliest of two.
+    assert!(slow < 500, "slow agent got {slow} of 10000");
+}
+
+#[test]
+fn an_agent_with_many_outstanding_gets_less() {
+    let (pool, t0) = pool_of(4, PoolConfig::default());
+    let busy = agent(&pool, 0);
+    let held: Vec<InFlight> = (0..20).map(|_| busy.start_at(t0)).collect();
+    assert_eq!(busy.outstanding(), 20);
+    let counts = count_picks(&pool, t0, 10_000);
+    assert!(
+        counts.get(&ep(0).id).copied().unwrap_or(0) < 500,
+        "{counts:?}"
+    );
+    drop(held);
+    assert_eq!(busy.outstanding(), 0);
+    assert_eq!(busy.stats().cancelled, 20);
+}
+
+#[test]
+fn load_and_counters_survive_membership_changes() {
+    let (pool, t0) = pool_of(2, PoolConfig::default());
+    let a = agent(&pool, 0);
+    let in_flight = a.start_at(t0);
+    pool.apply_at(Update::Upsert(ep(5)), t0);
+    pool.apply_at(Update::Reset(vec![ep(0), ep(5)]), t0);
+    assert!(
+        Arc::ptr_eq(&a, &agent(&pool, 0)),
+        "same Arc<Agent> across snapshots"
+    );
+    assert_eq!(agent(&pool, 0).outstanding(), 1);
+    // Leaves, comes back within the grace: the same agent, counters intact.
+    pool.apply_at(Update::Remove(ep(0).id), t0 + S);
+    assert_eq!(a.state_at(t0 + S), AgentState::Gone);
+    pool.apply_at(Update::Upsert(ep(0)), t0 + 2 * S);
+    assert!(Arc::ptr_eq(&a, &agent(&pool, 0)));
+    assert_eq!(a.state_at(t0 + 2 * S), AgentState::Ready);
+    in_flight.finish_at(Outcome::Success, t0 + 2 * S);
+    assert_eq!(a.stats().successes, 1);
+    assert_eq!(a.outstanding(), 0);
+}
+
+#[test]
+fn terminating_agents_get_no_new_work_but_are_found_by_token() {
+    let (pool, t0) = pool_of(3, PoolConfig::default());
+    let leaving = agent(&pool, 1);
+    pool.apply_at(
+        Update::Upsert(ep(1).with_state(SourceState::Terminating)),
+        t0,
+    );
+    let snap = pool.snapshot();
+    assert_eq!(leaving.state_at(t0), AgentState::Terminating);
+    assert_eq!(snap.ready_len_at(t0), 2);
+    assert!(!count_picks(&pool, t0, 2_000).contains_key(leaving.id()));
+    let found = snap
+        .by_token_at(leaving.token(), t0)
+        .expect("terminating agent by token");
+    assert!(Arc::ptr_eq(&found, &leaving));
+}
+
+#[test]
+fn gone_agents_stay_reachable_for_the_grace_period_then_drop() {
+    let (pool, t0) = pool_of(2, PoolConfig::default());
+    let gone = agent(&pool, 0);
+    pool.apply_at(Update::Reset(vec![ep(1)]), t0);
+    let snap = pool.snapshot();
+    assert_eq!(snap.agents().len(), 2);
+    assert!(!count_picks(&pool, t0, 1_000).contains_key(gone.id()));
+    assert!(snap.by_token_at(gone.token(), t0 + 29 * S).is_some());
+    assert!(
+        snap.by_token_at(gone.token(), t0 + 31 * S).is_none(),
+        "even in an old snapshot"
+    );
+    pool.tick(t0 + 29 * S);
+    assert_eq!(pool.snapshot().agents().len(), 2);
+    pool.tick(t0 + 31 * S);
+    assert_eq!(pool.snapshot().agents().len(), 1);
+    assert!(
+        pool.snapshot()
+            .by_token_at(gone.token(), t0 + 31 * S)
+            .is_none()
+    );
+}
+
+#[test]
+fn consecutive_failures_eject_with_doubling_backoff() {
+    let (pool, t0) = pool_of(4, PoolConfig::default());
+    let a = agent(&pool, 0);
+    // The others are busy, so `a` is the cheapest whenever it takes work.
+    let _busy: Vec<InFlight> = (1..4).map(|i| agent(&pool, i).start_at(t0)).collect();
+    let mut t = t0;
+    let fail = |n: usize, t: &mut Instant, outcome| {
+        for _ in 0..n {
+            request(&a, *t, MS, outcome);
+            *t += MS;
+        }
+    };
+    fail(4, &mut t, Outcome::ConnectFailure);
+    assert_eq!(a.state_at(t), AgentState::Ready);
+    fail(1, &mut t, Outcome::Timeout);
+    assert_eq!(a.state_at(t), AgentState::Ejected);
+    assert!(!count_picks(&pool, t, 2_000).contains_key(a.id()));
+    // First ejection: 1 s.
+    assert_eq!(a.state_at(t + 990 * MS), AgentState::Ejected);
+    t += S;
+    assert!(
+        count_picks(&pool, t, 2_000).contains_key(a.id()),
+        "back after the backoff"
+    );
+    assert_eq!(a.state_at(t), AgentState::Ready);
+    // Second ejection without a success in between: 2 s.
+    fail(5, &mut t, Outcome::ConnectFailure);
+    assert_eq!(a.state_at(t + 1900 * MS), AgentState::Ejected);
+    assert_eq!(a.state_at(t + 2 * S), AgentState::Ready);
+    t += 2 * S;
+    // A success resets both the count and the backoff.
+    fail(4, &mut t, Outcome::ConnectFailure);
+    request(&a, t, MS, Outcome::Success);
+    fail(4, &mut t, Outcome::ConnectFailure);
+    assert_eq!(
+        a.state_at(t),
+        AgentState::Ready,
+        "a success resets the count"
+    );
+    fail(1, &mut t, Outcome::ConnectFailure);
+    assert_eq!(a.state_at(t + 990 * MS), AgentState::Ejected);
+    assert_eq!(a.state_at(t + S), AgentState::Ready, "and the backoff");
+    assert_eq!(a.stats().ejections, 3);
+}
+
+#[test]
+fn backoff_doubles_up_to_the_maximum() {
+    let c = EjectionConfig::default();
+    let got: Vec<u64> = (0..8).map(|l| c.backoff(l).as_secs()).collect();
+    assert_eq!(got, [1, 2, 4, 8, 16, 30, 30, 30]);
+    assert_eq!(c.backoff(u32::MAX), Duration::from_secs(30));
+}
+
+#[test]
+fn other_failures_do_not_eject() {
+    let (pool, t0) = pool_of(2, PoolConfig::default());
+    let a = agent(&pool, 0);
+    for i in 0..20 {
+        request(&a, t0 + i * MS, MS, Outcome::Failed);
+    }
+    assert_eq!(a.state_at(t0 + S), AgentState::Ready);
+    assert_eq!(a.stats().failures, 20);
+}
+
+#[test]
+fn at_most_the_configured_fraction_is_ejected() {
+    let (pool, t0) = pool_of(4, PoolConfig::default());
+    for i in 0..4 {
+        for _ in 0..10 {
+            request(&agent(&pool, i), t0, MS, Outcome::ConnectFailure);
+        }
+    }
+    let t = t0 + 10 * MS;
+    let ejected = (0..4)
+        .filter(|&i| agent(&pool, i).state_at(t) == AgentState::Ejected)
+        .count();
+    assert_eq!(ejected, 2, "50% of 4");
+    assert_eq!(pool.snapshot().ready_len_at(t), 2);
+    assert!(pool.snapshot().pick_at(t, None).is_some());
+
+    // A lone agent is never ejected, whatever the fraction.
+    let one = PoolConfig {
+        ejection: EjectionConfig {
+            max_ejected_fraction: 1.0,
+            ..EjectionConfig::default()
+        },
+        ..PoolConfig::default()
+    };
+    let (pool, t0) = pool_of(1, one);
+    for _ in 0..10 {
+        request(&agent(&pool, 0), t0, MS, Outcome::Timeout);
+    }
+    assert_eq!(agent(&pool, 0).state_at(t0 + 10 * MS), AgentState::Ready);
+}
+
+#[test]
+fn an_ejection_slot_frees_when_the_backoff_ends_or_the_agent_leaves() {
+    let (pool, t0) = pool_of(2, PoolConfig::default());
+    let (a, b) = (agent(&pool, 0), agent(&pool, 1));
+    for _ in 0..5 {
+        request(&a, t0, MS, Outcome::ConnectFailure);
+        request(&b, t0, MS, Outcome::ConnectFailure);
+    }
+    assert_eq!(a.state_at(t0 + MS), AgentState::Ejected);
+    assert_eq!(b.state_at(t0 + MS), AgentState::Ready, "one of two at most");
+    // The tick ends a's ejection; b's next failure may then eject it.
+    pool.tick(t0 + 2 * S);
+    request(&b, t0 + 2 * S, MS, Outcome::ConnectFailure);
+    assert_eq!(b.state_at(t0 + 2 * S + MS), AgentState::Ejected);
+    // b leaves while ejected: its slot frees for a.
+    pool.apply_at(Update::Remove(b.id().clone()), t0 + 2 * S);
+    pool.apply_at(Update::Upsert(ep(2)), t0 + 2 * S);
+    for _ in 0..5 {
+        request(&a, t0 + 2 * S, MS, Outcome::ConnectFailure);
+    }
+    assert_eq!(a.state_at(t0 + 2 * S + MS), AgentState::Ejected);
+}
+
+#[test]
+fn pick_excluding_never_returns_the_excluded_agent() {
+    let (pool, t0) = pool_of(2, PoolConfig::default());
+    let snap = pool.snapshot();
+    let first = snap.pick_at(t0, None).unwrap();
+    for _ in 0..1_000 {
+        let other = snap.pick_at(t0, Some(&first)).unwrap();
+        assert!(!Arc::ptr_eq(&other, &first));
+    }
+    let (pool, t0) = pool_of(1, PoolConfig::default());
+    let only = pool.snapshot().pick_at(t0, None).unwrap();
+    assert!(pool.snapshot().pick_at(t0, Some(&only)).is_none());
+}
+
+#[test]
+fn an_empty_pool_picks_nothing() {
+    let pool = Pool::new(PoolConfig::default());
+    assert!(pool.snapshot().pick().is_none());
+    assert_eq!(pool.snapshot().ready_len(), 0);
+}
+
+fn hints_config() -> HintsConfig {
+    HintsConfig {
+        target_outstanding_per_agent: 10.0,
+        target_rpc_per_agent: None,
+        smoothing: Duration::ZERO,
+        scale_down_window: Duration::from_secs(300),
+        ..HintsConfig::default()
+    }
+}
+
+#[test]
+fn hints_follow_load_up_at_once_and_down_only_after_the_window() {
+    let config = PoolConfig {
+        hints: hints_config(),
+        ..PoolConfig::default()
+    };
+    let (pool, t0) = pool_of(4, config);
+    pool.tick(t0);
+    assert_eq!(pool.hints().recommended, 1);
+    // 35 outstanding over 4 agents: ceil(35 / 10) = 4, at the next tick.
+    let mut held: Vec<InFlight> = (0..35).map(|i| agent(&pool, i % 4).start_at(t0)).collect();
+    pool.tick(t0 + S);
+    let h = pool.hints();
+    assert_eq!((h.recommended, h.by_outstanding), (4, 4));
+    assert!((h.utilization - 35.0 / 40.0).abs() < 1e-9, "{h:?}");
+    // Load drops to 12: the instant recommendation is 2 but 4 holds for the window.
+    held.truncate(12);
+    for s in 2..300 {
+        pool.tick(t0 + s * S);
+        let h = pool.hints();
+        assert_eq!(
+            (h.recommended, h.instant_recommendation),
+            (4, 2),
+            "at {s} s"
+        );
+        assert!(h.scale_down_pending);
+    }
+    pool.tick(t0 + 301 * S);
+    assert_eq!(pool.hints().recommended, 2);
+    // Back up: at once.
+    held.extend((0..50).map(|i| agent(&pool, i % 4).start_at(t0)));
+    pool.tick(t0 + 302 * S);
+    assert_eq!(pool.hints().recommended, 7);
+}
+
+#[test]
+fn hints_take_the_rate_when_it_needs_more_agents_and_stay_within_bounds() {
+    let hints = HintsConfig {
+        target_rpc_per_agent: Some(100.0),
+        min_agents: 2,
+        max_agents: 5,
+        ..hints_config()
+    };
+    let (pool, t0) = pool_of(
+        2,
+        PoolConfig {
+            hints,
+            ..PoolConfig::default()
+        },
+    );
+    pool.tick(t0);
+    assert_eq!(pool.hints().recommended, 2, "min_agents");
+    // 350 requests in one second: 350 RPC/s ÷ 100 = 4 agents, though none is outstanding.
+    for i in 0..350 {
+        request(&agent(&pool, i % 2), t0, MS, Outcome::Success);
+    }
+    pool.tick(t0 + S);
+    let h = pool.hints();
+    assert_eq!(
+        (h.by_rate, h.by_outstanding, h.recommended),
+        (Some(4), 0, 4),
+        "{h:?}"
+    );
+    assert!((h.rpc_rate - 350.0).abs() < 1e-6);
+    for i in 0..2_000 {
+        request(&agent(&pool, i % 2), t0 + S, MS, Outcome::Success);
+    }
+    pool.tick(t0 + 2 * S);
+    assert_eq!(pool.hints().recommended, 5, "max_agents");
+    let json = serde_json::to_value(pool.hints()).unwrap();
+    assert_eq!(json["recommended"], 5);
+    assert_eq!(json["by_rate"], 20);
+}
+
+#[test]
+fn smoothed_hints_rise_within_a_few_ticks() {
+    let hints = HintsConfig {
+        smoothing: Duration::from_secs(2),
+        ..hints_config()
+    };
+    let (pool, t0) = pool_of(
+        4,
+        PoolConfig {
+            hints,
+            ..PoolConfig::default()
+        },
+    );
+    pool.tick(t0);
+    let _held: Vec<InFlight> = (0..40).map(|i| agent(&pool, i % 4).start_at(t0)).collect();
+    let mut seen = Vec::new();
+    for s in 1..=10 {
+        pool.tick(t0 + s * S);
+        seen.push(pool.hints().recommended);
+    }
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert_eq!(seen[9], 4, "{seen:?}");
+}
+
+proptest! {
+    #[test]
+    fn the_two_candidates_are_distinct(n in 2usize..10_000, r1: u64, r2: u64) {
+        let (i, j) = two_distinct(n, r1, r2);
+        prop_assert!(i < n && j < n && i != j);
+    }
+
+    #[test]
+    fn picks_only_agents_that_take_new_work(
+        states in proptest::collection::vec(0u8..4, 1..12),
+        exclude in proptest::option::of(0usize..12),
+    ) {
+        // 0 ready, 1 terminating, 2 gone, 3 failing (ejected if the budget allows).
+        let (pool, t0) = pool_of(states.len(), PoolConfig::default());
+        for (i, s) in states.iter().enumerate() {
+            match s {
+                1 => pool.apply_at(Update::Upsert(ep(i).with_state(SourceState::Terminating)), t0),
+                2 => pool.apply_at(Update::Remove(ep(i).id), t0),
+                3 => (0..5).for_each(|_| request(&agent(&pool, i), t0, MS, Outcome::Timeout)),
+                _ => {}
+            }
+        }
+        let t = t0 + 10 * MS;
+        let snap = pool.snapshot();
+        let excluded = exclude.filter(|&x| x < states.len()).map(|x| agent(&pool, x));
+        let takes_work = |a: &Arc<Agent>| {
+            a.state_at(t) == AgentState::Ready && excluded.as_ref().is_none_or(|x| !Arc::ptr_eq(x, a))
+        };
+        let any = snap.agents().iter().any(takes_work);
+        for _ in 0..50 {
+            match snap.pick_at(t, excluded.as_deref()) {
+                Some(a) => prop_assert!(takes_work(&a), "picked {} in state {:?}", a.id(), a.state_at(t)),
+                None => prop_assert!(!any, "nothing picked though an agent takes work"),
+            }
+        }
+    }
+}
