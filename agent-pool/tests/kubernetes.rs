@@ -256,6 +256,7 @@ async fn follows_scaling_from_3_to_5_to_2() {
     let requests = fake.requests();
     assert!(!requests.is_empty());
     for r in &requests {
+        println!("request {} {:?}", r.verb, r.query);
         assert!(
             REQUIRED_VERBS.contains(&r.verb),
             "verb {} not in REQUIRED_VERBS: {r:?}",
