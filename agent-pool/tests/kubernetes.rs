@@ -467,6 +467,13 @@ async fn a_dropped_watch_resumes_from_its_resource_version() {
         "resumed by watching from the last resourceVersion, no re-list"
     );
     assert!(fake.count("watch") >= 2);
+
+    // A slice rewritten with the same endpoints (new resourceVersion) changes nothing.
+    let n = seen.updates().len();
+    fake.apply(slice("agents-a", ready([1, 2, 4])));
+    fake.bookmark();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(seen.updates().len(), n, "no update when nothing changed");
 }
 
 #[tokio::test]
