@@ -126,7 +126,8 @@ pub struct Options {
     /// Timeout to connect to an agent [default: 20ms].
     #[arg(long, env = "SIGSCI_PROXY_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub connect_timeout: Option<Dur>,
-    /// Deadline of one RPC from its arrival to its answer, retry included [default: 80ms].
+    /// Deadline of one RPC from its arrival to its answer, retry included; keep it under the
+    /// modules' own timeout (100 ms by default) [default: 80ms].
     #[arg(long, env = "SIGSCI_PROXY_RPC_TIMEOUT", value_name = "DURATION")]
     pub rpc_timeout: Option<Dur>,
     /// Retries allowed as a fraction of successful first attempts [default: 0.2].
@@ -453,14 +454,10 @@ impl Config {
                 ),
             );
         }
-        if self.rpc_timeout >= Duration::from_millis(100) {
-            // Modules give up after 100 ms: answering later is wasted work for everyone.
+        if self.rpc_timeout > Duration::from_secs(60) {
             bad(
                 "rpc-timeout",
-                format!(
-                    "{:?} must be under the modules' 100ms timeout",
-                    self.rpc_timeout
-                ),
+                format!("{:?} is longer than a minute", self.rpc_timeout),
             );
         }
         if self.idle_timeout.is_zero() {
@@ -664,7 +661,7 @@ mod tests {
     fn every_problem_is_reported_with_its_option() {
         let problems = parse(&[
             "--rpc-timeout",
-            "150ms",
+            "0ms",
             "--retry-budget",
             "3",
             "--upstream-connections",

@@ -88,6 +88,12 @@ impl Proxy {
         let prometheus = m::handle();
         m::draining(false);
         let updates = membership(&config).await?;
+        if config.rpc_timeout >= Duration::from_millis(100) {
+            warn!(
+                rpc_timeout = ?config.rpc_timeout,
+                "RPC deadline not under the modules' default 100 ms timeout: modules may give up first"
+            );
+        }
 
         // Cancelled when `run` returns: membership, admin, upstream connections.
         let exit = CancellationToken::new();

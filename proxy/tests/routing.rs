@@ -1,0 +1,319 @@
+//! Routing through a real proxy to simulated agents: per-RPC balancing, RequestID affinity
+//! (across proxy replicas and restarts), terminating agents, retries, no agents.
+
+mod support;
+
+use std::time::Duration;
+
+use sigsci_proxy::config::{Options, UpstreamMode};
+use sigsci_proxy::message::{self, RPCMsgIn2, RPCMsgOut};
+use support::*;
+
+#[tokio::test]
+async fn pre_requests_are_balanced_per_rpc_across_three_agents() {
+    // Concurrent modules, so that outstanding requests (not only latency) weigh in the picks,
+    // as under real load.
+    let slow = Behavior::Slow(Duration::from_millis(3));
+    let agents = [
+        Agent::start_with("a", slow).await,
+        Agent::start_with("b", slow).await,
+        Agent::start_with("c", slow).await,
+    ];
+    let proxy = start_proxy(with_agents(&[&agents[0], &agents[1], &agents[2]])).await;
+    let rpc = proxy.rpc;
+    let modules: Vec<_> = (0..30)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    pre(rpc).await;
+                }
+            })
+        })
+        .collect();
+    for m in modules {
+        m.await.unwrap();
+    }
+    let counts: Vec<u64> = agents.iter().map(Agent::pre).collect();
+    assert_eq!(counts.iter().sum::<u64>(), 300);
+    for c in &counts {
+        assert!(*c >= 15, "every agent gets a share of the RPCs: {counts:?}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn updates_reach_the_agent_that_issued_the_request_id() {
+    let agents = [
+        Agent::start("a").await,
+        Agent::start("b").await,
+        Agent::start("c").await,
+    ];
+    let proxy = start_proxy(with_agents(&[&agents[0], &agents[1], &agents[2]])).await;
+    for _ in 0..60 {
+        let id = pre(proxy.rpc).await;
+        assert!(!id.is_empty());
+        assert_eq!(update(proxy.rpc, &id).await, None);
+    }
+    let matched: u64 = agents.iter().map(Agent::matched).sum();
+    let orphaned: u64 = agents.iter().map(Agent::orphaned).sum();
+    assert_eq!((matched, orphaned), (60, 0));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn affinity_holds_across_proxy_replicas_and_restarts() {
+    let agents = [
+        Agent::start("a").await,
+        Agent::start("b").await,
+        Agent::start("c").await,
+    ];
+    let refs = [&agents[0], &agents[1], &agents[2]];
+    let first = start_proxy(with_agents(&refs)).await;
+    let second = start_proxy(with_agents(&refs)).await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let id = pre(first.rpc).await;
+        assert_eq!(
+            update(second.rpc, &id).await,
+            None,
+            "another replica, no shared state"
+        );
+        ids.push(pre(first.rpc).await);
+    }
+    first.stop().await;
+    second.stop().await;
+    let restarted = start_proxy(with_agents(&refs)).await;
+    for id in &ids {
+        assert_eq!(update(restarted.rpc, id).await, None);
+    }
+    let matched: u64 = agents.iter().map(Agent::matched).sum();
+    let orphaned: u64 = agents.iter().map(Agent::orphaned).sum();
+    assert_eq!((matched, orphaned), (60, 0));
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_naming_no_member_are_never_dialled() {
+    let (a, b) = (Agent::start("a").await, Agent::start("b").await);
+    let only_a = start_proxy(with_agents(&[&a])).await;
+    let only_b = start_proxy(with_agents(&[&b])).await;
+    let id = pre(only_a.rpc).await;
+    let a_connections = a.connections();
+    // `a` is no member of the second proxy: its token must not make that proxy dial `a`.
+    assert_eq!(update(only_b.rpc, &id).await, None);
+    assert_eq!(a.connections(), a_connections, "never dialled");
+    assert_eq!((b.orphaned(), a.matched()), (1, 0), "balanced instead");
+    // A suffix whose checksum does not match is no token: the ID goes as it is.
+    let last = id.chars().last().unwrap();
+    let forged = format!(
+        "{}{}",
+        &id[..id.len() - 1],
+        if last == 'x' { 'y' } else { 'x' }
+    );
+    assert_eq!(update(only_a.rpc, &forged).await, None);
+    assert_eq!(a.orphaned(), 1);
+    assert_eq!(update(only_a.rpc, "plain-id").await, None);
+    assert_eq!(a.orphaned(), 2);
+    let (_, metrics) = http(only_b.admin, "GET", "/metrics").await;
+    assert!(metrics.contains("sigsci_proxy_affinity_total"), "{metrics}");
+    only_a.stop().await;
+    only_b.stop().await;
+}
+
+#[tokio::test]
+async fn a_terminating_agent_gets_no_new_pre_requests_but_gets_its_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agents.json");
+    let (a, b) = (Agent::start("a").await, Agent::start("b").await);
+    write_agents_file(&file, &[(&a, "ready"), (&b, "ready")]);
+    let proxy = start_proxy(Options {
+        agents_file: Some(file.clone()),
+        ..options()
+    })
+    .await;
+    let mut ids = Vec::new();
+    while a.pre() < 5 {
+        ids.push(pre(proxy.rpc).await);
+    }
+    write_agents_file(&file, &[(&a, "terminating"), (&b, "ready")]);
+    // The file is polled every 50 ms: wait until `a` shows as terminating.
+    for _ in 0..200 {
+        if http(proxy.admin, "GET", "/agents")
+            .await
+            .1
+            .contains("terminating")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = a.pre();
+    for _ in 0..50 {
+        pre(proxy.rpc).await;
+    }
+    assert_eq!(
+        a.pre(),
+        before,
+        "no new PreRequests for a terminating agent"
+    );
+    for id in &ids {
+        assert_eq!(update(proxy.rpc, id).await, None);
+    }
+    assert_eq!(a.orphaned() + b.orphaned(), 0);
+    assert_eq!(a.matched() + b.matched(), ids.len() as u64);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn failed_pre_requests_are_retried_on_another_agent() {
+    // An agent that drops PreRequests (connection closed before any answer), and an address
+    // where nothing listens (connect refused): each beside a good agent.
+    let dropper = Agent::start_with("dropper", Behavior::DropPreRequests).await;
+    let good = Agent::start("good").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for (mode, bad) in [
+        (UpstreamMode::Mux, dropper.addr),
+        (UpstreamMode::PerCall, dropper.addr),
+        (UpstreamMode::Mux, dead),
+    ] {
+        let proxy = start_proxy(Options {
+            agents: Some(vec![bad.to_string(), good.addr.to_string()]),
+            upstream_mode: Some(mode),
+            ..options()
+        })
+        .await;
+        for _ in 0..8 {
+            let id = pre(proxy.rpc).await;
+            assert!(id.starts_with("good-"), "answered by the good agent: {id}");
+        }
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn without_any_agent_the_module_gets_an_error_frame_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agents.json");
+    std::fs::write(&file, "[]").unwrap();
+    let proxy = start_proxy(Options {
+        agents_file: Some(file),
+        ..options()
+    })
+    .await;
+    let (status, _) = http(proxy.admin, "GET", "/readyz").await;
+    assert_eq!(status, 503, "not ready without agents");
+    let (msgid, err, _): (_, _, Option<RPCMsgOut>) =
+        call(proxy.rpc, 42, message::PRE_REQUEST, &pre_request()).await;
+    assert_eq!(msgid, 42);
+    assert!(err.unwrap().contains("no agent"));
+    proxy.stop().await;
+
+    // Only an unreachable agent: still an error frame, well before the module's timeout.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = start_proxy(Options {
+        agents: Some(vec![dead.to_string()]),
+        ..options()
+    })
+    .await;
+    let (msgid, err, _): (_, _, Option<RPCMsgOut>) =
+        call(proxy.rpc, 43, message::PRE_REQUEST, &pre_request()).await;
+    assert_eq!(msgid, 43);
+    assert!(err.is_some());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_with_their_own_msgids() {
+    use futures::StreamExt;
+    use sigsci_proxy::codec::FrameCodec;
+    use tokio::io::AsyncWriteExt;
+
+    let agents = [Agent::start("a").await, Agent::start("b").await];
+    let proxy = start_proxy(with_agents(&[&agents[0], &agents[1]])).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.rpc).await.unwrap();
+    let mut batch = Vec::new();
+    let ids = [3_u64, 1 << 20, 5_000_000_000, 17, 255];
+    for id in ids {
+        batch.extend(message::encode_request(
+            id,
+            message::PRE_REQUEST,
+            &pre_request(),
+        ));
+    }
+    batch.extend(message::encode_request(
+        99,
+        message::UPDATE_REQUEST,
+        &RPCMsgIn2 {
+            request_id: "nobody".into(),
+            ..Default::default()
+        },
+    ));
+    s.write_all(&batch).await.unwrap();
+    let mut frames = tokio_util::codec::FramedRead::new(s, FrameCodec::default());
+    let mut seen = Vec::new();
+    for _ in 0..ids.len() + 1 {
+        let f = tokio::time::timeout(Duration::from_secs(5), frames.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!f.is_error_response());
+        seen.push(f.msgid().unwrap());
+    }
+    seen.sort_unstable();
+    let mut want = ids.to_vec();
+    want.push(99);
+    want.sort_unstable();
+    assert_eq!(seen, want);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn module_init_post_request_and_admin_pages() {
+    let agent = Agent::start("a").await;
+    let proxy = start_proxy(with_agents(&[&agent])).await;
+    let (_, err, _): (_, _, Option<RPCMsgOut>) =
+        call(proxy.rpc, 1, message::MODULE_INIT, &pre_request()).await;
+    assert_eq!(err, None);
+    let (_, err, _): (_, _, Option<i64>) =
+        call(proxy.rpc, 2, message::POST_REQUEST, &pre_request()).await;
+    assert_eq!(err, None);
+    let (_, err, _): (_, _, Option<()>) = call(proxy.rpc, 3, "RPC.Unknown", &pre_request()).await;
+    assert_eq!(err.as_deref(), Some("unknown method"), "forwarded as is");
+    assert_eq!(
+        agent
+            .counters
+            .init
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    let (status, agents) = http(proxy.admin, "GET", "/agents").await;
+    assert_eq!(status, 200);
+    let agents: serde_json::Value = serde_json::from_str(&agents).unwrap();
+    assert_eq!(agents[0]["address"], agent.addr.to_string());
+    assert_eq!(agents[0]["state"], "ready");
+    let (status, hints) = http(proxy.admin, "GET", "/hints").await;
+    assert_eq!(status, 200);
+    assert!(hints.contains("recommended"), "{hints}");
+    let (_, metrics) = http(proxy.admin, "GET", "/metrics").await;
+    for name in [
+        "sigsci_proxy_rpcs_total",
+        "sigsci_proxy_rpc_duration_seconds",
+        "sigsci_proxy_agents_recommended",
+        "sigsci_proxy_pool_utilization",
+        "sigsci_proxy_agent_outstanding",
+        "sigsci_proxy_connections_accepted_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert_eq!(http(proxy.admin, "GET", "/nope").await.0, 404);
+    assert_eq!(http(proxy.admin, "GET", "/drain").await.0, 405);
+    proxy.stop().await;
+}
