@@ -1,6 +1,6 @@
 //! Membership from Kubernetes: the `discovery.k8s.io/v1` EndpointSlices of the agents' Service.
 //!
-//! kube-runtime's [`watcher`] (list, then watch from the list's resourceVersion, re-list after
+//! kube-runtime's [`watcher()`] (list, then watch from the list's resourceVersion, re-list after
 //! `410 Gone`) → [`WatchStreamExt::default_backoff`] (reconnects after errors, 0.8 s doubling to
 //! 30 s, with jitter) → a reflector [`Store`] of the Service's slices. After every change of that
 //! store the slices are merged into one set of agents (rules on [`kubernetes`]) and the difference with what was last emitted becomes [`Update`]s: one
