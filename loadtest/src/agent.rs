@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::addr::{Listener, RpcAddr};
 use crate::units::ServiceTime;
 
+pub use server::SERVICE_TIME_HEADER;
 pub use stats::AgentStats;
 
 /// Faults that can be switched on at start (flags) or at run time (`POST /fault?...`).

@@ -1,0 +1,279 @@
+//! Child processes of the orchestrator: simulated agents, the proxy, HAProxy; and the agents
+//! file the proxy watches.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How an agent appears in the agents file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileState {
+    Ready,
+    Terminating,
+    Removed,
+}
+
+/// A `loadtest agent` child.
+#[derive(Debug)]
+pub(crate) struct AgentProc {
+    pub(crate) index: usize,
+    pub(crate) child: Child,
+    pub(crate) rpc: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) state: FileState,
+    /// Killed on purpose by a scenario.
+    pub(crate) expect_exit: bool,
+}
+
+impl AgentProc {
+    pub(crate) async fn spawn(
+        exe: &Path,
+        index: usize,
+        extra: &[String],
+    ) -> anyhow::Result<AgentProc> {
+        let mut child = Command::new(exe)
+            .args(["agent", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} agent", exe.display()))?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .context("agent did not report its addresses within 10 s")??
+            .context("agent exited before listening")?;
+        let field = |name: &str| -> anyhow::Result<SocketAddr> {
+            let v = first
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name))
+                .with_context(|| format!("no {name} in {first:?}"))?;
+            v.parse()
+                .with_context(|| format!("bad address in {first:?}"))
+        };
+        let (rpc, admin) = (field("rpc=")?, field("admin=")?);
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(AgentProc {
+            index,
+            child,
+            rpc,
+            admin,
+            state: FileState::Ready,
+            expect_exit: false,
+        })
+    }
+}
+
+/// All children of one run.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    pub(crate) agents: Vec<AgentProc>,
+    pub(crate) agents_file: PathBuf,
+    front: Option<(String, Child, Option<SocketAddr>)>,
+}
+
+impl Pool {
+    pub(crate) fn new(agents_file: PathBuf) -> Pool {
+        Pool {
+            agents: Vec::new(),
+            agents_file,
+            front: None,
+        }
+    }
+
+    /// Writes the membership file atomically (write + rename).
+    pub(crate) fn write_agents_file(&self) -> anyhow::Result<()> {
+        let list: Vec<serde_json::Value> = self
+            .agents
+            .iter()
+            .filter(|a| a.state != FileState::Removed)
+            .map(|a| {
+                serde_json::json!({
+                    "id": format!("agent-{}", a.index),
+                    "address": a.rpc.to_string(),
+                    "state": if a.state == FileState::Terminating { "terminating" } else { "ready" },
+                })
+            })
+            .collect();
+        let tmp = self.agents_file.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&list)?)?;
+        std::fs::rename(&tmp, &self.agents_file)?;
+        Ok(())
+    }
+
+    /// Starts the proxy on free ports and waits for `GET /readyz` = 200.
+    pub(crate) async fn spawn_proxy(
+        &mut self,
+        bin: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<SocketAddr> {
+        let listen = free_port()?;
+        let admin = free_port()?;
+        let mut child = Command::new(bin)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--agents-file")
+            .arg(&self.agents_file)
+            .args(["--drain-delay", "100ms"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("{} exited at start: {status}", bin.display());
+            }
+            if let Ok((s, _)) =
+                crate::http::call(admin, hyper::Method::GET, "/readyz", Duration::from_secs(1))
+                    .await
+                && s.is_success()
+            {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "proxy not ready (GET /readyz) within 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.front = Some(("sigsci-proxy".into(), child, Some(admin)));
+        Ok(listen)
+    }
+
+    /// Starts HAProxy (TCP mode, round robin over the agents) and waits until it accepts.
+    pub(crate) async fn spawn_haproxy(
+        &mut self,
+        bin: &Path,
+        dir: &Path,
+    ) -> anyhow::Result<SocketAddr> {
+        let listen = free_port()?;
+        let mut cfg = format!(
+            "global\n  maxconn 50000\n\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\n\
+             frontend rpc\n  bind {listen}\n  default_backend agents\n\nbackend agents\n  balance roundrobin\n"
+        );
+        for a in &self.agents {
+            cfg.push_str(&format!("  server agent-{} {}\n", a.index, a.rpc));
+        }
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg)?;
+        let mut child = Command::new(bin)
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (install it: apt-get install -y haproxy)",
+                    bin.display()
+                )
+            })?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("haproxy exited at start: {status}");
+            }
+            if tokio::net::TcpStream::connect(listen).await.is_ok() {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "haproxy not accepting within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.front = Some(("haproxy".into(), child, None));
+        Ok(listen)
+    }
+
+    /// Children that died unexpectedly.
+    pub(crate) fn check_alive(&mut self) -> Vec<String> {
+        let mut dead = Vec::new();
+        for a in &mut self.agents {
+            if !a.expect_exit
+                && let Ok(Some(status)) = a.child.try_wait()
+            {
+                dead.push(format!("agent {} exited during the run: {status}", a.index));
+            }
+        }
+        if let Some((name, child, _)) = &mut self.front
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            dead.push(format!("{name} exited during the run: {status}"));
+        }
+        dead
+    }
+
+    /// Stops everything: the front first (SIGTERM, so the proxy drains), then the agents
+    /// (`POST /shutdown`); kills what does not exit within 10 s.
+    pub(crate) async fn stop(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some((name, mut child, _)) = self.front.take() {
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+                Ok(Ok(status)) if status.success() || name == "haproxy" => {}
+                Ok(Ok(status)) => problems.push(format!("{name} exited with {status} on SIGTERM")),
+                _ => {
+                    problems.push(format!("{name} did not exit within 10 s of SIGTERM"));
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        for a in &mut self.agents {
+            if a.expect_exit {
+                let _ = a.child.wait().await;
+                continue;
+            }
+            let _ = crate::http::post(a.admin, "/shutdown").await;
+            match tokio::time::timeout(Duration::from_secs(10), a.child.wait()).await {
+                Ok(Ok(s)) if s.success() => {}
+                Ok(Ok(s)) => problems.push(format!("agent {} exited with {s}", a.index)),
+                _ => {
+                    problems.push(format!("agent {} did not stop within 10 s", a.index));
+                    let _ = a.child.kill().await;
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// A port free right now on 127.0.0.1 (the child binds it a moment later).
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// `sigsci-proxy` next to this executable (also from `target/*/deps/` for tests).
+pub(crate) fn find_proxy_bin(exe: &Path) -> anyhow::Result<PathBuf> {
+    let dir = exe.parent().context("executable has no directory")?;
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let p = d.join("sigsci-proxy");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!(
+        "sigsci-proxy not found next to {} (build it: cargo build --release -p sigsci-proxy, or pass --proxy-bin)",
+        exe.display()
+    )
+}

@@ -1,0 +1,164 @@
+//! The module emulator against the simulator: no errors, every flagged request's update
+//! reaches the agent that issued it; and the binaries work as processes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use loadtest::agent::SimAgent;
+use loadtest::drive::{self, DriveArgs};
+
+async fn drive_once(persistent: bool) {
+    let agent = SimAgent::builder()
+        .admin("127.0.0.1:0".parse().unwrap())
+        .spawn()
+        .await
+        .unwrap();
+    let args = DriveArgs {
+        target: agent.rpc_addr().clone(),
+        rate: 150.0,
+        duration: Duration::from_millis(1500),
+        attack_fraction: 0.2,
+        anomalous_fraction: 0.1,
+        persistent,
+        // Correctness, not speed: a generous deadline so a busy CI box cannot cause timeouts.
+        timeout: Duration::from_secs(2),
+        agents_admin: vec![agent.admin_addr().unwrap()],
+        no_progress: true,
+        ..DriveArgs::default()
+    };
+    let report = drive::run(args).await.unwrap();
+    let stats = agent.shutdown().await;
+    assert_eq!(report.total_errors(), 0, "{}", report.to_text());
+    assert!(report.transactions > 100);
+    assert!(report.flagged > 0 && report.methods.contains_key("RPC.PostRequest"));
+    assert_eq!(
+        report.updates_matched,
+        report.flagged,
+        "{}",
+        report.to_text()
+    );
+    assert_eq!((report.updates_orphaned, report.updates_expired), (0, 0));
+    assert_eq!(report.orphaned_fraction, Some(0.0));
+    assert_eq!(stats.prerequests, report.transactions);
+    assert_eq!(report.agents[0].prerequest_share, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drive_per_call_has_no_errors_and_every_update_is_matched() {
+    drive_once(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drive_persistent_pipelined_has_no_errors_and_every_update_is_matched() {
+    drive_once(true).await;
+}
+
+#[test]
+fn agent_and_drive_binaries_work_as_processes() {
+    let exe = env!("CARGO_BIN_EXE_loadtest");
+    let mut agent = Command::new(exe)
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--flag-fraction",
+            "0.5",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(agent.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k))
+            .unwrap()
+            .to_string()
+    };
+    let (rpc, admin) = (field("rpc="), field("admin="));
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let status = Command::new(exe)
+        .args([
+            "drive",
+            "--target",
+            &rpc,
+            "--rate",
+            "100",
+            "--duration",
+            "1s",
+            "--timeout",
+            "2s",
+        ])
+        .args(["--agents-admin", &admin, "--json"])
+        .arg(json.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
+    assert!(
+        report["flagged"].as_u64().unwrap() > 0,
+        "the agent's --flag-fraction flags some requests"
+    );
+    assert_eq!(report["updates_matched"], report["flagged"]);
+
+    Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "SIGTERM is a clean exit");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(
+        rest.contains("updates_matched"),
+        "stats are printed on exit: {rest}"
+    );
+}
+
+#[test]
+fn local_direct_runs_agents_drives_and_passes() {
+    let exe = env!("CARGO_BIN_EXE_loadtest");
+    let output = Command::new(exe)
+        .args([
+            "local",
+            "--direct",
+            "--agents",
+            "1",
+            "--rate",
+            "100",
+            "--duration",
+            "1s",
+            "--max-errors",
+            "1000",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("PASS") && stdout.contains("orphaned 0"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn drive_rejects_invalid_options_with_usage_status() {
+    let exe = env!("CARGO_BIN_EXE_loadtest");
+    let status = Command::new(exe)
+        .args(["drive", "--attack-fraction", "2"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+}
