@@ -1,0 +1,126 @@
+//! The binary: configuration errors exit 2 naming every bad option; `--help` shows defaults;
+//! a real process serves on `:0` ports it logs, and `sigsci-proxy drain` stops it cleanly.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sigsci-proxy");
+
+#[test]
+fn invalid_configuration_exits_2_naming_every_problem() {
+    let out = Command::new(BIN)
+        .args([
+            "--rpc-timeout",
+            "0ms",
+            "--retry-budget",
+            "3",
+            "--upstream-connections",
+            "0",
+        ])
+        .env_remove("SIGSCI_PROXY_AGENTS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "--rpc-timeout",
+        "--retry-budget",
+        "--upstream-connections",
+        "--agents",
+    ] {
+        assert!(stderr.contains(option), "{option} not named in: {stderr}");
+    }
+    let out = Command::new(BIN)
+        .args(["--connect-timeout", "fast"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "unparsable values are usage errors too"
+    );
+}
+
+#[test]
+fn help_documents_defaults() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for text in [
+        "--listen",
+        "0.0.0.0:9999",
+        "--rpc-timeout",
+        "[default: 80ms]",
+        "SIGSCI_PROXY_ADMIN",
+    ] {
+        assert!(help.contains(text), "{text} missing from --help");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_on_logged_ports_and_drains_on_request() {
+    let agent = Agent::start("a").await;
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--drain-delay",
+            "50ms",
+        ])
+        .args(["--agents", &agent.addr.to_string()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Read the log on a thread (for the whole run, so the pipe never fills or breaks).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains("Listening") {
+                let field = |name: &str| {
+                    let start = line.find(name).unwrap() + name.len();
+                    line[start..].split_whitespace().next().unwrap().to_owned()
+                };
+                let _ = tx.send((field("rpc.addr="), field("admin.addr=")));
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let (rpc, admin) =
+        tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)).unwrap())
+            .await
+            .unwrap();
+    let rpc: std::net::SocketAddr = rpc.parse().unwrap();
+    let admin: std::net::SocketAddr = admin.parse().unwrap();
+    for _ in 0..200 {
+        if http(admin, "GET", "/readyz").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let id = pre(rpc).await;
+    assert_eq!(update(rpc, &id).await, None);
+    assert_eq!(agent.matched(), 1);
+
+    let drain = Command::new(BIN)
+        .args(["drain", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(drain.status.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let log = log.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
