@@ -20,6 +20,7 @@
 //   /slow?ms=N      answers 200 after N ms (default 1100: above the module's 1 s anomaly duration)
 //   /healthz        answers 200 without going through the module (container probes)
 //   anything else   answers 200 "ok", echoing the request body length for POST/PUT/PATCH
+// A response the agent flagged (it returned a RequestID) carries `X-Sigsci-Request-Id`.
 
 const http = require('http')
 const Sigsci = require('sigsci-module-nodejs')
@@ -47,6 +48,11 @@ function parseIntOr (s, dflt) {
 }
 
 function app (req, res) {
+  // The module keeps the agent's PreRequest answer on the request (sigsci.js:548). Exposing the
+  // RequestID lets a test know which responses will be followed by an UpdateRequest.
+  if (req.SigSciAgent && req.SigSciAgent.RequestID) {
+    res.setHeader('X-Sigsci-Request-Id', String(req.SigSciAgent.RequestID))
+  }
   const url = new URL(req.url, 'http://x')
   const status = /^\/status\/(\d{3})$/.exec(url.pathname)
   if (status) {
