@@ -63,6 +63,11 @@ pub struct DriveArgs {
     /// Fraction of unflagged transactions whose response is anomalous (→ PostRequest).
     #[arg(long, default_value_t = 0.0)]
     pub anomalous_fraction: f64,
+    /// Time the simulated app takes between PreRequest and UpdateRequest/PostRequest: fixed
+    /// (`5ms`) or exponential with that mean (`exp:2ms`); `0` sends the update at once. Other
+    /// modules' calls interleave meanwhile, as in production.
+    #[arg(long, default_value = "exp:2ms")]
+    pub app_time: crate::units::ServiceTime,
     /// Pipeline calls over a few persistent connections instead of a connection per call.
     #[arg(long)]
     pub persistent: bool,
@@ -207,6 +212,10 @@ impl Ctx {
             }
         };
         let code = if anomalous && code == 200 { 500 } else { code };
+        let app_time = self.args.app_time.sample();
+        if !app_time.is_zero() {
+            tokio::time::sleep(app_time).await;
+        }
         if !request_id.is_empty() {
             self.flagged.fetch_add(1, Relaxed);
             let upd = self.shape.update_request(request_id, code);

@@ -160,7 +160,7 @@ impl Pool {
     ) -> anyhow::Result<SocketAddr> {
         let listen = free_port()?;
         let mut cfg = format!(
-            "global\n  maxconn 50000\n\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\n\
+            "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\n\
              frontend rpc\n  bind {listen}\n  default_backend agents\n\nbackend agents\n  balance roundrobin\n"
         );
         for a in &self.agents {
@@ -172,6 +172,7 @@ impl Pool {
             .arg("-f")
             .arg(&path)
             .arg("-db")
+            .arg("-q")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true)
