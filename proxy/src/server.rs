@@ -155,16 +155,24 @@ impl Proxy {
             stop: stop.clone(),
         });
 
-        // Close the connections of agents that left for good.
+        // Upstream connections follow the membership: checked every 100 ms, synced when the
+        // snapshot changed and every second (to reopen connections agents closed).
         {
             let shared = shared.clone();
             let exit = exit.clone();
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(1));
+                let mut every = tokio::time::interval(Duration::from_millis(100));
+                let (mut seen, mut synced) = (u64::MAX, Instant::now());
                 loop {
                     tokio::select! {
                         () = exit.cancelled() => break,
-                        _ = every.tick() => shared.router.upstreams.prune(&shared.router.pool.snapshot()),
+                        _ = every.tick() => {}
+                    }
+                    let snapshot = shared.router.pool.snapshot();
+                    if snapshot.version() != seen || synced.elapsed() >= Duration::from_secs(1) {
+                        seen = snapshot.version();
+                        synced = Instant::now();
+                        shared.router.upstreams.sync(&snapshot);
                     }
                 }
             });
@@ -246,8 +254,11 @@ async fn membership(config: &Config) -> anyhow::Result<Updates> {
             Ok(source::file(path, config.agents_file_poll))
         }
         Membership::Dns { name, port } => Ok(source::dns(name, port, config.agents_dns_interval)),
-        Membership::Kubernetes { .. } => {
-            anyhow::bail!("--agents-k8s is not available yet in this build")
+        Membership::Kubernetes { namespace, service, port_name } => {
+            let client = source::kubernetes::client_from_env()
+                .await
+                .context("--agents-k8s: no Kubernetes client")?;
+            Ok(source::kubernetes(client, &namespace, &service, port_name.as_deref()).await)
         }
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_pool::{Address, Agent, EndpointId, Snapshot};
+use agent_pool::{Address, Agent, AgentState, EndpointId, Snapshot};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -107,8 +107,23 @@ impl Upstreams {
         }
     }
 
+    /// Follows the membership: closes the connections of agents no longer in the pool, and in
+    /// `mux` mode opens the persistent connections of agents that take work ahead of their
+    /// first RPC (so no module call pays for a connect).
+    pub(crate) fn sync(&self, snapshot: &Snapshot) {
+        self.prune(snapshot);
+        if self.config.mode != UpstreamMode::Mux {
+            return;
+        }
+        for agent in snapshot.agents() {
+            if matches!(agent.state(), AgentState::Ready | AgentState::Terminating) {
+                self.conns(agent).warm();
+            }
+        }
+    }
+
     /// Closes the connections of agents no longer in the pool.
-    pub(crate) fn prune(&self, snapshot: &Snapshot) {
+    fn prune(&self, snapshot: &Snapshot) {
         let mut agents = self.agents.lock().expect("upstream map lock");
         agents.retain(|id, conns| {
             let keep = snapshot.agents().iter().any(|a| a.id() == id);

@@ -87,6 +87,19 @@ impl AgentConns {
         self.exit.cancel();
     }
 
+    /// Connects every slot that has no live connection, in the background.
+    pub(super) fn warm(self: &Arc<Self>) {
+        for index in 0..self.slots.len() {
+            if self.slots[index].live().is_none() {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + this.connect_timeout;
+                    let _ = this.connect_slot(index, deadline, false).await;
+                });
+            }
+        }
+    }
+
     /// A live connection, round-robin over the slots. A dead slot is reconnected in the
     /// background while another slot is live, inline when none is.
     pub(super) async fn get(
