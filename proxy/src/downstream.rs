@@ -110,9 +110,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Event::Answer(None) => {}
             Event::Read(Ok(0)) => {
-                // The module closed its side: answer what is in flight, then close.
+                // The module closed its side: answer the complete frames it sent (still in
+                // `buf` if the in-flight limit held them back), then close.
                 reading = false;
-                buf.clear();
                 frame_started = None;
             }
             Event::Read(Ok(_)) => {

@@ -317,3 +317,36 @@ async fn module_init_post_request_and_admin_pages() {
     assert_eq!(http(proxy.admin, "GET", "/drain").await.0, 405);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn modules_can_connect_over_a_unix_socket() {
+    use futures::StreamExt;
+    use sigsci_proxy::codec::FrameCodec;
+    use tokio::io::AsyncWriteExt;
+
+    let agent = Agent::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sigsci.sock");
+    let proxy = start_proxy(Options {
+        listen: Some(vec![
+            "127.0.0.1:0".parse().unwrap(),
+            format!("unix:{}", path.display()).parse().unwrap(),
+        ]),
+        ..with_agents(&[&agent])
+    })
+    .await;
+    let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+    s.write_all(&message::encode_request(
+        9,
+        message::PRE_REQUEST,
+        &pre_request(),
+    ))
+    .await
+    .unwrap();
+    let mut frames = tokio_util::codec::FramedRead::new(s, FrameCodec::default());
+    let answer = frames.next().await.unwrap().unwrap();
+    assert_eq!(answer.msgid(), Some(9));
+    assert!(!answer.is_error_response());
+    proxy.stop().await;
+    assert!(!path.exists(), "the socket file is removed on exit");
+}
