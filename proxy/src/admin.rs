@@ -150,3 +150,76 @@ pub async fn request_drain(admin: std::net::SocketAddr) -> std::io::Result<u16> 
         .ok_or_else(|| std::io::Error::other("not an HTTP response"))?;
     Ok(status)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_pool::{Endpoint, PoolConfig, Update};
+
+    fn state() -> AdminState {
+        AdminState {
+            pool: Pool::new(PoolConfig::default()),
+            readiness: Arc::new(Readiness::new()),
+            drain: CancellationToken::new(),
+            prometheus: metrics::handle(),
+        }
+    }
+
+    fn get(state: &AdminState, method: Method, path: &str) -> StatusCode {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        route(state, &req).status()
+    }
+
+    #[test]
+    fn readiness_needs_an_agent_and_turns_off_on_drain() {
+        let state = state();
+        assert_eq!(get(&state, Method::GET, "/healthz"), StatusCode::OK);
+        assert_eq!(
+            get(&state, Method::GET, "/readyz"),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        state.pool.apply(Update::Reset(vec![Endpoint::new(
+            "127.0.0.1:9999".parse().unwrap(),
+        )]));
+        assert_eq!(get(&state, Method::GET, "/readyz"), StatusCode::OK);
+        assert_eq!(get(&state, Method::POST, "/drain"), StatusCode::ACCEPTED);
+        assert!(state.drain.is_cancelled());
+        // `run` flips the latch when it sees the drain request.
+        state.readiness.drain();
+        assert_eq!(
+            get(&state, Method::GET, "/readyz"),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(get(&state, Method::GET, "/healthz"), StatusCode::OK);
+    }
+
+    #[test]
+    fn pages_and_errors() {
+        let state = state();
+        state.pool.apply(Update::Reset(vec![Endpoint::new(
+            "127.0.0.1:9999".parse().unwrap(),
+        )]));
+        assert_eq!(get(&state, Method::GET, "/agents"), StatusCode::OK);
+        assert_eq!(get(&state, Method::GET, "/hints"), StatusCode::OK);
+        assert_eq!(get(&state, Method::GET, "/metrics"), StatusCode::OK);
+        assert_eq!(
+            get(&state, Method::DELETE, "/agents"),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(get(&state, Method::GET, "/"), StatusCode::NOT_FOUND);
+        let req = Request::builder().uri("/metrics").body(()).unwrap();
+        let body = route(&state, &req).into_body();
+        let text = futures::executor::block_on(http_body_util::BodyExt::collect(body))
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains("sigsci_proxy_agent_state{agent=\"127.0.0.1:9999\",state=\"ready\"} 1")
+        );
+        assert!(text.contains("sigsci_proxy_agents_recommended"));
+    }
+}
