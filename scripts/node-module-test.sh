@@ -15,7 +15,7 @@
 #
 # Idempotent: runs `npm ci` only when loadtest/node/node_modules is missing; cargo builds are
 # incremental. Everything binds 127.0.0.1; every step has a timeout; children are killed on exit.
-# CARGO_TARGET_DIR defaults to <repo>/target. Exit status: 0 pass, 1 test failure, 2 usage.
+# CARGO_TARGET_DIR defaults to <repo>/target. Exit status: 0 pass, 2 usage, other non-zero = failure.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
