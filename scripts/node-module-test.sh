@@ -11,7 +11,7 @@
 #                    agent that issued its RequestID, so updates_orphaned must stay 0)
 #   --flag-fraction  fraction of normal requests the agents flag (answer with a RequestID),
 #                    default 0.2
-#   --no-build       use the binaries already in $CARGO_TARGET_DIR/release
+#   --no-build       use the binaries already in $CARGO_TARGET_DIR/$SIGSCI_TEST_PROFILE (release)
 #
 # Idempotent: runs `npm ci` only when loadtest/node/node_modules is missing; cargo builds are
 # incremental. Everything binds 127.0.0.1; every step has a timeout; children are killed on exit.
@@ -21,6 +21,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NODE_DIR="$ROOT/loadtest/node"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# Cargo profile of the binaries: release by default; scripts/test uses debug, which cargo test
+# has already built (one compile instead of two in CI).
+PROFILE=${SIGSCI_TEST_PROFILE:-release}
+case "$PROFILE" in release|debug) ;; *) echo "SIGSCI_TEST_PROFILE must be release or debug" >&2; exit 2;; esac
 
 AGENTS=1
 VIA_PROXY=0
@@ -110,10 +114,11 @@ if [ "$BUILD" = 1 ]; then
   bins=(-p sigsci-loadtest --bin loadtest)
   [ "$VIA_PROXY" = 1 ] && bins+=(-p sigsci-proxy --bin sigsci-proxy)
   log "building ${bins[*]} (CARGO_TARGET_DIR=$TARGET_DIR)"
-  (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" timeout 1800 cargo build --release --quiet "${bins[@]}")
+  if [ "$PROFILE" = release ]; then profile_flag=--release; else profile_flag=; fi
+  (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" timeout 1800 cargo build $profile_flag --quiet "${bins[@]}")
 fi
-LOADTEST="$TARGET_DIR/release/loadtest"
-PROXY="$TARGET_DIR/release/sigsci-proxy"
+LOADTEST="$TARGET_DIR/$PROFILE/loadtest"
+PROXY="$TARGET_DIR/$PROFILE/sigsci-proxy"
 [ -x "$LOADTEST" ] || { log "no $LOADTEST"; exit 1; }
 [ "$VIA_PROXY" = 0 ] || [ -x "$PROXY" ] || { log "no $PROXY"; exit 1; }
 
