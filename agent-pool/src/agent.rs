@@ -202,16 +202,27 @@ impl Agent {
         nanos_since(self.epoch, now)
     }
 
-    /// Takes new work at `now_ns`: source-ready and not ejected (ends an expired ejection).
+    /// Takes new work now: source-ready and not ejected (ends an expired ejection).
     #[inline]
-    pub(crate) fn usable(&self, now_ns: u64) -> bool {
-        self.source.load(Relaxed) == SOURCE_READY && self.health.available(now_ns, &self.budget)
+    pub(crate) fn usable(&self, now: &mut LazyNow) -> bool {
+        self.source.load(Relaxed) == SOURCE_READY
+            && self.health.available(|| now.get(), &self.budget)
     }
 
-    /// Picker cost: peak-EWMA latency × (outstanding + 1).
+    /// The picker's comparison key: undecayed estimate × (outstanding + 1), and the estimate's
+    /// stamp. See [`Agent::cheaper_than`].
     #[inline]
-    pub(crate) fn cost(&self, now_ns: u64) -> f64 {
-        self.ewma.get(now_ns) * (self.outstanding.load(Relaxed) + 1) as f64
+    pub(crate) fn load_key(&self) -> (f64, u64) {
+        let (est, stamp) = self.ewma.raw();
+        (est * (self.outstanding.load(Relaxed) + 1) as f64, stamp)
+    }
+
+    /// Whether key `b` costs less than key `a` once both estimates decay to the same instant,
+    /// with no clock read: `b × exp((stamp_b − stamp_a) / τ) < a`.
+    #[inline]
+    pub(crate) fn cheaper_than(&self, b: (f64, u64), a: (f64, u64)) -> bool {
+        let delta = b.1 as f64 - a.1 as f64;
+        b.0 * crate::ewma::decay_ratio(delta, self.ewma.tau_ns()) < a.0
     }
 
     #[inline]
@@ -258,7 +269,7 @@ impl Agent {
     /// Ends the ejection if its backoff is over (the pool's periodic sweep).
     pub(crate) fn sweep(&self, now: Instant) {
         if self.is_source_ready() {
-            self.health.available(self.ns(now), &self.budget);
+            self.health.available(|| self.ns(now), &self.budget);
         } else {
             self.health.clear(&self.budget);
         }
@@ -300,6 +311,35 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+/// The current time in nanoseconds since the epoch, read from the clock at most once and only
+/// if asked (the picker needs it only when a candidate is or was ejected).
+#[derive(Debug)]
+pub(crate) struct LazyNow {
+    epoch: Instant,
+    ns: Option<u64>,
+}
+
+impl LazyNow {
+    pub(crate) fn new(epoch: Instant) -> Self {
+        Self { epoch, ns: None }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn at(epoch: Instant, now: Instant) -> Self {
+        Self {
+            epoch,
+            ns: Some(nanos_since(epoch, now)),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&mut self) -> u64 {
+        *self
+            .ns
+            .get_or_insert_with(|| nanos_since(self.epoch, Instant::now()))
     }
 }
 

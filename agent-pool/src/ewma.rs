@@ -44,6 +44,20 @@ impl PeakEwma {
         });
     }
 
+    /// The estimate as last updated and when: comparing two agents needs no clock, as the decay
+    /// since then scales both by `exp(-(now - stamp) / tau)` (see [`decay_ratio`]).
+    #[inline]
+    pub(crate) fn raw(&self) -> (f64, u64) {
+        (
+            f64::from_bits(self.estimate.load(Relaxed)),
+            self.stamp.load(Relaxed),
+        )
+    }
+
+    pub(crate) fn tau_ns(&self) -> f64 {
+        self.tau_ns
+    }
+
     /// The estimate at `now_ns`, decayed toward zero since the last sample. Read-only.
     #[inline]
     pub(crate) fn get(&self, now_ns: u64) -> f64 {
@@ -53,6 +67,19 @@ impl PeakEwma {
             return est;
         }
         est * (-(elapsed as f64) / self.tau_ns).exp()
+    }
+}
+
+/// `exp(delta_ns / tau_ns)`: how much more an estimate stamped `delta_ns` later weighs than one
+/// stamped earlier, once both decay to a common instant. Stamps usually lie within milliseconds
+/// of each other against a time constant of seconds, where `1 + x + x²/2` is exact to 1e-10.
+#[inline]
+pub(crate) fn decay_ratio(delta_ns: f64, tau_ns: f64) -> f64 {
+    let x = delta_ns / tau_ns;
+    if x.abs() < 1e-3 {
+        1.0 + x + 0.5 * x * x
+    } else {
+        x.exp()
     }
 }
 
@@ -84,6 +111,17 @@ mod tests {
             e.observe(1.0 * MS, S + i * S / 1000);
         }
         assert!(e.get(61 * S) < 1.2 * MS);
+    }
+
+    #[test]
+    fn the_decay_ratio_matches_exp() {
+        for x in [-2.0, -1e-3, -1e-4, 0.0, 3e-4, 9.9e-4, 1e-3, 0.5, 4.0] {
+            let got = decay_ratio(x * 1e10, 1e10);
+            assert!(
+                (got - f64::exp(x)).abs() <= 1e-9 * f64::exp(x),
+                "{x}: {got}"
+            );
+        }
     }
 
     #[test]

@@ -137,12 +137,13 @@ impl Health {
 
     /// Whether the agent is not ejected at `now_ns`; ends an expired ejection.
     #[inline]
-    pub(crate) fn available(&self, now_ns: u64, budget: &EjectionBudget) -> bool {
+    /// The clock is read only if the agent is or was ejected.
+    pub(crate) fn available(&self, now_ns: impl FnOnce() -> u64, budget: &EjectionBudget) -> bool {
         let until = self.ejected_until.load(Acquire);
         if until == 0 {
             return true;
         }
-        if now_ns < until {
+        if now_ns() < until {
             return false;
         }
         if self

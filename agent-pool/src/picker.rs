@@ -7,6 +7,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use crate::Agent;
+use crate::agent::LazyNow;
 
 /// Random draws per pick before falling back to a scan.
 const MAX_DRAWS: usize = 16;
@@ -32,13 +33,15 @@ fn below(r: u64, n: usize) -> usize {
     ((u128::from(r) * n as u128) >> 64) as usize
 }
 
-/// Two distinct uniform indices below `n` (`n >= 2`) from two random words.
+/// Two distinct uniform indices below `n` (`2 <= n < 2^32`) from one random word: its high
+/// half draws the first, its low half the offset of the second (no division).
 #[inline]
-pub(crate) fn two_distinct(n: usize, r1: u64, r2: u64) -> (usize, usize) {
+pub(crate) fn two_distinct(n: usize, r: u64) -> (usize, usize) {
     debug_assert!(n >= 2);
-    let i = below(r1, n);
-    let j = (i + 1 + below(r2, n - 1)) % n;
-    (i, j)
+    let i = ((u128::from(r >> 32) * n as u128) >> 32) as usize;
+    let off = ((u128::from(r & 0xffff_ffff) * (n - 1) as u128) >> 32) as usize;
+    let j = i + 1 + off;
+    (i, if j >= n { j - n } else { j })
 }
 
 /// A uniform random index below `n` (`n >= 1`), for baselines and tests.
@@ -47,22 +50,22 @@ pub(crate) fn random_index(n: usize) -> usize {
     below(next_u64(), n)
 }
 
-/// Picks among `candidates` at time `now_ns`, skipping `exclude`.
+/// Picks among `candidates`, skipping `exclude`.
 #[inline]
 pub(crate) fn pick<'a>(
     candidates: &'a [Arc<Agent>],
-    now_ns: u64,
+    now: &mut LazyNow,
     exclude: Option<&Agent>,
 ) -> Option<&'a Arc<Agent>> {
-    let usable = |a: &Agent| exclude.is_none_or(|x| !std::ptr::eq(a, x)) && a.usable(now_ns);
+    let mut usable = |a: &Agent| exclude.is_none_or(|x| !std::ptr::eq(a, x)) && a.usable(now);
     let n = candidates.len();
     match n {
         0 => return None,
         1 => return candidates.first().filter(|a| usable(a)),
         _ => {}
     }
-    let (i, j) = two_distinct(n, next_u64(), next_u64());
-    let mut first: Option<(&Arc<Agent>, f64)> = None;
+    let (i, j) = two_distinct(n, next_u64());
+    let mut first: Option<(&Arc<Agent>, (f64, u64))> = None;
     for draw in 0..MAX_DRAWS {
         let idx = match draw {
             0 => i,
@@ -73,18 +76,24 @@ pub(crate) fn pick<'a>(
         if first.is_some_and(|(f, _)| Arc::ptr_eq(f, a)) || !usable(a) {
             continue;
         }
-        let cost = a.cost(now_ns);
+        let key = a.load_key();
         match first {
-            None => first = Some((a, cost)),
+            None => first = Some((a, key)),
             // Ties go to the first draw, itself uniform.
-            Some((f, fc)) => return Some(if cost < fc { a } else { f }),
+            Some((f, fk)) => return Some(if a.cheaper_than(key, fk) { a } else { f }),
         }
     }
     if let Some((f, _)) = first {
         return Some(f);
     }
-    candidates
-        .iter()
-        .filter(|a| usable(a))
-        .min_by(|a, b| a.cost(now_ns).total_cmp(&b.cost(now_ns)))
+    let mut best: Option<(&Arc<Agent>, (f64, u64))> = None;
+    for a in candidates {
+        if usable(a) {
+            let key = a.load_key();
+            if best.is_none_or(|(b, bk)| b.cheaper_than(key, bk)) {
+                best = Some((a, key));
+            }
+        }
+    }
+    best.map(|(a, _)| a)
 }

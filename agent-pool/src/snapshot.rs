@@ -6,7 +6,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::agent::nanos_since;
+use crate::agent::LazyNow;
 use crate::{AffinityToken, Agent, picker};
 
 /// Tokens are already hashes: the index uses them as they are.
@@ -78,21 +78,26 @@ impl Snapshot {
 
     /// Picks an agent for new work: power of two choices among ready agents (not terminating,
     /// not ejected, not gone), the cheaper by peak-EWMA latency × (outstanding + 1). `None` when
-    /// no agent takes new work.
+    /// no agent takes new work. O(1); reads the clock only if a candidate is or was ejected.
     #[inline]
     pub fn pick(&self) -> Option<Arc<Agent>> {
-        self.pick_at(Instant::now(), None)
+        self.pick_with(LazyNow::new(self.epoch), None)
     }
 
     /// Like [`pick`](Self::pick) but never returns `not` (to retry elsewhere).
     #[inline]
     pub fn pick_excluding(&self, not: &Agent) -> Option<Arc<Agent>> {
-        self.pick_at(Instant::now(), Some(not))
+        self.pick_with(LazyNow::new(self.epoch), Some(not))
     }
 
+    #[cfg(test)]
     pub(crate) fn pick_at(&self, now: Instant, exclude: Option<&Agent>) -> Option<Arc<Agent>> {
-        let now_ns = nanos_since(self.epoch, now);
-        let a = picker::pick(&self.ready, now_ns, exclude)?;
+        self.pick_with(LazyNow::at(self.epoch, now), exclude)
+    }
+
+    #[inline]
+    fn pick_with(&self, mut now: LazyNow, exclude: Option<&Agent>) -> Option<Arc<Agent>> {
+        let a = picker::pick(&self.ready, &mut now, exclude)?;
         a.count_pick();
         Some(a.clone())
     }
