@@ -116,6 +116,9 @@ impl Pool {
     ) -> anyhow::Result<SocketAddr> {
         let listen = free_port()?;
         let admin = free_port()?;
+        // The proxy's log goes to a file beside the agents file, shown if it fails to start.
+        let log_path = self.agents_file.with_file_name("proxy.log");
+        let log = std::fs::File::create(&log_path)?;
         let mut child = Command::new(bin)
             .arg("--listen")
             .arg(listen.to_string())
@@ -126,14 +129,16 @@ impl Pool {
             .args(["--drain-delay", "100ms"])
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = child.try_wait()? {
-                anyhow::bail!("{} exited at start: {status}", bin.display());
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                anyhow::bail!("{} exited at start: {status}\n{log}", bin.display());
             }
             if let Ok((s, _)) =
                 crate::http::call(admin, hyper::Method::GET, "/readyz", Duration::from_secs(1))
