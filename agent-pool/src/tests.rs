@@ -442,3 +442,43 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn concurrent_picks_and_membership_changes_keep_counts_exact() {
+    let (pool, _) = pool_of(8, PoolConfig::default());
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for i in 0..5_000 {
+                    let snap = pool.snapshot();
+                    let Some(a) = snap.pick() else { continue };
+                    let req = a.start();
+                    match i % 3 {
+                        0 => req.finish(Outcome::Success),
+                        1 => req.finish(Outcome::Failed),
+                        _ => drop(req),
+                    }
+                }
+            })
+        })
+        .collect();
+    for round in 0..200 {
+        let n = 2 + round % 7;
+        pool.apply(Update::Reset((0..n).map(ep).collect()));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    pool.apply(Update::Reset((0..8).map(ep).collect()));
+    let snap = pool.snapshot();
+    let stats: Vec<_> = snap.agents().iter().map(|a| a.stats()).collect();
+    assert!(stats.iter().all(|s| s.outstanding == 0), "{stats:?}");
+    let started: u64 = stats.iter().map(|s| s.started).sum();
+    let ended: u64 = stats
+        .iter()
+        .map(|s| s.successes + s.failures + s.cancelled)
+        .sum();
+    assert_eq!(started, ended);
+    assert!(started > 0);
+}

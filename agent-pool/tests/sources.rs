@@ -151,3 +151,19 @@ async fn wait_for(cond: impl Fn() -> bool) {
     .await
     .expect("condition in time");
 }
+
+#[tokio::test]
+async fn run_applies_the_source_and_ticks_the_hints() {
+    let pool = Pool::new(PoolConfig::default());
+    let eps: Vec<_> = (1..=3)
+        .map(|i| Endpoint::new(format!("127.0.0.1:1000{i}").parse().unwrap()))
+        .collect();
+    let task = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.run(source::fixed(eps)).await }
+    });
+    wait_for(|| pool.hints().known_agents == 3).await;
+    assert_eq!(pool.hints().ready_agents, 3);
+    assert_eq!(pool.hints().recommended, 1);
+    task.abort();
+}
