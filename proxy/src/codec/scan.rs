@@ -75,10 +75,12 @@ fn header(b: &[u8]) -> Result<Header, &'static str> {
     if b.len() < len {
         return Ok(Header::Need(len));
     }
-    let be = |n: usize| {
-        b[1..=n]
-            .iter()
-            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+    // Big-endian unsigned of 1, 2, 4 or 8 bytes after the lead byte (the header is buffered).
+    let be = |n: usize| match n {
+        1 => u64::from(b[1]),
+        2 => u64::from(u16::from_be_bytes([b[1], b[2]])),
+        4 => u64::from(u32::from_be_bytes([b[1], b[2], b[3], b[4]])),
+        _ => u64::from_be_bytes([b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]]),
     };
     let t = match tok {
         0xc4..=0xc6 => Tok::Blob(be(len - 1)),
