@@ -162,3 +162,28 @@ fn drive_rejects_invalid_options_with_usage_status() {
         .unwrap();
     assert_eq!(status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn agent_and_drive_speak_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = format!("unix:{}", dir.path().join("sigsci.sock").display());
+    let agent = SimAgent::builder()
+        .listen(path.parse().unwrap())
+        .spawn()
+        .await
+        .unwrap();
+    let args = DriveArgs {
+        target: path.parse().unwrap(),
+        rate: 100.0,
+        duration: Duration::from_millis(500),
+        attack_fraction: 0.5,
+        timeout: Duration::from_secs(2),
+        no_progress: true,
+        ..DriveArgs::default()
+    };
+    let report = drive::run(args).await.unwrap();
+    let stats = agent.shutdown().await;
+    assert_eq!(report.total_errors(), 0, "{}", report.to_text());
+    assert_eq!(stats.updates_matched, report.flagged);
+    assert!(report.flagged > 0);
+}
