@@ -134,8 +134,15 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState, exit: Cancel
 
 /// `sigsci-proxy drain`: POST /drain to a running proxy, with a plain HTTP/1.1 request so the
 /// image needs no curl.
-pub async fn request_drain(admin: std::net::SocketAddr) -> std::io::Result<u16> {
+pub async fn request_drain(mut admin: std::net::SocketAddr) -> std::io::Result<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // In a pod the admin address is `0.0.0.0:9090`: the hook talks to the same pod's loopback.
+    if admin.ip().is_unspecified() {
+        admin.set_ip(match admin {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
     let mut stream = tokio::net::TcpStream::connect(admin).await?;
     let request = format!(
         "POST /drain HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
