@@ -254,7 +254,11 @@ async fn membership(config: &Config) -> anyhow::Result<Updates> {
             Ok(source::file(path, config.agents_file_poll))
         }
         Membership::Dns { name, port } => Ok(source::dns(name, port, config.agents_dns_interval)),
-        Membership::Kubernetes { namespace, service, port_name } => {
+        Membership::Kubernetes {
+            namespace,
+            service,
+            port_name,
+        } => {
             let client = source::kubernetes::client_from_env()
                 .await
                 .context("--agents-k8s: no Kubernetes client")?;
