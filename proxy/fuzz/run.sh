@@ -4,5 +4,5 @@
 # Uses its own target dir so it never contends with the workspace build.
 set -eu
 cd "$(dirname "$0")"
-export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-/work/targets/codec-fuzz}"
+export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$(pwd)/target}"
 RUSTC_BOOTSTRAP=1 exec cargo fuzz run decode -- -max_total_time="${1:-60}"
