@@ -77,6 +77,28 @@ fn a_slow_agent_gets_less() {
 }
 
 #[test]
+fn one_latency_hiccup_is_forgotten_within_seconds() {
+    let (pool, t0) = pool_of(1, PoolConfig::default());
+    let a = agent(&pool, 0);
+    request(&a, t0, MS, Outcome::Success);
+    // One 50 ms stall (a descheduled agent on a busy node)...
+    request(&a, t0 + MS, 50 * MS, Outcome::Success);
+    assert!(a.load_key().0 >= 49e6);
+    // ...then 1 ms answers, a thousand a second, for 5 s.
+    let mut t = t0 + 51 * MS;
+    for _ in 0..5_000 {
+        request(&a, t, MS, Outcome::Success);
+        t += MS;
+    }
+    let (est_ns, _) = a.load_key();
+    assert!(
+        est_ns < 2e6,
+        "estimate still {:.1} ms 5 s after the stall",
+        est_ns / 1e6
+    );
+}
+
+#[test]
 fn an_agent_with_many_outstanding_gets_less() {
     let (pool, t0) = pool_of(4, PoolConfig::default());
     let busy = agent(&pool, 0);
