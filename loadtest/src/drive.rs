@@ -30,7 +30,7 @@ use crate::units::parse_duration;
 
 pub use client::{CallError, Client, ErrorKind};
 pub use payload::{ATTACK, PayloadShape};
-pub use report::{AgentReport, DriveReport, Latency, MethodReport};
+pub use report::{AgentReport, BUCKET, Bucket, DriveReport, Latency, MethodReport};
 
 /// `loadtest drive` options (also the drive configuration used by the orchestrator).
 #[derive(Debug, Clone, Args)]
@@ -287,6 +287,7 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
     let before = read_agents(&args.agents_admin).await;
     let progress = progress_bar(&args);
     let start = Instant::now();
+    ctx.rec.set_start(start);
     let end = start + args.duration;
     let mut overflow = 0u64;
     let tasks = tokio_util::task::TaskTracker::new();
@@ -395,6 +396,7 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
         updates_expired: 0,
         orphaned_fraction: None,
         problems: Vec::new(),
+        timeline: ctx.rec.timeline(),
     };
     if !args.agents_admin.is_empty() {
         let stats = args

@@ -38,6 +38,17 @@ pub struct LocalArgs {
     /// Number of simulated agents [default: 2, or the scenario's].
     #[arg(long)]
     pub agents: Option<usize>,
+    /// Proxy replicas [default: 1, or the scenario's]. With 2 or more, PreRequests go to the
+    /// first and UpdateRequests/PostRequests to the second (affinity across replicas).
+    #[arg(long)]
+    pub proxies: Option<usize>,
+    /// Simulated app time between PreRequest and UpdateRequest [default: exp:2ms, or the
+    /// scenario's].
+    #[arg(long)]
+    pub app_time: Option<ServiceTime>,
+    /// Closed loop with this many emulated modules instead of `--rate` (max throughput).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// Transactions (PreRequests) per second [default: 1000, or the scenario's].
     #[arg(long)]
     pub rate: Option<f64>,
@@ -113,7 +124,26 @@ pub struct LocalReport {
     pub steps: Vec<String>,
     /// Failed checks; empty = passed.
     pub failures: Vec<String>,
+    /// Timed observations of the steps (ejection, last PreRequest, drain), with the errors in
+    /// calls that ended after each.
+    pub marks: Vec<Mark>,
 }
+
+/// Something a step observed at a time into the drive.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mark {
+    /// What happened.
+    pub what: String,
+    /// When, from the drive's start, milliseconds.
+    pub at_ms: f64,
+    /// Failed calls that ended after it (bucket resolution, 100 ms).
+    pub errors_after: u64,
+    /// Of them, refused connections.
+    pub refused_after: u64,
+}
+
+/// Marks recorded while steps run: (what, time into the drive).
+type Marks = std::sync::Arc<std::sync::Mutex<Vec<(String, Duration)>>>;
 
 impl LocalArgs {
     fn via(&self) -> Via {
@@ -130,6 +160,17 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     let via = args.via();
     let n = args.agents.or(scenario.agents).unwrap_or(2);
     anyhow::ensure!(n >= 1, "--agents must be at least 1");
+    let n_proxies = args.proxies.or(scenario.proxies).unwrap_or(1);
+    anyhow::ensure!(n_proxies >= 1, "--proxies must be at least 1");
+    anyhow::ensure!(
+        n_proxies == 1 || via == Via::Proxy,
+        "--proxies applies only via the proxy"
+    );
+    let app_time = match (&args.app_time, &scenario.app_time) {
+        (Some(t), _) => *t,
+        (None, Some(t)) => t.parse().map_err(|e| anyhow::anyhow!("app_time: {e}"))?,
+        (None, None) => DriveArgs::default().app_time,
+    };
     let exe = std::env::current_exe()?;
     let mut agent_args = vec![
         "--service-time".to_string(),
@@ -146,25 +187,45 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         .tempdir()?;
     let mut pool = Pool::new(dir.path().join("agents.json"));
     let mut failures = Vec::new();
+    let marks: Marks = Default::default();
+    let touched: std::collections::HashSet<usize> = scenario
+        .steps
+        .iter()
+        .filter(|s| s.action.changes_agent())
+        .map(|s| s.agent)
+        .collect();
+    let expect = scenario.expect.clone();
     let result = async {
         for i in 0..n {
             pool.agents
                 .push(AgentProc::spawn(&exe, i, &agent_args).await?);
         }
         pool.write_agents_file()?;
-        let target: SocketAddr = match via {
-            Via::Direct => pool.agents[0].rpc,
+        let (target, update_target): (SocketAddr, SocketAddr) = match via {
+            Via::Direct => (pool.agents[0].rpc, pool.agents[0].rpc),
             Via::Proxy => {
                 let bin = match &args.proxy_bin {
                     Some(b) => b.clone(),
                     None => procs::find_proxy_bin(&exe)?,
                 };
-                pool.spawn_proxy(&bin, &args.proxy_args).await?
+                let mut addrs = Vec::new();
+                let mut proxy_args = scenario.proxy_args.clone();
+                proxy_args.extend(args.proxy_args.iter().cloned());
+                for _ in 0..n_proxies {
+                    addrs.push(pool.spawn_proxy(&bin, &proxy_args).await?);
+                }
+                (addrs[0], addrs[1 % addrs.len()])
             }
-            Via::Haproxy => pool.spawn_haproxy(&args.haproxy_bin, dir.path()).await?,
+            Via::Haproxy => {
+                let a = pool.spawn_haproxy(&args.haproxy_bin, dir.path()).await?;
+                (a, a)
+            }
         };
         let drive = DriveArgs {
             target: target.into(),
+            update_target: (update_target != target).then(|| update_target.into()),
+            concurrency: args.concurrency,
+            app_time,
             rate: args.rate.or(scenario.rate).unwrap_or(1000.0),
             duration: args
                 .duration
@@ -185,22 +246,36 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             ..DriveArgs::default()
         };
         eprintln!(
-            "loadtest local: {n} agent(s) via {via:?}, target {target}, {} tx/s for {:?}",
-            drive.rate, drive.duration
+            "loadtest local: {n} agent(s) via {via:?}, target {target}{}, {} for {:?}",
+            if update_target != target {
+                format!(", updates to {update_target}")
+            } else {
+                String::new()
+            },
+            match drive.concurrency {
+                Some(c) => format!("closed loop x{c}"),
+                None => format!("{} tx/s", drive.rate),
+            },
+            drive.duration
         );
         let steps_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let start = Instant::now();
         let pool_ref = &mut pool;
         let log = steps_log.clone();
+        let marks_in = marks.clone();
         let steps = async move {
             for step in &scenario.steps {
                 tokio::time::sleep_until(start + step.at).await;
-                let outcome = pool_ref.apply(step, via).await;
+                let outcome = pool_ref.apply(step, via, start, &log, &marks_in).await;
                 let line = format!(
-                    "t={:?} {:?} agent {}: {}",
+                    "t={:?} {:?} {}: {}",
                     step.at,
                     step.action,
-                    step.agent,
+                    if step.action.is_agent_action() {
+                        format!("agent {}", step.agent)
+                    } else {
+                        format!("proxy {}", step.proxy)
+                    },
                     outcome.unwrap_or_else(|e| format!("failed: {e:#}"))
                 );
                 eprintln!("loadtest local: {line}");
@@ -221,21 +296,44 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     let (report, steps) = result?;
     failures.extend(stop_problems);
 
-    let max_errors = args.max_errors.or(scenario.expect.max_errors).unwrap_or(0);
-    if report.total_errors() > max_errors {
+    let max_errors = args.max_errors.or(expect.max_errors).unwrap_or(0);
+    let counted = if expect.allow_refused {
+        report.errors_except_refused()
+    } else {
+        report.total_errors()
+    };
+    if counted > max_errors {
         failures.push(format!(
-            "{} failed calls (at most {max_errors} allowed)",
-            report.total_errors()
+            "{counted} failed calls{} (at most {max_errors} allowed)",
+            if expect.allow_refused {
+                " other than refused connections"
+            } else {
+                ""
+            }
         ));
     }
+    let e = &expect;
+    for (i, a) in report.agents.iter().enumerate() {
+        let share = a.prerequest_share;
+        let (lo, hi) = if touched.contains(&i) {
+            (None, e.changed_max_share)
+        } else {
+            (e.min_share, e.max_share)
+        };
+        if lo.is_some_and(|lo| share < lo) || hi.is_some_and(|hi| share > hi) {
+            failures.push(format!(
+                "agent {i} got {:.1}% of PreRequests (expected {}..{})",
+                100.0 * share,
+                lo.map_or("0".into(), |v| format!("{:.0}%", 100.0 * v)),
+                hi.map_or("100%".into(), |v| format!("{:.0}%", 100.0 * v)),
+            ));
+        }
+    }
     let lost = report.updates_orphaned + report.updates_expired;
-    let max_orphaned = args
-        .max_orphaned
-        .or(scenario.expect.max_orphaned)
-        .or(match via {
-            Via::Haproxy => None,
-            _ => Some(0),
-        });
+    let max_orphaned = args.max_orphaned.or(expect.max_orphaned).or(match via {
+        Via::Haproxy => None,
+        _ => Some(0),
+    });
     if let Some(max) = max_orphaned
         && lost > max
     {
@@ -263,6 +361,18 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             .filter(|p| !killed.iter().any(|k| p.starts_with(k.as_str())))
             .cloned(),
     );
+    let marks = std::mem::take(&mut *marks.lock().expect("not poisoned"))
+        .into_iter()
+        .map(|(what, at)| {
+            let (errors_after, refused_after) = report.errors_after(at);
+            Mark {
+                what,
+                at_ms: at.as_secs_f64() * 1e3,
+                errors_after,
+                refused_after,
+            }
+        })
+        .collect();
     Ok(LocalReport {
         via,
         agents: n,
@@ -270,6 +380,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         drive: report,
         steps,
         failures,
+        marks,
     })
 }
 
@@ -290,22 +401,76 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
     for s in &report.steps {
         println!("step: {s}");
     }
+    for m in &report.marks {
+        println!(
+            "mark: t={:.0}ms {} (then {} failed calls, {} of them refused)",
+            m.at_ms, m.what, m.errors_after, m.refused_after
+        );
+    }
     if let Some(path) = json {
         crate::drive::write_json(&path, &report)?;
     }
-    if report.failures.is_empty() {
-        println!("PASS");
-        Ok(0)
-    } else {
-        for f in &report.failures {
-            println!("FAIL: {f}");
-        }
-        Ok(1)
+    for f in &report.failures {
+        println!("FAIL: {f}");
     }
+    let d = &report.drive;
+    let pre = d.methods.get(crate::rpc::PRE_REQUEST);
+    let shares: Vec<String> = d
+        .agents
+        .iter()
+        .map(|a| format!("{:.1}", 100.0 * a.prerequest_share))
+        .collect();
+    println!(
+        "RESULT {}: via {:?}, {} agent(s), {:.0} tx/s, errors {} (refused {}), orphaned+expired {}, PreRequest p50 {} µs p99 {} µs, shares % [{}]",
+        if report.failures.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        },
+        report.via,
+        report.agents,
+        d.achieved_rate,
+        d.total_errors(),
+        d.total_errors() - d.errors_except_refused(),
+        d.updates_orphaned + d.updates_expired,
+        pre.map_or(0, |m| m.latency_us.p50),
+        pre.map_or(0, |m| m.latency_us.p99),
+        shares.join(" ")
+    );
+    Ok(if report.failures.is_empty() { 0 } else { 1 })
 }
 
 impl Pool {
-    async fn apply(&mut self, step: &scenario::Step, via: Via) -> anyhow::Result<String> {
+    async fn apply(
+        &mut self,
+        step: &scenario::Step,
+        via: Via,
+        start: Instant,
+        log: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        marks: &Marks,
+    ) -> anyhow::Result<String> {
+        match step.action {
+            Action::RestartProxy => {
+                let (status, exited, ready) = self.restart_proxy(step.proxy).await?;
+                return Ok(format!(
+                    "old process exited {status} after {exited:?}; new one ready {ready:?} after SIGTERM"
+                ));
+            }
+            Action::DrainProxy => {
+                let t0 = start.elapsed();
+                let (flip, status, exit) = self.drain_proxy(step.proxy).await?;
+                marks
+                    .lock()
+                    .expect("not poisoned")
+                    .push((format!("proxy {} exited", step.proxy), t0 + exit));
+                return Ok(format!(
+                    "/readyz not 200 after {}; exited {status} after {exit:?}",
+                    flip.map_or("never".into(), |d| format!("{d:?}"))
+                ));
+            }
+            _ => {}
+        }
+        let proxy_admin = self.fronts.first().and_then(|f| f.admin);
         let agent = self
             .agents
             .get_mut(step.agent)
@@ -327,6 +492,11 @@ impl Pool {
             Action::Kill => {
                 agent.expect_exit = true;
                 agent.child.start_kill()?;
+                if let Some(admin) = proxy_admin {
+                    let id = format!("agent-{}", step.agent);
+                    let (log, marks) = (log.clone(), marks.clone());
+                    tokio::spawn(watch_ejection(admin, id, start, log, marks));
+                }
                 return Ok("killed".into());
             }
             Action::Slow => {
@@ -339,8 +509,101 @@ impl Pool {
                 crate::http::post(agent.admin, &format!("/fault?{q}")).await?;
                 return Ok(format!("fault {q}"));
             }
+            Action::Pause => {
+                let d = step.duration.expect("checked at load");
+                procs::signal(&agent.child, "STOP").await;
+                tokio::time::sleep(d).await;
+                procs::signal(&agent.child, "CONT").await;
+                return Ok(format!("stopped for {d:?}"));
+            }
+            Action::RestartProxy | Action::DrainProxy => unreachable!("handled above"),
         }
+        let admin = agent.admin;
         self.write_agents_file()?;
+        if step.action != Action::Ready {
+            let what = format!("agent {} {:?}", step.agent, step.action);
+            let (log, marks) = (log.clone(), marks.clone());
+            tokio::spawn(watch_last_prerequest(admin, what, start, log, marks));
+        }
         Ok("agents file updated".into())
+    }
+}
+
+/// After a kill: polls the proxy's `/agents` every 20 ms (up to 5 s) until agent `id` is no
+/// longer `ready`, and marks when.
+async fn watch_ejection(
+    admin: SocketAddr,
+    id: String,
+    start: Instant,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    marks: Marks,
+) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        if let Ok(body) = crate::http::get(admin, "/agents").await
+            && let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&body)
+            && list.iter().any(|a| {
+                a["id"] == id.as_str() && a["state"].as_str().is_some_and(|s| s != "ready")
+            })
+        {
+            let line = format!(
+                "{id} left ready {:?} after the kill (proxy /agents polled every 20 ms)",
+                t0.elapsed()
+            );
+            log.lock().expect("not poisoned").push(line);
+            marks
+                .lock()
+                .expect("not poisoned")
+                .push((format!("{id} ejected"), start.elapsed()));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    log.lock()
+        .expect("not poisoned")
+        .push(format!("{id} still ready 5 s after the kill"));
+}
+
+/// After a membership change: polls the agent's `/stats` every 50 ms for 3 s and reports when
+/// its PreRequest counter last rose, from the file write.
+async fn watch_last_prerequest(
+    admin: SocketAddr,
+    what: String,
+    start: Instant,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    marks: Marks,
+) {
+    let t0 = Instant::now();
+    let read = || async {
+        let body = crate::http::get(admin, "/stats").await.ok()?;
+        serde_json::from_slice::<crate::agent::AgentStats>(&body)
+            .ok()
+            .map(|s| s.prerequests)
+    };
+    let Some(mut last) = read().await else { return };
+    let mut last_rise = None;
+    while t0.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(now) = read().await
+            && now > last
+        {
+            last = now;
+            last_rise = Some(t0.elapsed());
+        }
+    }
+    let line = match last_rise {
+        Some(d) => format!(
+            "{what}: last new PreRequest seen {d:?} after the file write (/stats polled every 50 ms for 3 s)"
+        ),
+        None => {
+            format!("{what}: no new PreRequest after the file write (polled every 50 ms for 3 s)")
+        }
+    };
+    log.lock().expect("not poisoned").push(line);
+    if let Some(d) = last_rise {
+        marks.lock().expect("not poisoned").push((
+            format!("{what}: last PreRequest"),
+            start.elapsed() - t0.elapsed() + d,
+        ));
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -17,6 +17,29 @@ use crate::agent::AgentStats;
 #[derive(Debug)]
 pub(crate) struct Recorder {
     inner: Mutex<BTreeMap<&'static str, MethodRecorder>>,
+    /// When the drive started; calls are bucketed in the timeline from then on.
+    start: OnceLock<tokio::time::Instant>,
+    timeline: Mutex<Vec<Bucket>>,
+}
+
+/// Width of one timeline bucket.
+pub const BUCKET: Duration = Duration::from_millis(100);
+
+/// Calls that ended within one [`BUCKET`] of the drive.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Bucket {
+    /// Calls (all methods) that ended in this bucket.
+    pub calls: u64,
+    /// Of them, failed (any kind).
+    pub errors: u64,
+    /// Of the errors, refused connections.
+    pub refused: u64,
+    /// Sum of PreRequest latencies, microseconds (mean = sum / prerequests).
+    pub pre_latency_sum_us: u64,
+    /// PreRequests that ended in this bucket.
+    pub prerequests: u64,
+    /// Highest PreRequest latency, microseconds.
+    pub pre_latency_max_us: u64,
 }
 
 #[derive(Debug)]
@@ -30,7 +53,19 @@ impl Recorder {
     pub(crate) fn new() -> Recorder {
         Recorder {
             inner: Mutex::new(BTreeMap::new()),
+            start: OnceLock::new(),
+            timeline: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Starts the timeline.
+    pub(crate) fn set_start(&self, start: tokio::time::Instant) {
+        let _ = self.start.set(start);
+    }
+
+    /// The timeline so far.
+    pub(crate) fn timeline(&self) -> Vec<Bucket> {
+        self.timeline.lock().expect("not poisoned").clone()
     }
 
     /// Records one call of `method` that took `latency` (recorded for failures too).
@@ -45,8 +80,29 @@ impl Recorder {
             None => m.ok += 1,
             Some(k) => *m.errors.entry(k).or_default() += 1,
         }
-        m.hist
-            .saturating_record((latency.as_micros() as u64).max(1));
+        let us = (latency.as_micros() as u64).max(1);
+        m.hist.saturating_record(us);
+        drop(map);
+        if let Some(start) = self.start.get() {
+            let i = (start.elapsed().as_nanos() / BUCKET.as_nanos()) as usize;
+            let mut t = self.timeline.lock().expect("not poisoned");
+            if t.len() <= i {
+                t.resize(i + 1, Bucket::default());
+            }
+            let b = &mut t[i];
+            b.calls += 1;
+            if let Some(k) = error {
+                b.errors += 1;
+                if k == ErrorKind::Refused {
+                    b.refused += 1;
+                }
+            }
+            if method == crate::rpc::PRE_REQUEST {
+                b.prerequests += 1;
+                b.pre_latency_sum_us += us;
+                b.pre_latency_max_us = b.pre_latency_max_us.max(us);
+            }
+        }
     }
 
     pub(crate) fn methods(&self) -> BTreeMap<String, MethodReport> {
@@ -160,12 +216,29 @@ pub struct DriveReport {
     pub orphaned_fraction: Option<f64>,
     /// Anything that went wrong beyond the counted errors (e.g. unreadable agent stats).
     pub problems: Vec<String>,
+    /// Calls per [`BUCKET`] (100 ms) since the drive started.
+    pub timeline: Vec<Bucket>,
 }
 
 impl DriveReport {
     /// Total errors of all methods.
     pub fn total_errors(&self) -> u64 {
         self.errors.values().sum()
+    }
+
+    /// Errors that were not refused connections.
+    pub fn errors_except_refused(&self) -> u64 {
+        self.total_errors() - self.errors.get(&ErrorKind::Refused).copied().unwrap_or(0)
+    }
+
+    /// Errors (all kinds, refused) in calls that ended at or after `t` into the drive
+    /// (bucket resolution: from the first bucket starting at or after `t`).
+    pub fn errors_after(&self, t: Duration) -> (u64, u64) {
+        let first = t.as_nanos().div_ceil(BUCKET.as_nanos()) as usize;
+        self.timeline
+            .iter()
+            .skip(first)
+            .fold((0, 0), |(e, r), b| (e + b.errors, r + b.refused))
     }
 
     /// Fills the agents section from stats read before and after.
@@ -264,22 +337,30 @@ impl DriveReport {
         if !self.agents.is_empty() {
             let _ = writeln!(
                 o,
-                "{:<22} {:>7} {:>10} {:>8} {:>9} {:>8} {:>8}",
-                "agent admin", "share", "prereqs", "updates", "matched", "orphaned", "expired"
+                "{:<22} {:>7} {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
+                "agent admin",
+                "share",
+                "prereqs",
+                "updates",
+                "matched",
+                "orphaned",
+                "expired",
+                "conns"
             );
             for a in &self.agents {
                 match &a.stats {
                     Some(s) => {
                         let _ = writeln!(
                             o,
-                            "{:<22} {:>6.1}% {:>10} {:>8} {:>9} {:>8} {:>8}",
+                            "{:<22} {:>6.1}% {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
                             a.admin.to_string(),
                             100.0 * a.prerequest_share,
                             s.prerequests,
                             s.updaterequests,
                             s.updates_matched,
                             s.updates_orphaned,
-                            s.updates_expired
+                            s.updates_expired,
+                            s.connections
                         );
                     }
                     None => {

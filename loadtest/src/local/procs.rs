@@ -71,12 +71,27 @@ impl AgentProc {
     }
 }
 
+/// The proxy or HAProxy in front of the agents.
+#[derive(Debug)]
+pub(crate) struct Front {
+    pub(crate) name: String,
+    pub(crate) child: Child,
+    /// The RPC address it listens on.
+    pub(crate) listen: SocketAddr,
+    /// The proxy's admin address.
+    pub(crate) admin: Option<SocketAddr>,
+    /// Stopped on purpose by a scenario (drained): not a failure that it exited.
+    pub(crate) expect_exit: bool,
+    /// How to start it again (proxy only): binary, extra arguments, log file.
+    restart: Option<(PathBuf, Vec<String>, PathBuf)>,
+}
+
 /// All children of one run.
 #[derive(Debug)]
 pub(crate) struct Pool {
     pub(crate) agents: Vec<AgentProc>,
     pub(crate) agents_file: PathBuf,
-    front: Option<(String, Child, Option<SocketAddr>)>,
+    pub(crate) fronts: Vec<Front>,
 }
 
 impl Pool {
@@ -84,7 +99,7 @@ impl Pool {
         Pool {
             agents: Vec::new(),
             agents_file,
-            front: None,
+            fronts: Vec::new(),
         }
     }
 
@@ -108,7 +123,7 @@ impl Pool {
         Ok(())
     }
 
-    /// Starts the proxy on free ports and waits for `GET /readyz` = 200.
+    /// Starts one more proxy replica on free ports and waits for `GET /readyz` = 200.
     pub(crate) async fn spawn_proxy(
         &mut self,
         bin: &Path,
@@ -116,45 +131,79 @@ impl Pool {
     ) -> anyhow::Result<SocketAddr> {
         let listen = free_port()?;
         let admin = free_port()?;
+        let i = self.fronts.len();
         // The proxy's log goes to a file beside the agents file, shown if it fails to start.
-        let log_path = self.agents_file.with_file_name("proxy.log");
-        let log = std::fs::File::create(&log_path)?;
-        let mut child = Command::new(bin)
-            .arg("--listen")
-            .arg(listen.to_string())
-            .arg("--admin")
-            .arg(admin.to_string())
-            .arg("--agents-file")
-            .arg(&self.agents_file)
-            .args(["--drain-delay", "100ms"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                anyhow::bail!("{} exited at start: {status}\n{log}", bin.display());
-            }
-            if let Ok((s, _)) =
-                crate::http::call(admin, hyper::Method::GET, "/readyz", Duration::from_secs(1))
-                    .await
-                && s.is_success()
-            {
-                break;
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "proxy not ready (GET /readyz) within 15 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let log_path = self.agents_file.with_file_name(format!("proxy-{i}.log"));
+        let mut args = extra.to_vec();
+        // A short drain by default so runs end quickly; the caller's value wins.
+        if !extra.iter().any(|a| a.starts_with("--drain-delay")) {
+            args.extend(["--drain-delay".into(), "100ms".into()]);
         }
-        self.front = Some(("sigsci-proxy".into(), child, Some(admin)));
+        let child = start_proxy(bin, listen, admin, &self.agents_file, &args, &log_path).await?;
+        self.fronts.push(Front {
+            name: format!("sigsci-proxy {i}"),
+            child,
+            listen,
+            admin: Some(admin),
+            expect_exit: false,
+            restart: Some((bin.to_owned(), args, log_path)),
+        });
         Ok(listen)
+    }
+
+    /// SIGTERM to proxy replica `i`, wait for it to exit, start it again on the same ports.
+    /// Returns (exit status, time from SIGTERM to exit, time from SIGTERM to ready again).
+    pub(crate) async fn restart_proxy(
+        &mut self,
+        i: usize,
+    ) -> anyhow::Result<(std::process::ExitStatus, Duration, Duration)> {
+        let agents_file = self.agents_file.clone();
+        let f = self
+            .fronts
+            .get_mut(i)
+            .with_context(|| format!("no proxy {i}"))?;
+        let (bin, args, log) = f.restart.clone().context("only a proxy can restart")?;
+        let admin = f.admin.context("proxy without admin address")?;
+        let t0 = tokio::time::Instant::now();
+        sigterm(&f.child).await;
+        let status = tokio::time::timeout(Duration::from_secs(30), f.child.wait())
+            .await
+            .context("proxy did not exit within 30 s of SIGTERM")??;
+        let exited = t0.elapsed();
+        let log = log.with_extension("restarted.log");
+        f.child = start_proxy(&bin, f.listen, admin, &agents_file, &args, &log).await?;
+        Ok((status, exited, t0.elapsed()))
+    }
+
+    /// SIGTERM to proxy replica `i`; polls `/readyz` every 10 ms until it is not 200 and waits
+    /// for the exit. Returns (time to 503, exit status, time to exit).
+    pub(crate) async fn drain_proxy(
+        &mut self,
+        i: usize,
+    ) -> anyhow::Result<(Option<Duration>, std::process::ExitStatus, Duration)> {
+        let f = self
+            .fronts
+            .get_mut(i)
+            .with_context(|| format!("no proxy {i}"))?;
+        let admin = f.admin.context("only a proxy drains")?;
+        f.expect_exit = true;
+        let t0 = tokio::time::Instant::now();
+        sigterm(&f.child).await;
+        let mut flipped = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let status = loop {
+            tokio::select! {
+                s = f.child.wait() => break s?,
+                _ = tick.tick(), if flipped.is_none() => {
+                    let r = crate::http::call(admin, hyper::Method::GET, "/readyz", Duration::from_millis(500)).await;
+                    if !matches!(r, Ok((s, _)) if s.is_success()) {
+                        flipped = Some(t0.elapsed());
+                    }
+                }
+            }
+        };
+        Ok((flipped, status, t0.elapsed()))
     }
 
     /// Starts HAProxy (TCP mode, round robin over the agents) and waits until it accepts.
@@ -202,7 +251,14 @@ impl Pool {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.front = Some(("haproxy".into(), child, None));
+        self.fronts.push(Front {
+            name: "haproxy".into(),
+            child,
+            listen,
+            admin: None,
+            expect_exit: false,
+            restart: None,
+        });
         Ok(listen)
     }
 
@@ -216,10 +272,12 @@ impl Pool {
                 dead.push(format!("agent {} exited during the run: {status}", a.index));
             }
         }
-        if let Some((name, child, _)) = &mut self.front
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            dead.push(format!("{name} exited during the run: {status}"));
+        for f in &mut self.fronts {
+            if !f.expect_exit
+                && let Ok(Some(status)) = f.child.try_wait()
+            {
+                dead.push(format!("{} exited during the run: {status}", f.name));
+            }
         }
         dead
     }
@@ -228,19 +286,19 @@ impl Pool {
     /// (`POST /shutdown`); kills what does not exit within 10 s.
     pub(crate) async fn stop(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Some((name, mut child, _)) = self.front.take() {
-            if let Some(pid) = child.id() {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await;
+        for mut f in self.fronts.drain(..) {
+            if f.expect_exit {
+                let _ = f.child.wait().await;
+                continue;
             }
-            match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+            sigterm(&f.child).await;
+            let name = f.name;
+            match tokio::time::timeout(Duration::from_secs(10), f.child.wait()).await {
                 Ok(Ok(status)) if status.success() || name == "haproxy" => {}
                 Ok(Ok(status)) => problems.push(format!("{name} exited with {status} on SIGTERM")),
                 _ => {
                     problems.push(format!("{name} did not exit within 10 s of SIGTERM"));
-                    let _ = child.kill().await;
+                    let _ = f.child.kill().await;
                 }
             }
         }
@@ -260,6 +318,64 @@ impl Pool {
             }
         }
         problems
+    }
+}
+
+/// Sends a signal to a child by pid with kill(1) (no unsafe code, no extra dependency).
+pub(crate) async fn signal(child: &Child, sig: &str) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .await;
+    }
+}
+
+async fn sigterm(child: &Child) {
+    signal(child, "TERM").await;
+}
+
+/// Starts `sigsci-proxy` watching `agents_file` and waits for `GET /readyz` = 200.
+async fn start_proxy(
+    bin: &Path,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    agents_file: &Path,
+    extra: &[String],
+    log_path: &Path,
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log_path)?;
+    let mut child = Command::new(bin)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin")
+        .arg(admin.to_string())
+        .arg("--agents-file")
+        .arg(agents_file)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            anyhow::bail!("{} exited at start: {status}\n{log}", bin.display());
+        }
+        if let Ok((s, _)) =
+            crate::http::call(admin, hyper::Method::GET, "/readyz", Duration::from_secs(1)).await
+            && s.is_success()
+        {
+            return Ok(child);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "proxy not ready (GET /readyz) within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

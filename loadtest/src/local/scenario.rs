@@ -14,9 +14,12 @@
 //!
 //! [[step]]
 //! at = "3s"
-//! action = "terminate"   # terminate | ready | remove | kill | slow | fault
-//! agent = 0              # index, 0-based
+//! action = "terminate"   # terminate | ready | remove | kill | slow | fault | pause
+//! agent = 0              # index, 0-based       | restart-proxy | drain-proxy
 //! ```
+//!
+//! `pause` stops the agent process (SIGSTOP) for `duration` (a scheduling hiccup);
+//! `restart-proxy` and `drain-proxy` act on proxy replica `proxy` (default 0).
 
 use std::time::Duration;
 
@@ -40,6 +43,14 @@ pub struct Scenario {
     pub attack_fraction: Option<f64>,
     /// Fraction of anomalous responses (→ PostRequest).
     pub anomalous_fraction: Option<f64>,
+    /// Proxy replicas; with two or more, each UpdateRequest goes to the replica after the one
+    /// that took its PreRequest.
+    pub proxies: Option<usize>,
+    /// Simulated app time between PreRequest and UpdateRequest (`exp:2ms`, `300ms`).
+    pub app_time: Option<String>,
+    /// Extra proxy arguments, before any `--proxy-arg` (e.g. `["--drain-delay", "1s"]`).
+    #[serde(default)]
+    pub proxy_args: Vec<String>,
     /// Pass criteria.
     #[serde(default)]
     pub expect: Expect,
@@ -56,6 +67,16 @@ pub struct Expect {
     pub max_errors: Option<u64>,
     /// Most orphaned + expired updates allowed.
     pub max_orphaned: Option<u64>,
+    /// Refused connections (nothing listening: a proxy restarting or gone) are reported but
+    /// not counted toward `max_errors`.
+    #[serde(default)]
+    pub allow_refused: bool,
+    /// Least PreRequest share of every agent no step touches (0..=1).
+    pub min_share: Option<f64>,
+    /// Most PreRequest share of every agent no step touches (0..=1).
+    pub max_share: Option<f64>,
+    /// Most PreRequest share of an agent a step touches (e.g. the slow one).
+    pub changed_max_share: Option<f64>,
 }
 
 /// One timed change.
@@ -67,8 +88,15 @@ pub struct Step {
     pub at: Duration,
     /// What to do.
     pub action: Action,
-    /// Which agent (0-based).
+    /// Which agent (0-based) for agent actions.
+    #[serde(default)]
     pub agent: usize,
+    /// Which proxy replica (0-based) for `restart-proxy` and `drain-proxy`.
+    #[serde(default)]
+    pub proxy: usize,
+    /// `pause`: how long the agent stays stopped.
+    #[serde(default, with = "opt_duration")]
+    pub duration: Option<Duration>,
     /// `slow`: the service time factor.
     pub factor: Option<f64>,
     /// `fault`: the `/fault` query, e.g. `delay=5ms` or `refuse=1`.
@@ -77,7 +105,7 @@ pub struct Step {
 
 /// Step actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Action {
     /// Mark the agent `terminating` in the agents file (no new work; pending updates still go).
     Terminate,
@@ -91,6 +119,25 @@ pub enum Action {
     Slow,
     /// Apply a `/fault` query.
     Fault,
+    /// SIGSTOP the agent for `duration`, then SIGCONT: one scheduling hiccup.
+    Pause,
+    /// SIGTERM proxy replica `proxy`, wait for its exit, start it again on the same ports.
+    RestartProxy,
+    /// SIGTERM proxy replica `proxy` and time the drain: `/readyz` polled every 10 ms until it
+    /// turns 503, then the exit status and time.
+    DrainProxy,
+}
+
+impl Action {
+    /// Whether it acts on an agent (as opposed to a proxy replica).
+    pub fn is_agent_action(self) -> bool {
+        !matches!(self, Action::RestartProxy | Action::DrainProxy)
+    }
+
+    /// Whether it changes the agent for good (a pause is a transient: the agent stays equal).
+    pub fn changes_agent(self) -> bool {
+        self.is_agent_action() && self != Action::Pause
+    }
 }
 
 impl Scenario {
@@ -107,6 +154,9 @@ impl Scenario {
                 }
                 Action::Fault if step.query.is_none() => {
                     anyhow::bail!("{}: step {i}: fault needs query", path.display())
+                }
+                Action::Pause if step.duration.is_none() => {
+                    anyhow::bail!("{}: step {i}: pause needs duration", path.display())
                 }
                 _ => {}
             }
