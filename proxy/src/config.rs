@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use agent_pool::PoolConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
@@ -140,6 +141,31 @@ pub struct Options {
     /// [default: 30s].
     #[arg(long, env = "SIGSCI_PROXY_GONE_GRACE", value_name = "DURATION")]
     pub gone_grace: Option<Dur>,
+    /// Time constant of each agent's peak-EWMA latency, which weights the picker [default: 1s].
+    #[arg(long, env = "SIGSCI_PROXY_LATENCY_DECAY", value_name = "DURATION")]
+    pub latency_decay: Option<Dur>,
+
+    /// Autoscaling hint: outstanding RPCs one agent should carry [default: 8].
+    #[arg(long, env = "SIGSCI_PROXY_HINTS_TARGET_OUTSTANDING", value_name = "N")]
+    pub hints_target_outstanding: Option<f64>,
+    /// Autoscaling hint: RPCs per second one agent should carry; 0 turns the rate-based
+    /// variant off [default: 1000].
+    #[arg(long, env = "SIGSCI_PROXY_HINTS_TARGET_RPC", value_name = "RPC/S")]
+    pub hints_target_rpc: Option<f64>,
+    /// Autoscaling hint: lowest recommended agent count [default: 1].
+    #[arg(long, env = "SIGSCI_PROXY_HINTS_MIN_AGENTS", value_name = "N")]
+    pub hints_min_agents: Option<u32>,
+    /// Autoscaling hint: highest recommended agent count [default: 100].
+    #[arg(long, env = "SIGSCI_PROXY_HINTS_MAX_AGENTS", value_name = "N")]
+    pub hints_max_agents: Option<u32>,
+    /// Autoscaling hint: a lower recommendation takes effect only after staying lower this
+    /// long (scale-up is immediate) [default: 5m].
+    #[arg(
+        long,
+        env = "SIGSCI_PROXY_HINTS_SCALE_DOWN_WINDOW",
+        value_name = "DURATION"
+    )]
+    pub hints_scale_down_window: Option<Dur>,
 
     /// After a drain starts, keep accepting this long while endpoints converge [default: 5s].
     #[arg(long, env = "SIGSCI_PROXY_DRAIN_DELAY", value_name = "DURATION")]
@@ -338,6 +364,18 @@ pub struct Config {
     pub eject_after: u32,
     /// Grace period of departed agents for affinity.
     pub gone_grace: Duration,
+    /// Peak-EWMA latency time constant.
+    pub latency_decay: Duration,
+    /// Autoscaling hint: outstanding RPCs per agent.
+    pub hints_target_outstanding: f64,
+    /// Autoscaling hint: RPC/s per agent (0 = off).
+    pub hints_target_rpc: f64,
+    /// Autoscaling hint: lowest recommendation.
+    pub hints_min_agents: u32,
+    /// Autoscaling hint: highest recommendation.
+    pub hints_max_agents: u32,
+    /// Autoscaling hint: scale-down window.
+    pub hints_scale_down_window: Duration,
     /// Drain delay.
     pub drain_delay: Duration,
     /// Drain timeout.
@@ -356,6 +394,8 @@ impl Config {
     /// Applies defaults to merged options.
     pub fn from_options(o: Options) -> Self {
         let d = |v: Option<Dur>, default: Duration| v.map_or(default, |d| d.0);
+        // The pool's own defaults, so they are stated once (in agent-pool).
+        let pool = PoolConfig::default();
         Self {
             listen: o
                 .listen
@@ -383,10 +423,37 @@ impl Config {
             retry_budget: o.retry_budget.unwrap_or(0.2),
             eject_after: o.eject_after.unwrap_or(5),
             gone_grace: d(o.gone_grace, Duration::from_secs(30)),
+            latency_decay: d(o.latency_decay, pool.latency_decay),
+            hints_target_outstanding: o
+                .hints_target_outstanding
+                .unwrap_or(pool.hints.target_outstanding_per_agent),
+            hints_target_rpc: o
+                .hints_target_rpc
+                .unwrap_or(pool.hints.target_rpc_per_agent.unwrap_or(0.0)),
+            hints_min_agents: o.hints_min_agents.unwrap_or(pool.hints.min_agents),
+            hints_max_agents: o.hints_max_agents.unwrap_or(pool.hints.max_agents),
+            hints_scale_down_window: d(o.hints_scale_down_window, pool.hints.scale_down_window),
             drain_delay: d(o.drain_delay, Duration::from_secs(5)),
             drain_timeout: d(o.drain_timeout, Duration::from_secs(25)),
             log_format: o.log_format.unwrap_or(LogFormat::Text),
         }
+    }
+
+    /// The agent pool's configuration these options describe.
+    pub fn pool_config(&self) -> PoolConfig {
+        let mut pool = PoolConfig {
+            gone_grace: self.gone_grace,
+            latency_decay: self.latency_decay,
+            ..PoolConfig::default()
+        };
+        pool.ejection.consecutive_failures = self.eject_after;
+        pool.hints.target_outstanding_per_agent = self.hints_target_outstanding;
+        pool.hints.target_rpc_per_agent =
+            (self.hints_target_rpc > 0.0).then_some(self.hints_target_rpc);
+        pool.hints.min_agents = self.hints_min_agents;
+        pool.hints.max_agents = self.hints_max_agents;
+        pool.hints.scale_down_window = self.hints_scale_down_window;
+        pool
     }
 
     /// Parses the command line (and environment), reads `--config` if given, merges, applies
@@ -474,6 +541,30 @@ impl Config {
         }
         if self.eject_after == 0 {
             bad("eject-after", "must be at least 1".into());
+        }
+        if self.latency_decay.is_zero() {
+            bad("latency-decay", "must be more than 0".into());
+        }
+        if self.hints_target_outstanding.is_nan() || self.hints_target_outstanding <= 0.0 {
+            bad(
+                "hints-target-outstanding",
+                format!("{} must be more than 0", self.hints_target_outstanding),
+            );
+        }
+        if self.hints_target_rpc.is_nan() || self.hints_target_rpc < 0.0 {
+            bad(
+                "hints-target-rpc",
+                format!("{} must be 0 (off) or more", self.hints_target_rpc),
+            );
+        }
+        if self.hints_min_agents > self.hints_max_agents {
+            bad(
+                "hints-min-agents",
+                format!(
+                    "{} is above --hints-max-agents {}",
+                    self.hints_min_agents, self.hints_max_agents
+                ),
+            );
         }
         if self.drain_delay >= self.drain_timeout {
             bad(
@@ -618,6 +709,12 @@ fn merge(high: Options, low: Options) -> Options {
         retry_budget,
         eject_after,
         gone_grace,
+        latency_decay,
+        hints_target_outstanding,
+        hints_target_rpc,
+        hints_min_agents,
+        hints_max_agents,
+        hints_scale_down_window,
         drain_delay,
         drain_timeout,
         log_format,
@@ -688,6 +785,57 @@ mod tests {
         assert_eq!(c.rpc_timeout, Duration::from_millis(60));
         assert_eq!(c.connect_timeout, Duration::from_millis(10));
         assert_eq!(c.listen, vec![ListenAddr::Unix("/tmp/x.sock".into())]);
+    }
+
+    #[test]
+    fn pool_and_hint_options_reach_the_pool() {
+        let c = parse(&[
+            "--agents",
+            "127.0.0.1:1",
+            "--latency-decay",
+            "3s",
+            "--hints-target-rpc",
+            "0",
+            "--hints-min-agents",
+            "2",
+            "--hints-scale-down-window",
+            "30s",
+            "--eject-after",
+            "3",
+        ])
+        .unwrap();
+        let pool = c.pool_config();
+        assert_eq!(pool.latency_decay, Duration::from_secs(3));
+        assert_eq!(
+            pool.hints.target_rpc_per_agent, None,
+            "0 turns the rate hint off"
+        );
+        assert_eq!(pool.hints.min_agents, 2);
+        assert_eq!(pool.hints.scale_down_window, Duration::from_secs(30));
+        assert_eq!(pool.ejection.consecutive_failures, 3);
+        let defaults = parse(&["--agents", "127.0.0.1:1"]).unwrap().pool_config();
+        assert_eq!(
+            defaults,
+            PoolConfig::default(),
+            "the pool's defaults are the proxy's"
+        );
+        let problems = parse(&[
+            "--agents",
+            "127.0.0.1:1",
+            "--hints-min-agents",
+            "5",
+            "--hints-max-agents",
+            "4",
+            "--hints-target-outstanding",
+            "0",
+        ])
+        .unwrap_err();
+        let options: Vec<_> = problems.iter().map(|p| p.option).collect();
+        assert_eq!(
+            options,
+            ["hints-target-outstanding", "hints-min-agents"],
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_pool::{Address, Endpoint, EndpointId, Pool, PoolConfig, Updates, source};
+use agent_pool::{Address, Endpoint, EndpointId, Pool, Updates, source};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -48,12 +48,7 @@ impl Proxy {
         let admin = TcpListener::bind(config.admin)
             .await
             .with_context(|| format!("cannot listen on admin address {}", config.admin))?;
-        let mut pool_config = PoolConfig {
-            gone_grace: config.gone_grace,
-            ..PoolConfig::default()
-        };
-        pool_config.ejection.consecutive_failures = config.eject_after;
-        let pool = Pool::new(pool_config);
+        let pool = Pool::new(config.pool_config());
         Ok(Self {
             config,
             listeners,
