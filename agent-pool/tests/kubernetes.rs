@@ -16,6 +16,7 @@ use agent_pool::source::kubernetes::{REQUIRED_VERBS, SERVICE_NAME_LABEL, kuberne
 use agent_pool::{Agent, AgentState, Pool, PoolConfig, Update};
 use fake_apiserver::FakeApiServer;
 use futures::StreamExt;
+use http::StatusCode;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::{
     Endpoint as SliceEndpoint, EndpointConditions, EndpointPort, EndpointSlice,
@@ -28,8 +29,8 @@ const SERVICE: &str = "sigsci-agent";
 /// Upper bound for a change to reach the pool when the API server is up (the target is well
 /// under 1 s; this bound only keeps a loaded CI box from flaking).
 const FOLLOW: Duration = Duration::from_secs(5);
-/// Upper bound when the change needs a reconnect or a re-list, which wait for the watcher's
-/// backoff (0.8 s, doubling, with jitter).
+/// Upper bound when the change needs a reconnect or a re-list, which wait for the source's retry
+/// delay (50–100 ms, doubling up to 1–2 s).
 const RESYNC: Duration = Duration::from_secs(30);
 
 // ---- slices ----
@@ -552,4 +553,33 @@ async fn an_unreachable_api_server_at_start_yields_nothing_until_it_answers() {
     )
     .await;
     assert!(matches!(seen.updates().first(), Some(Update::Reset(eps)) if eps.len() == 2));
+}
+
+#[tokio::test]
+async fn a_failing_api_server_is_retried_soon_but_not_hammered() {
+    let fake = FakeApiServer::start().await;
+    fake.apply(slice("agents-a", ready(1..=2)));
+    // Up, but failing every request (etcd down): each answer is an error, nothing is progress.
+    fake.fail_with(Some(StatusCode::INTERNAL_SERVER_ERROR));
+    let mut seen = Observed::start(&fake).await;
+    let window = Duration::from_secs(4);
+    tokio::time::sleep(window).await;
+    let tried = fake.requests().len();
+    println!("requests scenario=failing window_ms=4000 count={tried}");
+    // Retries after at least 50, 100, 200, 400, 800, then 1000 ms each: at most 8 requests in
+    // 4 s (a retry loop without a growing delay would make hundreds); a slow box makes fewer.
+    assert!(tried <= 9, "hammered: {tried} requests in {window:?}");
+    assert!(tried >= 2, "not retried: {:?}", fake.requests());
+    assert!(seen.updates().is_empty(), "nothing emitted while failing");
+
+    let t = Instant::now();
+    fake.fail_with(None);
+    seen.follows(
+        "failing",
+        "first-list-after-500s",
+        t,
+        RESYNC,
+        &all_ready(1..=2),
+    )
+    .await;
 }

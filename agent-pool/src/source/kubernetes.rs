@@ -1,8 +1,9 @@
 //! Membership from Kubernetes: the `discovery.k8s.io/v1` EndpointSlices of the agents' Service.
 //!
 //! kube-runtime's [`watcher()`] (list, then watch from the list's resourceVersion, re-list after
-//! `410 Gone`) → [`WatchStreamExt::default_backoff`] (reconnects after errors, 0.8 s doubling to
-//! 30 s, with jitter) → a reflector [`Store`] of the Service's slices. After every change of that
+//! `410 Gone`) → a reflector [`Store`] of the Service's slices, polled again after an error only
+//! once a retry delay has passed: 50–100 ms, doubling to 1–2 s (not kube's `default_backoff()`,
+//! client-go's 0.8 s to 30 s; why in `kubernetes/backoff.rs`). After every change of that
 //! store the slices are merged into one set of agents (rules on [`kubernetes`]) and the difference with what was last emitted becomes [`Update`]s: one
 //! [`Update::Reset`] once the first list is complete, then [`Update::Upsert`] /
 //! [`Update::Remove`]. Errors and an unreachable API server never change the membership: the
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::{EndpointId, Update, Updates};
 
+mod backoff;
 mod merge;
 mod spec;
 #[cfg(test)]
@@ -36,6 +38,7 @@ mod tests;
 
 pub use spec::{ServiceRef, SpecError};
 
+use backoff::Backoff;
 use merge::Members;
 
 /// API verbs the source uses on EndpointSlices; the RBAC Role must grant these (and need grant
@@ -96,7 +99,8 @@ pub async fn client_from_env() -> Result<kube::Client, ClientError> {
 /// Nothing is requested until the stream is polled. The first item is a [`Update::Reset`],
 /// after the first complete list (a Service with no ready endpoint yields an empty Reset;
 /// an API server that cannot be reached yields nothing until it can). Errors are logged
-/// (`tracing`, target of this module) and retried with backoff; they never end the stream.
+/// (`tracing`, target of this module) and retried, the first time after 50–100 ms, then less
+/// and less often down to once every 1–2 s; they never end the stream.
 pub async fn kubernetes(
     client: Client,
     namespace: &str,
@@ -106,10 +110,7 @@ pub async fn kubernetes(
     let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
     let config = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={service}"));
     let (store, writer) = reflector::store();
-    let events = watcher(api, config)
-        .default_backoff()
-        .reflect(writer)
-        .boxed();
+    let events = watcher(api, config).reflect(writer).boxed();
     let merger = Merger {
         events,
         store,
@@ -120,6 +121,8 @@ pub async fn kubernetes(
         emitted: Members::new(),
         held: BTreeMap::new(),
         out: Default::default(),
+        backoff: Backoff::default(),
+        retry_at: None,
     };
     futures::stream::unfold(merger, |mut m| async move {
         let update = m.next_update().await?;
@@ -142,6 +145,9 @@ struct Merger {
     /// Emitted members absent from the current view, with the time their Remove is due.
     held: BTreeMap<EndpointId, Instant>,
     out: std::collections::VecDeque<Update>,
+    backoff: Backoff,
+    /// After an error, the watcher is not polled (so makes no request) until then.
+    retry_at: Option<Instant>,
 }
 
 impl Merger {
@@ -151,17 +157,25 @@ impl Merger {
                 return Some(update);
             }
             let due = self.held.values().min().copied();
+            let retry_at = self.retry_at;
             tokio::select! {
-                event = self.events.next() => match event? {
-                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => self.merge(),
+                event = self.events.next(), if retry_at.is_none() => match event? {
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                        self.backoff.progress();
+                        self.merge();
+                    }
                     Ok(watcher::Event::Init) => {
                         tracing::debug!(service = %self.service, "Listing EndpointSlices");
                     }
                     Ok(watcher::Event::InitApply(_)) => {}
                     Err(error) => {
-                        tracing::warn!(service = %self.service, %error, "EndpointSlice watch failed; keeping the last membership and retrying");
+                        let now = Instant::now();
+                        let delay = self.backoff.next_delay(now, is_gone(&error));
+                        self.retry_at = Some(now + delay);
+                        tracing::warn!(service = %self.service, %error, retry_in_ms = delay.as_millis(), "EndpointSlice watch failed; keeping the last membership and retrying");
                     }
                 },
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(far_future)), if retry_at.is_some() => self.retry_at = None,
                 () = tokio::time::sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => self.release(Instant::now()),
             }
         }
@@ -222,6 +236,17 @@ impl Merger {
             self.emitted.remove(&id);
             self.out.push_back(Update::Remove(id));
         }
+    }
+}
+
+/// `410 Gone`: the resourceVersion is too old to watch from; the watcher re-lists.
+fn is_gone(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 410,
+        _ => false,
     }
 }
 

@@ -71,6 +71,9 @@ struct State {
     history: Vec<Change>,
     watchers: Vec<Watcher>,
     requests: Vec<Logged>,
+    /// While set, every request is answered with this status (an API server up but failing,
+    /// e.g. without etcd), after being logged.
+    failing: Option<StatusCode>,
 }
 
 /// The fake server. Stops (connections cut) when dropped.
@@ -155,6 +158,13 @@ impl FakeApiServer {
         let mut state = self.state.lock().unwrap();
         state.compacted = state.rv;
         state.history.clear();
+    }
+
+    /// Answers every request with `status` (`None`: serve normally again). Open watches are cut.
+    pub fn fail_with(&self, status: Option<StatusCode>) {
+        let mut state = self.state.lock().unwrap();
+        state.failing = status;
+        state.watchers.clear();
     }
 
     /// Ends every open watch stream cleanly (as the API server does at its watch timeout).
@@ -365,6 +375,13 @@ async fn handle(
         namespace: namespace.clone(),
         query: query.clone(),
     });
+    if let Some(status) = state.failing {
+        return Ok(full(
+            status,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "InternalError", "code": status.as_u16()}),
+        ));
+    }
     if !watch {
         let items: Vec<&EndpointSlice> = state
             .slices
