@@ -135,9 +135,14 @@ impl Pool {
         // The proxy's log goes to a file beside the agents file, shown if it fails to start.
         let log_path = self.agents_file.with_file_name(format!("proxy-{i}.log"));
         let mut args = extra.to_vec();
-        // A short drain by default so runs end quickly; the caller's value wins.
+        // A short drain by default so runs end quickly, and the agents file polled every
+        // 100 ms as an EndpointSlice watch would deliver changes (the proxy's 1 s default
+        // alone delays a terminating agent's last PreRequest past 1 s); the caller's wins.
         if !extra.iter().any(|a| a.starts_with("--drain-delay")) {
             args.extend(["--drain-delay".into(), "100ms".into()]);
+        }
+        if !extra.iter().any(|a| a.starts_with("--agents-file-poll")) {
+            args.extend(["--agents-file-poll".into(), "100ms".into()]);
         }
         let child = start_proxy(bin, listen, admin, &self.agents_file, &args, &log_path).await?;
         self.fronts.push(Front {
