@@ -11,6 +11,7 @@
 
 mod client;
 mod payload;
+pub mod plot;
 mod report;
 
 use std::io::IsTerminal;

@@ -107,6 +107,9 @@ pub struct LocalArgs {
     /// Also write the result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also plot the PreRequest latency and the errors over time, with the steps' marks, as SVG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 /// The result of `loadtest local`.
@@ -280,6 +283,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
                 );
                 eprintln!("loadtest local: {line}");
                 log.lock().expect("not poisoned").push(line);
+                let target = if step.action.is_agent_action() {
+                    format!("agent {}", step.agent)
+                } else {
+                    format!("proxy {}", step.proxy)
+                };
+                marks_in
+                    .lock()
+                    .expect("not poisoned")
+                    .push((format!("{:?} {target}", step.action), step.at));
             }
             std::future::pending::<()>().await;
         };
@@ -387,6 +399,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
 /// `loadtest local`: prints the report; exit status 1 if any check failed.
 pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
     let json = args.json.clone();
+    let plot = args.plot.clone();
     let report = run(args).await?;
     println!(
         "via {:?}, {} agent(s){}",
@@ -409,6 +422,25 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
     }
     if let Some(path) = json {
         crate::drive::write_json(&path, &report)?;
+    }
+    if let Some(path) = plot {
+        let marks: Vec<(String, f64)> = report
+            .marks
+            .iter()
+            .map(|m| (m.what.clone(), m.at_ms / 1e3))
+            .collect();
+        let title = format!(
+            "via {:?}, {} agent(s){}",
+            report.via,
+            report.agents,
+            report
+                .scenario
+                .as_ref()
+                .map_or(String::new(), |s| format!(", {s}"))
+        );
+        let svg = crate::drive::plot::svg(&title, &report.drive.timeline, &marks);
+        std::fs::write(&path, svg)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
     for f in &report.failures {
         println!("FAIL: {f}");
