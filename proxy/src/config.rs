@@ -100,7 +100,7 @@ pub struct Options {
     /// JSON or TOML file listing the agents, re-read when it changes.
     #[arg(long, env = "SIGSCI_PROXY_AGENTS_FILE", value_name = "PATH")]
     pub agents_file: Option<PathBuf>,
-    /// How often the agents file is checked for changes [default: 1s].
+    /// How often the agents file is checked for changes (a stat; cheap) [default: 100ms].
     #[arg(long, env = "SIGSCI_PROXY_AGENTS_FILE_POLL", value_name = "DURATION")]
     pub agents_file_poll: Option<Dur>,
     /// DNS name (of a headless Service) resolved to the agents, `NAME:PORT`.
@@ -166,6 +166,10 @@ pub struct Options {
         value_name = "DURATION"
     )]
     pub hints_scale_down_window: Option<Dur>,
+    /// Autoscaling hint: time constant of the smoothed outstanding count and RPC rate
+    /// [default: 10s].
+    #[arg(long, env = "SIGSCI_PROXY_HINTS_SMOOTHING", value_name = "DURATION")]
+    pub hints_smoothing: Option<Dur>,
 
     /// After a drain starts, keep accepting this long while endpoints converge [default: 5s].
     #[arg(long, env = "SIGSCI_PROXY_DRAIN_DELAY", value_name = "DURATION")]
@@ -376,6 +380,8 @@ pub struct Config {
     pub hints_max_agents: u32,
     /// Autoscaling hint: scale-down window.
     pub hints_scale_down_window: Duration,
+    /// Autoscaling hint: smoothing time constant.
+    pub hints_smoothing: Duration,
     /// Drain delay.
     pub drain_delay: Duration,
     /// Drain timeout.
@@ -412,7 +418,7 @@ impl Config {
             max_frame_bytes: o.max_frame_bytes.unwrap_or(1 << 20),
             agents: o.agents.unwrap_or_default(),
             agents_file: o.agents_file,
-            agents_file_poll: d(o.agents_file_poll, Duration::from_secs(1)),
+            agents_file_poll: d(o.agents_file_poll, Duration::from_millis(100)),
             agents_dns: o.agents_dns,
             agents_dns_interval: d(o.agents_dns_interval, Duration::from_secs(5)),
             agents_k8s: o.agents_k8s,
@@ -433,6 +439,7 @@ impl Config {
             hints_min_agents: o.hints_min_agents.unwrap_or(pool.hints.min_agents),
             hints_max_agents: o.hints_max_agents.unwrap_or(pool.hints.max_agents),
             hints_scale_down_window: d(o.hints_scale_down_window, pool.hints.scale_down_window),
+            hints_smoothing: d(o.hints_smoothing, pool.hints.smoothing),
             drain_delay: d(o.drain_delay, Duration::from_secs(5)),
             drain_timeout: d(o.drain_timeout, Duration::from_secs(25)),
             log_format: o.log_format.unwrap_or(LogFormat::Text),
@@ -453,6 +460,7 @@ impl Config {
         pool.hints.min_agents = self.hints_min_agents;
         pool.hints.max_agents = self.hints_max_agents;
         pool.hints.scale_down_window = self.hints_scale_down_window;
+        pool.hints.smoothing = self.hints_smoothing;
         pool
     }
 
@@ -715,6 +723,7 @@ fn merge(high: Options, low: Options) -> Options {
         hints_min_agents,
         hints_max_agents,
         hints_scale_down_window,
+        hints_smoothing,
         drain_delay,
         drain_timeout,
         log_format,

@@ -28,6 +28,24 @@ use crate::metrics as m;
 use crate::route::{RetryBudget, Router};
 use crate::upstream::{UpstreamConfig, Upstreams};
 
+/// How long start-up waits for the first membership before accepting anyway.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(2);
+
+/// Returns once the pool has applied its first membership update, or after `limit`.
+async fn wait_for_membership(pool: &Pool, limit: Duration) {
+    let started = Instant::now();
+    while pool.snapshot().version() == 0 {
+        if started.elapsed() >= limit {
+            warn!(
+                waited = ?limit,
+                "No agent membership yet: accepting anyway, RPCs get an error frame until agents appear"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// A proxy with its sockets bound, ready to [`run`](Proxy::run).
 pub struct Proxy {
     config: Config,
@@ -172,6 +190,11 @@ impl Proxy {
                 }
             });
         }
+
+        // Accept once the first membership is in (bounded): a proxy restarted on the same
+        // address would otherwise answer its first calls "no agent available". Meanwhile
+        // connections wait in the listen backlog.
+        wait_for_membership(&pool, MEMBERSHIP_WAIT).await;
 
         let tracker = TaskTracker::new();
         let connections = Arc::new(Semaphore::new(config.max_connections));
