@@ -14,6 +14,7 @@ use crate::{
 };
 
 const MS: Duration = Duration::from_millis(1);
+const US: Duration = Duration::from_micros(1);
 const S: Duration = Duration::from_secs(1);
 
 fn ep(i: usize) -> Endpoint {
@@ -74,6 +75,37 @@ fn a_slow_agent_gets_less() {
     let slow = counts.get(&ep(0).id).copied().unwrap_or(0);
     // Fair share is 2500; P2C never keeps the costliest of two.
     assert!(slow < 500, "slow agent got {slow} of 10000");
+}
+
+/// Three seconds of one answer a millisecond taking `took`: the estimate settles on `took`.
+fn settle(a: &Arc<Agent>, from: Instant, took: Duration) -> Instant {
+    let mut t = from;
+    for _ in 0..3_000 {
+        request(a, t, took, Outcome::Success);
+        t += MS;
+    }
+    t + took
+}
+
+#[test]
+fn two_nearly_equal_agents_share_evenly_but_a_clearly_faster_one_wins() {
+    // With two agents P2C compares the same pair on every pick: latency noise must not decide.
+    let (pool, t0) = pool_of(2, PoolConfig::default());
+    settle(&agent(&pool, 0), t0, 1_000 * US);
+    let t = settle(&agent(&pool, 1), t0, 1_100 * US);
+    let counts = count_picks(&pool, t, 10_000);
+    let first = counts.get(&ep(0).id).copied().unwrap_or(0);
+    assert!(
+        (4_500..=5_500).contains(&first),
+        "10% apart: {first} of 10000"
+    );
+
+    let (pool, t0) = pool_of(2, PoolConfig::default());
+    settle(&agent(&pool, 0), t0, MS);
+    let t = settle(&agent(&pool, 1), t0, 2 * MS);
+    let counts = count_picks(&pool, t, 10_000);
+    let fast = counts.get(&ep(0).id).copied().unwrap_or(0);
+    assert_eq!(fast, 10_000, "twice as fast wins every comparison");
 }
 
 #[test]

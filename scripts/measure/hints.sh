@@ -1,0 +1,50 @@
+#!/bin/bash
+# Issue 4 acceptance 4: /hints follows load up at once and down only after the window.
+# Three simulated agents behind the proxy; 1,500 tx/s for 30 s, doubled to 3,000 tx/s from 5 s
+# to 15 s; prints /hints every second. Run from the repository root after
+# `cargo build --release --bins`. The scale-down window is shortened to 10 s (default 5 min)
+# and the smoothing to 2 s (default 10 s) so the whole cycle fits in half a minute.
+# usage: scripts/measure/hints.sh [LOADTEST [PROXY]]
+set -u
+LT=${1:-target/release/loadtest}; PX=${2:-target/release/sigsci-proxy}
+PROXY_ARGS=${PROXY_ARGS:---hints-scale-down-window 10s --hints-smoothing 2s}
+d=$(mktemp -d)
+admins=()
+agents=()
+for i in 0 1 2; do
+  $LT agent --listen 127.0.0.1:0 --admin 127.0.0.1:0 > $d/agent$i.out 2>&1 &
+  sleep 0.3
+done
+sleep 1
+for i in 0 1 2; do
+  line=$(head -1 $d/agent$i.out)
+  agents+=($(echo "$line" | sed -E 's/.*rpc=([^ ]+).*/\1/'))
+  admins+=($(echo "$line" | sed -E 's/.*admin=([^ ]+).*/\1/'))
+done
+# shellcheck disable=SC2086 # PROXY_ARGS is a list of flags
+$PX --listen 127.0.0.1:19971 --admin 127.0.0.1:19972 --agents "$(IFS=,; echo "${agents[*]}")" $PROXY_ARGS > $d/proxy.log 2>&1 &
+px=$!
+sleep 1
+uptime
+echo "proxy args: $PROXY_ARGS"
+echo "drive A: $LT drive --target 127.0.0.1:19971 --rate 1500 --duration 30s --attack-fraction 0.2 (t=0..30s)"
+echo "drive B: $LT drive --target 127.0.0.1:19971 --rate 1500 --duration 10s --attack-fraction 0.2 (t=5..15s)"
+$LT drive --target 127.0.0.1:19971 --rate 1500 --duration 30s --attack-fraction 0.2 --no-progress > $d/driveA.txt 2>&1 &
+a=$!
+( sleep 5; $LT drive --target 127.0.0.1:19971 --rate 1500 --duration 10s --attack-fraction 0.2 --no-progress > $d/driveB.txt 2>&1 ) &
+b=$!
+echo "t_s recommended instant by_rate by_outstanding rpc_rate outstanding_ewma scale_down_pending"
+t0=$(date +%s.%N)
+for s in $(seq 0 33); do
+  h=$(curl -s 127.0.0.1:19972/hints)
+  t=$(echo "$(date +%s.%N) - $t0" | bc)
+  echo "$h" | python3 -c "import json,sys; h=json.load(sys.stdin); print('%.1f'%$t, h['recommended'], h['instant_recommendation'], h['by_rate'], h['by_outstanding'], round(h['rpc_rate']), round(h['total_outstanding_ewma'],2), h['scale_down_pending'])"
+  sleep 1
+done
+wait $a $b
+echo "--- drive A"; cat $d/driveA.txt | head -8
+echo "--- drive B"; cat $d/driveB.txt | head -8
+kill -TERM $px; wait $px
+for i in 0 1 2; do curl -s -X POST ${admins[$i]}/shutdown >/dev/null; done
+sleep 1
+rm -rf $d
