@@ -23,6 +23,10 @@ use crate::error::ClientError;
 use crate::metrics as m;
 use crate::route::Router;
 
+/// While draining, how long a connection that has sent nothing yet may take to start its
+/// request (modules write it right after connecting).
+const FRESH_CALL_WAIT: Duration = Duration::from_millis(100);
+
 /// What every connection task shares.
 pub(crate) struct Shared {
     pub(crate) router: Router,
@@ -70,6 +74,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut in_flight = FuturesUnordered::new();
     let mut reading = true;
     let mut stopping = false;
+    // Frames read so far: a connection that has sent none yet is a module's fresh call.
+    let mut served = 0u64;
     // When the frame now partly in `buf` started arriving.
     let mut frame_started: Option<Instant> = None;
     let mut last_activity = Instant::now();
@@ -79,9 +85,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         while in_flight.len() < shared.max_in_flight && !buf.is_empty() {
             match codec.decode(&mut buf).map_err(ClientError::Malformed)? {
                 Some(frame) => {
+                    served += 1;
                     frame_started = (!buf.is_empty()).then(Instant::now);
                     if let Some(rpc) = dispatch(router, frame) {
                         in_flight.push(rpc);
+                    }
+                    if stopping && buf.is_empty() {
+                        reading = false;
                     }
                 }
                 None => break,
@@ -92,6 +102,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let deadline = match frame_started {
             Some(t) => Some(t + shared.frame_read_timeout),
+            // Draining: a fresh call's request arrives right after its connect, or never.
+            None if stopping && reading => Some(last_activity + FRESH_CALL_WAIT),
             None if in_flight.is_empty() => Some(last_activity + shared.idle_timeout),
             None => None,
         };
@@ -128,11 +140,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(());
             }
             Event::Stop => {
-                // Draining: no new requests on this connection; answer those in flight.
+                // Draining: answer what is in flight and the frame now arriving, then close. A
+                // connection idle between requests closes now; a fresh one (a module's call,
+                // accepted just before the listeners closed) still gets its one answer: a
+                // Node module whose connection closes without a reply hangs the HTTP request.
                 stopping = true;
-                reading = false;
-                buf.clear();
-                frame_started = None;
+                last_activity = Instant::now();
+                if served > 0 && buf.is_empty() {
+                    reading = false;
+                }
             }
         }
     }

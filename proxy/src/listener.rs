@@ -126,11 +126,24 @@ pub(crate) async fn accept_loop(
 ) {
     let local = listener.local_addr().to_string();
     let mut backoff = Duration::ZERO;
+    let mut closing = false;
     loop {
-        let accepted = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            r = listener.accept() => r,
+        let accepted = if closing {
+            // Closing a listener resets the connections still waiting in its backlog: take
+            // them first (the module already sent, or is sending, its request).
+            match tokio::time::timeout(Duration::from_millis(1), listener.accept()).await {
+                Ok(r) => r,
+                Err(_) => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => {
+                    closing = true;
+                    continue;
+                }
+                r = listener.accept() => r,
+            }
         };
         let accepted = match accepted {
             Ok(a) => {
@@ -154,6 +167,9 @@ pub(crate) async fn accept_loop(
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
                 m::accept_error();
+                if closing {
+                    break;
+                }
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}

@@ -202,8 +202,9 @@ impl Proxy {
             .iter()
             .map(|l| l.local_addr().to_string())
             .collect();
+        // Tracked too, so the drain waits for the last backlog sweep and the listeners' close.
         for l in listeners {
-            tokio::spawn(listener::accept_loop(
+            tracker.spawn(listener::accept_loop(
                 l,
                 shared.clone(),
                 connections.clone(),

@@ -101,3 +101,44 @@ async fn drain_timeout_reports_the_rpcs_it_cut_off() {
     let report = proxy.stop().await;
     assert_eq!(report.cut_off, 1);
 }
+
+#[tokio::test]
+async fn a_call_connected_before_the_listeners_close_is_still_answered() {
+    let agent = Agent::start("a").await;
+    let proxy = start_proxy(Options {
+        drain_delay: Some(Dur(Duration::from_millis(200))),
+        drain_timeout: Some(Dur(Duration::from_secs(10))),
+        ..with_agents(&[&agent])
+    })
+    .await;
+    assert_eq!(sigsci_proxy::request_drain(proxy.admin).await.unwrap(), 202);
+    // A module's connection, accepted during the drain delay, whose request is written only
+    // once the listeners have closed (a busy node): a close without an answer would hang a
+    // Node module's HTTP request.
+    let call = TcpStream::connect(proxy.rpc).await.unwrap();
+    while TcpStream::connect(proxy.rpc).await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut call = call;
+    call.write_all(&message::encode_request(
+        7,
+        message::PRE_REQUEST,
+        &pre_request(),
+    ))
+    .await
+    .unwrap();
+    let mut frames = tokio_util::codec::FramedRead::new(call, FrameCodec::default());
+    let answer = frames
+        .next()
+        .await
+        .expect("an answer, not a close")
+        .unwrap();
+    assert_eq!(answer.msgid(), Some(7));
+    assert!(!answer.is_error_response());
+    let report = tokio::time::timeout(Duration::from_secs(8), proxy.task)
+        .await
+        .expect("run returns")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.cut_off, 0);
+}
