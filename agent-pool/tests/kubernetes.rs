@@ -566,9 +566,9 @@ async fn a_failing_api_server_is_retried_soon_but_not_hammered() {
     tokio::time::sleep(window).await;
     let tried = fake.requests().len();
     println!("requests scenario=failing window_ms=4000 count={tried}");
-    // Retries after at least 50, 100, 200, 400, 800, then 1000 ms each: at most 8 requests in
-    // 4 s (a retry loop without a growing delay would make hundreds); a slow box makes fewer.
-    assert!(tried <= 9, "hammered: {tried} requests in {window:?}");
+    // Retries after at least 50, 100, 200, 400, then 500 ms each: at most 11 requests in 4 s
+    // (a retry loop without a growing delay would make hundreds); a slow box makes fewer.
+    assert!(tried <= 11, "hammered: {tried} requests in {window:?}");
     assert!(tried >= 2, "not retried: {:?}", fake.requests());
     assert!(seen.updates().is_empty(), "nothing emitted while failing");
 

@@ -2,7 +2,7 @@
 //!
 //! kube-runtime's [`watcher()`] (list, then watch from the list's resourceVersion, re-list after
 //! `410 Gone`) → a reflector [`Store`] of the Service's slices, polled again after an error only
-//! once a retry delay has passed: 50–100 ms, doubling to 1–2 s (not kube's `default_backoff()`,
+//! once a retry delay has passed: 50–100 ms, doubling to 0.5–1 s (not kube's `default_backoff()`,
 //! client-go's 0.8 s to 30 s; why in `kubernetes/backoff.rs`). After every change of that
 //! store the slices are merged into one set of agents (rules on [`kubernetes`]) and the difference with what was last emitted becomes [`Update`]s: one
 //! [`Update::Reset`] once the first list is complete, then [`Update::Upsert`] /
@@ -100,7 +100,7 @@ pub async fn client_from_env() -> Result<kube::Client, ClientError> {
 /// after the first complete list (a Service with no ready endpoint yields an empty Reset;
 /// an API server that cannot be reached yields nothing until it can). Errors are logged
 /// (`tracing`, target of this module) and retried, the first time after 50–100 ms, then less
-/// and less often down to once every 1–2 s; they never end the stream.
+/// and less often down to once every 0.5–1 s; they never end the stream.
 pub async fn kubernetes(
     client: Client,
     namespace: &str,
@@ -160,9 +160,13 @@ impl Merger {
             let retry_at = self.retry_at;
             tokio::select! {
                 event = self.events.next(), if retry_at.is_none() => match event? {
-                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
                         self.backoff.progress();
-                        self.merge();
+                        self.merge(false);
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        self.backoff.progress();
+                        self.merge(true);
                     }
                     Ok(watcher::Event::Init) => {
                         tracing::debug!(service = %self.service, "Listing EndpointSlices");
@@ -181,8 +185,10 @@ impl Merger {
         }
     }
 
-    /// Recomputes the merged view from the store and queues the difference.
-    fn merge(&mut self) {
+    /// Recomputes the merged view from the store and queues the difference. After a complete
+    /// (re-)list the view is one consistent picture of every slice, so a pod missing from it
+    /// has not merely moved between slices: it is removed without the hold.
+    fn merge(&mut self, complete_list: bool) {
         let view = merge::merge(
             &self.store.state(),
             self.port_name.as_deref(),
@@ -212,8 +218,9 @@ impl Merger {
             .collect();
         let due = Instant::now() + REMOVAL_HOLD;
         for id in left {
-            if view.listed.contains(&id) {
-                // Still listed, so it did not move: its conditions took it out. At once.
+            if complete_list || view.listed.contains(&id) {
+                // Still listed (its conditions took it out), or absent from a complete list: it
+                // did not move. At once.
                 self.held.remove(&id);
                 self.emitted.remove(&id);
                 self.out.push_back(Update::Remove(id));

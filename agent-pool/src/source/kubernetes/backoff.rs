@@ -3,7 +3,7 @@
 //! Not kube-runtime's `default_backoff()` (client-go's 0.8 s, doubling to 30 s): a stale agent
 //! list costs inspections (requests sent to an agent that is gone, none to one that came), while
 //! the load this source puts on the API server is one list + one watch per proxy replica. So the
-//! first retry comes after 50–100 ms, and the cap of 1–2 s still keeps a dead or failing API
+//! first retry comes after 50–100 ms, and the cap of 0.5–1 s still keeps a dead or failing API
 //! server from being hammered: at most about one request per second per replica.
 //!
 //! Not kube-runtime's `StreamBackoff` either: it resets on every `Ok` item, and the watcher
@@ -19,8 +19,10 @@ use tokio::time::Instant;
 
 /// The first retry waits `INITIAL / 2 ..= INITIAL` (50–100 ms).
 pub(super) const INITIAL: Duration = Duration::from_millis(100);
-/// Each retry doubles the ceiling up to this (retries then every 1–2 s).
-pub(super) const CAP: Duration = Duration::from_secs(2);
+/// Each retry doubles the ceiling up to this (retries then every 0.5–1 s: a resynced
+/// membership within about a second of the API server's return, at one or two requests a
+/// second per proxy replica while it is down).
+pub(super) const CAP: Duration = Duration::from_secs(1);
 /// The retry count starts over only if the previous error (resp. `410 Gone`) is at least this
 /// old, so that a server that answers the list and then fails every watch, or sends `410` on
 /// every watch, still sees the delay grow to [`CAP`].
@@ -84,11 +86,11 @@ mod tests {
     }
 
     #[test]
-    fn doubles_from_100ms_to_a_2s_cap() {
+    fn doubles_from_100ms_to_a_1s_cap() {
         let (mut b, mut at) = (Backoff::default(), Instant::now());
         assert_eq!(
             ceilings(&mut b, &mut at, 7),
-            [100, 200, 400, 800, 1600, 2000, 2000].map(|n| n * MS)
+            [100, 200, 400, 800, 1000, 1000, 1000].map(|n| n * MS)
         );
     }
 
