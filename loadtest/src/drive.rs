@@ -3,16 +3,23 @@
 //! for anomalous responses — each on a new connection with a 100 ms whole-call deadline,
 //! failing open on any error.
 //!
-//! Open loop (default): transactions are scheduled on a timetable at `--rate`, and a
-//! PreRequest's latency is measured from its scheduled time, so a stalled target shows up as
-//! latency instead of silently lowering the rate (no coordinated omission). Concurrency is
-//! bounded by `--max-in-flight`; transactions beyond it are counted as `overflow`.
-//! Closed loop: `--concurrency N` workers each run transactions back to back.
+//! Open loop (default): transactions are scheduled on a timetable at `--rate` (dispatched from
+//! a dedicated thread, see [`timetable`]), and a PreRequest's latency is measured from its
+//! scheduled time, so a stalled target shows up as latency instead of silently lowering the
+//! rate (no coordinated omission). Concurrency is bounded by `--max-in-flight`; transactions
+//! beyond it are counted as `overflow`. Closed loop: `--concurrency N` workers each run
+//! transactions back to back.
+//!
+//! Paired comparison (`--compare-target`): transactions alternate between two paths (A =
+//! `--target`, B = the compare target), a whole transaction on one path, and each path gets its
+//! own latency table; both paths see the same machine noise at the same moment, so the
+//! difference B − A is fair even on a noisy box.
 
 mod client;
 mod payload;
 pub mod plot;
 mod report;
+mod timetable;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +28,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use clap::Args;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::addr::RpcAddr;
@@ -31,7 +37,9 @@ use crate::units::parse_duration;
 
 pub use client::{CallError, Client, ErrorKind};
 pub use payload::{ATTACK, PayloadShape};
-pub use report::{AgentReport, BUCKET, Bucket, DriveReport, Latency, MethodReport};
+pub use report::{
+    AgentReport, BUCKET, Bucket, DriveReport, Latency, LatencyDiff, MethodReport, PathReport,
+};
 
 /// `loadtest drive` options (also the drive configuration used by the orchestrator).
 #[derive(Debug, Clone, Args)]
@@ -39,9 +47,14 @@ pub struct DriveArgs {
     /// Where PreRequests go: host:port, unix:/path or /path.
     #[arg(long, default_value = "127.0.0.1:9999")]
     pub target: RpcAddr,
-    /// Where UpdateRequests (and PostRequests) go, if not `--target`.
+    /// Where UpdateRequests (and PostRequests) go, if not `--target` (path A only with
+    /// `--compare-target`).
     #[arg(long)]
     pub update_target: Option<RpcAddr>,
+    /// Paired comparison: alternate whole transactions between `--target` (path A) and this
+    /// address (path B, all calls), and report each path and the difference B − A.
+    #[arg(long)]
+    pub compare_target: Option<RpcAddr>,
     /// Transactions (PreRequests) per second, open loop.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
@@ -143,48 +156,116 @@ impl DriveArgs {
     }
 }
 
-/// Everything a transaction needs.
-struct Ctx {
+/// One way to the agents: where a transaction's calls go, and what they measured.
+struct Path {
     pre: Client,
     update: Client,
-    shape: PayloadShape,
-    args: DriveArgs,
     rec: report::Recorder,
-    msgid: AtomicU32,
-    seq: AtomicU64,
+    transactions: AtomicU64,
     flagged: AtomicU64,
     blocked: AtomicU64,
     failed_open: AtomicU64,
-    transactions: AtomicU64,
+}
+
+impl Path {
+    fn new(pre: Client, update: Client) -> Path {
+        Path {
+            pre,
+            update,
+            rec: report::Recorder::new(),
+            transactions: AtomicU64::new(0),
+            flagged: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
+            failed_open: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Everything a transaction needs.
+struct Ctx {
+    /// Path A (`--target`), then path B (`--compare-target`) if given.
+    paths: Vec<Path>,
+    shape: PayloadShape,
+    args: DriveArgs,
+    /// All calls of all paths, and the timeline.
+    rec: report::Recorder,
+    msgid: AtomicU32,
+    seq: AtomicU64,
 }
 
 impl Ctx {
+    fn new(args: DriveArgs) -> Ctx {
+        let client = |addr: &RpcAddr| {
+            if args.persistent {
+                Client::persistent(addr.clone(), args.sources.clone(), args.connections)
+            } else {
+                Client::per_call(addr.clone(), args.sources.clone())
+            }
+        };
+        let mut paths = vec![Path::new(
+            client(&args.target),
+            client(args.update_target.as_ref().unwrap_or(&args.target)),
+        )];
+        if let Some(b) = &args.compare_target {
+            paths.push(Path::new(client(b), client(b)));
+        }
+        Ctx {
+            paths,
+            shape: PayloadShape {
+                headers: args.headers,
+                uri_len: args.uri_len,
+                body_size: args.body_size,
+            },
+            args,
+            rec: report::Recorder::new(),
+            msgid: AtomicU32::new(rand::random::<u32>() >> 8),
+            seq: AtomicU64::new(0),
+        }
+    }
+
     fn next_msgid(&self) -> u64 {
         // Go's module counts up in a uint32.
         u64::from(self.msgid.fetch_add(1, Relaxed))
     }
 
+    /// The next transaction's sequence number and path: paths take turns, so both see the
+    /// same load and noise.
+    fn next_transaction(&self) -> (u64, &Path) {
+        let seq = self.seq.fetch_add(1, Relaxed);
+        (seq, &self.paths[(seq % self.paths.len() as u64) as usize])
+    }
+
+    fn total(&self, counter: fn(&Path) -> &AtomicU64) -> u64 {
+        self.paths.iter().map(|p| counter(p).load(Relaxed)).sum()
+    }
+
     async fn call(
         &self,
-        client: &Client,
+        path: &Path,
+        update: bool,
         method: &'static str,
         frame_of: impl FnOnce(u64) -> Vec<u8>,
         since: Instant,
     ) -> Result<Reply, CallError> {
         let msgid = self.next_msgid();
+        let client = if update { &path.update } else { &path.pre };
         let r = client.call(msgid, frame_of(msgid), self.args.timeout).await;
         if let Err(e) = &r {
             tracing::debug!(method, kind = ?e.kind, detail = %e.detail, "Call failed");
         }
-        self.rec
-            .record(method, since.elapsed(), r.as_ref().err().map(|e| e.kind));
+        let (latency, error) = (since.elapsed(), r.as_ref().err().map(|e| e.kind));
+        self.rec.record(method, latency, error);
+        if self.paths.len() > 1 {
+            path.rec.record(method, latency, error);
+        }
         r
     }
 
     /// One simulated HTTP request; `scheduled` is when it should have started.
     async fn transaction(&self, scheduled: Instant) {
-        self.transactions.fetch_add(1, Relaxed);
-        let seq = self.seq.fetch_add(1, Relaxed);
+        self.rec.record_lateness(scheduled.elapsed());
+        let (seq, path) = self.next_transaction();
+        path.transactions.fetch_add(1, Relaxed);
         let attack = rand::random::<f64>() < self.args.attack_fraction;
         let anomalous = rand::random::<f64>() < self.args.anomalous_fraction;
         let now_ms = std::time::SystemTime::now()
@@ -193,7 +274,8 @@ impl Ctx {
         let req = self.shape.request(seq, attack, now_ms);
         let pre = self
             .call(
-                &self.pre,
+                path,
+                false,
                 rpc::PRE_REQUEST,
                 |id| rpc::encode_request(id, rpc::PRE_REQUEST, &req),
                 scheduled,
@@ -202,13 +284,13 @@ impl Ctx {
         let (request_id, code) = match pre {
             Ok(Reply::Out(out)) => {
                 if out.WAFResponse == 406 {
-                    self.blocked.fetch_add(1, Relaxed);
+                    path.blocked.fetch_add(1, Relaxed);
                 }
                 (out.RequestID, out.WAFResponse)
             }
             Ok(_) => (String::new(), 200),
             Err(_) => {
-                self.failed_open.fetch_add(1, Relaxed);
+                path.failed_open.fetch_add(1, Relaxed);
                 (String::new(), 200)
             }
         };
@@ -218,11 +300,12 @@ impl Ctx {
             tokio::time::sleep(app_time).await;
         }
         if !request_id.is_empty() {
-            self.flagged.fetch_add(1, Relaxed);
+            path.flagged.fetch_add(1, Relaxed);
             let upd = self.shape.update_request(request_id, code);
             let _ = self
                 .call(
-                    &self.update,
+                    path,
+                    true,
                     rpc::UPDATE_REQUEST,
                     |id| rpc::encode_request(id, rpc::UPDATE_REQUEST, &upd),
                     Instant::now(),
@@ -232,7 +315,8 @@ impl Ctx {
             let post = self.shape.post_request(req, code);
             let _ = self
                 .call(
-                    &self.update,
+                    path,
+                    true,
                     rpc::POST_REQUEST,
                     |id| rpc::encode_request(id, rpc::POST_REQUEST, &post),
                     Instant::now(),
@@ -257,40 +341,13 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
     if let Err(errs) = args.validate() {
         anyhow::bail!("{}", errs.join("; "));
     }
-    let update_target = args
-        .update_target
-        .clone()
-        .unwrap_or_else(|| args.target.clone());
-    let client = |addr: &RpcAddr| {
-        if args.persistent {
-            Client::persistent(addr.clone(), args.sources.clone(), args.connections)
-        } else {
-            Client::per_call(addr.clone(), args.sources.clone())
-        }
-    };
-    let ctx = Arc::new(Ctx {
-        pre: client(&args.target),
-        update: client(&update_target),
-        shape: PayloadShape {
-            headers: args.headers,
-            uri_len: args.uri_len,
-            body_size: args.body_size,
-        },
-        args: args.clone(),
-        rec: report::Recorder::new(),
-        msgid: AtomicU32::new(rand::random::<u32>() >> 8),
-        seq: AtomicU64::new(0),
-        flagged: AtomicU64::new(0),
-        blocked: AtomicU64::new(0),
-        failed_open: AtomicU64::new(0),
-        transactions: AtomicU64::new(0),
-    });
+    let ctx = Arc::new(Ctx::new(args.clone()));
     let before = read_agents(&args.agents_admin).await;
     let progress = progress_bar(&args);
-    let start = Instant::now();
+    let std_start = std::time::Instant::now();
+    let start = Instant::from_std(std_start);
     ctx.rec.set_start(start);
     let end = start + args.duration;
-    let mut overflow = 0u64;
     let tasks = tokio_util::task::TaskTracker::new();
     let ticker = progress.clone().map(|pb| {
         let ctx = ctx.clone();
@@ -300,13 +357,13 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
                 pb.set_position(start.elapsed().as_millis() as u64);
                 pb.set_message(format!(
                     "{} transactions, {} failed open",
-                    ctx.transactions.load(Relaxed),
-                    ctx.failed_open.load(Relaxed)
+                    ctx.total(|p| &p.transactions),
+                    ctx.total(|p| &p.failed_open)
                 ));
             }
         })
     });
-    match args.concurrency {
+    let overflow = match args.concurrency {
         Some(n) => {
             for _ in 0..n {
                 let ctx = ctx.clone();
@@ -316,31 +373,23 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
                     }
                 });
             }
+            0
         }
         None => {
-            let sem = Arc::new(Semaphore::new(args.max_in_flight));
-            let interval = Duration::from_secs_f64(1.0 / args.rate);
-            let mut i: u32 = 0;
-            loop {
-                let at = start + interval * i;
-                if at >= end {
-                    break;
-                }
-                tokio::time::sleep_until(at).await;
-                match sem.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let ctx = ctx.clone();
-                        tasks.spawn(async move {
-                            ctx.transaction(at).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => overflow += 1,
-                }
-                i += 1;
-            }
+            let timetable = timetable::Timetable {
+                start: std_start,
+                rate: args.rate,
+                duration: args.duration,
+            };
+            let ctx = ctx.clone();
+            timetable
+                .dispatch(args.max_in_flight, &tasks, move |at| {
+                    let ctx = ctx.clone();
+                    async move { ctx.transaction(Instant::from_std(at)).await }
+                })
+                .await?
         }
-    }
+    };
     tasks.close();
     tasks.wait().await;
     let elapsed = start.elapsed().as_secs_f64();
@@ -352,23 +401,22 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
     }
     let after = read_agents(&args.agents_admin).await;
     let methods = ctx.rec.methods();
-    let mut errors = std::collections::BTreeMap::new();
-    for m in methods.values() {
-        for (k, v) in &m.errors {
-            *errors.entry(*k).or_insert(0) += v;
-        }
-    }
     let rpcs: u64 = methods.values().map(|m| m.calls).sum();
-    let transactions = ctx.transactions.load(Relaxed);
+    let transactions = ctx.total(|p| &p.transactions);
+    let open_loop = args.concurrency.is_none();
     let mut report = DriveReport {
         target: args.target.to_string(),
-        update_target: update_target.to_string(),
+        update_target: args
+            .update_target
+            .as_ref()
+            .unwrap_or(&args.target)
+            .to_string(),
         mode: format!(
             "{}, {}",
-            if args.concurrency.is_some() {
-                "closed-loop"
-            } else {
+            if open_loop {
                 "open-loop"
+            } else {
+                "closed-loop"
             },
             if args.persistent {
                 "persistent"
@@ -376,21 +424,20 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
                 "per-call"
             }
         ),
-        target_rate: if args.concurrency.is_some() {
-            0.0
-        } else {
-            args.rate
-        },
+        target_rate: if open_loop { args.rate } else { 0.0 },
         elapsed_s: elapsed,
         transactions,
         overflow,
+        start_lateness_us: if open_loop { ctx.rec.lateness() } else { None },
         achieved_rate: transactions as f64 / elapsed,
         achieved_rpc_rate: rpcs as f64 / elapsed,
-        flagged: ctx.flagged.load(Relaxed),
-        blocked: ctx.blocked.load(Relaxed),
-        failed_open: ctx.failed_open.load(Relaxed),
+        flagged: ctx.total(|p| &p.flagged),
+        blocked: ctx.total(|p| &p.blocked),
+        failed_open: ctx.total(|p| &p.failed_open),
+        errors: report::sum_errors(&methods),
         methods,
-        errors,
+        paths: Vec::new(),
+        difference_us: Default::default(),
         agents: Vec::new(),
         updates_matched: 0,
         updates_orphaned: 0,
@@ -399,6 +446,31 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
         problems: Vec::new(),
         timeline: ctx.rec.timeline(),
     };
+    if ctx.paths.len() > 1 {
+        let b = args.compare_target.as_ref().expect("two paths");
+        let a_update = args.update_target.as_ref().unwrap_or(&args.target);
+        let targets = [(&args.target, a_update), (b, b)];
+        let paths = ctx
+            .paths
+            .iter()
+            .zip(["A", "B"])
+            .zip(targets)
+            .map(|((p, name), (t, u))| {
+                let methods = p.rec.methods();
+                PathReport {
+                    name: name.into(),
+                    target: t.to_string(),
+                    update_target: u.to_string(),
+                    transactions: p.transactions.load(Relaxed),
+                    flagged: p.flagged.load(Relaxed),
+                    blocked: p.blocked.load(Relaxed),
+                    failed_open: p.failed_open.load(Relaxed),
+                    errors: report::sum_errors(&methods),
+                    methods,
+                }
+            });
+        report.set_paths(paths.collect());
+    }
     if !args.agents_admin.is_empty() {
         let stats = args
             .agents_admin
@@ -453,4 +525,53 @@ pub async fn run_cli(args: DriveArgs) -> anyhow::Result<i32> {
         write_json(&path, &report)?;
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(ctx: &Ctx, n: usize) -> Vec<(u64, String, String)> {
+        (0..n)
+            .map(|_| {
+                let (seq, p) = ctx.next_transaction();
+                let addr = |c: &Client| match c {
+                    Client::PerCall { addr, .. } => addr.to_string(),
+                    Client::Persistent(..) => unreachable!("per-call clients"),
+                };
+                (seq, addr(&p.pre), addr(&p.update))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compare_target_alternates_whole_transactions_between_the_paths() {
+        let ctx = Ctx::new(DriveArgs {
+            target: "127.0.0.1:1001".parse().unwrap(),
+            update_target: Some("127.0.0.1:1002".parse().unwrap()),
+            compare_target: Some("127.0.0.1:2001".parse().unwrap()),
+            ..DriveArgs::default()
+        });
+        let a = ("127.0.0.1:1001".to_string(), "127.0.0.1:1002".to_string());
+        let b = ("127.0.0.1:2001".to_string(), "127.0.0.1:2001".to_string());
+        for (seq, pre, update) in targets(&ctx, 6) {
+            let want = if seq % 2 == 0 { &a } else { &b };
+            assert_eq!((&pre, &update), (&want.0, &want.1), "transaction {seq}");
+        }
+    }
+
+    #[test]
+    fn without_compare_target_every_transaction_takes_path_a() {
+        let ctx = Ctx::new(DriveArgs {
+            target: "127.0.0.1:1001".parse().unwrap(),
+            ..DriveArgs::default()
+        });
+        assert_eq!(ctx.paths.len(), 1);
+        for (_, pre, update) in targets(&ctx, 3) {
+            assert_eq!(
+                (pre.as_str(), update.as_str()),
+                ("127.0.0.1:1001", "127.0.0.1:1001")
+            );
+        }
+    }
 }

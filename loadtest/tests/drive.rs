@@ -187,3 +187,49 @@ async fn agent_and_drive_speak_over_a_unix_socket() {
     assert_eq!(stats.updates_matched, report.flagged);
     assert!(report.flagged > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_target_reports_both_paths_with_half_the_transactions_each() {
+    let spawn = || async {
+        SimAgent::builder()
+            .admin("127.0.0.1:0".parse().unwrap())
+            .spawn()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (spawn().await, spawn().await);
+    let args = DriveArgs {
+        target: a.rpc_addr().clone(),
+        compare_target: Some(b.rpc_addr().clone()),
+        rate: 200.0,
+        duration: Duration::from_millis(1000),
+        attack_fraction: 0.5,
+        timeout: Duration::from_secs(2),
+        agents_admin: vec![a.admin_addr().unwrap(), b.admin_addr().unwrap()],
+        no_progress: true,
+        ..DriveArgs::default()
+    };
+    let (addr_a, addr_b) = (a.rpc_addr().to_string(), b.rpc_addr().to_string());
+    let report = drive::run(args).await.unwrap();
+    let (sa, sb) = (a.shutdown().await, b.shutdown().await);
+    assert_eq!(report.total_errors(), 0, "{}", report.to_text());
+    assert_eq!(report.transactions, 200);
+    let [pa, pb] = report.paths.as_slice() else {
+        panic!("two paths: {}", report.to_text())
+    };
+    assert_eq!((pa.name.as_str(), pb.name.as_str()), ("A", "B"));
+    assert_eq!((pa.transactions, pb.transactions), (100, 100));
+    assert_eq!((&pa.target, &pb.target), (&addr_a, &addr_b));
+    // Each path's calls reached its own agent, updates included.
+    assert_eq!(sa.prerequests, pa.transactions);
+    assert_eq!(sb.prerequests, pb.transactions);
+    assert_eq!(sa.updates_matched, pa.flagged);
+    assert_eq!(sb.updates_matched, pb.flagged);
+    assert_eq!(report.flagged, pa.flagged + pb.flagged);
+    for p in [pa, pb] {
+        assert_eq!(p.methods["RPC.PreRequest"].calls, 100);
+    }
+    assert!(report.difference_us.contains_key("RPC.PreRequest"));
+    let text = report.to_text();
+    assert!(text.contains("path A") && text.contains("path B") && text.contains("B − A"));
+}

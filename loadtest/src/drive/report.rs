@@ -20,6 +20,8 @@ pub(crate) struct Recorder {
     /// When the drive started; calls are bucketed in the timeline from then on.
     start: OnceLock<tokio::time::Instant>,
     timeline: Mutex<Vec<Bucket>>,
+    /// How far behind its scheduled instant each transaction started (open loop).
+    lateness: Mutex<Histogram<u64>>,
 }
 
 /// Width of one timeline bucket.
@@ -55,7 +57,23 @@ impl Recorder {
             inner: Mutex::new(BTreeMap::new()),
             start: OnceLock::new(),
             timeline: Mutex::new(Vec::new()),
+            lateness: Mutex::new(histogram()),
         }
+    }
+
+    /// Records how late (after its scheduled instant) a transaction started.
+    pub(crate) fn record_lateness(&self, late: Duration) {
+        let us = (late.as_micros() as u64).max(1);
+        self.lateness
+            .lock()
+            .expect("not poisoned")
+            .saturating_record(us);
+    }
+
+    /// Start lateness quantiles, if any transaction recorded one.
+    pub(crate) fn lateness(&self) -> Option<Latency> {
+        let h = self.lateness.lock().expect("not poisoned");
+        (!h.is_empty()).then(|| Latency::of(&h))
     }
 
     /// Starts the timeline.
@@ -74,7 +92,7 @@ impl Recorder {
         let m = map.entry(method).or_insert_with(|| MethodRecorder {
             ok: 0,
             errors: BTreeMap::new(),
-            hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
+            hist: histogram(),
         });
         match error {
             None => m.ok += 1,
@@ -109,25 +127,22 @@ impl Recorder {
         let map = self.inner.lock().expect("not poisoned");
         map.iter()
             .map(|(name, m)| {
-                let q = |p: f64| m.hist.value_at_quantile(p);
                 let errors: u64 = m.errors.values().sum();
                 let report = MethodReport {
                     calls: m.ok + errors,
                     ok: m.ok,
                     errors: m.errors.iter().map(|(k, v)| (*k, *v)).collect(),
-                    latency_us: Latency {
-                        p50: q(0.5),
-                        p90: q(0.9),
-                        p99: q(0.99),
-                        p999: q(0.999),
-                        max: m.hist.max(),
-                        mean: m.hist.mean(),
-                    },
+                    latency_us: Latency::of(&m.hist),
                 };
                 (name.to_string(), report)
             })
             .collect()
     }
+}
+
+/// Microseconds from 1 µs to 120 s, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
 }
 
 /// Latency quantiles in microseconds.
@@ -147,6 +162,20 @@ pub struct Latency {
     pub mean: f64,
 }
 
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        let q = |p: f64| h.value_at_quantile(p);
+        Latency {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
 /// One RPC method's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct MethodReport {
@@ -158,6 +187,59 @@ pub struct MethodReport {
     pub errors: BTreeMap<ErrorKind, u64>,
     /// Latency (PreRequest: from the scheduled time in open-loop mode).
     pub latency_us: Latency,
+}
+
+/// Failed calls of all `methods` by kind.
+pub(crate) fn sum_errors(methods: &BTreeMap<String, MethodReport>) -> BTreeMap<ErrorKind, u64> {
+    let mut errors = BTreeMap::new();
+    for m in methods.values() {
+        for (k, v) in &m.errors {
+            *errors.entry(*k).or_insert(0) += v;
+        }
+    }
+    errors
+}
+
+/// One path of a paired comparison (`--compare-target`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PathReport {
+    /// `A` (`--target`) or `B` (`--compare-target`).
+    pub name: String,
+    /// Where its PreRequests went.
+    pub target: String,
+    /// Where its UpdateRequests and PostRequests went.
+    pub update_target: String,
+    /// Transactions it carried.
+    pub transactions: u64,
+    /// Its PreRequests answered with a RequestID.
+    pub flagged: u64,
+    /// Its PreRequests answered 406.
+    pub blocked: u64,
+    /// Its PreRequests that failed.
+    pub failed_open: u64,
+    /// Per method.
+    pub methods: BTreeMap<String, MethodReport>,
+    /// Its errors by kind.
+    pub errors: BTreeMap<ErrorKind, u64>,
+}
+
+/// Path B's latency minus path A's for one method, microseconds (positive: B is slower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LatencyDiff {
+    /// Difference of the medians.
+    pub p50: i64,
+    /// Difference of the 99th percentiles.
+    pub p99: i64,
+}
+
+impl LatencyDiff {
+    /// `b − a`.
+    pub fn between(a: &Latency, b: &Latency) -> LatencyDiff {
+        LatencyDiff {
+            p50: b.p50 as i64 - a.p50 as i64,
+            p99: b.p99 as i64 - a.p99 as i64,
+        }
+    }
 }
 
 /// One agent's counters over the drive (differences of its `/stats`).
@@ -190,6 +272,9 @@ pub struct DriveReport {
     pub transactions: u64,
     /// Scheduled transactions skipped because the concurrency bound was reached.
     pub overflow: u64,
+    /// Open loop: how far behind its scheduled instant each transaction started, µs (the
+    /// dispatcher's timer precision plus the runtime's scheduling delay).
+    pub start_lateness_us: Option<Latency>,
     /// Transactions per second achieved.
     pub achieved_rate: f64,
     /// RPCs per second achieved (all methods).
@@ -200,10 +285,14 @@ pub struct DriveReport {
     pub blocked: u64,
     /// PreRequests that failed (the module failed open).
     pub failed_open: u64,
-    /// Per method.
+    /// Per method (all paths).
     pub methods: BTreeMap<String, MethodReport>,
     /// Errors of all methods by kind.
     pub errors: BTreeMap<ErrorKind, u64>,
+    /// With `--compare-target`: path A, then path B; else empty.
+    pub paths: Vec<PathReport>,
+    /// With `--compare-target`: per method both paths carried, B − A.
+    pub difference_us: BTreeMap<String, LatencyDiff>,
     /// Per agent, when `--agents-admin` was given.
     pub agents: Vec<AgentReport>,
     /// Sum over agents of UpdateRequests matched / orphaned / expired.
@@ -239,6 +328,24 @@ impl DriveReport {
             .iter()
             .skip(first)
             .fold((0, 0), |(e, r), b| (e + b.errors, r + b.refused))
+    }
+
+    /// Fills the paths section and the differences B − A.
+    pub(crate) fn set_paths(&mut self, paths: Vec<PathReport>) {
+        if let [a, b] = paths.as_slice() {
+            self.difference_us = a
+                .methods
+                .iter()
+                .filter_map(|(name, ma)| {
+                    let mb = b.methods.get(name)?;
+                    Some((
+                        name.clone(),
+                        LatencyDiff::between(&ma.latency_us, &mb.latency_us),
+                    ))
+                })
+                .collect();
+        }
+        self.paths = paths;
     }
 
     /// Fills the agents section from stats read before and after.
@@ -310,29 +417,34 @@ impl DriveReport {
             "flagged {} (blocked {}), failed open {}",
             self.flagged, self.blocked, self.failed_open
         );
-        let _ = writeln!(
-            o,
-            "{:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  latency µs",
-            "method", "calls", "errors", "p50", "p90", "p99", "p99.9", "max"
-        );
-        for (name, m) in &self.methods {
-            let l = &m.latency_us;
-            let errs: u64 = m.errors.values().sum();
+        if let Some(l) = &self.start_lateness_us {
             let _ = writeln!(
                 o,
-                "{name:<20} {:>8} {errs:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                m.calls, l.p50, l.p90, l.p99, l.p999, l.max
+                "start behind schedule µs: p50 {} p90 {} p99 {} p99.9 {} max {}",
+                l.p50, l.p90, l.p99, l.p999, l.max
             );
         }
-        if self.errors.is_empty() {
-            let _ = writeln!(o, "errors: none");
-        } else {
-            let list: Vec<String> = self
-                .errors
-                .iter()
-                .map(|(k, v)| format!("{k:?}={v}"))
-                .collect();
-            let _ = writeln!(o, "errors: {}", list.join(" "));
+        write_methods(&mut o, &self.methods);
+        let _ = writeln!(o, "errors: {}", errors_text(&self.errors));
+        for p in &self.paths {
+            let _ = writeln!(
+                o,
+                "path {} {} (updates to {}): {} transactions, flagged {}, failed open {}, errors: {}",
+                p.name,
+                p.target,
+                p.update_target,
+                p.transactions,
+                p.flagged,
+                p.failed_open,
+                errors_text(&p.errors)
+            );
+            write_methods(&mut o, &p.methods);
+        }
+        if !self.difference_us.is_empty() {
+            let _ = writeln!(o, "{:<20} {:>8} {:>8}  B − A, µs", "method", "p50", "p99");
+            for (name, d) in &self.difference_us {
+                let _ = writeln!(o, "{name:<20} {:>+8} {:>+8}", d.p50, d.p99);
+            }
         }
         if !self.agents.is_empty() {
             let _ = writeln!(
@@ -387,4 +499,31 @@ impl DriveReport {
         }
         o
     }
+}
+
+/// The latency table, a line per method.
+fn write_methods(o: &mut String, methods: &BTreeMap<String, MethodReport>) {
+    let _ = writeln!(
+        o,
+        "{:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  latency µs",
+        "method", "calls", "errors", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (name, m) in methods {
+        let l = &m.latency_us;
+        let errs: u64 = m.errors.values().sum();
+        let _ = writeln!(
+            o,
+            "{name:<20} {:>8} {errs:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            m.calls, l.p50, l.p90, l.p99, l.p999, l.max
+        );
+    }
+}
+
+/// `none` or `Kind=count ...`.
+fn errors_text(errors: &BTreeMap<ErrorKind, u64>) -> String {
+    if errors.is_empty() {
+        return "none".into();
+    }
+    let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k:?}={v}")).collect();
+    list.join(" ")
 }
