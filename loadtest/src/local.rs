@@ -2,8 +2,10 @@
 //! processes (`loadtest agent`), then either the real `sigsci-proxy` watching an agents file,
 //! HAProxy in TCP round-robin mode (the baseline a plain Service gives), or nothing (`direct`:
 //! straight to agent 0); drives load, runs scenario steps, prints the report, stops everything,
-//! and fails (non-zero) if any check failed.
+//! and fails (non-zero) if any check failed. `--compare` measures the proxy's overhead instead
+//! (see [`compare`]).
 
+pub mod compare;
 mod procs;
 pub mod scenario;
 
@@ -17,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::drive::{DriveArgs, DriveReport};
 use crate::units::{ServiceTime, parse_duration};
-use procs::{AgentProc, Pool};
+use procs::Pool;
 use scenario::{Action, Scenario};
 
 /// What sits between the emulated modules and the agents.
@@ -110,6 +112,15 @@ pub struct LocalArgs {
     /// Also plot the PreRequest latency and the errors over time, with the steps' marks, as SVG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Measure the proxy's overhead: a paired open-loop run alternating transactions between
+    /// agent 0 (direct) and the proxy, then each path's maximum rate in closed loop
+    /// (`--concurrency`, default 16), and the proxy's upstream connects per second. Defaults
+    /// here: `--agents 1 --rate 2000 --duration 10s`.
+    #[arg(long, conflicts_with_all = ["scenario", "direct", "via", "proxies", "plot"])]
+    pub compare: bool,
+    /// With `--compare`: length of each closed-loop (maximum rate) run.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub max_rate_duration: Duration,
 }
 
 /// The result of `loadtest local`.
@@ -152,10 +163,91 @@ impl LocalArgs {
     fn via(&self) -> Via {
         if self.direct { Via::Direct } else { self.via }
     }
+
+    /// Arguments for every `loadtest agent` child.
+    fn agent_process_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--service-time".to_string(),
+            self.service_time.to_string().replace("µs", "us"),
+            "--workers".into(),
+            self.workers.to_string(),
+            "--flag-fraction".into(),
+            self.flag_fraction.to_string(),
+        ];
+        a.extend(self.agent_args.iter().cloned());
+        a
+    }
+
+    /// The sigsci-proxy binary: `--proxy-bin`, else next to `exe`.
+    fn proxy_bin(&self, exe: &std::path::Path) -> anyhow::Result<PathBuf> {
+        match &self.proxy_bin {
+            Some(b) => Ok(b.clone()),
+            None => procs::find_proxy_bin(exe),
+        }
+    }
+}
+
+/// Bounds a drive must respect; what `run` and `--compare` both check.
+struct DriveBounds {
+    max_errors: u64,
+    /// Refused connections do not count toward `max_errors`.
+    allow_refused: bool,
+    /// Most orphaned + expired updates; `None` = unlimited.
+    max_orphaned: Option<u64>,
+}
+
+impl DriveBounds {
+    /// Every bound `report` broke, and its problems except those of agents in `killed`
+    /// (prefixes `agent ADMIN: `; a killed agent's counters cannot be read afterwards).
+    fn failures(&self, report: &DriveReport, killed: &[String]) -> Vec<String> {
+        let mut failures = Vec::new();
+        let max_errors = self.max_errors;
+        let counted = if self.allow_refused {
+            report.errors_except_refused()
+        } else {
+            report.total_errors()
+        };
+        if counted > max_errors {
+            failures.push(format!(
+                "{counted} failed calls{} (at most {max_errors} allowed)",
+                if self.allow_refused {
+                    " other than refused connections"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let lost = report.updates_orphaned + report.updates_expired;
+        if let Some(max) = self.max_orphaned
+            && lost > max
+        {
+            failures.push(format!(
+                "{lost} orphaned/expired updates (at most {max} allowed)"
+            ));
+        }
+        if report.overflow > 0 {
+            failures.push(format!(
+                "{} transactions could not start (concurrency bound reached)",
+                report.overflow
+            ));
+        }
+        failures.extend(
+            report
+                .problems
+                .iter()
+                .filter(|p| !killed.iter().any(|k| p.starts_with(k.as_str())))
+                .cloned(),
+        );
+        failures
+    }
 }
 
 /// Runs the orchestrator and returns its report (with `failures` filled).
 pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
+    anyhow::ensure!(
+        !args.compare,
+        "--compare runs through compare::run, not run"
+    );
     let scenario = match &args.scenario {
         Some(p) => Scenario::load(p)?,
         None => Scenario::default(),
@@ -175,15 +267,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         (None, None) => DriveArgs::default().app_time,
     };
     let exe = std::env::current_exe()?;
-    let mut agent_args = vec![
-        "--service-time".to_string(),
-        args.service_time.to_string().replace("µs", "us"),
-        "--workers".into(),
-        args.workers.to_string(),
-        "--flag-fraction".into(),
-        args.flag_fraction.to_string(),
-    ];
-    agent_args.extend(args.agent_args.iter().cloned());
+    let agent_args = args.agent_process_args();
 
     let dir = tempfile::Builder::new()
         .prefix("loadtest-local-")
@@ -199,18 +283,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         .collect();
     let expect = scenario.expect.clone();
     let result = async {
-        for i in 0..n {
-            pool.agents
-                .push(AgentProc::spawn(&exe, i, &agent_args).await?);
-        }
-        pool.write_agents_file()?;
+        pool.spawn_agents(&exe, n, &agent_args).await?;
         let (target, update_target): (SocketAddr, SocketAddr) = match via {
             Via::Direct => (pool.agents[0].rpc, pool.agents[0].rpc),
             Via::Proxy => {
-                let bin = match &args.proxy_bin {
-                    Some(b) => b.clone(),
-                    None => procs::find_proxy_bin(&exe)?,
-                };
+                let bin = args.proxy_bin(&exe)?;
                 let mut addrs = Vec::new();
                 let mut proxy_args = scenario.proxy_args.clone();
                 proxy_args.extend(args.proxy_args.iter().cloned());
@@ -308,22 +385,6 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     let (report, steps) = result?;
     failures.extend(stop_problems);
 
-    let max_errors = args.max_errors.or(expect.max_errors).unwrap_or(0);
-    let counted = if expect.allow_refused {
-        report.errors_except_refused()
-    } else {
-        report.total_errors()
-    };
-    if counted > max_errors {
-        failures.push(format!(
-            "{counted} failed calls{} (at most {max_errors} allowed)",
-            if expect.allow_refused {
-                " other than refused connections"
-            } else {
-                ""
-            }
-        ));
-    }
     let e = &expect;
     for (i, a) in report.agents.iter().enumerate() {
         let share = a.prerequest_share;
@@ -341,24 +402,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             ));
         }
     }
-    let lost = report.updates_orphaned + report.updates_expired;
-    let max_orphaned = args.max_orphaned.or(expect.max_orphaned).or(match via {
-        Via::Haproxy => None,
-        _ => Some(0),
-    });
-    if let Some(max) = max_orphaned
-        && lost > max
-    {
-        failures.push(format!(
-            "{lost} orphaned/expired updates (at most {max} allowed)"
-        ));
-    }
-    if report.overflow > 0 {
-        failures.push(format!(
-            "{} transactions could not start (concurrency bound reached)",
-            report.overflow
-        ));
-    }
+    let bounds = DriveBounds {
+        max_errors: args.max_errors.or(expect.max_errors).unwrap_or(0),
+        allow_refused: expect.allow_refused,
+        max_orphaned: args.max_orphaned.or(expect.max_orphaned).or(match via {
+            Via::Haproxy => None,
+            _ => Some(0),
+        }),
+    };
     // A killed agent's counters cannot be read after the run; that is the scenario, not a fault.
     let killed: Vec<String> = pool
         .agents
@@ -366,13 +417,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         .filter(|a| a.expect_exit)
         .map(|a| format!("agent {}: ", a.admin))
         .collect();
-    failures.extend(
-        report
-            .problems
-            .iter()
-            .filter(|p| !killed.iter().any(|k| p.starts_with(k.as_str())))
-            .cloned(),
-    );
+    failures.extend(bounds.failures(&report, &killed));
     let marks = std::mem::take(&mut *marks.lock().expect("not poisoned"))
         .into_iter()
         .map(|(what, at)| {
@@ -398,6 +443,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
 
 /// `loadtest local`: prints the report; exit status 1 if any check failed.
 pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
+    if args.compare {
+        return compare::run_cli(args).await;
+    }
     let json = args.json.clone();
     let plot = args.plot.clone();
     let report = run(args).await?;

@@ -233,3 +233,21 @@ async fn compare_target_reports_both_paths_with_half_the_transactions_each() {
     let text = report.to_text();
     assert!(text.contains("path A") && text.contains("path B") && text.contains("B − A"));
 }
+
+#[test]
+fn local_compare_rejects_options_it_cannot_honour_with_usage_status() {
+    let exe = env!("CARGO_BIN_EXE_loadtest");
+    for extra in [
+        &["--direct"][..],
+        &["--via", "haproxy"],
+        &["--proxies", "2"],
+    ] {
+        let status = Command::new(exe)
+            .args(["local", "--compare"])
+            .args(extra)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "local --compare {extra:?}");
+    }
+}

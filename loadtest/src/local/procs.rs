@@ -103,6 +103,19 @@ impl Pool {
         }
     }
 
+    /// Starts `n` agents (indices from 0, `extra` arguments each) and writes the agents file.
+    pub(crate) async fn spawn_agents(
+        &mut self,
+        exe: &Path,
+        n: usize,
+        extra: &[String],
+    ) -> anyhow::Result<()> {
+        for i in 0..n {
+            self.agents.push(AgentProc::spawn(exe, i, extra).await?);
+        }
+        self.write_agents_file()
+    }
+
     /// Writes the membership file atomically (write + rename).
     pub(crate) fn write_agents_file(&self) -> anyhow::Result<()> {
         let list: Vec<serde_json::Value> = self

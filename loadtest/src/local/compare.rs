@@ -1,0 +1,449 @@
+//! `loadtest local --compare`: the proxy's overhead over talking straight to an agent, measured
+//! in one run (issue #3, acceptance point 8).
+//!
+//! 1. A paired open-loop drive (`--rate`, default 2,000 tx/s, for `--duration`, default 10 s):
+//!    transactions alternate between agent 0 (path A, direct) and the proxy (path B), so both
+//!    paths see the same machine noise at the same moment and B − A is the proxy's cost. Two
+//!    separate runs on this 2-core VM differ by ±50 µs from one run to the next, as much as
+//!    the target itself.
+//! 2. Each path's maximum rate: closed loop (`--concurrency`, default 16 workers, no app time,
+//!    `--max-rate-duration` each, default 3 s), direct, proxy, direct, proxy.
+//! 3. The proxy's upstream connects per second during the paired run, from its `/metrics`
+//!    (`sigsci_proxy_upstream_connects_total`, all `result` labels): multiplexed mode opens
+//!    its agent connections at start-up, so a steady state shows 0/s.
+//!
+//! PASS needs, for PreRequest and UpdateRequest, p50 overhead ≤ 50 µs and p99 overhead
+//! ≤ 300 µs, no upstream connect, and the usual checks (no failed call beyond
+//! `--max-errors`, no orphaned update, no overflow, no child died).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{DriveBounds, LocalArgs, procs::Pool};
+use crate::drive::{self, DriveArgs, DriveReport, Latency, LatencyDiff};
+use crate::rpc::{PRE_REQUEST, UPDATE_REQUEST};
+use crate::units::ServiceTime;
+
+/// Target: most p50 overhead (proxy − direct), microseconds.
+pub const P50_TARGET_US: i64 = 50;
+/// Target: most p99 overhead (proxy − direct), microseconds.
+pub const P99_TARGET_US: i64 = 300;
+/// The methods whose overhead is held to the targets.
+const CHECKED: [&str; 2] = [PRE_REQUEST, UPDATE_REQUEST];
+/// The proxy's counter of new upstream connections.
+const CONNECTS: &str = "sigsci_proxy_upstream_connects_total";
+/// Closed-loop rounds (direct then proxy in each).
+const ROUNDS: usize = 2;
+
+/// The result of `loadtest local --compare`.
+#[derive(Debug, Serialize)]
+pub struct CompareReport {
+    /// Agents started (path A talks to agent 0 only).
+    pub agents: usize,
+    /// Agent 0's RPC address (path A).
+    pub direct: String,
+    /// The proxy's RPC address (path B).
+    pub proxy: String,
+    /// The paired open-loop drive, with both paths and B − A.
+    pub paired: DriveReport,
+    /// Per checked method: both paths' latency and the overhead.
+    pub overhead: Vec<MethodOverhead>,
+    /// Maximum rates in closed loop.
+    pub max_rate: MaxRate,
+    /// Upstream connects during the paired run.
+    pub upstream: UpstreamConnects,
+    /// Failed targets and checks; empty = PASS.
+    pub failures: Vec<String>,
+}
+
+/// One method's latency on both paths, microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodOverhead {
+    /// RPC method.
+    pub method: String,
+    /// Straight to agent 0.
+    pub direct: Latency,
+    /// Through the proxy.
+    pub proxy: Latency,
+    /// Proxy − direct.
+    pub overhead_us: LatencyDiff,
+}
+
+/// Each path's maximum rate: closed-loop runs, alternating direct and proxy.
+#[derive(Debug, Serialize)]
+pub struct MaxRate {
+    /// Closed-loop workers.
+    pub concurrency: usize,
+    /// Length of each run, seconds.
+    pub run_s: f64,
+    /// Transactions per second of each direct run, in order.
+    pub direct: Vec<f64>,
+    /// Transactions per second of each proxy run, in order.
+    pub proxy: Vec<f64>,
+    /// Mean of `direct`.
+    pub direct_mean: f64,
+    /// Mean of `proxy`.
+    pub proxy_mean: f64,
+    /// `proxy_mean / direct_mean`.
+    pub ratio: f64,
+    /// The runs in order: (`direct` or `proxy`, report).
+    pub runs: Vec<(String, DriveReport)>,
+}
+
+/// The proxy's `sigsci_proxy_upstream_connects_total` around the paired run.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConnects {
+    /// Before the paired run (all `result` labels summed; 0 if absent).
+    pub before: f64,
+    /// After it.
+    pub after: f64,
+    /// Time between the two reads, seconds.
+    pub window_s: f64,
+    /// (after − before) / window.
+    pub per_s: f64,
+}
+
+/// Sum of every sample of counter `name` in a Prometheus text exposition (0 if absent).
+pub fn sum_counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labels) => &labels[labels.find('}')? + 1..],
+                None if rest.starts_with(char::is_whitespace) => rest,
+                None => return None, // another metric with this name as a prefix
+            };
+            rest.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+async fn read_connects(admin: SocketAddr) -> anyhow::Result<f64> {
+    let body = crate::http::get(admin, "/metrics").await?;
+    Ok(sum_counter(&String::from_utf8_lossy(&body), CONNECTS))
+}
+
+/// Runs the measurement and returns its report (with `failures` filled).
+pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
+    let n = args.agents.unwrap_or(1);
+    anyhow::ensure!(n >= 1, "--agents must be at least 1");
+    let concurrency = args.concurrency.unwrap_or(16);
+    anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
+    let exe = std::env::current_exe()?;
+    let dir = tempfile::Builder::new()
+        .prefix("loadtest-compare-")
+        .tempdir()?;
+    let mut pool = Pool::new(dir.path().join("agents.json"));
+    let result = measure(args, &exe, n, concurrency, &mut pool).await;
+    let mut failures = pool.check_alive();
+    failures.extend(pool.stop().await);
+    let (direct, proxy, paired, max_rate, upstream) = result?;
+
+    let bounds = DriveBounds {
+        max_errors: args.max_errors.unwrap_or(0),
+        allow_refused: false,
+        max_orphaned: Some(args.max_orphaned.unwrap_or(0)),
+    };
+    failures.extend(bounds.failures(&paired, &[]));
+    for (path, r) in &max_rate.runs {
+        failures.extend(
+            bounds
+                .failures(r, &[])
+                .into_iter()
+                .map(|f| format!("max-rate run via {path}: {f}")),
+        );
+    }
+    let mut overhead = Vec::new();
+    for method in CHECKED {
+        let (Some(a), Some(b)) = (
+            paired.paths.first().and_then(|p| p.methods.get(method)),
+            paired.paths.get(1).and_then(|p| p.methods.get(method)),
+        ) else {
+            failures.push(format!(
+                "{method}: not measured on both paths (UpdateRequests need --attack-fraction > 0)"
+            ));
+            continue;
+        };
+        let o = MethodOverhead {
+            method: method.into(),
+            direct: a.latency_us.clone(),
+            proxy: b.latency_us.clone(),
+            overhead_us: LatencyDiff::between(&a.latency_us, &b.latency_us),
+        };
+        let short = method.trim_start_matches("RPC.");
+        if o.overhead_us.p50 > P50_TARGET_US {
+            failures.push(format!(
+                "{short} p50 overhead {} µs > {P50_TARGET_US} µs",
+                o.overhead_us.p50
+            ));
+        }
+        if o.overhead_us.p99 > P99_TARGET_US {
+            failures.push(format!(
+                "{short} p99 overhead {} µs > {P99_TARGET_US} µs",
+                o.overhead_us.p99
+            ));
+        }
+        overhead.push(o);
+    }
+    if upstream.after > upstream.before {
+        failures.push(format!(
+            "{} upstream connects during the paired run ({:.2}/s; 0 expected in steady state)",
+            upstream.after - upstream.before,
+            upstream.per_s
+        ));
+    }
+    Ok(CompareReport {
+        agents: n,
+        direct: direct.to_string(),
+        proxy: proxy.to_string(),
+        paired,
+        overhead,
+        max_rate,
+        upstream,
+        failures,
+    })
+}
+
+type Measured = (
+    SocketAddr,
+    SocketAddr,
+    DriveReport,
+    MaxRate,
+    UpstreamConnects,
+);
+
+/// Starts the children into `pool` (the caller stops them) and runs the three measurements.
+async fn measure(
+    args: &LocalArgs,
+    exe: &std::path::Path,
+    n: usize,
+    concurrency: usize,
+    pool: &mut Pool,
+) -> anyhow::Result<Measured> {
+    pool.spawn_agents(exe, n, &args.agent_process_args())
+        .await?;
+    let proxy = pool
+        .spawn_proxy(&args.proxy_bin(exe)?, &args.proxy_args)
+        .await?;
+    let admin = pool.fronts[0]
+        .admin
+        .expect("the proxy has an admin address");
+    let direct = pool.agents[0].rpc;
+    let base = DriveArgs {
+        target: direct.into(),
+        app_time: args.app_time.unwrap_or(DriveArgs::default().app_time),
+        attack_fraction: args.attack_fraction.unwrap_or(0.2),
+        anomalous_fraction: args.anomalous_fraction.unwrap_or(0.0),
+        persistent: args.persistent,
+        sources: args.sources.clone(),
+        ..DriveArgs::default()
+    };
+    let paired_args = DriveArgs {
+        compare_target: Some(proxy.into()),
+        rate: args.rate.unwrap_or(2000.0),
+        duration: args.duration.unwrap_or(Duration::from_secs(10)),
+        agents_admin: pool.agents.iter().map(|a| a.admin).collect(),
+        ..base.clone()
+    };
+    eprintln!(
+        "loadtest local --compare: {n} agent(s); paired open loop {} tx/s for {:?}, A = agent 0 {direct}, B = proxy {proxy}",
+        paired_args.rate, paired_args.duration
+    );
+    let before = read_connects(admin).await?;
+    let t0 = Instant::now();
+    let paired = drive::run(paired_args).await?;
+    let after = read_connects(admin).await?;
+    let window_s = t0.elapsed().as_secs_f64();
+    let upstream = UpstreamConnects {
+        before,
+        after,
+        window_s,
+        per_s: (after - before) / window_s,
+    };
+
+    // Maximum rate: the workers wait on RPCs only (no app time), else the rate measures the
+    // app time instead of the path.
+    let mut runs = Vec::new();
+    for round in 0..ROUNDS {
+        for (path, addr) in [("direct", direct), ("proxy", proxy)] {
+            eprintln!(
+                "loadtest local --compare: max rate, round {}/{ROUNDS}, {path}: closed loop x{concurrency} for {:?}",
+                round + 1,
+                args.max_rate_duration
+            );
+            let r = drive::run(DriveArgs {
+                target: addr.into(),
+                concurrency: Some(concurrency),
+                duration: args.max_rate_duration,
+                app_time: ServiceTime::Fixed(Duration::ZERO),
+                ..base.clone()
+            })
+            .await?;
+            runs.push((path.to_string(), r));
+        }
+    }
+    let rates = |p: &str| -> Vec<f64> {
+        runs.iter()
+            .filter(|(path, _)| path == p)
+            .map(|(_, r)| r.achieved_rate)
+            .collect()
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (d, p) = (rates("direct"), rates("proxy"));
+    let max_rate = MaxRate {
+        concurrency,
+        run_s: args.max_rate_duration.as_secs_f64(),
+        direct_mean: mean(&d),
+        proxy_mean: mean(&p),
+        ratio: mean(&p) / mean(&d),
+        direct: d,
+        proxy: p,
+        runs,
+    };
+    Ok((direct, proxy, paired, max_rate, upstream))
+}
+
+impl CompareReport {
+    /// The summary: both paths' latency per checked method, the overhead against the
+    /// targets, the maximum rates and the upstream connects.
+    pub fn summary(&self) -> String {
+        let mut o = String::new();
+        let d = &self.paired;
+        let _ = writeln!(
+            o,
+            "overhead of sigsci-proxy ({}) over agent 0 ({}), {} agent(s); paired open loop {:.0} tx/s for {:.1}s ({}), transactions alternating",
+            self.proxy, self.direct, self.agents, d.target_rate, d.elapsed_s, d.mode
+        );
+        let _ = writeln!(
+            o,
+            "{:<18} {:<9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}  µs",
+            "method", "path", "calls", "errors", "p50", "p90", "p99", "p99.9", "max"
+        );
+        for m in &self.overhead {
+            let short = m.method.trim_start_matches("RPC.");
+            for (i, (path, l)) in [("direct", &m.direct), ("proxy", &m.proxy)]
+                .into_iter()
+                .enumerate()
+            {
+                let (calls, errors) = d
+                    .paths
+                    .get(i)
+                    .and_then(|p| p.methods.get(&m.method))
+                    .map_or((0, 0), |r| (r.calls, r.errors.values().sum::<u64>()));
+                let _ = writeln!(
+                    o,
+                    "{short:<18} {path:<9} {calls:>8} {errors:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+                    l.p50, l.p90, l.p99, l.p999, l.max
+                );
+            }
+            let _ = writeln!(
+                o,
+                "{short:<18} {:<9} {:>8} {:>7} {:>+7} {:>7} {:>+7}  (targets ≤ {P50_TARGET_US}, ≤ {P99_TARGET_US})",
+                "overhead", "", "", m.overhead_us.p50, "", m.overhead_us.p99
+            );
+        }
+        let r = &self.max_rate;
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            o,
+            "max rate, closed loop x{} for {:.1}s each: direct {} tx/s (mean {:.0}), proxy {} tx/s (mean {:.0}); proxy/direct {:.2}",
+            r.concurrency,
+            r.run_s,
+            list(&r.direct),
+            r.direct_mean,
+            list(&r.proxy),
+            r.proxy_mean,
+            r.ratio
+        );
+        let u = &self.upstream;
+        let _ = writeln!(
+            o,
+            "upstream connects during the paired run: {} in {:.1}s = {:.2}/s (target 0)",
+            u.after - u.before,
+            u.window_s,
+            u.per_s
+        );
+        o
+    }
+
+    /// The `RESULT PASS|FAIL: ...` line.
+    pub fn result_line(&self) -> String {
+        let methods: Vec<String> = self
+            .overhead
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} p50 direct {} proxy {} ({:+}) p99 direct {} proxy {} ({:+})",
+                    m.method.trim_start_matches("RPC."),
+                    m.direct.p50,
+                    m.proxy.p50,
+                    m.overhead_us.p50,
+                    m.direct.p99,
+                    m.proxy.p99,
+                    m.overhead_us.p99
+                )
+            })
+            .collect();
+        format!(
+            "RESULT {}: overhead µs {}; max tx/s direct {:.0} proxy {:.0} (ratio {:.2}); upstream connects {:.2}/s",
+            if self.failures.is_empty() {
+                "PASS"
+            } else {
+                "FAIL"
+            },
+            methods.join("; "),
+            self.max_rate.direct_mean,
+            self.max_rate.proxy_mean,
+            self.max_rate.ratio,
+            self.upstream.per_s
+        )
+    }
+}
+
+/// `loadtest local --compare`: prints the paired drive's report, the summary and the RESULT
+/// line; exit status 1 if a target or check failed.
+pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
+    let report = run(&args).await?;
+    print!("{}", report.paired.to_text());
+    println!();
+    print!("{}", report.summary());
+    if let Some(path) = &args.json {
+        drive::write_json(path, &report)?;
+    }
+    for f in &report.failures {
+        println!("FAIL: {f}");
+    }
+    println!("{}", report.result_line());
+    Ok(if report.failures.is_empty() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_connects_sum_every_result_label() {
+        let text = "# HELP sigsci_proxy_upstream_connects_total New upstream connections\n\
+                    # TYPE sigsci_proxy_upstream_connects_total counter\n\
+                    sigsci_proxy_upstream_connects_total{result=\"ok\"} 2\n\
+                    sigsci_proxy_upstream_connects_total{result=\"error\"} 3\n\
+                    sigsci_proxy_upstream_connects_total_other 100\n\
+                    sigsci_proxy_rpcs_total{method=\"x\"} 7\n";
+        assert_eq!(sum_counter(text, CONNECTS), 5.0);
+        assert_eq!(
+            sum_counter("sigsci_proxy_upstream_connects_total 4\n", CONNECTS),
+            4.0
+        );
+        assert_eq!(sum_counter("", CONNECTS), 0.0, "absent counts as 0");
+    }
+}
