@@ -38,7 +38,7 @@ use crate::units::parse_duration;
 pub use client::{CallError, Client, ErrorKind};
 pub use payload::{ATTACK, PayloadShape};
 pub use report::{
-    AgentReport, BUCKET, Bucket, DriveReport, Latency, LatencyDiff, MethodReport, PathReport,
+    AgentReport, BUCKET, Bucket, DriveReport, Latency, LatencyDiff, MethodReport, PathReport, Tally,
 };
 
 /// `loadtest drive` options (also the drive configuration used by the orchestrator).
@@ -235,10 +235,6 @@ impl Ctx {
         (seq, &self.paths[(seq % self.paths.len() as u64) as usize])
     }
 
-    fn total(&self, counter: fn(&Path) -> &AtomicU64) -> u64 {
-        self.paths.iter().map(|p| counter(p).load(Relaxed)).sum()
-    }
-
     async fn call(
         &self,
         path: &Path,
@@ -357,8 +353,14 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
                 pb.set_position(start.elapsed().as_millis() as u64);
                 pb.set_message(format!(
                     "{} transactions, {} failed open",
-                    ctx.total(|p| &p.transactions),
-                    ctx.total(|p| &p.failed_open)
+                    ctx.paths
+                        .iter()
+                        .map(|p| p.transactions.load(Relaxed))
+                        .sum::<u64>(),
+                    ctx.paths
+                        .iter()
+                        .map(|p| p.failed_open.load(Relaxed))
+                        .sum::<u64>()
                 ));
             }
         })
@@ -400,9 +402,9 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
         pb.finish_and_clear();
     }
     let after = read_agents(&args.agents_admin).await;
-    let methods = ctx.rec.methods();
-    let rpcs: u64 = methods.values().map(|m| m.calls).sum();
-    let transactions = ctx.total(|p| &p.transactions);
+    let all = tally(&ctx.paths, &ctx.rec);
+    let rpcs: u64 = all.methods.values().map(|m| m.calls).sum();
+    let transactions = all.transactions;
     let open_loop = args.concurrency.is_none();
     let mut report = DriveReport {
         target: args.target.to_string(),
@@ -426,16 +428,11 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
         ),
         target_rate: if open_loop { args.rate } else { 0.0 },
         elapsed_s: elapsed,
-        transactions,
         overflow,
         start_lateness_us: if open_loop { ctx.rec.lateness() } else { None },
         achieved_rate: transactions as f64 / elapsed,
         achieved_rpc_rate: rpcs as f64 / elapsed,
-        flagged: ctx.total(|p| &p.flagged),
-        blocked: ctx.total(|p| &p.blocked),
-        failed_open: ctx.total(|p| &p.failed_open),
-        errors: report::sum_errors(&methods),
-        methods,
+        tally: all,
         paths: Vec::new(),
         difference_us: Default::default(),
         agents: Vec::new(),
@@ -455,19 +452,11 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
             .iter()
             .zip(["A", "B"])
             .zip(targets)
-            .map(|((p, name), (t, u))| {
-                let methods = p.rec.methods();
-                PathReport {
-                    name: name.into(),
-                    target: t.to_string(),
-                    update_target: u.to_string(),
-                    transactions: p.transactions.load(Relaxed),
-                    flagged: p.flagged.load(Relaxed),
-                    blocked: p.blocked.load(Relaxed),
-                    failed_open: p.failed_open.load(Relaxed),
-                    errors: report::sum_errors(&methods),
-                    methods,
-                }
+            .map(|((p, name), (t, u))| PathReport {
+                name: name.into(),
+                target: t.to_string(),
+                update_target: u.to_string(),
+                tally: tally(std::slice::from_ref(p), &p.rec),
             });
         report.set_paths(paths.collect());
     }
@@ -487,6 +476,20 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
         report.set_agents(stats);
     }
     Ok(report)
+}
+
+/// The counters of `paths` summed, and the calls `rec` recorded.
+fn tally(paths: &[Path], rec: &report::Recorder) -> Tally {
+    let sum = |c: fn(&Path) -> &AtomicU64| paths.iter().map(|p| c(p).load(Relaxed)).sum();
+    let methods = rec.methods();
+    Tally {
+        transactions: sum(|p| &p.transactions),
+        flagged: sum(|p| &p.flagged),
+        blocked: sum(|p| &p.blocked),
+        failed_open: sum(|p| &p.failed_open),
+        errors: report::sum_errors(&methods),
+        methods,
+    }
 }
 
 fn progress_bar(args: &DriveArgs) -> Option<indicatif::ProgressBar> {

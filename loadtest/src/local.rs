@@ -494,7 +494,7 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
         println!("FAIL: {f}");
     }
     let d = &report.drive;
-    let pre = d.methods.get(crate::rpc::PRE_REQUEST);
+    let pre = d.tally.methods.get(crate::rpc::PRE_REQUEST);
     let shares: Vec<String> = d
         .agents
         .iter()

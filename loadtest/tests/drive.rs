@@ -30,17 +30,17 @@ async fn drive_once(persistent: bool) {
     let report = drive::run(args).await.unwrap();
     let stats = agent.shutdown().await;
     assert_eq!(report.total_errors(), 0, "{}", report.to_text());
-    assert!(report.transactions > 100);
-    assert!(report.flagged > 0 && report.methods.contains_key("RPC.PostRequest"));
+    assert!(report.tally.transactions > 100);
+    assert!(report.tally.flagged > 0 && report.tally.methods.contains_key("RPC.PostRequest"));
     assert_eq!(
         report.updates_matched,
-        report.flagged,
+        report.tally.flagged,
         "{}",
         report.to_text()
     );
     assert_eq!((report.updates_orphaned, report.updates_expired), (0, 0));
     assert_eq!(report.orphaned_fraction, Some(0.0));
-    assert_eq!(stats.prerequests, report.transactions);
+    assert_eq!(stats.prerequests, report.tally.transactions);
     assert_eq!(report.agents[0].prerequest_share, 1.0);
 }
 
@@ -184,8 +184,8 @@ async fn agent_and_drive_speak_over_a_unix_socket() {
     let report = drive::run(args).await.unwrap();
     let stats = agent.shutdown().await;
     assert_eq!(report.total_errors(), 0, "{}", report.to_text());
-    assert_eq!(stats.updates_matched, report.flagged);
-    assert!(report.flagged > 0);
+    assert_eq!(stats.updates_matched, report.tally.flagged);
+    assert!(report.tally.flagged > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,21 +213,21 @@ async fn compare_target_reports_both_paths_with_half_the_transactions_each() {
     let report = drive::run(args).await.unwrap();
     let (sa, sb) = (a.shutdown().await, b.shutdown().await);
     assert_eq!(report.total_errors(), 0, "{}", report.to_text());
-    assert_eq!(report.transactions, 200);
+    assert_eq!(report.tally.transactions, 200);
     let [pa, pb] = report.paths.as_slice() else {
         panic!("two paths: {}", report.to_text())
     };
     assert_eq!((pa.name.as_str(), pb.name.as_str()), ("A", "B"));
-    assert_eq!((pa.transactions, pb.transactions), (100, 100));
+    assert_eq!((pa.tally.transactions, pb.tally.transactions), (100, 100));
     assert_eq!((&pa.target, &pb.target), (&addr_a, &addr_b));
     // Each path's calls reached its own agent, updates included.
-    assert_eq!(sa.prerequests, pa.transactions);
-    assert_eq!(sb.prerequests, pb.transactions);
-    assert_eq!(sa.updates_matched, pa.flagged);
-    assert_eq!(sb.updates_matched, pb.flagged);
-    assert_eq!(report.flagged, pa.flagged + pb.flagged);
+    assert_eq!(sa.prerequests, pa.tally.transactions);
+    assert_eq!(sb.prerequests, pb.tally.transactions);
+    assert_eq!(sa.updates_matched, pa.tally.flagged);
+    assert_eq!(sb.updates_matched, pb.tally.flagged);
+    assert_eq!(report.tally.flagged, pa.tally.flagged + pb.tally.flagged);
     for p in [pa, pb] {
-        assert_eq!(p.methods["RPC.PreRequest"].calls, 100);
+        assert_eq!(p.tally.methods["RPC.PreRequest"].calls, 100);
     }
     assert!(report.difference_us.contains_key("RPC.PreRequest"));
     let text = report.to_text();

@@ -200,6 +200,23 @@ pub(crate) fn sum_errors(methods: &BTreeMap<String, MethodReport>) -> BTreeMap<E
     errors
 }
 
+/// What a set of transactions (a whole drive, or one path of it) did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tally {
+    /// Transactions started.
+    pub transactions: u64,
+    /// PreRequests answered with a RequestID.
+    pub flagged: u64,
+    /// PreRequests answered 406.
+    pub blocked: u64,
+    /// PreRequests that failed (the module failed open).
+    pub failed_open: u64,
+    /// Per method.
+    pub methods: BTreeMap<String, MethodReport>,
+    /// Errors of all methods by kind.
+    pub errors: BTreeMap<ErrorKind, u64>,
+}
+
 /// One path of a paired comparison (`--compare-target`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PathReport {
@@ -209,18 +226,9 @@ pub struct PathReport {
     pub target: String,
     /// Where its UpdateRequests and PostRequests went.
     pub update_target: String,
-    /// Transactions it carried.
-    pub transactions: u64,
-    /// Its PreRequests answered with a RequestID.
-    pub flagged: u64,
-    /// Its PreRequests answered 406.
-    pub blocked: u64,
-    /// Its PreRequests that failed.
-    pub failed_open: u64,
-    /// Per method.
-    pub methods: BTreeMap<String, MethodReport>,
-    /// Its errors by kind.
-    pub errors: BTreeMap<ErrorKind, u64>,
+    /// What its transactions did.
+    #[serde(flatten)]
+    pub tally: Tally,
 }
 
 /// Path B's latency minus path A's for one method, microseconds (positive: B is slower).
@@ -268,8 +276,9 @@ pub struct DriveReport {
     pub target_rate: f64,
     /// Wall time of the drive in seconds (until the last call finished).
     pub elapsed_s: f64,
-    /// Transactions started.
-    pub transactions: u64,
+    /// What the transactions did (all paths).
+    #[serde(flatten)]
+    pub tally: Tally,
     /// Scheduled transactions skipped because the concurrency bound was reached.
     pub overflow: u64,
     /// Open loop: how far behind its scheduled instant each transaction started, µs (the
@@ -279,16 +288,6 @@ pub struct DriveReport {
     pub achieved_rate: f64,
     /// RPCs per second achieved (all methods).
     pub achieved_rpc_rate: f64,
-    /// PreRequests answered with a RequestID.
-    pub flagged: u64,
-    /// PreRequests answered 406.
-    pub blocked: u64,
-    /// PreRequests that failed (the module failed open).
-    pub failed_open: u64,
-    /// Per method (all paths).
-    pub methods: BTreeMap<String, MethodReport>,
-    /// Errors of all methods by kind.
-    pub errors: BTreeMap<ErrorKind, u64>,
     /// With `--compare-target`: path A, then path B; else empty.
     pub paths: Vec<PathReport>,
     /// With `--compare-target`: per method both paths carried, B − A.
@@ -312,12 +311,18 @@ pub struct DriveReport {
 impl DriveReport {
     /// Total errors of all methods.
     pub fn total_errors(&self) -> u64 {
-        self.errors.values().sum()
+        self.tally.errors.values().sum()
     }
 
     /// Errors that were not refused connections.
     pub fn errors_except_refused(&self) -> u64 {
-        self.total_errors() - self.errors.get(&ErrorKind::Refused).copied().unwrap_or(0)
+        self.total_errors()
+            - self
+                .tally
+                .errors
+                .get(&ErrorKind::Refused)
+                .copied()
+                .unwrap_or(0)
     }
 
     /// Errors (all kinds, refused) in calls that ended at or after `t` into the drive
@@ -334,10 +339,11 @@ impl DriveReport {
     pub(crate) fn set_paths(&mut self, paths: Vec<PathReport>) {
         if let [a, b] = paths.as_slice() {
             self.difference_us = a
+                .tally
                 .methods
                 .iter()
                 .filter_map(|(name, ma)| {
-                    let mb = b.methods.get(name)?;
+                    let mb = b.tally.methods.get(name)?;
                     Some((
                         name.clone(),
                         LatencyDiff::between(&ma.latency_us, &mb.latency_us),
@@ -405,7 +411,7 @@ impl DriveReport {
         let _ = writeln!(
             o,
             "transactions {} in {:.2}s: {:.1}/s (target {:.0}/s), {:.1} RPC/s; overflow {}",
-            self.transactions,
+            self.tally.transactions,
             self.elapsed_s,
             self.achieved_rate,
             self.target_rate,
@@ -415,7 +421,7 @@ impl DriveReport {
         let _ = writeln!(
             o,
             "flagged {} (blocked {}), failed open {}",
-            self.flagged, self.blocked, self.failed_open
+            self.tally.flagged, self.tally.blocked, self.tally.failed_open
         );
         if let Some(l) = &self.start_lateness_us {
             let _ = writeln!(
@@ -424,8 +430,8 @@ impl DriveReport {
                 l.p50, l.p90, l.p99, l.p999, l.max
             );
         }
-        write_methods(&mut o, &self.methods);
-        let _ = writeln!(o, "errors: {}", errors_text(&self.errors));
+        write_methods(&mut o, &self.tally.methods);
+        let _ = writeln!(o, "errors: {}", errors_text(&self.tally.errors));
         for p in &self.paths {
             let _ = writeln!(
                 o,
@@ -433,12 +439,12 @@ impl DriveReport {
                 p.name,
                 p.target,
                 p.update_target,
-                p.transactions,
-                p.flagged,
-                p.failed_open,
-                errors_text(&p.errors)
+                p.tally.transactions,
+                p.tally.flagged,
+                p.tally.failed_open,
+                errors_text(&p.tally.errors)
             );
-            write_methods(&mut o, &p.methods);
+            write_methods(&mut o, &p.tally.methods);
         }
         if !self.difference_us.is_empty() {
             let _ = writeln!(o, "{:<20} {:>8} {:>8}  B − A, µs", "method", "p50", "p99");

@@ -161,8 +161,14 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
     let mut overhead = Vec::new();
     for method in CHECKED {
         let (Some(a), Some(b)) = (
-            paired.paths.first().and_then(|p| p.methods.get(method)),
-            paired.paths.get(1).and_then(|p| p.methods.get(method)),
+            paired
+                .paths
+                .first()
+                .and_then(|p| p.tally.methods.get(method)),
+            paired
+                .paths
+                .get(1)
+                .and_then(|p| p.tally.methods.get(method)),
         ) else {
             failures.push(format!(
                 "{method}: not measured on both paths (UpdateRequests need --attack-fraction > 0)"
@@ -333,7 +339,7 @@ impl CompareReport {
                 let (calls, errors) = d
                     .paths
                     .get(i)
-                    .and_then(|p| p.methods.get(&m.method))
+                    .and_then(|p| p.tally.methods.get(&m.method))
                     .map_or((0, 0), |r| (r.calls, r.errors.values().sum::<u64>()));
                 let _ = writeln!(
                     o,
