@@ -48,7 +48,8 @@ pub struct LocalArgs {
     /// scenario's].
     #[arg(long)]
     pub app_time: Option<ServiceTime>,
-    /// Closed loop with this many emulated modules instead of `--rate` (max throughput).
+    /// Closed loop with this many emulated modules instead of `--rate` (max throughput); with
+    /// `--compare`, the workers of the maximum-rate runs [default there: 16].
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Transactions (PreRequests) per second [default: 1000, or the scenario's].
