@@ -181,6 +181,9 @@ pub struct Options {
     /// Log format: `text` (human) or `json`; the level comes from RUST_LOG [default: text].
     #[arg(long, env = "SIGSCI_PROXY_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Threads serving RPCs; 0 = one per CPU the process may use [default: 0].
+    #[arg(long, env = "SIGSCI_PROXY_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
 }
 
 /// Where the proxy accepts module connections.
@@ -388,6 +391,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Worker threads (0 = one per available CPU).
+    pub worker_threads: usize,
 }
 
 impl Default for Config {
@@ -443,6 +448,7 @@ impl Config {
             drain_delay: d(o.drain_delay, Duration::from_secs(5)),
             drain_timeout: d(o.drain_timeout, Duration::from_secs(25)),
             log_format: o.log_format.unwrap_or(LogFormat::Text),
+            worker_threads: o.worker_threads.unwrap_or(0),
         }
     }
 
@@ -727,6 +733,7 @@ fn merge(high: Options, low: Options) -> Options {
         drain_delay,
         drain_timeout,
         log_format,
+        worker_threads,
     )
 }
 

@@ -73,12 +73,20 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = BytesMut::with_capacity(4096);
     let mut in_flight = FuturesUnordered::new();
     let mut reading = true;
+    let mut peer_closed = false;
     let mut stopping = false;
     // Frames read so far: a connection that has sent none yet is a module's fresh call.
     let mut served = 0u64;
     // When the frame now partly in `buf` started arriving.
     let mut frame_started: Option<Instant> = None;
     let mut last_activity = Instant::now();
+    // Made once and re-armed: a fresh timer or cancellation waiter per loop turn costs a
+    // registration each, several times per RPC.
+    let stop = shared.stop.cancelled();
+    tokio::pin!(stop);
+    let timer = sleep_until(last_activity + shared.idle_timeout);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
 
     loop {
         // Decode what is buffered, up to the in-flight limit.
@@ -107,13 +115,19 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             None if in_flight.is_empty() => Some(last_activity + shared.idle_timeout),
             None => None,
         };
+        if let Some(at) = deadline
+            && armed != Some(at)
+        {
+            timer.as_mut().reset(at);
+            armed = Some(at);
+        }
         let can_read = reading && in_flight.len() < shared.max_in_flight;
         let event = tokio::select! {
             biased;
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => Event::Answer(answer),
             r = stream.read_buf(&mut buf), if can_read => Event::Read(r),
-            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Event::Timeout,
-            () = shared.stop.cancelled(), if !stopping => Event::Stop,
+            () = &mut timer, if deadline.is_some() => Event::Timeout,
+            () = &mut stop, if !stopping => Event::Stop,
         };
         match event {
             Event::Answer(Some(bytes)) => {
@@ -125,6 +139,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 // The module closed its side: answer the complete frames it sent (still in
                 // `buf` if the in-flight limit held them back), then close.
                 reading = false;
+                peer_closed = true;
                 frame_started = None;
             }
             Event::Read(Ok(_)) => {
@@ -152,7 +167,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    let _ = stream.shutdown().await;
+    if !peer_closed {
+        // Closing the socket (on return) sends the FIN too; a separate shutdown first is
+        // only worth its system call when the module may still be reading.
+        let _ = stream.shutdown().await;
+    }
     Ok(())
 }
 

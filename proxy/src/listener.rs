@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::config::ListenAddr;
 use crate::downstream::{self, Shared};
@@ -51,7 +51,7 @@ impl Listener {
                 if reuse_port {
                     socket.set_reuse_port(true)?;
                 }
-                // Accepted sockets inherit it on Linux; set again per connection for portability.
+                // Accepted sockets inherit it (Linux): no setsockopt per connection.
                 socket.set_tcp_nodelay(true)?;
                 socket.set_nonblocking(true)?;
                 socket.bind(&SockAddr::from(*sa))?;
@@ -188,8 +188,7 @@ pub(crate) async fn accept_loop(
         let shared = shared.clone();
         match accepted {
             Accepted::Tcp(stream, peer) => {
-                let _ = stream.set_nodelay(true);
-                let span = info_span!("conn", client.addr = %peer);
+                let span = debug_span!("conn", client.addr = %peer);
                 tracker.spawn(
                     async move {
                         downstream::serve(stream, shared).await;
@@ -199,7 +198,7 @@ pub(crate) async fn accept_loop(
                 );
             }
             Accepted::Unix(stream) => {
-                let span = info_span!("conn", client.addr = "unix");
+                let span = debug_span!("conn", client.addr = "unix");
                 tracker.spawn(
                     async move {
                         downstream::serve(stream, shared).await;
@@ -211,4 +210,24 @@ pub(crate) async fn accept_loop(
         }
     }
     debug!(listen.addr = %local, "Listener closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_tcp_nodelay() {
+        // The accept loop no longer sets TCP_NODELAY per connection: answers must still leave
+        // at once (Nagle would hold a small answer up to 40 ms behind an unacknowledged one).
+        let listener = Listener::bind(&"127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
+        let ListenAddr::Tcp(addr) = listener.local_addr() else {
+            unreachable!()
+        };
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let Accepted::Tcp(stream, _) = listener.accept().await.unwrap() else {
+            unreachable!()
+        };
+        assert!(stream.nodelay().unwrap());
+    }
 }

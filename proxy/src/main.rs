@@ -11,11 +11,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     if let Some(Command::Drain { admin }) = cli.command {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
         return match runtime.block_on(request_drain(admin)) {
             Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
             Ok(status) => {
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let runtime = runtime(config.worker_threads);
     init_logging(config.log_format);
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
@@ -51,6 +52,23 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// One thread runs a current-thread runtime: every task hand-off (connection task, upstream
+/// writer and reader) stays on that thread, with no cross-thread wake-up per RPC.
+fn runtime(worker_threads: usize) -> tokio::runtime::Runtime {
+    let threads = match worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().build().expect("tokio runtime")
 }
 
 fn init_logging(format: LogFormat) {

@@ -2,13 +2,17 @@
 //! from closed sets (method, outcome, result, state) or from the membership (agent address),
 //! never from client input. Per-agent series are rendered from the pool's snapshot at scrape
 //! time, so departed agents disappear from `/metrics` with them.
+//!
+//! The series every RPC touches are registered once ([`Hot`]): a `counter!` call hashes its
+//! key and looks it up in the registry, which on a connection-per-call path is paid several
+//! times per RPC.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use agent_pool::{AgentState, Pool};
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::codec::Method;
@@ -32,27 +36,76 @@ pub(crate) fn handle() -> PrometheusHandle {
             // Another recorder may already be installed (an embedding program): then our
             // counters go there and /metrics shows only what this handle sees.
             let _ = metrics::set_global_recorder(recorder);
+            // Registered after the recorder is installed: earlier handles would be no-ops.
+            let _ = HOT.set(Hot::register());
             handle
         })
         .clone()
 }
 
-/// The method label of an RPC.
-pub(crate) fn method_label(method: Option<Method>) -> &'static str {
-    match method {
-        Some(Method::PreRequest) => "pre_request",
-        Some(Method::UpdateRequest) => "update_request",
-        Some(Method::PostRequest) => "post_request",
-        Some(Method::ModuleInit) => "module_init",
-        Some(Method::Other) | None => "other",
+/// Handles of the series on the per-RPC path, indexed by [`method_index`].
+struct Hot {
+    rpcs_ok: [Counter; METHODS],
+    duration: [Histogram; METHODS],
+    accepted: Counter,
+    connections_open: Gauge,
+    in_flight: Gauge,
+    affinity_hit: Counter,
+    affinity_none: Counter,
+}
+
+const METHODS: usize = 5;
+const METHOD_LABELS: [&str; METHODS] = [
+    "pre_request",
+    "update_request",
+    "post_request",
+    "module_init",
+    "other",
+];
+
+static HOT: OnceLock<Hot> = OnceLock::new();
+
+impl Hot {
+    fn register() -> Self {
+        Self {
+            rpcs_ok: METHOD_LABELS.map(
+                |method| counter!("sigsci_proxy_rpcs_total", "method" => method, "outcome" => "ok"),
+            ),
+            duration: METHOD_LABELS
+                .map(|method| histogram!("sigsci_proxy_rpc_duration_seconds", "method" => method)),
+            accepted: counter!("sigsci_proxy_connections_accepted_total"),
+            connections_open: gauge!("sigsci_proxy_connections_open"),
+            in_flight: gauge!("sigsci_proxy_rpcs_in_flight"),
+            affinity_hit: counter!("sigsci_proxy_affinity_total", "result" => "hit"),
+            affinity_none: counter!("sigsci_proxy_affinity_total", "result" => "none"),
+        }
     }
 }
 
-/// One RPC answered (or failed) after `elapsed`.
-pub(crate) fn rpc_finished(method: &'static str, outcome: &'static str, elapsed: Duration) {
-    counter!("sigsci_proxy_rpcs_total", "method" => method, "outcome" => outcome).increment(1);
-    histogram!("sigsci_proxy_rpc_duration_seconds", "method" => method)
-        .record(elapsed.as_secs_f64());
+fn method_index(method: Method) -> usize {
+    match method {
+        Method::PreRequest => 0,
+        Method::UpdateRequest => 1,
+        Method::PostRequest => 2,
+        Method::ModuleInit => 3,
+        Method::Other => 4,
+    }
+}
+
+/// One RPC answered (`ok`, `agent_error`) or failed (an [`UpstreamError`] label) after
+/// `elapsed`.
+///
+/// [`UpstreamError`]: crate::error::UpstreamError
+pub(crate) fn rpc_finished(method: Method, outcome: &'static str, elapsed: Duration) {
+    let Some(hot) = HOT.get() else { return };
+    let i = method_index(method);
+    if outcome == "ok" {
+        hot.rpcs_ok[i].increment(1);
+    } else {
+        counter!("sigsci_proxy_rpcs_total", "method" => METHOD_LABELS[i], "outcome" => outcome)
+            .increment(1);
+    }
+    hot.duration[i].record(elapsed.as_secs_f64());
 }
 
 /// A notification forwarded (or dropped).
@@ -62,13 +115,19 @@ pub(crate) fn notification(outcome: &'static str) {
 
 /// RPCs in flight, up or down.
 pub(crate) fn in_flight(delta: f64) {
-    gauge!("sigsci_proxy_rpcs_in_flight").increment(delta);
+    if let Some(hot) = HOT.get() {
+        hot.in_flight.increment(delta);
+    }
 }
 
 /// An UpdateRequest routed by its token (`hit`), with a token naming no member (`lost`), or
 /// without a token (`none`).
 pub(crate) fn affinity(result: &'static str) {
-    counter!("sigsci_proxy_affinity_total", "result" => result).increment(1);
+    match (HOT.get(), result) {
+        (Some(hot), "hit") => hot.affinity_hit.increment(1),
+        (Some(hot), "none") => hot.affinity_none.increment(1),
+        _ => counter!("sigsci_proxy_affinity_total", "result" => result).increment(1),
+    }
 }
 
 /// A retry on another agent: `attempted`, `budget_exhausted`, `no_other_agent`.
@@ -88,7 +147,9 @@ pub(crate) fn upstream_open(delta: f64) {
 
 /// A downstream connection accepted.
 pub(crate) fn connection_accepted() {
-    counter!("sigsci_proxy_connections_accepted_total").increment(1);
+    if let Some(hot) = HOT.get() {
+        hot.accepted.increment(1);
+    }
 }
 
 /// A downstream connection closed at once because of the connection limit.
@@ -103,7 +164,9 @@ pub(crate) fn accept_error() {
 
 /// Downstream connections open, up or down.
 pub(crate) fn connections_open(delta: f64) {
-    gauge!("sigsci_proxy_connections_open").increment(delta);
+    if let Some(hot) = HOT.get() {
+        hot.connections_open.increment(delta);
+    }
 }
 
 /// A downstream connection closed by the proxy: `malformed`, `slow_frame`, `idle`, `io`.

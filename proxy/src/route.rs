@@ -71,7 +71,6 @@ impl Router {
         let _counted = self.in_flight.enter();
         let msgid = frame.msgid().unwrap_or_default();
         let method = frame.method().unwrap_or(Method::Other);
-        let label = m::method_label(Some(method));
         let snapshot = self.pool.snapshot();
 
         // Target, RequestID to restore, and whether a failed first attempt may go elsewhere.
@@ -105,7 +104,7 @@ impl Router {
 
         let Some(agent) = target else {
             let e = UpstreamError::NoAgent;
-            m::rpc_finished(label, e.label(), started.elapsed());
+            m::rpc_finished(method, e.label(), started.elapsed());
             return error_response(msgid, &format!("sigsci-proxy: {e}"));
         };
         let mut result = self.attempt(&agent, &frame, restore, deadline).await;
@@ -139,11 +138,11 @@ impl Router {
                 } else {
                     "ok"
                 };
-                m::rpc_finished(label, outcome, started.elapsed());
+                m::rpc_finished(method, outcome, started.elapsed());
                 respond(&response, msgid, &answered_by)
             }
             Err(e) => {
-                m::rpc_finished(label, e.label(), started.elapsed());
+                m::rpc_finished(method, e.label(), started.elapsed());
                 debug!(error = %e, side = ?e.side(), agent.addr = %answered_by.address(), "RPC failed");
                 error_response(msgid, &format!("sigsci-proxy: {e}"))
             }

@@ -229,6 +229,43 @@ async fn without_any_agent_the_module_gets_an_error_frame_at_once() {
 }
 
 #[tokio::test]
+async fn frames_larger_than_the_socket_buffer_reach_the_agent_whole() {
+    // Ten modules at once, each with a 600 kB body, all multiplexed on one agent connection:
+    // more than the socket takes at once, so frames queue behind each other and must still
+    // arrive whole and in one piece each.
+    let agent = Agent::start("a").await;
+    let proxy = start_proxy(Options {
+        upstream_connections: Some(1),
+        ..with_agents(&[&agent])
+    })
+    .await;
+    let rpc = proxy.rpc;
+    let calls: Vec<_> = (0..10u64)
+        .map(|i| {
+            tokio::spawn(async move {
+                let params = sigsci_proxy::message::RPCMsgIn {
+                    post_body: char::from(b'a' + i as u8).to_string().repeat(600_000),
+                    ..pre_request()
+                };
+                let (msgid, err, out): (_, _, Option<RPCMsgOut>) =
+                    call(rpc, i, message::PRE_REQUEST, &params).await;
+                assert_eq!((msgid, err), (i, None));
+                out.unwrap().request_id
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for c in calls {
+        ids.push(c.await.unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "ten distinct RequestIDs: {ids:?}");
+    assert_eq!(agent.pre(), 10);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn pipelined_requests_are_answered_with_their_own_msgids() {
     use futures::StreamExt;
     use sigsci_proxy::codec::FrameCodec;

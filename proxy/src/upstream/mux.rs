@@ -1,7 +1,9 @@
 //! `mux` mode: a few persistent connections per agent, RPCs multiplexed by proxy-assigned u32
-//! msgids. A writer task batches frames queued by callers into as few writes as possible; a
-//! reader task matches responses back to the waiting caller by msgid. A connection that fails
-//! fails every call waiting on it at once; the next call reconnects, with backoff.
+//! msgids. A caller writes its frame into the socket itself while nothing is queued (no task
+//! hand-off on the way to the agent: the common case); only what the socket does not take at
+//! once is queued, in order, for a flusher task. A reader task matches responses back to the
+//! waiting caller by msgid. A connection that fails fails every call waiting on it at once; the
+//! next call reconnects, with backoff.
 
 use std::collections::HashMap;
 use std::io;
@@ -9,10 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::AsyncRead;
+use tokio::net::{tcp, unix};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -24,10 +27,9 @@ use crate::error::UpstreamError;
 use crate::metrics as m;
 use agent_pool::Address;
 
-/// Frames queued per connection before callers wait.
-const QUEUE: usize = 1024;
-/// Largest batch the writer assembles before writing.
-const MAX_BATCH: usize = 64 * 1024;
+/// Bytes queued on one connection (the agent reads slower than callers write) before further
+/// calls are refused: they go to another agent rather than wait behind a stalled socket.
+const MAX_QUEUED: usize = 8 << 20;
 
 type Waiter = oneshot::Sender<Result<Frame, UpstreamError>>;
 
@@ -156,11 +158,11 @@ impl AgentConns {
                 let conn = match stream {
                     Connected::Tcp(s) => {
                         let (r, w) = s.into_split();
-                        MuxConn::spawn(r, w, self.limits, &self.exit)
+                        MuxConn::spawn(r, WriteHalf::Tcp(w), self.limits, &self.exit)
                     }
                     Connected::Unix(s) => {
                         let (r, w) = s.into_split();
-                        MuxConn::spawn(r, w, self.limits, &self.exit)
+                        MuxConn::spawn(r, WriteHalf::Unix(w), self.limits, &self.exit)
                     }
                 };
                 *slot.conn.lock().expect("slot lock") = Some(conn.clone());
@@ -176,9 +178,43 @@ impl AgentConns {
     }
 }
 
+/// The write side of an agent connection.
+enum WriteHalf {
+    Tcp(tcp::OwnedWriteHalf),
+    Unix(unix::OwnedWriteHalf),
+}
+
+impl WriteHalf {
+    /// Writes what the socket takes now, without waiting.
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(w) => w.try_write(bytes),
+            Self::Unix(w) => w.try_write(bytes),
+        }
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        match self {
+            Self::Tcp(w) => w.writable().await,
+            Self::Unix(w) => w.writable().await,
+        }
+    }
+}
+
+/// Bytes the socket did not take at once, in order. While `flushing`, every frame goes behind
+/// them so frames never interleave.
+#[derive(Default)]
+struct Outbox {
+    queued: BytesMut,
+    flushing: bool,
+}
+
 /// One multiplexed connection.
 pub(super) struct MuxConn {
-    queue: mpsc::Sender<Bytes>,
+    writer: WriteHalf,
+    outbox: Mutex<Outbox>,
+    /// Wakes the flusher when something was queued.
+    flush: Notify,
     pending: Mutex<HashMap<u32, Waiter>>,
     next_id: AtomicU32,
     closed: AtomicBool,
@@ -186,21 +222,21 @@ pub(super) struct MuxConn {
 }
 
 impl MuxConn {
-    fn spawn<R, W>(reader: R, writer: W, limits: Limits, exit: &CancellationToken) -> Arc<Self>
+    fn spawn<R>(reader: R, writer: WriteHalf, limits: Limits, exit: &CancellationToken) -> Arc<Self>
     where
         R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(QUEUE);
         let conn = Arc::new(Self {
-            queue: tx,
+            writer,
+            outbox: Mutex::new(Outbox::default()),
+            flush: Notify::new(),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
             closed: AtomicBool::new(false),
             dead: exit.child_token(),
         });
         m::upstream_open(1.0);
-        tokio::spawn(conn.clone().write_loop(rx, writer));
+        tokio::spawn(conn.clone().flush_loop());
         tokio::spawn(
             conn.clone()
                 .read_loop(FramedRead::new(reader, FrameCodec::new(limits))),
@@ -249,15 +285,7 @@ impl MuxConn {
                 "agent connection closed",
             )));
         }
-        match timeout_at(deadline, self.queue.send(frame.into_bytes())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(UpstreamError::Connect(io::Error::other(
-                    "agent connection closed",
-                )));
-            }
-            Err(_) => return Err(UpstreamError::Timeout),
-        }
+        self.send(frame.as_bytes())?;
         match timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(UpstreamError::Broken(io::Error::other(
@@ -267,45 +295,82 @@ impl MuxConn {
         }
     }
 
-    /// Queues a notification.
+    /// Sends a notification.
     pub(super) fn notify(&self, frame: &Frame) -> Result<(), UpstreamError> {
-        self.queue
-            .try_send(frame.clone().into_bytes())
-            .map_err(|_| {
-                UpstreamError::Connect(io::Error::other("agent connection busy or closed"))
-            })
+        self.send(frame.as_bytes())
     }
 
-    async fn write_loop<W: AsyncWrite + Unpin>(
-        self: Arc<Self>,
-        mut rx: mpsc::Receiver<Bytes>,
-        mut w: W,
-    ) {
-        let mut batch = BytesMut::new();
-        loop {
-            let first = tokio::select! {
-                () = self.dead.cancelled() => break,
-                next = rx.recv() => match next { Some(b) => b, None => break },
-            };
-            let result = match rx.try_recv() {
-                Err(_) => w.write_all(&first).await,
-                Ok(second) => {
-                    // Several callers queued at once: one write for all of them.
-                    batch.clear();
-                    batch.extend_from_slice(&first);
-                    batch.extend_from_slice(&second);
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(more) => batch.extend_from_slice(&more),
-                            Err(_) => break,
-                        }
-                    }
-                    w.write_all(&batch).await
-                }
-            };
-            if let Err(e) = result {
+    /// Writes a whole frame into the socket now if nothing is queued, else queues it for the
+    /// flusher. An error means nothing of the frame was sent.
+    fn send(&self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        let mut out = self.outbox.lock().expect("outbox lock");
+        if out.flushing {
+            if out.queued.len() + bytes.len() > MAX_QUEUED {
+                return Err(UpstreamError::Connect(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "agent connection backlogged",
+                )));
+            }
+            out.queued.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let written = match self.writer.try_write(bytes) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(0) => {
+                drop(out);
+                self.close();
+                return Err(UpstreamError::Connect(io::Error::from(
+                    io::ErrorKind::WriteZero,
+                )));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                drop(out);
                 debug!(error = %e, "Agent connection write failed");
-                break;
+                self.close();
+                return Err(UpstreamError::Connect(e));
+            }
+        };
+        // The socket is full: the rest goes to the flusher, and later frames behind it.
+        out.queued.extend_from_slice(&bytes[written..]);
+        out.flushing = true;
+        self.flush.notify_one();
+        Ok(())
+    }
+
+    /// Writes out what callers queued, whenever the socket takes more.
+    async fn flush_loop(self: Arc<Self>) {
+        'idle: loop {
+            tokio::select! {
+                () = self.dead.cancelled() => break,
+                () = self.flush.notified() => {}
+            }
+            loop {
+                tokio::select! {
+                    () = self.dead.cancelled() => break 'idle,
+                    r = self.writer.writable() => if let Err(e) = r {
+                        debug!(error = %e, "Agent connection not writable");
+                        break 'idle;
+                    },
+                }
+                let mut out = self.outbox.lock().expect("outbox lock");
+                if out.queued.is_empty() {
+                    out.flushing = false;
+                    continue 'idle;
+                }
+                match self.writer.try_write(&out.queued) {
+                    Ok(n) if n > 0 => out.queued.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Ok(_) | Err(_) => {
+                        debug!("Agent connection write failed");
+                        break 'idle;
+                    }
+                }
+                if out.queued.is_empty() {
+                    out.flushing = false;
+                    continue 'idle;
+                }
             }
         }
         self.close();
