@@ -155,7 +155,11 @@ impl Agent {
 
     /// The peak-EWMA latency estimate now (decayed toward zero since the last sample).
     pub fn latency_ewma(&self) -> Duration {
-        Duration::from_nanos(self.ewma.get(self.ns(Instant::now())) as u64)
+        self.latency_ewma_at(Instant::now())
+    }
+
+    pub(crate) fn latency_ewma_at(&self, now: Instant) -> Duration {
+        Duration::from_nanos(self.ewma.get(self.ns(now)) as u64)
     }
 
     /// Counts a request to this agent as outstanding until the returned guard is finished or
@@ -216,21 +220,10 @@ impl Agent {
             && self.health.available(|| now.get(), &self.budget)
     }
 
-    /// The picker's comparison key: undecayed estimate × (outstanding + 1), and the estimate's
-    /// stamp. See [`Agent::cheaper_than`].
+    /// The picker's cost: latency estimate at `now` × (outstanding + 1).
     #[inline]
-    pub(crate) fn load_key(&self) -> (f64, u64) {
-        let (est, stamp) = self.ewma.raw();
-        (est * (self.outstanding.load(Relaxed) + 1) as f64, stamp)
-    }
-
-    /// Whether key `b` costs clearly less than key `a` — by more than [`TIE_MARGIN`] — once
-    /// both estimates decay to the same instant, with no clock read:
-    /// `b × exp((stamp_b − stamp_a) / τ) × margin < a`.
-    #[inline]
-    pub(crate) fn cheaper_than(&self, b: (f64, u64), a: (f64, u64)) -> bool {
-        let delta = b.1 as f64 - a.1 as f64;
-        b.0 * crate::ewma::decay_ratio(delta, self.ewma.tau_ns()) * TIE_MARGIN < a.0
+    pub(crate) fn cost(&self, now: &mut LazyNow) -> f64 {
+        self.ewma.get(now.get()) * (self.outstanding.load(Relaxed) + 1) as f64
     }
 
     #[inline]

@@ -1,5 +1,5 @@
 //! Power of two choices: draw two distinct agents at random from those the snapshot lists as
-//! ready, keep the cheaper by peak-EWMA latency × (outstanding + 1). O(1) per pick at any pool
+//! ready, keep the cheaper by latency estimate × (outstanding + 1). O(1) per pick at any pool
 //! size: the list is never scanned, except as a last resort when repeated draws found nothing
 //! usable (more than half the pool ejected or excluded, which the ejection budget prevents).
 
@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use crate::Agent;
-use crate::agent::LazyNow;
+use crate::agent::{LazyNow, TIE_MARGIN};
 
 /// Random draws per pick before falling back to a scan.
 const MAX_DRAWS: usize = 16;
@@ -57,15 +57,16 @@ pub(crate) fn pick<'a>(
     now: &mut LazyNow,
     exclude: Option<&Agent>,
 ) -> Option<&'a Arc<Agent>> {
-    let mut usable = |a: &Agent| exclude.is_none_or(|x| !std::ptr::eq(a, x)) && a.usable(now);
+    let usable =
+        |a: &Agent, now: &mut LazyNow| exclude.is_none_or(|x| !std::ptr::eq(a, x)) && a.usable(now);
     let n = candidates.len();
     match n {
         0 => return None,
-        1 => return candidates.first().filter(|a| usable(a)),
+        1 => return candidates.first().filter(|a| usable(a, now)),
         _ => {}
     }
     let (i, j) = two_distinct(n, next_u64());
-    let mut first: Option<(&Arc<Agent>, (f64, u64))> = None;
+    let mut first: Option<(&Arc<Agent>, f64)> = None;
     for draw in 0..MAX_DRAWS {
         let idx = match draw {
             0 => i,
@@ -73,27 +74,33 @@ pub(crate) fn pick<'a>(
             _ => below(next_u64(), n),
         };
         let a = &candidates[idx];
-        if first.is_some_and(|(f, _)| Arc::ptr_eq(f, a)) || !usable(a) {
+        if first.is_some_and(|(f, _)| Arc::ptr_eq(f, a)) || !usable(a, now) {
             continue;
         }
-        let key = a.load_key();
+        let cost = a.cost(now);
         match first {
-            None => first = Some((a, key)),
+            None => first = Some((a, cost)),
             // Ties go to the first draw, itself uniform.
-            Some((f, fk)) => return Some(if a.cheaper_than(key, fk) { a } else { f }),
+            Some((f, fc)) => return Some(if clearly_cheaper(cost, fc) { a } else { f }),
         }
     }
     if let Some((f, _)) = first {
         return Some(f);
     }
-    let mut best: Option<(&Arc<Agent>, (f64, u64))> = None;
+    let mut best: Option<(&Arc<Agent>, f64)> = None;
     for a in candidates {
-        if usable(a) {
-            let key = a.load_key();
-            if best.is_none_or(|(b, bk)| b.cheaper_than(key, bk)) {
-                best = Some((a, key));
+        if usable(a, now) {
+            let cost = a.cost(now);
+            if best.is_none_or(|(_, bc)| clearly_cheaper(cost, bc)) {
+                best = Some((a, cost));
             }
         }
     }
     best.map(|(a, _)| a)
+}
+
+/// Whether cost `b` is less than cost `a` by more than [`TIE_MARGIN`].
+#[inline]
+fn clearly_cheaper(b: f64, a: f64) -> bool {
+    b * TIE_MARGIN < a
 }

@@ -30,14 +30,17 @@ pub struct PoolConfig {
     /// Latency estimate of an agent with no sample yet. Default 5 ms (pessimistic next to a
     /// healthy sub-millisecond agent, so a new agent is not stampeded).
     pub default_rtt: Duration,
-    /// Time constant of the peak-EWMA latency. Default 1 s.
+    /// Time constant of the latency estimate's mean; its peak decays ten times faster (see
+    /// the `ewma` module). Default 1 s.
     ///
-    /// One slow sample sets the estimate at once and is forgotten over about
-    /// `latency_decay × ln(slow ÷ normal)`; meanwhile P2C starves the agent. linkerd2-proxy's
-    /// 10 s made one 50 ms scheduling stall on a busy node cost an agent a third of its share
-    /// for tens of seconds (measured: 23 % / 44 % / 33 % of PreRequests over 3 equal agents);
-    /// at 1 s the split stays within 32–35 %, and a steadily slow agent still gets under 5 %,
-    /// since its own samples keep its estimate up (loadtest scenarios `hiccup`, `slow-one`).
+    /// A slow answer raises the estimate at once; one hiccup among fast answers is forgotten in
+    /// about `latency_decay ÷ 10 × ln(slow ÷ normal)`, a steadily slow agent stays expensive
+    /// through its mean. linkerd2-proxy's 10 s peak-EWMA made one 50 ms stall cost an agent a
+    /// third of its share for tens of seconds (measured: 23 / 44 / 33 % over 3 equal agents),
+    /// and a 1 s one, on a busy 2-CPU machine where one answer in a hundred is a 2 ms hiccup,
+    /// still split 2,000 tx/s over three equal agents 28 / 44 / 28 %. With the fast-fading
+    /// peak: 32–35 %, while an agent at 10× service time gets 0.5 % (loadtest `local --agents
+    /// 3`, scenarios `two-proxies`, `slow-one`, `hiccup`).
     pub latency_decay: Duration,
 }
 
