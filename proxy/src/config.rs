@@ -183,7 +183,7 @@ pub struct Options {
     pub log_format: Option<LogFormat>,
     /// Threads serving RPCs. With one, every hand-off between a connection and an agent
     /// connection stays on that thread (half the context switches per RPC of two threads, and
-    /// less added latency); more threads, or more replicas, raise the ceiling (one thread
+    /// a few µs less added latency); more threads, or more replicas, raise the ceiling (one thread
     /// carried over 7,000 RPC/s on a 2-CPU machine shared with the agents and the load); 0 =
     /// one per CPU the process may use [default: 1].
     #[arg(long, env = "SIGSCI_PROXY_WORKER_THREADS", value_name = "N")]
