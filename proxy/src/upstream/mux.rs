@@ -341,14 +341,17 @@ impl MuxConn {
 
     /// Writes out what callers queued, whenever the socket takes more.
     async fn flush_loop(self: Arc<Self>) {
+        // One waiter for the connection's life, not a new one per wake-up.
+        let dead = self.dead.clone().cancelled_owned();
+        tokio::pin!(dead);
         'idle: loop {
             tokio::select! {
-                () = self.dead.cancelled() => break,
+                () = &mut dead => break,
                 () = self.flush.notified() => {}
             }
             loop {
                 tokio::select! {
-                    () = self.dead.cancelled() => break 'idle,
+                    () = &mut dead => break 'idle,
                     r = self.writer.writable() => if let Err(e) = r {
                         debug!(error = %e, "Agent connection not writable");
                         break 'idle;
@@ -380,9 +383,11 @@ impl MuxConn {
         self: Arc<Self>,
         mut frames: FramedRead<R, FrameCodec>,
     ) {
+        let dead = self.dead.clone().cancelled_owned();
+        tokio::pin!(dead);
         loop {
             let next = tokio::select! {
-                () = self.dead.cancelled() => break,
+                () = &mut dead => break,
                 next = frames.next() => next,
             };
             match next {
