@@ -12,13 +12,6 @@ use crate::ewma::PeakEwma;
 use crate::health::{EjectionBudget, Health};
 use crate::{Address, AffinityToken, Endpoint, EndpointId, SourceState};
 
-/// Costs within this factor of each other count as equal, and the picker keeps its first,
-/// uniformly drawn candidate. Without it, two equally fast agents with idle connections are
-/// ranked by latency noise: with only two agents P2C compares the same pair every time, and
-/// the one a few microseconds faster took 57–61 % of PreRequests (measured, loadtest
-/// scenarios `kill-one` and `terminate-one`). A real difference (a busy agent: cost × 2 per
-/// outstanding request; a 10× slow one) is far outside the margin.
-pub(crate) const TIE_MARGIN: f64 = 1.25;
 /// An agent's state as the picker sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

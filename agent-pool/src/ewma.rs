@@ -64,11 +64,7 @@ impl PeakEwma {
     pub(crate) fn get(&self, now_ns: u64) -> f64 {
         let mean = f64::from_bits(self.mean.load(Relaxed));
         let peak = f64::from_bits(self.peak.load(Relaxed));
-        let elapsed = now_ns.saturating_sub(self.stamp.load(Relaxed));
-        if elapsed == 0 {
-            return mean.max(peak);
-        }
-        let x = elapsed as f64 / self.tau_ns;
+        let x = now_ns.saturating_sub(self.stamp.load(Relaxed)) as f64 / self.tau_ns;
         (mean * (-x).exp()).max(peak * (-x * PEAK_SPEEDUP).exp())
     }
 }

@@ -86,7 +86,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     tokio::pin!(stop);
     let timer = sleep_until(last_activity + shared.idle_timeout);
     tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
 
     loop {
         // Decode what is buffered, up to the in-flight limit.
@@ -116,10 +115,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             None => None,
         };
         if let Some(at) = deadline
-            && armed != Some(at)
+            && timer.deadline() != at
         {
             timer.as_mut().reset(at);
-            armed = Some(at);
         }
         let can_read = reading && in_flight.len() < shared.max_in_flight;
         let event = tokio::select! {

@@ -162,7 +162,7 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
     }
     let mut overhead = Vec::new();
     for method in CHECKED {
-        let (Some(a), Some(b)) = (
+        let (Some(a), Some(b), Some(diff)) = (
             paired
                 .paths
                 .first()
@@ -171,6 +171,7 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
                 .paths
                 .get(1)
                 .and_then(|p| p.tally.methods.get(method)),
+            paired.difference_us.get(method),
         ) else {
             failures.push(format!(
                 "{method}: not measured on both paths (UpdateRequests need --attack-fraction > 0)"
@@ -181,7 +182,7 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
             method: method.into(),
             direct: a.latency_us.clone(),
             proxy: b.latency_us.clone(),
-            overhead_us: LatencyDiff::between(&a.latency_us, &b.latency_us),
+            overhead_us: *diff,
         };
         let short = method.trim_start_matches("RPC.");
         if o.overhead_us.p50 > P50_TARGET_US {

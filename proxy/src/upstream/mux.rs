@@ -316,16 +316,12 @@ impl MuxConn {
         }
         let written = match self.writer.try_write(bytes) {
             Ok(n) if n == bytes.len() => return Ok(()),
-            Ok(0) => {
-                drop(out);
-                self.close();
-                return Err(UpstreamError::Connect(io::Error::from(
-                    io::ErrorKind::WriteZero,
-                )));
-            }
-            Ok(n) => n,
+            Ok(n) if n > 0 => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => {
+            result => {
+                let e = result
+                    .err()
+                    .unwrap_or_else(|| io::ErrorKind::WriteZero.into());
                 drop(out);
                 debug!(error = %e, "Agent connection write failed");
                 self.close();
