@@ -1,7 +1,9 @@
 //! Drain: the readiness latch and the accounting of RPCs in flight, so `run` can report how
-//! many it had to cut off.
+//! many it had to cut off (and the busy poller knows when to spin).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::busy_poll::Activity;
 
 /// Readiness as a latch that drain flips once (`/readyz` reads it).
 #[derive(Debug)]
@@ -24,18 +26,36 @@ impl Readiness {
 
 /// RPCs in flight across the proxy.
 #[derive(Debug, Default)]
-pub(crate) struct InFlightCount(AtomicU64);
+pub(crate) struct InFlightCount {
+    count: AtomicU64,
+    /// Only with busy polling: when the last RPC finished, and a wake-up for the first to start.
+    activity: Option<Activity>,
+}
 
 impl InFlightCount {
+    /// A count that also records activity for the busy poller.
+    pub(crate) fn with_activity() -> Self {
+        Self {
+            count: AtomicU64::new(0),
+            activity: Some(Activity::default()),
+        }
+    }
     /// Counts one RPC until the guard drops.
     pub(crate) fn enter(&self) -> InFlightGuard<'_> {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        let before = self.count.fetch_add(1, Ordering::Relaxed);
+        if let (0, Some(activity)) = (before, &self.activity) {
+            activity.first_started();
+        }
         crate::metrics::in_flight(1.0);
         InFlightGuard(self)
     }
     /// How many now.
     pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.count.load(Ordering::Relaxed)
+    }
+    /// The activity record, when this count keeps one.
+    pub(crate) fn activity(&self) -> Option<&Activity> {
+        self.activity.as_ref()
     }
 }
 
@@ -44,7 +64,10 @@ pub(crate) struct InFlightGuard<'a>(&'a InFlightCount);
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        self.0.0.fetch_sub(1, Ordering::Relaxed);
+        if let Some(activity) = &self.0.activity {
+            activity.finished();
+        }
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
         crate::metrics::in_flight(-1.0);
     }
 }

@@ -16,6 +16,7 @@ pub mod message;
 
 mod admin;
 mod affinity;
+mod busy_poll;
 pub mod config;
 mod downstream;
 mod drain;

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::admin::{self, AdminState};
+use crate::busy_poll;
 use crate::codec::Limits;
 use crate::config::{Config, ListenAddr, Membership, split_host_port};
 use crate::downstream::Shared;
@@ -139,7 +140,16 @@ impl Proxy {
             .instrument(info_span!("admin")),
         );
 
-        let in_flight = Arc::new(InFlightCount::default());
+        let in_flight = Arc::new(if config.busy_poll.is_zero() {
+            InFlightCount::default()
+        } else {
+            InFlightCount::with_activity()
+        });
+        tokio::spawn(busy_poll::run(
+            in_flight.clone(),
+            config.busy_poll,
+            exit.clone(),
+        ));
         let limits = Limits {
             max_frame_bytes: config.max_frame_bytes,
             ..Limits::default()
@@ -216,6 +226,7 @@ impl Proxy {
             rpc.addr = %rpc_addrs.join(","),
             admin.addr = %admin_addr,
             upstream.mode = ?config.upstream_mode,
+            busy_poll = ?config.busy_poll,
             "Listening"
         );
 

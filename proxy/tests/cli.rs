@@ -61,9 +61,24 @@ fn help_documents_defaults() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_serves_on_logged_ports_and_drains_on_request() {
-    let agent = Agent::start("a").await;
+/// A proxy process on `:0` ports in front of `agent`, ready; the log is read on a thread for
+/// the whole run, so the pipe never fills or breaks.
+struct Running {
+    child: std::process::Child,
+    rpc: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Drop for Running {
+    /// A failed assertion must not leave the process running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(agent: &Agent, extra: &[&str]) -> Running {
     let mut child = Command::new(BIN)
         .args([
             "--listen",
@@ -74,12 +89,12 @@ async fn the_binary_serves_on_logged_ports_and_drains_on_request() {
             "50ms",
         ])
         .args(["--agents", &agent.addr.to_string()])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    // Read the log on a thread (for the whole run, so the pipe never fills or breaks).
     let (tx, rx) = std::sync::mpsc::channel();
     let log = std::thread::spawn(move || {
         let mut all = String::new();
@@ -109,18 +124,71 @@ async fn the_binary_serves_on_logged_ports_and_drains_on_request() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let id = pre(rpc).await;
-    assert_eq!(update(rpc, &id).await, None);
+    Running {
+        child,
+        rpc,
+        admin,
+        log: Some(log),
+    }
+}
+
+impl Running {
+    /// `sigsci-proxy drain`, then the exit code and the log.
+    async fn drain(mut self) -> (Option<i32>, String) {
+        let drain = Command::new(BIN)
+            .args(["drain", "--admin", &self.admin.to_string()])
+            .output()
+            .unwrap();
+        assert!(drain.status.success());
+        let status = tokio::task::block_in_place(|| self.child.wait().unwrap());
+        let log = self.log.take().unwrap().join().unwrap();
+        (status.code(), log)
+    }
+
+    /// CPU time (user + system) the process has used so far, from /proc.
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let hz = 100; // USER_HZ on Linux
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_on_logged_ports_and_drains_on_request() {
+    let agent = Agent::start("a").await;
+    let proxy = start(&agent, &[]).await;
+    let id = pre(proxy.rpc).await;
+    assert_eq!(update(proxy.rpc, &id).await, None);
     assert_eq!(agent.matched(), 1);
 
-    let drain = Command::new(BIN)
-        .args(["drain", "--admin", &admin.to_string()])
-        .output()
-        .unwrap();
-    assert!(drain.status.success());
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    let log = log.join().unwrap();
-    assert_eq!(status.code(), Some(0), "{log}");
+    let (code, log) = proxy.drain().await;
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_polling_proxy_serves_and_sleeps_when_idle() {
+    let agent = Agent::start("a").await;
+    let proxy = start(&agent, &["--busy-poll", "2ms"]).await;
+    for _ in 0..20 {
+        let id = pre(proxy.rpc).await;
+        assert_eq!(update(proxy.rpc, &id).await, None);
+    }
+    assert_eq!(agent.matched(), 20);
+
+    // Idle: past the window it sleeps. A proxy spinning on would use about a second of CPU
+    // in this second.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = proxy.cpu_time();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = proxy.cpu_time() - before;
+    assert!(
+        idle < Duration::from_millis(200),
+        "an idle busy-polling proxy used {idle:?} of CPU in 1 s"
+    );
+
+    let (code, log) = proxy.drain().await;
+    assert_eq!(code, Some(0), "{log}");
 }

@@ -1,0 +1,145 @@
+//! Busy polling, for hosts where waking a sleeping CPU is the longest wait of an RPC.
+//!
+//! Each hop the proxy adds (module → proxy, agent → proxy) wakes its thread from epoll. On a
+//! virtual machine an idle vCPU halts, and that wake-up goes through the hypervisor: on a
+//! 2-vCPU VM it was most of the proxy's added latency (a relay doing nothing but framing added
+//! as much as the proxy). With `--busy-poll WINDOW` the thread polls its sockets with a zero
+//! timeout instead of sleeping while any RPC is in flight and for WINDOW after the last one
+//! finished, so those hops find it awake. Idle, it sleeps as before: the CPU spent grows with
+//! the load, up to one core.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::drain::InFlightCount;
+
+/// When the proxy last had work, for the poller to decide between spinning and sleeping.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    base: Instant,
+    /// Nanoseconds from `base` to the end of the last RPC; `u64::MAX` before the first.
+    last_finish: AtomicU64,
+    first_started: Notify,
+    /// Zero-timeout polls made so far.
+    spins: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            last_finish: AtomicU64::new(u64::MAX),
+            first_started: Notify::new(),
+            spins: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    /// An RPC started with none in flight: wake the poller if it sleeps.
+    pub(crate) fn first_started(&self) {
+        self.first_started.notify_one();
+    }
+    /// An RPC finished.
+    pub(crate) fn finished(&self) {
+        self.last_finish
+            .store(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+    fn since_last_finish(&self) -> Duration {
+        match self.last_finish.load(Ordering::Relaxed) {
+            u64::MAX => Duration::MAX,
+            last => self
+                .base
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(last)),
+        }
+    }
+    /// Zero-timeout polls made so far.
+    #[cfg(test)]
+    pub(crate) fn spins(&self) -> u64 {
+        self.spins.load(Ordering::Relaxed)
+    }
+}
+
+/// Spins the runtime's poll loop while there is or just was work; returns at `exit`, or at
+/// once when `in_flight` keeps no activity record.
+pub(crate) async fn run(in_flight: Arc<InFlightCount>, window: Duration, exit: CancellationToken) {
+    let Some(activity) = in_flight.activity() else {
+        return;
+    };
+    loop {
+        if in_flight.get() > 0 || activity.since_last_finish() < window {
+            // A yielding task makes the scheduler poll the I/O driver with a zero timeout
+            // before running it again: that poll is the spin.
+            // First let any other thread waiting for this CPU run (the agent, on a shared
+            // node), then poll.
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+            activity.spins.fetch_add(1, Ordering::Relaxed);
+            if exit.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            () = activity.first_started.notified() => {}
+            () = exit.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_millis(20);
+
+    fn spins(in_flight: &InFlightCount) -> u64 {
+        in_flight.activity().expect("activity").spins()
+    }
+
+    #[tokio::test]
+    async fn spins_while_an_rpc_is_in_flight_then_sleeps_once_the_window_is_over() {
+        let in_flight = Arc::new(InFlightCount::with_activity());
+        let exit = CancellationToken::new();
+        let poller = tokio::spawn(run(in_flight.clone(), WINDOW, exit.clone()));
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(spins(&in_flight), 0, "spun before any RPC");
+
+        {
+            let _rpc = in_flight.enter();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let during = spins(&in_flight);
+        assert!(during > 0, "did not spin while an RPC was in flight");
+
+        tokio::time::sleep(WINDOW + Duration::from_millis(300)).await;
+        let after_window = spins(&in_flight);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(spins(&in_flight), after_window, "kept spinning while idle");
+
+        // The next RPC wakes it again.
+        {
+            let _rpc = in_flight.enter();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert!(
+            spins(&in_flight) > after_window,
+            "did not wake for the next RPC"
+        );
+
+        exit.cancel();
+        poller.await.expect("poller stops at exit");
+    }
+
+    #[tokio::test]
+    async fn without_an_activity_record_it_returns_at_once() {
+        let in_flight = Arc::new(InFlightCount::default());
+        run(in_flight, WINDOW, CancellationToken::new()).await;
+    }
+}
