@@ -3,7 +3,8 @@
 # Paired open loop (2,000 tx/s for 10 s, transactions alternating between agent 0 and the
 # proxy), then each path's maximum rate in closed loop, and the proxy's upstream connects per
 # second; prints a summary and a RESULT PASS|FAIL line (exit 1 on FAIL). Arguments go to
-# `loadtest local --compare` (e.g. --duration 5s --json reports/overhead.json).
+# `loadtest local --compare` (e.g. --duration 5s --json reports/overhead.json, or
+# --proxy-arg=--busy-poll=2ms for the proxy with busy polling).
 # Builds the release binaries first if either is missing (in $CARGO_TARGET_DIR or target/).
 # usage: scripts/measure/overhead.sh [LOADTEST LOCAL OPTIONS...]
 set -euo pipefail
