@@ -72,7 +72,7 @@ done_step "venv (install or cache)"
 
 # --- render ----------------------------------------------------------------------------
 step "kubectl kustomize"
-rm -rf "$RENDERED" "$OUT/namespace-override"
+rm -rf "$RENDERED" "$OUT/namespace-override" "$OUT/busy-poll"
 mkdir -p "$RENDERED"
 for t in "${TARGETS[@]}"; do
     name=$(basename "$t")
@@ -99,7 +99,20 @@ EOF
 kubectl kustomize "$OUT/namespace-override" > "$RENDERED/namespace-override.yaml" \
     || die "kubectl kustomize of the namespace override failed"
 echo "namespace override (sigsci-moved) -> $(grep -c '^kind:' "$RENDERED/namespace-override.yaml") objects"
-done_step "render (8 targets)"
+# Busy polling: the simulated system plus the component.
+mkdir -p "$OUT/busy-poll"
+cat > "$OUT/busy-poll/kustomization.yaml" <<'EOF'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../../../manifests/overlays/simulated
+components:
+  - ../../../manifests/components/busy-poll
+EOF
+kubectl kustomize "$OUT/busy-poll" > "$RENDERED/busy-poll.yaml" \
+    || die "kubectl kustomize with components/busy-poll failed"
+echo "simulated + components/busy-poll -> $(grep -c '^kind:' "$RENDERED/busy-poll.yaml") objects"
+done_step "render (9 targets)"
 
 FAILED=0
 PASSED=0

@@ -41,6 +41,8 @@ EXPECTED_PROXY_ENV = [
     "SIGSCI_PROXY_LOG_FORMAT",
 ]
 PROXY_TARGETS = ["base", "production", "simulated", "autoscaling", "autoscaling-keda", "monitoring"]
+# Rendered with components/busy-poll: that variable too, and a CPU of its own for the spinner.
+BUSY_POLL_TARGET, BUSY_POLL_ENV = "busy-poll", "SIGSCI_PROXY_BUSY_POLL"
 
 
 class Results:
@@ -115,6 +117,14 @@ def seconds(text):
     return {"ms": value / 1000, "s": value, "m": value * 60}[m.group(2)]
 
 
+def cpu(quantity):
+    """A CPU quantity ("2", "1.5", "250m") in cores; 0 when absent or unreadable."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(m?)", str(quantity or ""))
+    if not m:
+        return 0
+    return float(m.group(1)) / (1000 if m.group(2) else 1)
+
+
 def labels_match(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -172,8 +182,16 @@ def check_proxy(t, docs, source):
     c = spec["containers"][0]
     env = env_of(c)
     names = [n for n in env if n.startswith("SIGSCI_PROXY_")]
+    expected = EXPECTED_PROXY_ENV + ([BUSY_POLL_ENV] if t == BUSY_POLL_TARGET else [])
     R.check(f"{t}: proxy env sets every agreed SIGSCI_PROXY_* variable",
-            sorted(names) == sorted(EXPECTED_PROXY_ENV), f"has {sorted(names)}")
+            sorted(names) == sorted(expected), f"has {sorted(names)}")
+    if t == BUSY_POLL_TARGET:
+        res = c.get("resources", {})
+        R.check(f"{t}: busy polling is on ({BUSY_POLL_ENV} > 0)",
+                (seconds(env_value(c, BUSY_POLL_ENV)) or 0) > 0, env_value(c, BUSY_POLL_ENV))
+        R.check(f"{t}: the busy-polling proxy requests one CPU and may use two",
+                cpu(res.get("requests", {}).get("cpu")) >= 1 and cpu(res.get("limits", {}).get("cpu")) >= 2,
+                f"resources {res}")
     if source["proxy_env"]:
         unknown = [n for n in names if n not in source["proxy_env"]]
         R.check(f"{t}: every SIGSCI_PROXY_* variable in the manifest is read by proxy/src",
