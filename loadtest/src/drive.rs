@@ -55,6 +55,12 @@ pub struct DriveArgs {
     /// address (path B, all calls), and report each path and the difference B − A.
     #[arg(long)]
     pub compare_target: Option<RpcAddr>,
+    /// With `--compare-target`: consecutive transactions per block on one path. 1 pairs single
+    /// transactions (both paths at half of `--rate`, the same noise at the same moment); N > 1
+    /// runs each path at the full `--rate` in blocks of N, the next block on the other path (a
+    /// path's process idles during the other's blocks).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub compare_block: u64,
     /// Transactions (PreRequests) per second, open loop.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
@@ -236,12 +242,14 @@ impl Ctx {
     /// both paths see the same load and noise, and neither always takes the same phase of the
     /// timetable (strict A, B, A, B at 2,000 tx/s puts A on whole milliseconds, where the
     /// runtime's 1 ms timer wakes, and B in between: an A/A run showed B − A of −30 µs at p50).
+    /// With `--compare-block N`, the same holds for blocks of N transactions.
     fn next_transaction(&self) -> (u64, &Path) {
         let seq = self.seq.fetch_add(1, Relaxed);
         let i = if self.paths.len() == 1 {
             0
         } else {
-            ((seq ^ splitmix64(self.pair_seed ^ (seq >> 1))) & 1) as usize
+            let block = seq / self.args.compare_block.max(1);
+            ((block ^ splitmix64(self.pair_seed ^ (block >> 1))) & 1) as usize
         };
         (seq, &self.paths[i])
     }
@@ -598,6 +606,31 @@ mod tests {
             (400..=600).contains(&a_first),
             "A first in {a_first} of 1000 pairs"
         );
+    }
+
+    #[test]
+    fn compare_block_keeps_blocks_of_transactions_on_one_path() {
+        let ctx = Ctx::new(DriveArgs {
+            target: "127.0.0.1:1001".parse().unwrap(),
+            compare_target: Some("127.0.0.1:2001".parse().unwrap()),
+            compare_block: 100,
+            ..DriveArgs::default()
+        });
+        let seen = targets(&ctx, 4000);
+        for (i, pair) in seen.chunks(200).enumerate() {
+            let (first, second) = pair.split_at(100);
+            let one_path = |block: &[(u64, String, String)]| {
+                block.iter().all(|(_, pre, _)| *pre == block[0].1)
+            };
+            assert!(
+                one_path(first) && one_path(second),
+                "block pair {i} mixes paths"
+            );
+            assert_ne!(
+                first[0].1, second[0].1,
+                "block pair {i}: both blocks on one path"
+            );
+        }
     }
 
     #[test]

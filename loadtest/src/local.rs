@@ -122,6 +122,11 @@ pub struct LocalArgs {
     /// With `--compare`: length of each closed-loop (maximum rate) run.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub max_rate_duration: Duration,
+    /// With `--compare`: transactions per block on one path (see `drive --compare-block`).
+    /// 1 pairs single transactions, each path at half `--rate`; e.g. 1000 at 2000 tx/s runs
+    /// each path at the full rate in half-second blocks, the proxy idle during the direct ones.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub compare_block: u64,
 }
 
 /// The result of `loadtest local`.

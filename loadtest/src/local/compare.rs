@@ -15,6 +15,12 @@
 //! PASS needs, for PreRequest and UpdateRequest, p50 overhead ≤ 50 µs and p99 overhead
 //! ≤ 300 µs, no upstream connect, and the usual checks (no failed call beyond
 //! `--max-errors`, no orphaned update, no overflow, no child died).
+//!
+//! `--compare-block N` alternates blocks of N transactions instead of single ones: each path
+//! then runs at the full `--rate`, and a busy-polling proxy sleeps through the direct blocks
+//! instead of spinning on a CPU the direct path needs. Its p50 is as steady as the paired
+//! one (A/A at 2,000 tx/s, blocks of 1,000: −7..+6 µs), its p99 is not (±1.8 ms: a hiccup
+//! lands in one path's block), so in blocks p99 is reported but not held to its target.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -52,6 +58,8 @@ pub struct CompareReport {
     pub proxy: String,
     /// The paired open-loop drive, with both paths and B − A.
     pub paired: DriveReport,
+    /// Transactions per block on one path in the paired drive (1: single transactions).
+    pub block: u64,
     /// Per checked method: both paths' latency and the overhead.
     pub overhead: Vec<MethodOverhead>,
     /// Maximum rates in closed loop.
@@ -191,7 +199,9 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
                 o.overhead_us.p50
             ));
         }
-        if o.overhead_us.p99 > P99_TARGET_US {
+        // In blocks, a machine hiccup lands on one path only: an A/A run moved p99 by up to
+        // ±1.8 ms. Only the transaction-paired run holds p99 to its target.
+        if args.compare_block == 1 && o.overhead_us.p99 > P99_TARGET_US {
             failures.push(format!(
                 "{short} p99 overhead {} µs > {P99_TARGET_US} µs",
                 o.overhead_us.p99
@@ -211,6 +221,7 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
         direct: direct.to_string(),
         proxy: proxy.to_string(),
         paired,
+        block: args.compare_block,
         overhead,
         max_rate,
         upstream,
@@ -254,6 +265,7 @@ async fn measure(
     };
     let paired_args = DriveArgs {
         compare_target: Some(proxy.into()),
+        compare_block: args.compare_block,
         rate: args.rate.unwrap_or(2000.0),
         duration: args.duration.unwrap_or(Duration::from_secs(10)),
         agents_admin: pool.agents.iter().map(|a| a.admin).collect(),
@@ -333,8 +345,17 @@ impl CompareReport {
         let d = &self.paired;
         let _ = writeln!(
             o,
-            "overhead of sigsci-proxy ({}) over agent 0 ({}), {} agent(s); paired open loop {:.0} tx/s for {:.1}s ({}), transactions alternating",
-            self.proxy, self.direct, self.agents, d.target_rate, d.elapsed_s, d.mode
+            "overhead of sigsci-proxy ({}) over agent 0 ({}), {} agent(s); paired open loop {:.0} tx/s for {:.1}s ({}), {}",
+            self.proxy,
+            self.direct,
+            self.agents,
+            d.target_rate,
+            d.elapsed_s,
+            d.mode,
+            match self.block {
+                1 => "transactions alternating (each path at half the rate)".to_string(),
+                n => format!("blocks of {n} transactions alternating (each path at the full rate)"),
+            }
         );
         let _ = writeln!(
             o,
@@ -358,9 +379,13 @@ impl CompareReport {
                     l.p50, l.p90, l.p99, l.p999, l.max
                 );
             }
+            let targets = match self.block {
+                1 => format!("targets ≤ {P50_TARGET_US}, ≤ {P99_TARGET_US}"),
+                _ => format!("target ≤ {P50_TARGET_US}; p99 unchecked in blocks"),
+            };
             let _ = writeln!(
                 o,
-                "{short:<18} {:<9} {:>8} {:>7} {:>+7} {:>7} {:>+7}  (targets ≤ {P50_TARGET_US}, ≤ {P99_TARGET_US})",
+                "{short:<18} {:<9} {:>8} {:>7} {:>+7} {:>7} {:>+7}  ({targets})",
                 "overhead", "", "", m.overhead_us.p50, "", m.overhead_us.p99
             );
         }
