@@ -73,10 +73,9 @@ pub(crate) async fn run(in_flight: Arc<InFlightCount>, window: Duration, exit: C
     };
     loop {
         if in_flight.get() > 0 || activity.since_last_finish() < window {
-            // A yielding task makes the scheduler poll the I/O driver with a zero timeout
-            // before running it again: that poll is the spin.
-            // First let any other thread waiting for this CPU run (the agent, on a shared
-            // node), then poll.
+            // sched_yield first lets any other thread waiting for this CPU run (the agent, on
+            // a shared node); then the yielding task makes the scheduler poll the I/O driver
+            // with a zero timeout before running it again: that poll is the spin.
             std::thread::yield_now();
             tokio::task::yield_now().await;
             activity.spins.fetch_add(1, Ordering::Relaxed);
