@@ -372,14 +372,8 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
                 pb.set_position(start.elapsed().as_millis() as u64);
                 pb.set_message(format!(
                     "{} transactions, {} failed open",
-                    ctx.paths
-                        .iter()
-                        .map(|p| p.transactions.load(Relaxed))
-                        .sum::<u64>(),
-                    ctx.paths
-                        .iter()
-                        .map(|p| p.failed_open.load(Relaxed))
-                        .sum::<u64>()
+                    sum(&ctx.paths, |p| &p.transactions),
+                    sum(&ctx.paths, |p| &p.failed_open)
                 ));
             }
         })
@@ -505,15 +499,19 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// One counter summed over `paths`.
+fn sum(paths: &[Path], counter: fn(&Path) -> &AtomicU64) -> u64 {
+    paths.iter().map(|p| counter(p).load(Relaxed)).sum()
+}
+
 /// The counters of `paths` summed, and the calls `rec` recorded.
 fn tally(paths: &[Path], rec: &report::Recorder) -> Tally {
-    let sum = |c: fn(&Path) -> &AtomicU64| paths.iter().map(|p| c(p).load(Relaxed)).sum();
     let methods = rec.methods();
     Tally {
-        transactions: sum(|p| &p.transactions),
-        flagged: sum(|p| &p.flagged),
-        blocked: sum(|p| &p.blocked),
-        failed_open: sum(|p| &p.failed_open),
+        transactions: sum(paths, |p| &p.transactions),
+        flagged: sum(paths, |p| &p.flagged),
+        blocked: sum(paths, |p| &p.blocked),
+        failed_open: sum(paths, |p| &p.failed_open),
         errors: report::sum_errors(&methods),
         methods,
     }

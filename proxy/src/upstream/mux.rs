@@ -353,11 +353,9 @@ impl MuxConn {
                         break 'idle;
                     },
                 }
+                // Not empty: only `send` wakes this loop, when it queues bytes, and only this
+                // loop takes them out.
                 let mut out = self.outbox.lock().expect("outbox lock");
-                if out.queued.is_empty() {
-                    out.flushing = false;
-                    continue 'idle;
-                }
                 match self.writer.try_write(&out.queued) {
                     Ok(n) if n > 0 => out.queued.advance(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
