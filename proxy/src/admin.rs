@@ -2,8 +2,10 @@
 //!
 //! Routes:
 //! - `GET /healthz`: 200 while the process runs (liveness).
-//! - `GET /readyz`: 200 while serving and at least one agent is ready; 503 once draining or
-//!   with no ready agent (readiness).
+//! - `GET /readyz`: 200 once the first membership is in and until drain; 503 before and after
+//!   (readiness). Agent health is not part of it: an agent blip must not pull every replica out
+//!   of the Service at once (the modules would fail open for the seconds endpoints take to
+//!   converge back, and UpdateRequests for terminating agents would find no proxy).
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /agents`: JSON array, one object per known agent (address, state, outstanding,
 //!   latency, counters).
@@ -65,8 +67,8 @@ pub(crate) fn route<B>(state: &AdminState, req: &Request<B>) -> Response<Full<By
         (&Method::GET, "/readyz") => {
             if !state.readiness.is_serving() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else if state.pool.snapshot().ready_len() == 0 {
-                text(StatusCode::SERVICE_UNAVAILABLE, "no ready agent\n")
+            } else if state.pool.snapshot().version() == 0 {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no membership yet\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }
@@ -182,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn readiness_needs_an_agent_and_turns_off_on_drain() {
+    fn readiness_needs_a_membership_not_a_healthy_agent_and_turns_off_on_drain() {
         let state = state();
         assert_eq!(get(&state, Method::GET, "/healthz"), StatusCode::OK);
         assert_eq!(
@@ -192,6 +194,9 @@ mod tests {
         state.pool.apply(Update::Reset(vec![Endpoint::new(
             "127.0.0.1:9999".parse().unwrap(),
         )]));
+        assert_eq!(get(&state, Method::GET, "/readyz"), StatusCode::OK);
+        // Every agent gone: still ready (RPCs get an error frame at once; the Service keeps us).
+        state.pool.apply(Update::Reset(vec![]));
         assert_eq!(get(&state, Method::GET, "/readyz"), StatusCode::OK);
         assert_eq!(get(&state, Method::POST, "/drain"), StatusCode::ACCEPTED);
         assert!(state.drain.is_cancelled());

@@ -18,7 +18,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::codec::{Frame, FrameCodec, FrameKind, Limits};
+use crate::codec::{CodecError, Frame, FrameCodec, FrameKind, Limits};
 use crate::error::ClientError;
 use crate::metrics as m;
 use crate::route::Router;
@@ -54,8 +54,18 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
         Ok(()) => {}
         Err(e) => {
             let reason = match &e {
-                ClientError::Malformed(_) => "malformed",
-                ClientError::SlowFrame => "slow_frame",
+                ClientError::Malformed(CodecError::FrameTooLarge { .. }) => {
+                    m::uninspected(m::Uninspected::FrameTooLarge);
+                    "malformed"
+                }
+                ClientError::Malformed(_) => {
+                    m::uninspected(m::Uninspected::InvalidFrame);
+                    "malformed"
+                }
+                ClientError::SlowFrame => {
+                    m::uninspected(m::Uninspected::SlowFrame);
+                    "slow_frame"
+                }
                 ClientError::Io(_) => "io",
             };
             m::connection_closed(reason);

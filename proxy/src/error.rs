@@ -81,6 +81,16 @@ impl UpstreamError {
         }
     }
 
+    /// Why the module's call went uninspected when this error ended it.
+    pub(crate) fn uninspected(&self) -> crate::metrics::Uninspected {
+        use crate::metrics::Uninspected;
+        match self {
+            Self::NoAgent => Uninspected::NoAgent,
+            Self::Timeout => Uninspected::Deadline,
+            _ => Uninspected::AgentFailed,
+        }
+    }
+
     /// A metrics label (closed set).
     pub(crate) fn label(&self) -> &'static str {
         match self {

@@ -210,6 +210,7 @@ pub(crate) async fn accept_loop(
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             // Over the limit: close at once (the module fails open immediately) rather than queue.
             m::connection_rejected();
+            m::uninspected(m::Uninspected::ConnectionLimit);
             debug!("Connection limit reached, closing new connection");
             drop(accepted);
             continue;

@@ -52,6 +52,7 @@ struct Hot {
     in_flight: Gauge,
     affinity_hit: Counter,
     affinity_none: Counter,
+    uninspected: [Counter; Uninspected::ALL.len()],
 }
 
 const METHODS: usize = 5;
@@ -78,6 +79,11 @@ impl Hot {
             in_flight: gauge!("sigsci_proxy_rpcs_in_flight"),
             affinity_hit: counter!("sigsci_proxy_affinity_total", "result" => "hit"),
             affinity_none: counter!("sigsci_proxy_affinity_total", "result" => "none"),
+            uninspected: Uninspected::ALL.map(|r| {
+                let c = counter!("sigsci_proxy_uninspected_total", "reason" => r.label());
+                c.increment(0);
+                c
+            }),
         }
     }
 }
@@ -106,6 +112,85 @@ pub(crate) fn rpc_finished(method: Method, outcome: &'static str, elapsed: Durat
             .increment(1);
     }
     hot.duration[i].record(elapsed.as_secs_f64());
+}
+
+/// Why a module's call went uninspected: the module got an error frame, a reset, or no answer,
+/// and let its HTTP request through unseen (modules fail open). A closed set: every series is
+/// registered at 0 when the recorder is installed, so rules and dashboards find each one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Uninspected {
+    /// No agent could take the call: an error frame at once.
+    NoAgent,
+    /// No answer before the RPC deadline.
+    Deadline,
+    /// The agent answered with an error (after the retry, if one was allowed).
+    AgentError,
+    /// The agent connection failed (refused, broke, invalid answer) after the retry.
+    AgentFailed,
+    /// A structurally invalid request, answered locally and never forwarded.
+    InvalidFrame,
+    /// A frame over `--max-frame-bytes`: the connection is reset.
+    FrameTooLarge,
+    /// A frame that did not complete within `--frame-read-timeout`.
+    SlowFrame,
+    /// A connection reset at `--max-connections`.
+    ConnectionLimit,
+    /// A call shed at the proxy-wide in-flight limit (calls or bytes).
+    InFlightLimit,
+    /// A connection shed because partly received frames exceeded the proxy-wide byte budget.
+    FrameBudget,
+    /// The answer could not be written to the module within the write timeout.
+    WriteTimeout,
+    /// Still in flight when the drain timeout ended the process.
+    DrainCutOff,
+}
+
+impl Uninspected {
+    /// Every reason, in the order `/metrics` lists them.
+    pub(crate) const ALL: [Uninspected; 12] = [
+        Self::NoAgent,
+        Self::Deadline,
+        Self::AgentError,
+        Self::AgentFailed,
+        Self::InvalidFrame,
+        Self::FrameTooLarge,
+        Self::SlowFrame,
+        Self::ConnectionLimit,
+        Self::InFlightLimit,
+        Self::FrameBudget,
+        Self::WriteTimeout,
+        Self::DrainCutOff,
+    ];
+
+    /// The `reason` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::NoAgent => "no_agent",
+            Self::Deadline => "deadline",
+            Self::AgentError => "agent_error",
+            Self::AgentFailed => "agent_failed",
+            Self::InvalidFrame => "invalid_frame",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::SlowFrame => "slow_frame",
+            Self::ConnectionLimit => "connection_limit",
+            Self::InFlightLimit => "in_flight_limit",
+            Self::FrameBudget => "frame_budget",
+            Self::WriteTimeout => "write_timeout",
+            Self::DrainCutOff => "drain_cut_off",
+        }
+    }
+}
+
+/// One call (or connection) left uninspected, by reason: `sigsci_proxy_uninspected_total`.
+pub(crate) fn uninspected(reason: Uninspected) {
+    uninspected_n(reason, 1);
+}
+
+/// `n` calls left uninspected for the same reason.
+pub(crate) fn uninspected_n(reason: Uninspected, n: u64) {
+    if let Some(hot) = HOT.get() {
+        hot.uninspected[reason as usize].increment(n);
+    }
 }
 
 /// A notification forwarded (or dropped).

@@ -105,6 +105,7 @@ impl Router {
         let Some(agent) = target else {
             let e = UpstreamError::NoAgent;
             m::rpc_finished(method, e.label(), started.elapsed());
+            m::uninspected(e.uninspected());
             return error_response(msgid, &format!("sigsci-proxy: {e}"));
         };
         let mut result = self.attempt(&agent, &frame, restore, deadline).await;
@@ -134,6 +135,7 @@ impl Router {
         match result {
             Ok(response) => {
                 let outcome = if response.is_error_response() {
+                    m::uninspected(m::Uninspected::AgentError);
                     "agent_error"
                 } else {
                     "ok"
@@ -143,6 +145,7 @@ impl Router {
             }
             Err(e) => {
                 m::rpc_finished(method, e.label(), started.elapsed());
+                m::uninspected(e.uninspected());
                 debug!(error = %e, side = ?e.side(), agent.addr = %answered_by.address(), "RPC failed");
                 error_response(msgid, &format!("sigsci-proxy: {e}"))
             }

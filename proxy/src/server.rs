@@ -251,6 +251,7 @@ impl Proxy {
             }
             Err(_) => {
                 let cut_off = in_flight.get();
+                m::uninspected_n(m::Uninspected::DrainCutOff, cut_off);
                 warn!(
                     rpcs.cut_off = cut_off,
                     "Drain timeout, exiting with RPCs in flight"
