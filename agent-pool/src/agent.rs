@@ -27,20 +27,29 @@ pub enum AgentState {
 }
 
 /// How one request to an agent ended, reported with [`InFlight::finish`].
+///
+/// Every outcome but `Success` and `Busy` counts toward ejection: a module whose call failed let
+/// its request through uninspected, whatever the agent's reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The agent answered.
     Success,
     /// No connection to the agent (refused, reset before any answer, connect timeout).
-    /// Counts toward ejection; records no latency sample.
+    /// Records no latency sample; ends in an ejection that a successful connect can cut short
+    /// (the agent was unreachable: reachable again is news).
     ConnectFailure,
-    /// The agent did not answer within the deadline. Counts toward ejection; the elapsed time
-    /// is a latency sample.
+    /// The agent did not answer within the deadline. The elapsed time is a latency sample.
     Timeout,
-    /// Any other failure (e.g. an error answer or a protocol error): the agent did answer, so
-    /// this records latency but neither counts toward ejection nor resets the count.
+    /// The agent answered with an error frame. A fast failer must not attract work, so the
+    /// sample is at least the pool's failure penalty, not the (short) time it took.
+    ErrorAnswer,
+    /// Any other failure after the request was sent (the connection broke, the answer was not a
+    /// frame). Sampled like `ErrorAnswer`.
     Failed,
+    /// The agent's queue was full and the request was not sent: busy, not broken. No sample, no
+    /// effect on health.
+    Busy,
 }
 
 const SOURCE_READY: u8 = 0;
@@ -53,6 +62,7 @@ pub(crate) struct AgentParams {
     pub(crate) epoch: Instant,
     pub(crate) default_rtt: Duration,
     pub(crate) latency_decay: Duration,
+    pub(crate) failure_penalty: Duration,
     pub(crate) budget: Arc<EjectionBudget>,
 }
 
@@ -69,6 +79,8 @@ pub struct Agent {
     gone_at: AtomicU64,
     outstanding: AtomicU64,
     ewma: PeakEwma,
+    /// Least latency sample of a failed answer (nanoseconds).
+    failure_penalty_ns: f64,
     health: Health,
     picks: AtomicU64,
     started: AtomicU64,
@@ -76,6 +88,8 @@ pub struct Agent {
     connect_failures: AtomicU64,
     timeouts: AtomicU64,
     failed: AtomicU64,
+    error_answers: AtomicU64,
+    busy: AtomicU64,
     cancelled: AtomicU64,
     /// `started` as of the hints tick before, to compute the RPC rate.
     pub(crate) rate_mark: AtomicU64,
@@ -98,6 +112,7 @@ impl Agent {
                 now_ns,
                 params.latency_decay.as_nanos() as f64,
             ),
+            failure_penalty_ns: params.failure_penalty.as_nanos() as f64,
             health: Health::default(),
             picks: AtomicU64::new(0),
             started: AtomicU64::new(0),
@@ -105,6 +120,8 @@ impl Agent {
             connect_failures: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            error_answers: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             rate_mark: AtomicU64::new(0),
         };
@@ -179,6 +196,7 @@ impl Agent {
         let connect_failures = self.connect_failures.load(Relaxed);
         let timeouts = self.timeouts.load(Relaxed);
         let failed = self.failed.load(Relaxed);
+        let error_answers = self.error_answers.load(Relaxed);
         AgentStats {
             id: self.id.clone(),
             address: self.address.to_string(),
@@ -189,9 +207,11 @@ impl Agent {
             picks: self.picks.load(Relaxed),
             started: self.started.load(Relaxed),
             successes,
-            failures: connect_failures + timeouts + failed,
+            failures: connect_failures + timeouts + failed + error_answers,
             connect_failures,
             timeouts,
+            error_answers,
+            busy: self.busy.load(Relaxed),
             cancelled: self.cancelled.load(Relaxed),
             ejections: self.health.ejections(),
             consecutive_failures: self.health.consecutive_failures(),
@@ -206,11 +226,15 @@ impl Agent {
         nanos_since(self.epoch, now)
     }
 
-    /// Takes new work now: source-ready and not ejected (ends an expired ejection).
+    /// Takes new work now: source-ready and not ejected (ends an expired ejection); or, as the
+    /// picker's fallback, terminating (health is not tracked while terminating).
     #[inline]
     pub(crate) fn usable(&self, now: &mut LazyNow) -> bool {
-        self.source.load(Relaxed) == SOURCE_READY
-            && self.health.available(|| now.get(), &self.budget)
+        match self.source.load(Relaxed) {
+            SOURCE_READY => self.health.available(|| now.get(), &self.budget),
+            SOURCE_TERMINATING => true,
+            _ => false,
+        }
     }
 
     /// The picker's cost: latency estimate at `now` × (outstanding + 1).
@@ -230,6 +254,10 @@ impl Agent {
 
     pub(crate) fn is_source_ready(&self) -> bool {
         self.source.load(Relaxed) == SOURCE_READY
+    }
+
+    pub(crate) fn is_source_terminating(&self) -> bool {
+        self.source.load(Relaxed) == SOURCE_TERMINATING
     }
 
     pub(crate) fn is_gone(&self) -> bool {
@@ -281,30 +309,60 @@ impl Agent {
                 self.successes.fetch_add(1, Relaxed);
                 self.ewma.observe(sample, now_ns);
                 self.health.on_success();
+                return;
             }
-            Outcome::Failed => {
-                self.failed.fetch_add(1, Relaxed);
+            Outcome::Busy => {
+                self.busy.fetch_add(1, Relaxed);
+                return;
+            }
+            Outcome::ConnectFailure => {
+                self.connect_failures.fetch_add(1, Relaxed);
+            }
+            Outcome::Timeout => {
+                self.timeouts.fetch_add(1, Relaxed);
                 self.ewma.observe(sample, now_ns);
             }
-            Outcome::Timeout | Outcome::ConnectFailure => {
-                if outcome == Outcome::Timeout {
-                    self.timeouts.fetch_add(1, Relaxed);
-                    self.ewma.observe(sample, now_ns);
+            Outcome::ErrorAnswer | Outcome::Failed => {
+                let counter = if outcome == Outcome::Failed {
+                    &self.failed
                 } else {
-                    self.connect_failures.fetch_add(1, Relaxed);
-                }
-                if self.is_source_ready()
-                    && let Some(backoff) = self.health.on_failure(now_ns, &self.budget)
-                {
-                    tracing::warn!(
-                        agent.id = %self.id,
-                        agent.addr = %self.address,
-                        backoff_ms = backoff.as_millis() as u64,
-                        "Agent ejected after consecutive failures"
-                    );
-                }
+                    &self.error_answers
+                };
+                counter.fetch_add(1, Relaxed);
+                self.ewma
+                    .observe(sample.max(self.failure_penalty_ns), now_ns);
             }
         }
+        let unreachable = outcome == Outcome::ConnectFailure;
+        if self.is_source_ready()
+            && let Some(backoff) = self.health.on_failure(now_ns, unreachable, &self.budget)
+        {
+            tracing::warn!(
+                agent.id = %self.id,
+                agent.addr = %self.address,
+                backoff_ms = backoff.as_millis() as u64,
+                outcome = ?outcome,
+                "Agent ejected after consecutive failures"
+            );
+        }
+    }
+
+    /// Whether it is ejected because it could not be reached: a successful connect then says
+    /// more than the backoff does (see [`readmit`](Self::readmit)).
+    pub fn is_ejected_unreachable(&self) -> bool {
+        self.health.is_ejected_unreachable(self.ns(Instant::now()))
+    }
+
+    /// Ends an ejection for unreachability at once, on trial: the next failure ejects it again
+    /// with a longer backoff, its next success clears the record. The proxy calls this when a
+    /// connect to the ejected agent succeeds, so an agent restarted on its address is back in
+    /// rotation within one probe interval instead of a whole backoff. Returns whether it did.
+    pub fn readmit(&self) -> bool {
+        let readmitted = self.health.readmit(&self.budget);
+        if readmitted {
+            tracing::info!(agent.id = %self.id, agent.addr = %self.address, "Agent reachable again, readmitted on trial");
+        }
+        readmitted
     }
 }
 
@@ -413,11 +471,15 @@ pub struct AgentStats {
     pub connect_failures: u64,
     /// Of the failures: timeouts.
     pub timeouts: u64,
+    /// Of the failures: error answers.
+    pub error_answers: u64,
+    /// Requests not sent because its connection's queue was full (not failures).
+    pub busy: u64,
     /// Requests dropped without an outcome.
     pub cancelled: u64,
     /// Times passive health ejected it.
     pub ejections: u64,
-    /// Connect failures and timeouts since the last success or ejection.
+    /// Failures since the last success or ejection.
     pub consecutive_failures: u32,
     /// Time left in the current ejection, milliseconds (0 when not ejected).
     pub ejected_for_ms: f64,

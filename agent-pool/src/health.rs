@@ -1,10 +1,12 @@
-//! Passive health: consecutive connect failures or timeouts eject an agent for an exponential
-//! backoff, never more than a fraction of the pool at once. Ejection ends lazily: whoever next
-//! looks at the agent after its backoff (the picker, or the pool's tick) puts it back, with one
-//! compare-and-swap and no lock.
+//! Passive health: consecutive failures (anything but a success or a busy queue) eject an agent
+//! for an exponential backoff, never more than a fraction of the pool at once. Ejection ends
+//! lazily: whoever next looks at the agent after its backoff (the picker, or the pool's tick)
+//! puts it back, with one compare-and-swap and no lock. It comes back on trial (half-open): one
+//! more failure before a success ejects it again, with the next, longer backoff. An agent
+//! ejected for being unreachable can also be readmitted early, once a connect succeeds.
 
 use std::sync::atomic::{
-    AtomicU32, AtomicU64, AtomicUsize,
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize,
     Ordering::{AcqRel, Acquire, Relaxed},
 };
 use std::time::Duration;
@@ -12,9 +14,8 @@ use std::time::Duration;
 /// When an agent is ejected and for how long.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EjectionConfig {
-    /// Consecutive [`ConnectFailure`](crate::Outcome::ConnectFailure) or
-    /// [`Timeout`](crate::Outcome::Timeout) outcomes that eject an agent. Default 5.
-    /// A success resets the count. 0 disables ejection.
+    /// Consecutive failed outcomes (every [`Outcome`](crate::Outcome) but `Success` and `Busy`)
+    /// that eject an agent. Default 5. A success resets the count. 0 disables ejection.
     pub consecutive_failures: u32,
     /// The first ejection's length; each further ejection without a success in between
     /// doubles it. Default 1 s.
@@ -92,6 +93,8 @@ pub(crate) struct Health {
     level: AtomicU32,
     /// End of the current ejection; 0 when not ejected.
     ejected_until: AtomicU64,
+    /// The current ejection followed a connect failure.
+    unreachable: AtomicBool,
     ejections: AtomicU64,
 }
 
@@ -101,16 +104,23 @@ impl Health {
         self.level.store(0, Relaxed);
     }
 
-    /// Counts a connect failure or timeout; returns the backoff if this ejected the agent.
-    pub(crate) fn on_failure(&self, now_ns: u64, budget: &EjectionBudget) -> Option<Duration> {
+    /// Counts a failure; returns the backoff if this ejected the agent. `unreachable`: it was a
+    /// connect failure.
+    pub(crate) fn on_failure(
+        &self,
+        now_ns: u64,
+        unreachable: bool,
+        budget: &EjectionBudget,
+    ) -> Option<Duration> {
         let threshold = budget.config.consecutive_failures;
+        let until = self.ejected_until.load(Acquire);
+        if until > now_ns {
+            // Already ejected: calls that were in flight count for nothing.
+            return None;
+        }
         let n = self.consecutive.fetch_add(1, Relaxed).saturating_add(1);
         if threshold == 0 || n < threshold {
             return None;
-        }
-        let until = self.ejected_until.load(Acquire);
-        if until > now_ns {
-            return None; // already ejected
         }
         // An expired ejection nobody noticed yet is still counted in the budget: reuse it.
         let reserved = until == 0;
@@ -129,10 +139,40 @@ impl Health {
             }
             return None; // a concurrent failure ejected it
         }
+        self.unreachable.store(unreachable, Relaxed);
         self.level.fetch_add(1, Relaxed);
         self.consecutive.store(0, Relaxed);
         self.ejections.fetch_add(1, Relaxed);
         Some(backoff)
+    }
+
+    /// Puts it on trial: the next failure before a success ejects it again.
+    fn on_trial(&self, budget: &EjectionBudget) {
+        let threshold = budget.config.consecutive_failures;
+        self.consecutive.store(threshold.saturating_sub(1), Relaxed);
+    }
+
+    /// Ends an ejection for unreachability now, on trial; `false` if it was not one.
+    pub(crate) fn readmit(&self, budget: &EjectionBudget) -> bool {
+        let until = self.ejected_until.load(Acquire);
+        if until == 0 || !self.unreachable.load(Relaxed) {
+            return false;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, AcqRel, Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        budget.release();
+        self.on_trial(budget);
+        true
+    }
+
+    /// Ejected now, and for a connect failure.
+    pub(crate) fn is_ejected_unreachable(&self, now_ns: u64) -> bool {
+        self.is_ejected(now_ns) && self.unreachable.load(Relaxed)
     }
 
     /// Whether the agent is not ejected at `now_ns`; ends an expired ejection.
@@ -152,6 +192,7 @@ impl Health {
             .is_ok()
         {
             budget.release();
+            self.on_trial(budget);
         }
         true
     }

@@ -30,6 +30,10 @@ pub struct PoolConfig {
     /// Latency estimate of an agent with no sample yet. Default 5 ms (pessimistic next to a
     /// healthy sub-millisecond agent, so a new agent is not stampeded).
     pub default_rtt: Duration,
+    /// The least latency sample an error answer or a broken call records. Default 50 ms: an
+    /// agent that fails fast looks 100× dearer than a healthy sub-millisecond one, so the
+    /// picker stops preferring it at once and tries it again only as the estimate decays.
+    pub failure_penalty: Duration,
     /// Time constant of the latency estimate's mean; its peak decays ten times faster (see
     /// the `ewma` module). Default 1 s.
     ///
@@ -51,6 +55,7 @@ impl Default for PoolConfig {
             ejection: EjectionConfig::default(),
             hints: HintsConfig::default(),
             default_rtt: Duration::from_millis(5),
+            failure_penalty: Duration::from_millis(50),
             latency_decay: Duration::from_secs(1),
         }
     }
@@ -155,6 +160,7 @@ impl Pool {
         let params = AgentParams {
             epoch,
             default_rtt: config.default_rtt,
+            failure_penalty: config.failure_penalty,
             latency_decay: config.latency_decay,
             budget: Arc::new(EjectionBudget::new(config.ejection.clone())),
         };

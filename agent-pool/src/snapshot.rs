@@ -40,6 +40,9 @@ pub struct Snapshot {
     agents: Vec<Arc<Agent>>,
     /// Source-ready agents, the picker's candidates (some may be ejected right now).
     ready: Vec<Arc<Agent>>,
+    /// Terminating agents: the picker's fallback when no ready agent takes work, as kube-proxy
+    /// falls back to serving-terminating endpoints (better inspected late than not at all).
+    terminating: Vec<Arc<Agent>>,
     by_token: TokenMap,
 }
 
@@ -54,6 +57,11 @@ impl Snapshot {
         let ready: Vec<_> = agents
             .iter()
             .filter(|a| a.is_source_ready())
+            .cloned()
+            .collect();
+        let terminating: Vec<_> = agents
+            .iter()
+            .filter(|a| a.is_source_terminating())
             .cloned()
             .collect();
         let mut by_token = TokenMap::default();
@@ -72,13 +80,15 @@ impl Snapshot {
             gone_grace,
             agents,
             ready,
+            terminating,
             by_token,
         }
     }
 
     /// Picks an agent for new work: power of two choices among ready agents (not terminating,
-    /// not ejected, not gone), the cheaper by peak-EWMA latency × (outstanding + 1). `None` when
-    /// no agent takes new work. O(1); reads the clock only if a candidate is or was ejected.
+    /// not ejected, not gone), the cheaper by peak-EWMA latency × (outstanding + 1); when none
+    /// of them takes work, the same among terminating agents. `None` when no agent can take new
+    /// work. O(1) while a ready agent is usable.
     #[inline]
     pub fn pick(&self) -> Option<Arc<Agent>> {
         self.pick_with(LazyNow::new(self.epoch), None)
@@ -97,7 +107,8 @@ impl Snapshot {
 
     #[inline]
     fn pick_with(&self, mut now: LazyNow, exclude: Option<&Agent>) -> Option<Arc<Agent>> {
-        let a = picker::pick(&self.ready, &mut now, exclude)?;
+        let a = picker::pick(&self.ready, &mut now, exclude)
+            .or_else(|| picker::pick(&self.terminating, &mut now, exclude))?;
         a.count_pick();
         Some(a.clone())
     }

@@ -262,14 +262,115 @@ fn backoff_doubles_up_to_the_maximum() {
 }
 
 #[test]
-fn other_failures_do_not_eject() {
+fn every_failure_but_a_busy_queue_counts_toward_ejection() {
+    for outcome in [Outcome::ErrorAnswer, Outcome::Failed] {
+        let (pool, t0) = pool_of(2, PoolConfig::default());
+        let a = agent(&pool, 0);
+        for i in 0..5 {
+            request(&a, t0 + i * MS, 200 * US, outcome);
+        }
+        assert_eq!(a.state_at(t0 + 6 * MS), AgentState::Ejected, "{outcome:?}");
+        assert_eq!(a.stats().failures, 5);
+    }
     let (pool, t0) = pool_of(2, PoolConfig::default());
     let a = agent(&pool, 0);
     for i in 0..20 {
-        request(&a, t0 + i * MS, MS, Outcome::Failed);
+        request(&a, t0 + i * MS, MS, Outcome::Busy);
     }
-    assert_eq!(a.state_at(t0 + S), AgentState::Ready);
-    assert_eq!(a.stats().failures, 20);
+    assert_eq!(a.state_at(t0 + S), AgentState::Ready, "busy is not broken");
+    assert_eq!((a.stats().failures, a.stats().busy), (0, 20));
+}
+
+#[test]
+fn a_fast_error_answer_makes_an_agent_dear_not_cheap() {
+    // Three agents at 300 µs; one starts answering errors in 200 µs. Before the penalty it was
+    // the cheapest and drew a third or more of the picks; now it must draw almost none.
+    let (pool, t0) = pool_of(3, PoolConfig::default());
+    for i in 0..3 {
+        for k in 0..20 {
+            request(&agent(&pool, i), t0 + k * MS, 300 * US, Outcome::Success);
+        }
+    }
+    let t = t0 + 30 * MS;
+    request(&agent(&pool, 0), t, 200 * US, Outcome::ErrorAnswer);
+    let counts = count_picks(&pool, t + MS, 10_000);
+    let bad = counts.get(agent(&pool, 0).id()).copied().unwrap_or(0);
+    assert_eq!(
+        bad, 0,
+        "an error answer costs like a 50 ms call: {counts:?}"
+    );
+}
+
+#[test]
+fn after_its_backoff_an_agent_is_on_trial_one_failure_ejects_it_again() {
+    let (pool, t0) = pool_of(4, PoolConfig::default());
+    let a = agent(&pool, 0);
+    for _ in 0..5 {
+        request(&a, t0, MS, Outcome::Timeout);
+    }
+    assert_eq!(a.state_at(t0 + MS), AgentState::Ejected);
+    // The sweep (or a pick) ends the ejection after 1 s: one failure re-ejects, for 2 s.
+    pool.tick(t0 + S + MS);
+    assert_eq!(a.state_at(t0 + S + MS), AgentState::Ready);
+    request(&a, t0 + S + MS, MS, Outcome::Timeout);
+    assert_eq!(a.state_at(t0 + S + 3 * MS), AgentState::Ejected);
+    assert_eq!(a.state_at(t0 + 3 * S), AgentState::Ejected, "2 s this time");
+    // A success on trial clears the record: five failures again before the next ejection.
+    pool.tick(t0 + 4 * S);
+    request(&a, t0 + 4 * S, MS, Outcome::Success);
+    for k in 0..4 {
+        request(&a, t0 + 4 * S + k * MS, MS, Outcome::Timeout);
+    }
+    assert_eq!(a.state_at(t0 + 4 * S + 5 * MS), AgentState::Ready);
+}
+
+#[test]
+fn an_unreachable_agent_is_readmitted_on_a_successful_connect_a_stalling_one_is_not() {
+    let (pool, t0) = pool_of(4, PoolConfig::default());
+    let (a, b) = (agent(&pool, 0), agent(&pool, 1));
+    for _ in 0..5 {
+        request(&a, t0, MS, Outcome::ConnectFailure);
+    }
+    assert!(a.is_ejected_unreachable());
+    assert!(a.readmit(), "unreachable, then a connect succeeded");
+    assert_eq!(a.state(), AgentState::Ready);
+    assert!(!a.readmit(), "not ejected any more");
+    // On trial: one failure ejects it again.
+    request(&a, t0 + MS, MS, Outcome::ConnectFailure);
+    assert!(a.is_ejected_unreachable());
+
+    // Timeouts: a connect succeeding says nothing new; it waits out its backoff.
+    for _ in 0..5 {
+        request(&b, Instant::now(), MS, Outcome::Timeout);
+    }
+    assert_eq!(b.state(), AgentState::Ejected);
+    assert!(!b.is_ejected_unreachable());
+    assert!(!b.readmit());
+    assert_eq!(b.state(), AgentState::Ejected);
+}
+
+#[test]
+fn when_every_agent_terminates_new_work_goes_to_the_terminating_ones() {
+    let (pool, t0) = pool_of(2, PoolConfig::default());
+    let terminating = |i| Endpoint {
+        state: SourceState::Terminating,
+        ..ep(i)
+    };
+    pool.apply_at(Update::Upsert(terminating(0)), t0);
+    let counts = count_picks(&pool, t0, 100);
+    assert_eq!(
+        counts.len(),
+        1,
+        "the ready one while there is one: {counts:?}"
+    );
+    assert!(counts.contains_key(agent(&pool, 1).id()));
+    pool.apply_at(Update::Upsert(terminating(1)), t0);
+    let counts = count_picks(&pool, t0, 1_000);
+    assert_eq!(counts.len(), 2, "then both terminating ones: {counts:?}");
+    assert_eq!(pool.snapshot().ready_len_at(t0), 0);
+    // Gone agents never take new work.
+    pool.apply_at(Update::Reset(vec![]), t0);
+    assert!(pool.snapshot().pick_at(t0, None).is_none());
 }
 
 #[test]
@@ -480,8 +581,16 @@ proptest! {
         let t = t0 + 10 * MS;
         let snap = pool.snapshot();
         let excluded = exclude.filter(|&x| x < states.len()).map(|x| agent(&pool, x));
+        let allowed = |a: &Arc<Agent>| excluded.as_ref().is_none_or(|x| !Arc::ptr_eq(x, a));
+        // Ready ones first; terminating ones only when no ready one can take it.
+        let ready_left = snap.agents().iter().any(|a| a.state_at(t) == AgentState::Ready && allowed(a));
         let takes_work = |a: &Arc<Agent>| {
-            a.state_at(t) == AgentState::Ready && excluded.as_ref().is_none_or(|x| !Arc::ptr_eq(x, a))
+            allowed(a)
+                && match a.state_at(t) {
+                    AgentState::Ready => true,
+                    AgentState::Terminating => !ready_left,
+                    _ => false,
+                }
         };
         let any = snap.agents().iter().any(takes_work);
         for _ in 0..50 {

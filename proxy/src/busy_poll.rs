@@ -111,7 +111,7 @@ mod tests {
         assert_eq!(spins(&in_flight), 0, "spun before any RPC");
 
         {
-            let _rpc = in_flight.enter();
+            let _rpc = in_flight.enter(0);
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         let during = spins(&in_flight);
@@ -124,7 +124,7 @@ mod tests {
 
         // The next RPC wakes it again.
         {
-            let _rpc = in_flight.enter();
+            let _rpc = in_flight.enter(0);
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         assert!(

@@ -24,7 +24,7 @@ use scan::Scanner;
 /// Bounds on what the decoder accepts from a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest frame, in bytes (default [`Limits::DEFAULT_MAX_FRAME_BYTES`], 1 MiB). A header that
+    /// Largest frame, in bytes (default [`Limits::DEFAULT_MAX_FRAME_BYTES`], 4 MiB). A header that
     /// declares a string, binary, array or map that cannot fit is rejected before its bytes arrive.
     pub max_frame_bytes: usize,
     /// Deepest nesting of arrays and maps, the top-level array counting as one (default
@@ -33,9 +33,9 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Default [`Limits::max_frame_bytes`]: 1 MiB, ten times the modules' default 100 000-byte
-    /// maximum body plus headers.
-    pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
+    /// Default [`Limits::max_frame_bytes`]: 4 MiB. Go's `net/http` takes 1 MB of headers by
+    /// default and modules send the body too: every request a real module can send fits.
+    pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;
     /// Default [`Limits::max_depth`]: 32 levels (real frames use 4).
     pub const DEFAULT_MAX_DEPTH: usize = 32;
 }
@@ -48,6 +48,9 @@ impl Default for Limits {
         }
     }
 }
+
+/// Most bytes reserved ahead of what has arrived.
+const RESERVE_STEP: usize = 64 << 10;
 
 /// `tokio_util` codec for MessagePack-RPC frames.
 ///
@@ -93,11 +96,12 @@ impl Decoder for FrameCodec {
                 Ok(Some(Frame::from_parts(src.split_to(end).freeze(), view)))
             }
             Ok(None) => {
-                // Reserve what the walk already knows it needs (a pending string, at most the frame
-                // limit), so a long payload arrives without repeated reallocation.
+                // Reserve toward what the walk already knows it needs (a pending string), a step
+                // at a time: a header's promise of megabytes costs no memory until the bytes
+                // come, and growth still doubles, so a long payload is copied few times.
                 let need = self.scanner.need();
                 if need > src.len() {
-                    src.reserve(need - src.len());
+                    src.reserve((need - src.len()).min(RESERVE_STEP));
                 }
                 Ok(None)
             }

@@ -66,8 +66,9 @@ pub struct Options {
     /// Set SO_REUSEPORT on TCP listeners [default: false].
     #[arg(long, env = "SIGSCI_PROXY_REUSE_PORT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub reuse_port: Option<bool>,
-    /// Maximum open downstream connections; beyond it new connections are closed at once
-    /// [default: 20000].
+    /// Maximum open downstream connections, lowered at start-up to leave file descriptors for
+    /// agents and the admin port. At the limit the longest-idle connection makes room; with
+    /// none idle a new connection is reset [default: 20000].
     #[arg(long, env = "SIGSCI_PROXY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Maximum RPCs in flight on one downstream connection (pipelining) [default: 64].
@@ -84,9 +85,26 @@ pub struct Options {
     /// [default: 5s].
     #[arg(long, env = "SIGSCI_PROXY_FRAME_READ_TIMEOUT", value_name = "DURATION")]
     pub frame_read_timeout: Option<Dur>,
-    /// Largest frame accepted from a module or an agent, in bytes [default: 1048576].
+    /// Largest frame accepted from a module or an agent, in bytes: room for the largest request
+    /// a module sends (headers up to 1 MB plus the body) [default: 4194304].
     #[arg(long, env = "SIGSCI_PROXY_MAX_FRAME_BYTES", value_name = "BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// Bytes all connections together may hold in partly received frames; past it the
+    /// connection holding the most is reset [default: 67108864].
+    #[arg(long, env = "SIGSCI_PROXY_MAX_PARTIAL_BYTES", value_name = "BYTES")]
+    pub max_partial_bytes: Option<usize>,
+    /// RPCs in flight across the proxy; past it a call is answered with an error frame at once
+    /// [default: 10000].
+    #[arg(long, env = "SIGSCI_PROXY_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// Bytes of requests in flight across the proxy; past it a call is answered with an error
+    /// frame at once [default: 67108864].
+    #[arg(long, env = "SIGSCI_PROXY_MAX_IN_FLIGHT_BYTES", value_name = "BYTES")]
+    pub max_in_flight_bytes: Option<usize>,
+    /// Time to write one answer to a module; a module that does not read is reset after it
+    /// [default: 1s].
+    #[arg(long, env = "SIGSCI_PROXY_WRITE_TIMEOUT", value_name = "DURATION")]
+    pub write_timeout: Option<Dur>,
 
     /// Static agent list, `host:port,host:port` or `unix:/path` (one of the four membership
     /// sources).
@@ -358,6 +376,14 @@ pub struct Config {
     pub frame_read_timeout: Duration,
     /// Largest frame in bytes.
     pub max_frame_bytes: usize,
+    /// Proxy-wide budget of bytes in partly received frames.
+    pub max_partial_bytes: usize,
+    /// Proxy-wide RPCs in flight.
+    pub max_in_flight: usize,
+    /// Proxy-wide request bytes in flight.
+    pub max_in_flight_bytes: usize,
+    /// Time to write one answer to a module.
+    pub write_timeout: Duration,
     /// Static agents (`--agents`).
     pub agents: Vec<String>,
     /// Agents file (`--agents-file`).
@@ -435,7 +461,11 @@ impl Config {
             max_in_flight_per_connection: o.max_in_flight_per_connection.unwrap_or(64),
             idle_timeout: d(o.idle_timeout, Duration::from_secs(60)),
             frame_read_timeout: d(o.frame_read_timeout, Duration::from_secs(5)),
-            max_frame_bytes: o.max_frame_bytes.unwrap_or(1 << 20),
+            max_frame_bytes: o.max_frame_bytes.unwrap_or(4 << 20),
+            max_partial_bytes: o.max_partial_bytes.unwrap_or(64 << 20),
+            max_in_flight: o.max_in_flight.unwrap_or(10_000),
+            max_in_flight_bytes: o.max_in_flight_bytes.unwrap_or(64 << 20),
+            write_timeout: d(o.write_timeout, Duration::from_secs(1)),
             agents: o.agents.unwrap_or_default(),
             agents_file: o.agents_file,
             agents_file_poll: d(o.agents_file_poll, Duration::from_millis(100)),
@@ -559,6 +589,30 @@ impl Config {
         }
         if self.idle_timeout.is_zero() {
             bad("idle-timeout", "must be more than 0".into());
+        }
+        if self.max_partial_bytes < self.max_frame_bytes {
+            bad(
+                "max-partial-bytes",
+                format!(
+                    "{} is less than --max-frame-bytes ({}): one large request could never arrive",
+                    self.max_partial_bytes, self.max_frame_bytes
+                ),
+            );
+        }
+        if self.max_in_flight == 0 {
+            bad("max-in-flight", "must be at least 1".into());
+        }
+        if self.max_in_flight_bytes < self.max_frame_bytes {
+            bad(
+                "max-in-flight-bytes",
+                format!(
+                    "{} is less than --max-frame-bytes ({})",
+                    self.max_in_flight_bytes, self.max_frame_bytes
+                ),
+            );
+        }
+        if self.write_timeout.is_zero() {
+            bad("write-timeout", "must be positive".into());
         }
         if self.frame_read_timeout.is_zero() {
             bad("frame-read-timeout", "must be more than 0".into());
@@ -726,6 +780,10 @@ fn merge(high: Options, low: Options) -> Options {
         idle_timeout,
         frame_read_timeout,
         max_frame_bytes,
+        max_partial_bytes,
+        max_in_flight,
+        max_in_flight_bytes,
+        write_timeout,
         agents,
         agents_file,
         agents_file_poll,

@@ -13,14 +13,16 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, sleep_until};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::codec::{CodecError, Frame, FrameCodec, FrameKind, Limits};
+use crate::admission::{Admitted, Shed};
+use crate::codec::{CodecError, Frame, FrameCodec, Limits, error_response};
 use crate::error::ClientError;
-use crate::metrics as m;
+use crate::metrics::{self as m, Uninspected};
 use crate::route::Router;
 
 /// While draining, how long a connection that has sent nothing yet may take to start its
@@ -34,49 +36,73 @@ pub(crate) struct Shared {
     pub(crate) max_in_flight: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) frame_read_timeout: Duration,
+    /// How long one answer may take to be written to a module that does not read.
+    pub(crate) write_timeout: Duration,
     /// Cancelled when the listeners close during a drain: finish in-flight work, then close.
     pub(crate) stop: CancellationToken,
 }
 
-enum Event {
-    Answer(Option<Bytes>),
-    Read(std::io::Result<usize>),
-    Timeout,
-    Stop,
+/// A module's connection: a stream that can be made to close with a reset.
+pub(crate) trait Conn: AsyncRead + AsyncWrite + Unpin {
+    /// Makes the coming close a reset (TCP RST): every module fails open at once on a reset,
+    /// while some hang on a clean close. A Unix socket has no reset: it just closes.
+    fn reset_on_close(&self);
 }
 
-/// Serves one connection until it closes.
-pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Arc<Shared>) {
-    m::connections_open(1.0);
-    let result = run(&mut stream, &shared).await;
-    m::connections_open(-1.0);
-    match result {
-        Ok(()) => {}
-        Err(e) => {
-            let reason = match &e {
-                ClientError::Malformed(CodecError::FrameTooLarge { .. }) => {
-                    m::uninspected(m::Uninspected::FrameTooLarge);
-                    "malformed"
-                }
-                ClientError::Malformed(_) => {
-                    m::uninspected(m::Uninspected::InvalidFrame);
-                    "malformed"
-                }
-                ClientError::SlowFrame => {
-                    m::uninspected(m::Uninspected::SlowFrame);
-                    "slow_frame"
-                }
-                ClientError::Io(_) => "io",
-            };
-            m::connection_closed(reason);
-            debug!(error = %e, side = ?e.side(), "Closing connection");
-        }
+impl Conn for TcpStream {
+    fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
     }
 }
 
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+impl Conn for UnixStream {
+    fn reset_on_close(&self) {}
+}
+
+enum Event {
+    Answer(Bytes),
+    Read(std::io::Result<usize>),
+    Timeout,
+    Stop,
+    Shed,
+}
+
+/// Serves one connection until it closes.
+pub(crate) async fn serve<S: Conn>(mut stream: S, shared: Arc<Shared>, admitted: Admitted) {
+    m::connections_open(1.0);
+    let result = run(&mut stream, &shared, &admitted).await;
+    m::connections_open(-1.0);
+    let Err(e) = result else { return };
+    let (reason, uninspected) = match &e {
+        ClientError::Malformed(CodecError::FrameTooLarge { .. }) => {
+            ("malformed", Some(Uninspected::FrameTooLarge))
+        }
+        ClientError::Malformed(_) | ClientError::NotACall(_) => {
+            ("malformed", Some(Uninspected::InvalidFrame))
+        }
+        ClientError::SlowFrame => ("slow_frame", Some(Uninspected::SlowFrame)),
+        ClientError::WriteTimeout => ("write_timeout", Some(Uninspected::WriteTimeout)),
+        ClientError::Shed(Shed::Budget) => ("frame_budget", Some(Uninspected::FrameBudget)),
+        // Counted when it was chosen; nothing was asked on it.
+        ClientError::Shed(Shed::Idle) => ("evicted_idle", None),
+        ClientError::Io(_) => ("io", None),
+    };
+    if let Some(u) = uninspected {
+        m::uninspected(u);
+    }
+    if reason != "evicted_idle" {
+        m::connection_closed(reason);
+    }
+    if !matches!(e, ClientError::Io(_)) {
+        stream.reset_on_close();
+    }
+    debug!(error = %e, side = ?e.side(), "Closing connection");
+}
+
+async fn run<S: Conn>(
     stream: &mut S,
     shared: &Shared,
+    admitted: &Admitted,
 ) -> Result<(), ClientError> {
     let router = &shared.router;
     let mut codec = FrameCodec::new(shared.limits);
@@ -94,6 +120,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // registration each, several times per RPC.
     let stop = shared.stop.cancelled();
     tokio::pin!(stop);
+    let shed = admitted.slot().wake.notified();
+    tokio::pin!(shed);
     let timer = sleep_until(last_activity + shared.idle_timeout);
     tokio::pin!(timer);
 
@@ -104,9 +132,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 Some(frame) => {
                     served += 1;
                     frame_started = (!buf.is_empty()).then(Instant::now);
-                    if let Some(rpc) = dispatch(router, frame) {
-                        in_flight.push(rpc);
-                    }
+                    in_flight.push(call(router, frame)?);
                     if stopping && buf.is_empty() {
                         reading = false;
                     }
@@ -114,6 +140,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 None => break,
             }
         }
+        admitted.set_busy(in_flight.len());
+        // Bytes of a frame not complete yet (or held back by the in-flight limit) count
+        // against the proxy-wide budget.
+        admitted.set_held(buf.len());
         if !reading && in_flight.is_empty() {
             break;
         }
@@ -132,17 +162,25 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let can_read = reading && in_flight.len() < shared.max_in_flight;
         let event = tokio::select! {
             biased;
+            () = &mut shed => Event::Shed,
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => Event::Answer(answer),
             r = stream.read_buf(&mut buf), if can_read => Event::Read(r),
             () = &mut timer, if deadline.is_some() => Event::Timeout,
             () = &mut stop, if !stopping => Event::Stop,
         };
         match event {
-            Event::Answer(Some(bytes)) => {
+            Event::Answer(bytes) => {
                 last_activity = Instant::now();
-                stream.write_all(&bytes).await.map_err(ClientError::Io)?;
+                admitted.active();
+                match timeout(shared.write_timeout, stream.write_all(&bytes)).await {
+                    Ok(r) => r.map_err(ClientError::Io)?,
+                    Err(_) => {
+                        // The calls still in flight on it are lost with it.
+                        m::uninspected_n(Uninspected::WriteTimeout, in_flight.len() as u64);
+                        return Err(ClientError::WriteTimeout);
+                    }
+                }
             }
-            Event::Answer(None) => {}
             Event::Read(Ok(0)) => {
                 // The module closed its side: answer the complete frames it sent (still in
                 // `buf` if the in-flight limit held them back), then close.
@@ -152,6 +190,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Event::Read(Ok(_)) => {
                 last_activity = Instant::now();
+                admitted.active();
                 frame_started.get_or_insert(last_activity);
             }
             Event::Read(Err(e)) => return Err(ClientError::Io(e)),
@@ -173,6 +212,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     reading = false;
                 }
             }
+            Event::Shed => {
+                let reason = admitted.slot().shed_reason().unwrap_or(Shed::Idle);
+                return Err(ClientError::Shed(reason));
+            }
         }
     }
     if !peer_closed {
@@ -183,32 +226,27 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// The work a frame from a module asks for.
-fn dispatch(router: &Router, frame: Frame) -> Option<impl Future<Output = Option<Bytes>> + '_> {
-    match frame.kind() {
-        FrameKind::Request => Some(Either::Request(router, frame).run()),
-        FrameKind::Notification => Some(Either::Notification(router, frame).run()),
-        FrameKind::Response => {
-            debug!("Ignoring a response frame sent by a module");
-            None
-        }
-    }
-}
-
-/// One future type for both kinds of work, so they share the `FuturesUnordered`.
-enum Either<'a> {
-    Request(&'a Router, Frame),
-    Notification(&'a Router, Frame),
-}
-
-impl<'a> Either<'a> {
-    async fn run(self) -> Option<Bytes> {
-        match self {
-            Either::Request(router, frame) => Some(router.request(frame).await),
-            Either::Notification(router, frame) => {
-                router.notification(frame).await;
-                None
+/// The work a frame from a module asks for: a call to route, or a call the proxy answers
+/// itself because it is not one a module makes (never forwarded to a shared agent
+/// connection). A frame without a msgid to answer closes the connection.
+fn call(router: &Router, frame: Frame) -> Result<impl Future<Output = Bytes> + '_, ClientError> {
+    let problem = frame.call_problem();
+    let msgid = match (problem, frame.msgid()) {
+        (Some(problem), None) => return Err(ClientError::NotACall(problem)),
+        (_, msgid) => msgid.unwrap_or_default(),
+    };
+    Ok(async move {
+        match problem {
+            None => router.request(frame).await,
+            Some(problem) => {
+                m::uninspected(Uninspected::InvalidFrame);
+                m::rpc_finished(
+                    frame.method().unwrap_or(crate::codec::Method::Other),
+                    "invalid_frame",
+                    Duration::ZERO,
+                );
+                error_response(msgid, &format!("sigsci-proxy: invalid call: {problem}"))
             }
         }
-    }
+    })
 }

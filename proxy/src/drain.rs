@@ -28,6 +28,8 @@ impl Readiness {
 #[derive(Debug, Default)]
 pub(crate) struct InFlightCount {
     count: AtomicU64,
+    /// Request bytes of the RPCs counted.
+    bytes: AtomicU64,
     /// Only with busy polling: when the last RPC finished, and a wake-up for the first to start.
     activity: Option<Activity>,
 }
@@ -37,17 +39,37 @@ impl InFlightCount {
     pub(crate) fn with_activity() -> Self {
         Self {
             count: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             activity: Some(Activity::default()),
         }
     }
-    /// Counts one RPC until the guard drops.
-    pub(crate) fn enter(&self) -> InFlightGuard<'_> {
+    /// Counts one RPC of `bytes` until the guard drops; `None`, counting nothing, when that
+    /// would pass `max_calls` or `max_bytes`.
+    pub(crate) fn try_enter(
+        &self,
+        bytes: usize,
+        max_calls: usize,
+        max_bytes: usize,
+    ) -> Option<InFlightGuard<'_>> {
+        let bytes = bytes as u64;
+        if self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > max_bytes as u64 {
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return None;
+        }
+        if self.count.load(Ordering::Relaxed) >= max_calls as u64 {
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.enter(bytes))
+    }
+
+    pub(crate) fn enter(&self, bytes: u64) -> InFlightGuard<'_> {
         let before = self.count.fetch_add(1, Ordering::Relaxed);
         if let (0, Some(activity)) = (before, &self.activity) {
             activity.first_started();
         }
         crate::metrics::in_flight(1.0);
-        InFlightGuard(self)
+        InFlightGuard(self, bytes)
     }
     /// How many now.
     pub(crate) fn get(&self) -> u64 {
@@ -60,7 +82,7 @@ impl InFlightCount {
 }
 
 /// See [`InFlightCount::enter`].
-pub(crate) struct InFlightGuard<'a>(&'a InFlightCount);
+pub(crate) struct InFlightGuard<'a>(&'a InFlightCount, u64);
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
@@ -68,6 +90,7 @@ impl Drop for InFlightGuard<'_> {
             activity.finished();
         }
         self.0.count.fetch_sub(1, Ordering::Relaxed);
+        self.0.bytes.fetch_sub(self.1, Ordering::Relaxed);
         crate::metrics::in_flight(-1.0);
     }
 }

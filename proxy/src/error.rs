@@ -6,7 +6,7 @@ use std::io;
 
 use agent_pool::Outcome;
 
-use crate::codec::CodecError;
+use crate::codec::{CodecError, Frame};
 
 /// Which side of the proxy an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,16 +22,19 @@ pub(crate) enum Side {
 /// Whether a failed RPC may go to another agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RetryType {
-    /// Nothing reached an agent: any RPC may be retried.
+    /// Nothing reached an agent: any RPC may go elsewhere (an UpdateRequest routed by its token
+    /// still has only one right agent).
     Safe,
-    /// The request may have reached the agent, but no answer came back: only RPCs whose
-    /// repetition is harmless (PreRequest, ModuleInit) may be retried.
-    IfIdempotent,
-    /// Never (the deadline is spent, or there is nobody to retry on).
+    /// The agent may have seen the request but gave no usable answer: only calls whose repetition
+    /// costs at most a second inspection (PreRequest, ModuleInit) go elsewhere. An uninspected
+    /// request is worse than one inspected twice.
+    IfRepeatable,
+    /// Never (the deadline is spent, or the request itself is at fault).
     Never,
 }
 
-/// Why an RPC to an agent failed.
+/// Why an RPC to an agent failed, named by what happened: each has its own retry rule and its
+/// own lesson for the agent's passive health.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
     /// No agent accepts new work.
@@ -39,16 +42,30 @@ pub(crate) enum UpstreamError {
     NoAgent,
     /// Connecting to the agent failed; nothing was sent.
     #[error("connect to agent failed: {0}")]
-    Connect(#[source] io::Error),
+    ConnectFailed(#[source] io::Error),
     /// Connecting to the agent took longer than the connect timeout; nothing was sent.
     #[error("connect to agent timed out")]
     ConnectTimeout,
-    /// The connection to the agent broke after the request was handed to it, before an answer.
-    #[error("agent connection failed: {0}")]
-    Broken(#[source] io::Error),
+    /// The agent connection failed before the request was written; nothing was sent.
+    #[error("agent connection closed before the request was sent: {0}")]
+    NotSent(#[source] io::Error),
+    /// The agent connection's send queue is full: the agent is busy, not broken; nothing was
+    /// sent.
+    #[error("agent connection backlogged")]
+    Backlogged,
+    /// The request could not be prepared for the agent (it lacks a field the proxy rewrites);
+    /// nothing was sent, and nothing else would take it either.
+    #[error("request cannot be forwarded: {0}")]
+    Unsendable(#[source] CodecError),
+    /// The connection broke after the request was handed to it, before an answer.
+    #[error("agent connection failed after the request was sent: {0}")]
+    SentNoAnswer(#[source] io::Error),
     /// The agent sent bytes that are not a valid frame.
     #[error("agent sent an invalid frame: {0}")]
     Protocol(#[source] CodecError),
+    /// The agent answered with an error frame (kept, to pass on if no other agent answers).
+    #[error("agent answered with an error")]
+    AgentError(Box<Frame>),
     /// No answer before the RPC's deadline.
     #[error("agent did not answer in time")]
     Timeout,
@@ -59,6 +76,7 @@ impl UpstreamError {
     pub(crate) fn side(&self) -> Side {
         match self {
             Self::NoAgent => Side::Proxy,
+            Self::Unsendable(_) => Side::Client,
             _ => Side::Agent,
         }
     }
@@ -66,18 +84,26 @@ impl UpstreamError {
     /// Whether another agent may be tried.
     pub(crate) fn retry(&self) -> RetryType {
         match self {
-            Self::Connect(_) | Self::ConnectTimeout => RetryType::Safe,
-            Self::Broken(_) | Self::Protocol(_) => RetryType::IfIdempotent,
-            Self::NoAgent | Self::Timeout => RetryType::Never,
+            Self::ConnectFailed(_) | Self::ConnectTimeout | Self::NotSent(_) | Self::Backlogged => {
+                RetryType::Safe
+            }
+            Self::SentNoAnswer(_) | Self::Protocol(_) | Self::AgentError(_) => {
+                RetryType::IfRepeatable
+            }
+            Self::NoAgent | Self::Unsendable(_) | Self::Timeout => RetryType::Never,
         }
     }
 
     /// What the agent's passive health should learn from it.
     pub(crate) fn outcome(&self) -> Outcome {
         match self {
-            Self::Connect(_) | Self::ConnectTimeout | Self::Broken(_) => Outcome::ConnectFailure,
+            Self::ConnectFailed(_) | Self::ConnectTimeout | Self::NotSent(_) => {
+                Outcome::ConnectFailure
+            }
             Self::Timeout => Outcome::Timeout,
-            Self::NoAgent | Self::Protocol(_) => Outcome::Failed,
+            Self::AgentError(_) => Outcome::ErrorAnswer,
+            Self::SentNoAnswer(_) | Self::Protocol(_) => Outcome::Failed,
+            Self::NoAgent | Self::Backlogged | Self::Unsendable(_) => Outcome::Busy,
         }
     }
 
@@ -87,6 +113,8 @@ impl UpstreamError {
         match self {
             Self::NoAgent => Uninspected::NoAgent,
             Self::Timeout => Uninspected::Deadline,
+            Self::AgentError(_) => Uninspected::AgentError,
+            Self::Unsendable(_) => Uninspected::InvalidFrame,
             _ => Uninspected::AgentFailed,
         }
     }
@@ -95,9 +123,13 @@ impl UpstreamError {
     pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::NoAgent => "no_agent",
-            Self::Connect(_) | Self::ConnectTimeout => "connect_failure",
-            Self::Broken(_) => "upstream_broken",
+            Self::ConnectFailed(_) | Self::ConnectTimeout => "connect_failure",
+            Self::NotSent(_) => "not_sent",
+            Self::Backlogged => "backlogged",
+            Self::Unsendable(_) => "unsendable",
+            Self::SentNoAnswer(_) => "upstream_broken",
             Self::Protocol(_) => "upstream_protocol",
+            Self::AgentError(_) => "agent_error",
             Self::Timeout => "timeout",
         }
     }
@@ -109,6 +141,16 @@ pub(crate) enum ClientError {
     /// The module sent something that is not a valid frame, or one too large.
     #[error("invalid frame from client: {0}")]
     Malformed(#[source] CodecError),
+    /// A frame that is no module's call and has no msgid to answer (a notification).
+    #[error("not a call: {0}")]
+    NotACall(&'static str),
+    /// An answer could not be written within the write timeout (the module does not read).
+    #[error("answer not written in time")]
+    WriteTimeout,
+    /// Shed to protect the others: the longest idle at the connection limit, or the largest
+    /// holder of partly received bytes over the budget.
+    #[error("connection shed: {0:?}")]
+    Shed(crate::admission::Shed),
     /// A frame started but did not complete within the frame read timeout.
     #[error("frame not completed in time")]
     SlowFrame,
@@ -129,12 +171,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connect_failures_are_safe_to_retry_and_count_for_ejection() {
-        let e = UpstreamError::ConnectTimeout;
-        assert_eq!(e.retry(), RetryType::Safe);
-        assert_eq!(e.outcome(), Outcome::ConnectFailure);
-        assert_eq!(e.side(), Side::Agent);
-        assert_eq!(UpstreamError::Timeout.retry(), RetryType::Never);
+    fn each_failure_has_its_retry_rule_and_health_lesson() {
+        let io = || io::Error::other("x");
+        let cases = [
+            (
+                UpstreamError::ConnectFailed(io()),
+                RetryType::Safe,
+                Outcome::ConnectFailure,
+            ),
+            (
+                UpstreamError::ConnectTimeout,
+                RetryType::Safe,
+                Outcome::ConnectFailure,
+            ),
+            (
+                UpstreamError::NotSent(io()),
+                RetryType::Safe,
+                Outcome::ConnectFailure,
+            ),
+            // Busy, not dead: go elsewhere, no ejection.
+            (UpstreamError::Backlogged, RetryType::Safe, Outcome::Busy),
+            (
+                UpstreamError::SentNoAnswer(io()),
+                RetryType::IfRepeatable,
+                Outcome::Failed,
+            ),
+            (UpstreamError::Timeout, RetryType::Never, Outcome::Timeout),
+            (UpstreamError::NoAgent, RetryType::Never, Outcome::Busy),
+        ];
+        for (e, retry, outcome) in cases {
+            assert_eq!((e.retry(), e.outcome()), (retry, outcome), "{e}");
+        }
+        assert_eq!(UpstreamError::Timeout.side(), Side::Agent);
         assert_eq!(UpstreamError::NoAgent.side(), Side::Proxy);
         assert_eq!(ClientError::SlowFrame.side(), Side::Client);
     }

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod message;
 
 mod admin;
+mod admission;
 mod affinity;
 mod busy_poll;
 pub mod config;

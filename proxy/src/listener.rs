@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
+use crate::admission::Admission;
 use crate::config::ListenAddr;
-use crate::downstream::{self, Shared};
+use crate::downstream::{self, Conn, Shared};
 use crate::metrics as m;
 
 /// A bound listening socket.
@@ -140,11 +140,14 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
+/// How long a new connection at the limit waits for the idle one it displaced to close.
+const EVICTION_WAIT: Duration = Duration::from_millis(5);
+
 /// Accepts until `stop` is cancelled, spawning a task per connection on `tracker`.
 pub(crate) async fn accept_loop(
     listener: Listener,
     shared: Arc<Shared>,
-    connections: Arc<Semaphore>,
+    admission: Arc<Admission>,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -207,11 +210,16 @@ pub(crate) async fn accept_loop(
             }
         };
         m::connection_accepted();
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // Over the limit: close at once (the module fails open immediately) rather than queue.
+        let Some(admitted) = admission.admit(EVICTION_WAIT).await else {
+            // Over the limit with nothing idle to displace: a reset, so the module fails open
+            // at once (some hang on a clean close) rather than wait in a queue.
             m::connection_rejected();
             m::uninspected(m::Uninspected::ConnectionLimit);
-            debug!("Connection limit reached, closing new connection");
+            debug!("Connection limit reached, resetting new connection");
+            match &accepted {
+                Accepted::Tcp(stream, _) => stream.reset_on_close(),
+                Accepted::Unix(stream) => stream.reset_on_close(),
+            }
             drop(accepted);
             continue;
         };
@@ -221,8 +229,7 @@ pub(crate) async fn accept_loop(
                 let span = debug_span!("conn", client.addr = %peer);
                 tracker.spawn(
                     async move {
-                        downstream::serve(stream, shared).await;
-                        drop(permit);
+                        downstream::serve(stream, shared, admitted).await;
                     }
                     .instrument(span),
                 );
@@ -231,8 +238,7 @@ pub(crate) async fn accept_loop(
                 let span = debug_span!("conn", client.addr = "unix");
                 tracker.spawn(
                     async move {
-                        downstream::serve(stream, shared).await;
-                        drop(permit);
+                        downstream::serve(stream, shared, admitted).await;
                     }
                     .instrument(span),
                 );

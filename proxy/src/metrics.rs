@@ -193,11 +193,6 @@ pub(crate) fn uninspected_n(reason: Uninspected, n: u64) {
     }
 }
 
-/// A notification forwarded (or dropped).
-pub(crate) fn notification(outcome: &'static str) {
-    counter!("sigsci_proxy_notifications_total", "outcome" => outcome).increment(1);
-}
-
 /// RPCs in flight, up or down.
 pub(crate) fn in_flight(delta: f64) {
     if let Some(hot) = HOT.get() {

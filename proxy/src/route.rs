@@ -61,6 +61,10 @@ pub(crate) struct Router {
     pub(crate) budget: RetryBudget,
     pub(crate) rpc_timeout: Duration,
     pub(crate) in_flight: Arc<InFlightCount>,
+    /// Proxy-wide RPCs in flight before new ones are shed.
+    pub(crate) max_in_flight: usize,
+    /// Proxy-wide request bytes in flight before new ones are shed.
+    pub(crate) max_in_flight_bytes: usize,
 }
 
 impl Router {
@@ -68,9 +72,18 @@ impl Router {
     pub(crate) async fn request(&self, frame: Frame) -> Bytes {
         let started = Instant::now();
         let deadline = started + self.rpc_timeout;
-        let _counted = self.in_flight.enter();
         let msgid = frame.msgid().unwrap_or_default();
         let method = frame.method().unwrap_or(Method::Other);
+        let Some(_counted) = self.in_flight.try_enter(
+            frame.as_bytes().len(),
+            self.max_in_flight,
+            self.max_in_flight_bytes,
+        ) else {
+            // Agents already have more than they can answer in time: fail this one fast.
+            m::rpc_finished(method, "in_flight_limit", started.elapsed());
+            m::uninspected(m::Uninspected::InFlightLimit);
+            return error_response(msgid, "sigsci-proxy: too many calls in flight");
+        };
         let snapshot = self.pool.snapshot();
 
         // Target, RequestID to restore, and whether a failed first attempt may go elsewhere.
@@ -98,7 +111,8 @@ impl Router {
             },
             _ => snapshot.pick(),
         };
-        let idempotent = matches!(method, Method::PreRequest | Method::ModuleInit);
+        // A second inspection costs little; a missed one lets a request through unseen.
+        let repeatable = matches!(method, Method::PreRequest | Method::ModuleInit);
         // An UpdateRequest routed by token has exactly one right agent.
         let pinned = method == Method::UpdateRequest && restore.is_some();
 
@@ -113,7 +127,7 @@ impl Router {
         if let Err(e) = &result {
             let allowed = match e.retry() {
                 RetryType::Safe => !pinned,
-                RetryType::IfIdempotent => idempotent,
+                RetryType::IfRepeatable => repeatable && !pinned,
                 RetryType::Never => false,
             };
             if allowed && Instant::now() < deadline {
@@ -123,8 +137,17 @@ impl Router {
                     Some(other) => {
                         m::retry("attempted");
                         debug!(error = %e, agent.addr = %other.address(), "Retrying on another agent");
-                        result = self.attempt(&other, &frame, restore, deadline).await;
-                        answered_by = other;
+                        let second = self.attempt(&other, &frame, restore, deadline).await;
+                        // An agent's error answer beats a failure of the second attempt: the
+                        // module learns what the agent said.
+                        let keep_first = matches!(
+                            (&result, &second),
+                            (Err(UpstreamError::AgentError(_)), Err(e2)) if !matches!(e2, UpstreamError::AgentError(_))
+                        );
+                        if !keep_first {
+                            result = second;
+                            answered_by = other;
+                        }
                     }
                 }
             }
@@ -134,24 +157,23 @@ impl Router {
 
         match result {
             Ok(response) => {
-                let outcome = if response.is_error_response() {
-                    m::uninspected(m::Uninspected::AgentError);
-                    "agent_error"
-                } else {
-                    "ok"
-                };
-                m::rpc_finished(method, outcome, started.elapsed());
+                m::rpc_finished(method, "ok", started.elapsed());
                 respond(&response, msgid, &answered_by)
             }
             Err(e) => {
                 m::rpc_finished(method, e.label(), started.elapsed());
                 m::uninspected(e.uninspected());
                 debug!(error = %e, side = ?e.side(), agent.addr = %answered_by.address(), "RPC failed");
-                error_response(msgid, &format!("sigsci-proxy: {e}"))
+                match e {
+                    UpstreamError::AgentError(answer) => respond(&answer, msgid, &answered_by),
+                    e => error_response(msgid, &format!("sigsci-proxy: {e}")),
+                }
             }
         }
     }
 
+    /// One try on one agent. An error answer is a failure here: the module that gets it lets
+    /// its request through uninspected.
     async fn attempt(
         &self,
         agent: &Arc<Agent>,
@@ -160,28 +182,17 @@ impl Router {
         deadline: Instant,
     ) -> Result<Frame, UpstreamError> {
         let in_flight = agent.start();
-        let result = self.upstreams.call(agent, frame, restore, deadline).await;
+        let result = match self.upstreams.call(agent, frame, restore, deadline).await {
+            Ok(answer) if answer.is_error_response() => {
+                Err(UpstreamError::AgentError(Box::new(answer)))
+            }
+            other => other,
+        };
         in_flight.finish(match &result {
             Ok(_) => Outcome::Success,
             Err(e) => e.outcome(),
         });
         result
-    }
-
-    /// Forwards a notification to a balanced agent; nothing goes back.
-    pub(crate) async fn notification(&self, frame: Frame) {
-        let deadline = Instant::now() + self.rpc_timeout;
-        let Some(agent) = self.pool.snapshot().pick() else {
-            m::notification("no_agent");
-            return;
-        };
-        match self.upstreams.notify(&agent, &frame, deadline).await {
-            Ok(()) => m::notification("ok"),
-            Err(e) => {
-                debug!(error = %e, "Notification not forwarded");
-                m::notification(e.label());
-            }
-        }
     }
 }
 

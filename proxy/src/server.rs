@@ -12,13 +12,13 @@ use std::time::Duration;
 use agent_pool::{Address, Endpoint, EndpointId, Pool, Updates, source};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::admin::{self, AdminState};
+use crate::admission::{self, Admission};
 use crate::busy_poll;
 use crate::codec::Limits;
 use crate::config::{Config, ListenAddr, Membership, split_host_port};
@@ -170,16 +170,21 @@ impl Proxy {
                 budget: RetryBudget::new(config.retry_budget),
                 rpc_timeout: config.rpc_timeout,
                 in_flight: in_flight.clone(),
+                max_in_flight: config.max_in_flight,
+                max_in_flight_bytes: config.max_in_flight_bytes,
             },
             limits,
             max_in_flight: config.max_in_flight_per_connection,
             idle_timeout: config.idle_timeout,
             frame_read_timeout: config.frame_read_timeout,
+            write_timeout: config.write_timeout,
             stop: stop.clone(),
         });
 
         // Upstream connections follow the membership: checked every 100 ms, synced when the
-        // snapshot changed and every second (to reopen connections agents closed).
+        // snapshot changed and every second (to reopen connections agents closed). Agents
+        // ejected as unreachable are probed at each check: one that accepts a connection again
+        // is readmitted on trial, within 100 ms of listening instead of after its backoff.
         {
             let shared = shared.clone();
             let exit = exit.clone();
@@ -197,6 +202,17 @@ impl Proxy {
                         synced = Instant::now();
                         shared.router.upstreams.sync(&snapshot);
                     }
+                    let upstreams = &shared.router.upstreams;
+                    let probes = snapshot
+                        .agents()
+                        .iter()
+                        .filter(|a| a.is_ejected_unreachable())
+                        .map(|a| async move {
+                            if upstreams.probe(a).await {
+                                a.readmit();
+                            }
+                        });
+                    futures::future::join_all(probes).await;
                 }
             });
         }
@@ -207,7 +223,10 @@ impl Proxy {
         wait_for_membership(&pool, MEMBERSHIP_WAIT).await;
 
         let tracker = TaskTracker::new();
-        let connections = Arc::new(Semaphore::new(config.max_connections));
+        let admission = Admission::new(
+            admission::clamp_to_fd_limit(config.max_connections),
+            config.max_partial_bytes,
+        );
         let rpc_addrs: Vec<String> = listeners
             .iter()
             .map(|l| l.local_addr().to_string())
@@ -217,7 +236,7 @@ impl Proxy {
             tracker.spawn(listener::accept_loop(
                 l,
                 shared.clone(),
-                connections.clone(),
+                admission.clone(),
                 tracker.clone(),
                 stop.clone(),
             ));
@@ -225,6 +244,7 @@ impl Proxy {
         info!(
             rpc.addr = %rpc_addrs.join(","),
             admin.addr = %admin_addr,
+            max_connections = admission.limit(),
             upstream.mode = ?config.upstream_mode,
             busy_poll = ?config.busy_poll,
             "Listening"

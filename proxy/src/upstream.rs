@@ -92,17 +92,14 @@ impl Upstreams {
         }
     }
 
-    /// Forwards a notification (no answer expected).
-    pub(crate) async fn notify(
-        &self,
-        agent: &Agent,
-        frame: &Frame,
-        deadline: Instant,
-    ) -> Result<(), UpstreamError> {
+    /// Whether `agent` accepts a connection now (readmission probe of an agent ejected as
+    /// unreachable). In `mux` mode a connection made here stays for the calls that follow.
+    pub(crate) async fn probe(&self, agent: &Agent) -> bool {
         match self.config.mode {
-            UpstreamMode::Mux => self.conns(agent).get(deadline).await?.notify(frame),
+            UpstreamMode::Mux => self.conns(agent).probe().await,
             UpstreamMode::PerCall => {
-                per_call::notify(agent.address(), &self.config, frame, deadline).await
+                let deadline = Instant::now() + self.config.connect_timeout;
+                connect(agent.address(), deadline).await.is_ok()
             }
         }
     }
@@ -163,7 +160,7 @@ pub(crate) async fn connect(
         }
         Ok(Err(e)) => {
             m::upstream_connect("error");
-            Err(UpstreamError::Connect(e))
+            Err(UpstreamError::ConnectFailed(e))
         }
         Err(_) => {
             m::upstream_connect("timeout");

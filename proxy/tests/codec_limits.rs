@@ -26,7 +26,7 @@ fn str32_declaring_2_gib_is_rejected_when_its_header_completes() {
     let (fed, err) = fail_point(&mut FrameCodec::default(), &bytes).expect("rejected");
     assert_eq!(fed, 8, "rejected at the 5th byte of the str32 header");
     assert!(
-        matches!(err, CodecError::FrameTooLarge { needed, max } if needed == 8 + (1 << 31) && max == 1 << 20),
+        matches!(err, CodecError::FrameTooLarge { needed, max } if needed == 8 + (1 << 31) && max == Limits::DEFAULT_MAX_FRAME_BYTES),
         "{err}"
     );
 }

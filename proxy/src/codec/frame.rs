@@ -108,6 +108,26 @@ impl Frame {
         self.view.request_id.map(|(_, s, e)| &self.bytes[s..e])
     }
 
+    /// What is wrong with this frame as a module's call, if anything. The modules send only
+    /// requests `[0, msgid, method, [map]]` naming one of the four methods; anything else is
+    /// answered by the proxy and never reaches a shared agent connection, where an agent that
+    /// drops the connection over one bad frame would fail every call multiplexed on it. String
+    /// contents are never judged: modules pass raw request bytes.
+    pub fn call_problem(&self) -> Option<&'static str> {
+        match self.view.kind {
+            FrameKind::Request => {}
+            FrameKind::Notification => return Some("notifications are not accepted"),
+            FrameKind::Response => return Some("a response is not a call"),
+        }
+        if self.view.params_len != 1 || !self.view.params_map {
+            return Some("params must be an array of one map");
+        }
+        if self.method() == Some(Method::Other) {
+            return Some("unknown method");
+        }
+        None
+    }
+
     /// A response whose error element is not nil.
     pub fn is_error_response(&self) -> bool {
         self.view.kind == FrameKind::Response && self.view.error

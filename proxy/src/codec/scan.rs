@@ -23,6 +23,10 @@ pub(crate) struct View {
     pub(crate) error: bool,
     /// The RequestID string: header start, payload start, payload end.
     pub(crate) request_id: Option<(usize, usize, usize)>,
+    /// Elements of a request's or notification's params array.
+    pub(crate) params_len: u64,
+    /// The first of them is a map.
+    pub(crate) params_map: bool,
 }
 
 /// One MessagePack header, as far as the walk cares.
@@ -286,7 +290,14 @@ impl Scanner {
         };
         match ctx {
             Ctx::Root => self.root_item(buf, done, pos, body, tok),
-            Ctx::Params if done == 0 && self.update && matches!(tok, Tok::Map(_)) => Ok(Ctx::IdMap),
+            Ctx::Params if done == 0 => {
+                self.view.params_map = matches!(tok, Tok::Map(_));
+                Ok(if self.update && self.view.params_map {
+                    Ctx::IdMap
+                } else {
+                    Ctx::Other
+                })
+            }
             Ctx::IdMap if done % 2 == 0 => {
                 self.id_key = match tok {
                     Tok::Str(9) => Some(body),
@@ -340,9 +351,10 @@ impl Scanner {
                 _ => return Err(not_rpc("method is not a string")),
             },
             (3, FrameKind::Request) | (2, FrameKind::Notification) => {
-                let Tok::Array(_) = tok else {
+                let Tok::Array(n) = tok else {
                     return Err(not_rpc("params is not an array"));
                 };
+                self.view.params_len = n;
                 if kind == FrameKind::Request {
                     // The method string ends before this header, so it is buffered.
                     self.update =

@@ -96,7 +96,7 @@ impl AgentConns {
                 let this = self.clone();
                 tokio::spawn(async move {
                     let deadline = Instant::now() + this.connect_timeout;
-                    let _ = this.connect_slot(index, deadline, false).await;
+                    let _ = this.connect_slot(index, deadline, false, false).await;
                 });
             }
         }
@@ -118,19 +118,33 @@ impl AgentConns {
                 let this = self.clone();
                 tokio::spawn(async move {
                     let deadline = Instant::now() + this.connect_timeout;
-                    let _ = this.connect_slot(first, deadline, false).await;
+                    let _ = this.connect_slot(first, deadline, false, false).await;
                 });
                 return Ok(c);
             }
         }
-        self.connect_slot(first, deadline, true).await
+        self.connect_slot(first, deadline, true, false).await
     }
 
+    /// Whether the agent accepts a connection now: a live one, or a fresh one made past any
+    /// reconnect backoff (which is kept for the calls' path). The fresh connection stays for
+    /// the calls that follow.
+    pub(super) async fn probe(self: &Arc<Self>) -> bool {
+        if self.slots.iter().any(|s| s.live().is_some()) {
+            return true;
+        }
+        let deadline = Instant::now() + self.connect_timeout;
+        self.connect_slot(0, deadline, false, true).await.is_ok()
+    }
+
+    /// Connects slot `index`. `wait`: queue behind a connect already under way (else fail at
+    /// once); `past_backoff`: ignore the reconnect backoff (a probe).
     async fn connect_slot(
         &self,
         index: usize,
         deadline: Instant,
         wait: bool,
+        past_backoff: bool,
     ) -> Result<Arc<MuxConn>, UpstreamError> {
         let slot = &self.slots[index];
         let mut backoff = if wait {
@@ -146,8 +160,8 @@ impl AgentConns {
             return Ok(c);
         }
         let now = Instant::now();
-        if backoff.until.is_some_and(|until| now < until) {
-            return Err(UpstreamError::Connect(io::Error::new(
+        if !past_backoff && backoff.until.is_some_and(|until| now < until) {
+            return Err(UpstreamError::ConnectFailed(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
                 "agent unreachable, reconnect backing off",
             )));
@@ -257,7 +271,7 @@ impl MuxConn {
         self.dead.cancel();
         let waiters: Vec<_> = self.pending.lock().expect("pending lock").drain().collect();
         for (_, waiter) in waiters {
-            let _ = waiter.send(Err(UpstreamError::Broken(io::Error::new(
+            let _ = waiter.send(Err(UpstreamError::SentNoAnswer(io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 "agent connection closed",
             ))));
@@ -274,13 +288,13 @@ impl MuxConn {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = request
             .rewrite(Some(u64::from(id)), request_id)
-            .map_err(UpstreamError::Protocol)?;
+            .map_err(UpstreamError::Unsendable)?;
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(id, tx);
         let _guard = PendingGuard { conn: self, id };
         if !self.is_alive() {
             // Closed between `get` and now: nothing was sent.
-            return Err(UpstreamError::Connect(io::Error::new(
+            return Err(UpstreamError::NotSent(io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 "agent connection closed",
             )));
@@ -288,16 +302,11 @@ impl MuxConn {
         self.send(frame.as_bytes())?;
         match timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(UpstreamError::Broken(io::Error::other(
+            Ok(Err(_)) => Err(UpstreamError::SentNoAnswer(io::Error::other(
                 "agent connection closed",
             ))),
             Err(_) => Err(UpstreamError::Timeout),
         }
-    }
-
-    /// Sends a notification.
-    pub(super) fn notify(&self, frame: &Frame) -> Result<(), UpstreamError> {
-        self.send(frame.as_bytes())
     }
 
     /// Writes a whole frame into the socket now if nothing is queued, else queues it for the
@@ -306,10 +315,7 @@ impl MuxConn {
         let mut out = self.outbox.lock().expect("outbox lock");
         if out.flushing {
             if out.queued.len() + bytes.len() > MAX_QUEUED {
-                return Err(UpstreamError::Connect(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "agent connection backlogged",
-                )));
+                return Err(UpstreamError::Backlogged);
             }
             out.queued.extend_from_slice(bytes);
             return Ok(());
@@ -325,7 +331,7 @@ impl MuxConn {
                 drop(out);
                 debug!(error = %e, "Agent connection write failed");
                 self.close();
-                return Err(UpstreamError::Connect(e));
+                return Err(UpstreamError::NotSent(e));
             }
         };
         // The socket is full: the rest goes to the flusher, and later frames behind it.

@@ -22,7 +22,7 @@ pub(super) async fn call(
     let bytes = match request_id {
         Some(id) => request
             .rewrite(None, Some(id))
-            .map_err(UpstreamError::Protocol)?
+            .map_err(UpstreamError::Unsendable)?
             .into_bytes(),
         None => request.clone().into_bytes(),
     };
@@ -41,7 +41,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Frame, UpstreamError> {
     match timeout_at(deadline, stream.write_all(bytes)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(UpstreamError::Broken(e)),
+        Ok(Err(e)) => return Err(UpstreamError::SentNoAnswer(e)),
         Err(_) => return Err(UpstreamError::Timeout),
     }
     let mut frames = FramedRead::new(stream, FrameCodec::new(config.limits));
@@ -49,7 +49,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         match timeout_at(deadline, frames.next()).await {
             Err(_) => return Err(UpstreamError::Timeout),
             Ok(None) => {
-                return Err(UpstreamError::Broken(std::io::Error::new(
+                return Err(UpstreamError::SentNoAnswer(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "agent closed the connection before answering",
                 )));
@@ -61,24 +61,5 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-    }
-}
-
-/// Connect, send the notification, close.
-pub(super) async fn notify(
-    address: &Address,
-    config: &UpstreamConfig,
-    frame: &Frame,
-    deadline: Instant,
-) -> Result<(), UpstreamError> {
-    let connect_deadline = deadline.min(Instant::now() + config.connect_timeout);
-    let result = match connect(address, connect_deadline).await? {
-        Connected::Tcp(mut s) => timeout_at(deadline, s.write_all(frame.as_bytes())).await,
-        Connected::Unix(mut s) => timeout_at(deadline, s.write_all(frame.as_bytes())).await,
-    };
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(UpstreamError::Broken(e)),
-        Err(_) => Err(UpstreamError::Timeout),
     }
 }
