@@ -185,7 +185,7 @@ impl Endpoint {
     }
 }
 
-/// A change of membership. Every source yields these (STYLE.md #8): a static list is one
+/// A change of membership. Every source yields these (docs/style.md #8): a static list is one
 /// `Reset` and then silence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {

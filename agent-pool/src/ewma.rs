@@ -5,10 +5,10 @@
 //! `tau / 10 × ln(slow ÷ normal)` while a steadily slow agent stays expensive through its mean.
 //! Between samples both decay toward zero, so an idle agent gets tried again.
 //!
-//! Why not a plain peak-EWMA: on a busy node one answer in a hundred is a scheduling hiccup
-//! several times the median (measured on a 2-CPU machine: p50 0.3 ms, p99 2 ms). A peak that
-//! fades with `tau` then sits on the last hiccup, not the agent's speed: agents were starved in
-//! turns for seconds each, and three equal agents got 21 / 38 / 41 % of PreRequests over 10 s.
+//! Why not a plain peak-EWMA: on a busy node about one answer in a hundred is a scheduling
+//! hiccup several times the median. A peak that fades with `tau` then sits on the last hiccup,
+//! not the agent's speed: agents were starved in turns for seconds each, and equal agents got
+//! unequal shares (figures in `docs/measurements.md`, "Picker and latency estimate").
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

@@ -33,7 +33,7 @@ pub use pool::{ConfigError, Pool, PoolConfig};
 pub use snapshot::Snapshot;
 pub use token::{AffinityToken, TokenError};
 
-/// Every membership source yields this stream (STYLE.md #8).
+/// Every membership source yields this stream (docs/style.md #8).
 pub type Updates = futures::stream::BoxStream<'static, Update>;
 
 #[doc(hidden)]

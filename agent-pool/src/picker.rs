@@ -12,9 +12,9 @@ use crate::agent::LazyNow;
 /// Costs within this factor of each other count as equal, and the picker keeps its first,
 /// uniformly drawn candidate. Without it, two equally fast agents with idle connections are
 /// ranked by latency noise: with only two agents P2C compares the same pair every time, and
-/// the one a few microseconds faster took 57–61 % of PreRequests (measured, loadtest
-/// scenarios `kill-one` and `terminate-one`). A real difference (a busy agent: cost × 2 per
-/// outstanding request; a 10× slow one) is far outside the margin.
+/// the one a few microseconds faster takes a clearly larger share (figures in
+/// `docs/measurements.md`). A real difference (a busy agent: cost × 2 per outstanding
+/// request; a 10× slow one) is far outside the margin.
 const TIE_MARGIN: f64 = 1.25;
 
 /// Random draws per pick before falling back to a scan.

@@ -39,12 +39,9 @@ pub struct PoolConfig {
     ///
     /// A slow answer raises the estimate at once; one hiccup among fast answers is forgotten in
     /// about `latency_decay ÷ 10 × ln(slow ÷ normal)`, a steadily slow agent stays expensive
-    /// through its mean. linkerd2-proxy's 10 s peak-EWMA made one 50 ms stall cost an agent a
-    /// third of its share for tens of seconds (measured: 23 / 44 / 33 % over 3 equal agents),
-    /// and a 1 s one, on a busy 2-CPU machine where one answer in a hundred is a 2 ms hiccup,
-    /// still split 2,000 tx/s over three equal agents 28 / 44 / 28 %. With the fast-fading
-    /// peak: 32–35 %, while an agent at 10× service time gets 0.5 % (loadtest `local --agents
-    /// 3`, scenarios `two-proxies`, `slow-one`, `hiccup`).
+    /// through its mean. Longer makes one stall of an agent cost it its share for longer;
+    /// shorter makes the picker react to noise. The shares measured with each choice are in
+    /// `docs/measurements.md` ("Picker and latency estimate").
     pub latency_decay: Duration,
 }
 

@@ -1,6 +1,6 @@
-//! Membership sources. Each yields the same stream of [`Update`](crate::Update)s (STYLE.md #8),
-//! which [`Pool::run`](crate::Pool::run) applies: a static list, a watched file, DNS, and
-//! Kubernetes EndpointSlices.
+//! Membership sources. Each yields the same stream of [`Update`](crate::Update)s
+//! (docs/style.md #8), which [`Pool::run`](crate::Pool::run) applies: a static list, a watched
+//! file, DNS, and Kubernetes EndpointSlices.
 
 mod dns;
 mod file;

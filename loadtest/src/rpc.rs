@@ -1,4 +1,5 @@
-//! The MessagePack-RPC wire format as the modules and the agent speak it (see `PROTOCOL.md`).
+//! The MessagePack-RPC wire format as the modules and the agent speak it (see
+//! `docs/protocol.md`).
 //!
 //! Deliberately an implementation independent of the proxy's codec: the simulator and the
 //! emulator are what the proxy is tested against, so they must not share its bugs. Frames are

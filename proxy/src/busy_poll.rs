@@ -1,9 +1,9 @@
 //! Busy polling, for hosts where waking a sleeping CPU is the longest wait of an RPC.
 //!
 //! Each hop the proxy adds (module → proxy, agent → proxy) wakes its thread from epoll. On a
-//! virtual machine an idle vCPU halts, and that wake-up goes through the hypervisor: on a
-//! 2-vCPU VM it was most of the proxy's added latency (a relay doing nothing but framing added
-//! as much as the proxy). With `--busy-poll WINDOW` the thread polls its sockets with a zero
+//! virtual machine an idle vCPU halts, and that wake-up goes through the hypervisor: it can be
+//! most of the proxy's added latency (measured against a relay that does nothing but framing:
+//! `docs/measurements.md`). With `--busy-poll WINDOW` the thread polls its sockets with a zero
 //! timeout instead of sleeping while any RPC is in flight and for WINDOW after the last one
 //! finished, so those hops find it awake. Idle, it sleeps as before: the CPU spent grows with
 //! the load, up to one core.

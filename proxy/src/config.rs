@@ -159,7 +159,8 @@ pub struct Options {
     /// [default: 30s].
     #[arg(long, env = "SIGSCI_PROXY_GONE_GRACE", value_name = "DURATION")]
     pub gone_grace: Option<Dur>,
-    /// Time constant of each agent's peak-EWMA latency, which weights the picker [default: 1s].
+    /// Time constant of each agent's latency estimate (a moving mean whose peak fades ten times
+    /// faster), which weights the picker; longer remembers slow answers longer [default: 1s].
     #[arg(long, env = "SIGSCI_PROXY_LATENCY_DECAY", value_name = "DURATION")]
     pub latency_decay: Option<Dur>,
 
@@ -200,19 +201,17 @@ pub struct Options {
     #[arg(long, env = "SIGSCI_PROXY_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Threads serving RPCs. With one, every hand-off between a connection and an agent
-    /// connection stays on that thread (half the context switches per RPC of two threads, and
-    /// a few µs less added latency); more threads, or more replicas, raise the ceiling (one thread
-    /// carried over 7,000 RPC/s on a 2-CPU machine shared with the agents and the load); 0 =
-    /// one per CPU the process may use [default: 1].
+    /// connection stays on that thread, with the fewest context switches per RPC. Raise it only
+    /// when one thread's CPU is the limit and more replicas are not an option, with a CPU limit
+    /// to match; 0 = one per CPU the process may use [default: 1].
     #[arg(long, env = "SIGSCI_PROXY_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
     /// Poll sockets without sleeping while RPCs are in flight and for this long after the
-    /// last one, instead of parking the thread: on virtual machines, where waking an idle vCPU
-    /// is the largest part of each hop the proxy adds, 2ms took about 100 µs off the added
-    /// latency at p50 (2-vCPU VM, 2,000 tx/s), at the price of up to one CPU spinning. Only
-    /// for a proxy with a CPU of its own (request one CPU, no limit below two): under a CPU
-    /// limit the spinning uses up the quota and the kernel throttles the proxy for whole
-    /// periods. 0 = off [default: 0s].
+    /// last one, instead of parking the thread: lowers the latency the proxy adds where waking
+    /// an idle CPU is slow (virtual machines), at the price of up to one CPU spinning under
+    /// load. Only for a proxy with a CPU of its own (request one CPU, no limit below two):
+    /// under a CPU limit the spinning uses up the quota and the kernel throttles the proxy for
+    /// whole periods. 0 = off [default: 0s].
     #[arg(long, env = "SIGSCI_PROXY_BUSY_POLL", value_name = "DURATION")]
     pub busy_poll: Option<Dur>,
 }

@@ -3,7 +3,7 @@
 //!
 //! Modules open a connection per RPC, so the proxy balances each RPC (not each connection) and
 //! keeps every `RPC.UpdateRequest` on the agent that issued its `RequestID` by carrying an opaque
-//! affinity token inside that ID. See `DESIGN.md` and `PROTOCOL.md` in the shared folder.
+//! affinity token inside that ID. See `docs/architecture.md` and `docs/protocol.md`.
 //!
 //! Layout: [`config`] (flags, env, TOML), `listener` (sockets, accept loop), `downstream` (one
 //! module connection), `route` (method → agent, affinity, retry), `affinity` (the token in the

@@ -1,7 +1,7 @@
 //! Typed module ↔ agent messages (rmp-serde), for the agent simulator, the module emulator and
 //! tests. The proxy's forwarding path never uses these: it works on [`crate::codec::Frame`] bytes.
 //!
-//! Field names on the wire are the Go module's struct field names (PROTOCOL.md). Decoding is
+//! Field names on the wire are the Go module's struct field names (docs/protocol.md). Decoding is
 //! lenient like the Go module's: unknown keys are skipped, missing keys and nil values take the
 //! type's default.
 

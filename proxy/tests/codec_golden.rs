@@ -1,4 +1,4 @@
-//! Golden frames: bytes written by hand from PROTOCOL.md and the modules' encoders (Go msgp
+//! Golden frames: bytes written by hand from docs/protocol.md and the modules' encoders (Go msgp
 //! map-encoded structs with uint32 msgids and signed ints, Node msgpack5 with the smallest unsigned
 //! widths and msgid 1, Python umsgpack with random 31-bit msgids), never produced by this crate's
 //! encoder or rmp. Each must decode to the right view and typed message, and rewrite must produce

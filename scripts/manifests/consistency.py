@@ -18,7 +18,7 @@ import sys
 
 import yaml
 
-# Agreed defaults (DESIGN.md "Ports and names"), used where the sources do not state them yet.
+# Agreed defaults (docs/architecture.md, docs/protocol.md, docs/drain.md), used where the sources do not state them yet.
 RPC_PORT = 9999
 ADMIN_PORT = 9090
 AGENT_CONTEXT_SECONDS = 10  # the agent's context-expiration default
