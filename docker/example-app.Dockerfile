@@ -3,7 +3,9 @@
 # sigsci-module-nodejs, whose RPC address comes from SIGSCI_RPC_HOST / SIGSCI_RPC_PORT.
 # Build from the repository root:
 #   docker build -f docker/example-app.Dockerfile -t sigsci-example-app:0.1.0 .
-FROM node:20-bookworm-slim AS build
+# Multi-platform and pushed: as in docker/proxy.Dockerfile, with this file and name.
+# Node 22, an LTS release (maintained until April 2027), in both stages.
+FROM node:22-bookworm-slim AS build
 WORKDIR /app
 COPY loadtest/node/package.json loadtest/node/package-lock.json ./
 # Exactly the locked versions, no dev dependencies; install scripts off (the only one is
@@ -11,7 +13,15 @@ COPY loadtest/node/package.json loadtest/node/package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 COPY loadtest/node/*.js ./
 
-FROM gcr.io/distroless/nodejs20-debian12:nonroot
+FROM gcr.io/distroless/nodejs22-debian12:nonroot
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="sigsci-example-app" \
+      org.opencontainers.image.description="Example Node app wrapped by sigsci-module-nodejs, its RPCs sent to sigsci-proxy" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="gcr.io/distroless/nodejs22-debian12:nonroot"
 WORKDIR /app
 COPY --from=build /app /app
 USER 65532:65532

@@ -12,6 +12,13 @@
 #    only inline, each with its reason.
 # 4. scripts/manifests/consistency.py: RBAC = what the proxy's Kubernetes source uses; every
 #    port, name and label the proxy's configuration uses matches the manifests and the code.
+# 5. scripts/manifests/operations.py: what a cluster operator relies on (issue 12): the agents'
+#    startup probe (port 2024, /startup) apart from liveness and readiness, SIGSCI_MAX_PROCS =
+#    the CPU limit, a full core requested and memory headroom, a supported agent version and a
+#    pinned digest in production, PDBs that let drains evict unhealthy pods, the proxy's hard
+#    host spread, zone spread and PriorityClass, the autoscalers on the raw demand summed and
+#    rounded once, the optional NetworkPolicy components, the images (stripped, OCI labels,
+#    Node LTS, multi-arch commands), the load-test Job in its own overlay, the LICENSE.
 #
 # Tools go into a virtualenv, .venv/manifests (created, and python3-venv installed with apt
 # when missing, on first run; reused after). Output: reports/manifests/.
@@ -24,7 +31,13 @@ OUT="$ROOT/reports/manifests"
 RENDERED="$OUT/rendered"
 K8S_VERSIONS=(1.30.0 1.34.0)
 TARGETS=(base overlays/production overlays/simulated overlays/autoscaling overlays/autoscaling-keda
-         overlays/monitoring overlays/example-app)
+         overlays/monitoring overlays/example-app overlays/loadtest)
+# Optional components rendered on top of an overlay: "name overlay component...".
+COMPOSED=("busy-poll simulated busy-poll"
+          "netpol-cilium production netpol-cilium"
+          "netpol-apiserver-port production apiserver-port"
+          "netpol-nodelocal-dns production nodelocal-dns"
+          "netpol-microk8s simulated apiserver-port nodelocal-dns")
 
 declare -a TIMINGS=()
 STEP_START=0
@@ -72,7 +85,7 @@ done_step "venv (install or cache)"
 
 # --- render ----------------------------------------------------------------------------
 step "kubectl kustomize"
-rm -rf "$RENDERED" "$OUT/namespace-override" "$OUT/busy-poll"
+rm -rf "$RENDERED" "$OUT/namespace-override" "$OUT/composed" "$OUT/busy-poll"
 mkdir -p "$RENDERED"
 for t in "${TARGETS[@]}"; do
     name=$(basename "$t")
@@ -99,20 +112,21 @@ EOF
 kubectl kustomize "$OUT/namespace-override" > "$RENDERED/namespace-override.yaml" \
     || die "kubectl kustomize of the namespace override failed"
 echo "namespace override (sigsci-moved) -> $(grep -c '^kind:' "$RENDERED/namespace-override.yaml") objects"
-# Busy polling: the simulated system plus the component.
-mkdir -p "$OUT/busy-poll"
-cat > "$OUT/busy-poll/kustomization.yaml" <<'EOF'
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ../../../manifests/overlays/simulated
-components:
-  - ../../../manifests/components/busy-poll
-EOF
-kubectl kustomize "$OUT/busy-poll" > "$RENDERED/busy-poll.yaml" \
-    || die "kubectl kustomize with components/busy-poll failed"
-echo "simulated + components/busy-poll -> $(grep -c '^kind:' "$RENDERED/busy-poll.yaml") objects"
-done_step "render (9 targets)"
+# Components (busy polling, the NetworkPolicy variants) on top of an overlay.
+for entry in "${COMPOSED[@]}"; do
+    read -r name overlay components <<< "$entry"
+    dir="$OUT/composed/$name"
+    mkdir -p "$dir"
+    {
+        printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n'
+        printf 'resources:\n  - ../../../../manifests/overlays/%s\ncomponents:\n' "$overlay"
+        for c in $components; do printf '  - ../../../../manifests/components/%s\n' "$c"; done
+    } > "$dir/kustomization.yaml"
+    kubectl kustomize "$dir" > "$RENDERED/$name.yaml" \
+        || die "kubectl kustomize of overlays/$overlay + components $components failed"
+    echo "overlays/$overlay + components/{${components// /,}} -> $(grep -c '^kind:' "$RENDERED/$name.yaml") objects ($name)"
+done
+done_step "render ($(( ${#TARGETS[@]} + 1 + ${#COMPOSED[@]} )) targets)"
 
 FAILED=0
 PASSED=0
@@ -149,11 +163,19 @@ grep -v '^ok ' "$OUT/consistency.txt" || true
 record $rc
 done_step "consistency"
 
+# --- operations ------------------------------------------------------------------------
+step "operations (probes, sizing, disruption, spread, autoscaling, policies, images)"
+rc=0
+"$VENV/bin/python" "$ROOT/scripts/manifests/operations.py" "$ROOT" "$RENDERED" > "$OUT/operations.txt" || rc=$?
+grep -v '^ok ' "$OUT/operations.txt" || true
+record $rc
+done_step "operations"
+
 echo
 echo "== timings"
 printf '  %s\n' "${TIMINGS[@]}"
 awk -v a="$TOTAL_START" -v b="$(date +%s.%N)" 'BEGIN { printf "  %-34s %6.1fs\n", "total", b - a }'
-echo "  details: reports/manifests/{schemas,checkov-*,consistency}.txt"
+echo "  details: reports/manifests/{schemas,checkov-*,consistency,operations}.txt"
 echo
 echo "validate-manifests: $PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ]

@@ -1,9 +1,11 @@
-//! The autoscaling hint: how many agents the load needs, computed by a periodic tick from the
-//! pool's total outstanding requests and RPC rate, with a scale-down stabilization window (as
-//! the Kubernetes HPA does: the recommendation is the highest raw value seen within the
-//! window, so it rises at once and falls only after staying lower for the whole window).
+//! The autoscaling hint: how many agents' worth of work this proxy sends, computed by a periodic
+//! tick from the pool's total outstanding requests and RPC rate.
+//!
+//! [`Hints::demand`] is raw and fractional on purpose: every proxy replica exports its own, the
+//! autoscaler sums them over the replicas and rounds up once (an HPA `AverageValue` target of 1,
+//! or `ceil(sum(...))`). Rounding or flooring per replica would overshoot by up to one agent per
+//! replica; a stabilization window here would stack on the autoscaler's own, so there is none.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -16,12 +18,10 @@ pub struct HintsConfig {
     /// RPCs per second one agent should carry; `None` disables the rate-based variant.
     /// Default `Some(1000.0)`.
     pub target_rpc_per_agent: Option<f64>,
-    /// Lowest recommendation. Default 1.
+    /// Lowest [`Hints::recommended`] (never applied to [`Hints::demand`]). Default 1.
     pub min_agents: u32,
-    /// Highest recommendation. Default 100.
+    /// Highest [`Hints::recommended`] (never applied to [`Hints::demand`]). Default 100.
     pub max_agents: u32,
-    /// A lower recommendation takes effect only after it stayed lower this long. Default 5 min.
-    pub scale_down_window: Duration,
     /// Time constant of the EWMAs of outstanding requests and of the RPC rate; zero means no
     /// smoothing. Default 10 s.
     pub smoothing: Duration,
@@ -36,7 +36,6 @@ impl Default for HintsConfig {
             target_rpc_per_agent: Some(1000.0),
             min_agents: 1,
             max_agents: 100,
-            scale_down_window: Duration::from_secs(300),
             smoothing: Duration::from_secs(10),
             tick: Duration::from_secs(1),
         }
@@ -46,11 +45,14 @@ impl Default for HintsConfig {
 /// The latest autoscaling hint and the inputs it came from, as `/hints` shows them.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Hints {
-    /// Recommended number of agents (after the scale-down window and clamping).
+    /// Agents' worth of work this proxy sends: the larger of total outstanding EWMA ÷ target
+    /// outstanding per agent and RPC rate ÷ target RPC/s per agent. Not rounded, not clamped,
+    /// not held: the pool needs `ceil` of the sum over every proxy replica.
+    pub demand: f64,
+    /// `ceil(demand)` within `min_agents..=max_agents`: the pool this proxy alone would need.
+    /// For people reading `/hints`; never sum it over replicas (each rounds up and counts at
+    /// least `min_agents`).
     pub recommended: u32,
-    /// This tick's recommendation before the scale-down window: max of the two variants,
-    /// clamped.
-    pub instant_recommendation: u32,
     /// ceil(total outstanding EWMA ÷ target outstanding per agent).
     pub by_outstanding: u32,
     /// ceil(RPC rate ÷ target RPC/s per agent), when that variant is on.
@@ -78,10 +80,6 @@ pub struct Hints {
     pub min_agents: u32,
     /// Configured upper bound.
     pub max_agents: u32,
-    /// Configured scale-down window, seconds.
-    pub scale_down_window_seconds: f64,
-    /// True while a lower instant recommendation waits out the window.
-    pub scale_down_pending: bool,
 }
 
 /// What the pool measured at one tick.
@@ -102,9 +100,6 @@ pub(crate) struct HintsState {
     last: Option<Instant>,
     outstanding_ewma: f64,
     rate_ewma: f64,
-    /// Raw recommendations within the window, values strictly decreasing from the front:
-    /// the front is the window's maximum.
-    window: VecDeque<(Instant, u32)>,
     hints: Hints,
 }
 
@@ -122,8 +117,8 @@ impl HintsState {
     pub(crate) fn new(config: HintsConfig) -> Self {
         let min = config.min_agents;
         let hints = Hints {
+            demand: 0.0,
             recommended: min,
-            instant_recommendation: min,
             by_outstanding: 0,
             by_rate: config.target_rpc_per_agent.map(|_| 0),
             utilization: 0.0,
@@ -137,15 +132,12 @@ impl HintsState {
             target_rpc_per_agent: config.target_rpc_per_agent,
             min_agents: config.min_agents,
             max_agents: config.max_agents,
-            scale_down_window_seconds: config.scale_down_window.as_secs_f64(),
-            scale_down_pending: false,
         };
         Self {
             config,
             last: None,
             outstanding_ewma: 0.0,
             rate_ewma: 0.0,
-            window: VecDeque::new(),
             hints,
         }
     }
@@ -176,33 +168,19 @@ impl HintsState {
         self.last = Some(now);
 
         let target_out = c.target_outstanding_per_agent.max(f64::MIN_POSITIVE);
-        let by_outstanding = ceil_u32(self.outstanding_ewma / target_out);
-        let by_rate = c
+        let demand_out = self.outstanding_ewma / target_out;
+        let demand_rate = c
             .target_rpc_per_agent
-            .map(|t| ceil_u32(self.rate_ewma / t.max(f64::MIN_POSITIVE)));
+            .map(|t| self.rate_ewma / t.max(f64::MIN_POSITIVE));
+        let demand = demand_out.max(demand_rate.unwrap_or(0.0));
+        let by_outstanding = ceil_u32(demand_out);
+        let by_rate = demand_rate.map(ceil_u32);
         let hi = c.max_agents.max(c.min_agents);
-        let raw = by_outstanding
-            .max(by_rate.unwrap_or(0))
-            .clamp(c.min_agents, hi);
-
-        // Max-queue over the window.
-        while self.window.back().is_some_and(|&(_, v)| v <= raw) {
-            self.window.pop_back();
-        }
-        self.window.push_back((now, raw));
-        while self
-            .window
-            .front()
-            .is_some_and(|&(t, _)| now.saturating_duration_since(t) >= c.scale_down_window)
-            && self.window.len() > 1
-        {
-            self.window.pop_front();
-        }
-        let recommended = self.window.front().map_or(raw, |&(_, v)| v);
+        let recommended = ceil_u32(demand).clamp(c.min_agents, hi);
 
         self.hints = Hints {
+            demand,
             recommended,
-            instant_recommendation: raw,
             by_outstanding,
             by_rate,
             utilization: self.outstanding_ewma / (input.ready_agents.max(1) as f64 * target_out),
@@ -216,8 +194,6 @@ impl HintsState {
             target_rpc_per_agent: c.target_rpc_per_agent,
             min_agents: c.min_agents,
             max_agents: c.max_agents,
-            scale_down_window_seconds: c.scale_down_window.as_secs_f64(),
-            scale_down_pending: raw < recommended,
         };
         &self.hints
     }

@@ -177,14 +177,6 @@ pub struct Options {
     /// Autoscaling hint: highest recommended agent count [default: 100].
     #[arg(long, env = "SIGSCI_PROXY_HINTS_MAX_AGENTS", value_name = "N")]
     pub hints_max_agents: Option<u32>,
-    /// Autoscaling hint: a lower recommendation takes effect only after staying lower this
-    /// long (scale-up is immediate) [default: 5m].
-    #[arg(
-        long,
-        env = "SIGSCI_PROXY_HINTS_SCALE_DOWN_WINDOW",
-        value_name = "DURATION"
-    )]
-    pub hints_scale_down_window: Option<Dur>,
     /// Autoscaling hint: time constant of the smoothed outstanding count and RPC rate
     /// [default: 10s].
     #[arg(long, env = "SIGSCI_PROXY_HINTS_SMOOTHING", value_name = "DURATION")]
@@ -419,8 +411,6 @@ pub struct Config {
     pub hints_min_agents: u32,
     /// Autoscaling hint: highest recommendation.
     pub hints_max_agents: u32,
-    /// Autoscaling hint: scale-down window.
-    pub hints_scale_down_window: Duration,
     /// Autoscaling hint: smoothing time constant.
     pub hints_smoothing: Duration,
     /// Drain delay.
@@ -487,7 +477,6 @@ impl Config {
                 .unwrap_or(pool.hints.target_rpc_per_agent.unwrap_or(0.0)),
             hints_min_agents: o.hints_min_agents.unwrap_or(pool.hints.min_agents),
             hints_max_agents: o.hints_max_agents.unwrap_or(pool.hints.max_agents),
-            hints_scale_down_window: d(o.hints_scale_down_window, pool.hints.scale_down_window),
             hints_smoothing: d(o.hints_smoothing, pool.hints.smoothing),
             drain_delay: d(o.drain_delay, Duration::from_secs(5)),
             drain_timeout: d(o.drain_timeout, Duration::from_secs(25)),
@@ -510,7 +499,6 @@ impl Config {
             (self.hints_target_rpc > 0.0).then_some(self.hints_target_rpc);
         pool.hints.min_agents = self.hints_min_agents;
         pool.hints.max_agents = self.hints_max_agents;
-        pool.hints.scale_down_window = self.hints_scale_down_window;
         pool.hints.smoothing = self.hints_smoothing;
         pool
     }
@@ -801,7 +789,6 @@ fn merge(high: Options, low: Options) -> Options {
         hints_target_rpc,
         hints_min_agents,
         hints_max_agents,
-        hints_scale_down_window,
         hints_smoothing,
         drain_delay,
         drain_timeout,
@@ -888,8 +875,6 @@ mod tests {
             "0",
             "--hints-min-agents",
             "2",
-            "--hints-scale-down-window",
-            "30s",
             "--eject-after",
             "3",
         ])
@@ -901,7 +886,6 @@ mod tests {
             "0 turns the rate hint off"
         );
         assert_eq!(pool.hints.min_agents, 2);
-        assert_eq!(pool.hints.scale_down_window, Duration::from_secs(30));
         assert_eq!(pool.ejection.consecutive_failures, 3);
         let defaults = parse(&["--agents", "127.0.0.1:1"]).unwrap().pool_config();
         assert_eq!(

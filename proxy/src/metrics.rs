@@ -274,6 +274,13 @@ pub(crate) fn render(handle: &PrometheusHandle, pool: &Pool) -> String {
     let mut out = handle.render();
     let hints = pool.hints();
     let snapshot = pool.snapshot();
+    // Agents' worth of work this replica sends, unrounded: the autoscaler sums it over the
+    // replicas and rounds once.
+    let _ = writeln!(
+        out,
+        "# TYPE sigsci_proxy_agent_demand gauge\nsigsci_proxy_agent_demand {}",
+        hints.demand
+    );
     let _ = writeln!(
         out,
         "# TYPE sigsci_proxy_agents_recommended gauge\nsigsci_proxy_agents_recommended {}",

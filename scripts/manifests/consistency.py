@@ -23,7 +23,7 @@ RPC_PORT = 9999
 ADMIN_PORT = 9090
 AGENT_CONTEXT_SECONDS = 10  # the agent's context-expiration default
 ENDPOINT_PROPAGATION_SECONDS = 5
-METRIC = "sigsci_proxy_agents_recommended"
+METRIC = "sigsci_proxy_agent_demand"
 CLIENT_LABEL = ("sigsci-proxy/client", "true")
 MONITORING_NAMESPACE = "monitoring"
 # What the proxy's Kubernetes source uses, when agent-pool/src/source/kubernetes.rs does not
@@ -43,6 +43,15 @@ EXPECTED_PROXY_ENV = [
 PROXY_TARGETS = ["base", "production", "simulated", "autoscaling", "autoscaling-keda", "monitoring"]
 # Rendered with components/busy-poll: that variable too, and a CPU of its own for the spinner.
 BUSY_POLL_TARGET, BUSY_POLL_ENV = "busy-poll", "SIGSCI_PROXY_BUSY_POLL"
+# The proxy's egress ports: agents, DNS, the API server; the NetworkPolicy components change
+# the API server's (components/netpol-cilium moves it to a CiliumNetworkPolicy,
+# components/apiserver-port adds MicroK8s' 16443). operations.py checks those rules' details.
+PROXY_EGRESS_PORTS = [53, 443, 6443, RPC_PORT]
+PROXY_EGRESS_PORTS_BY_TARGET = {
+    "netpol-cilium": [53, RPC_PORT],
+    "netpol-apiserver-port": [53, 443, 6443, RPC_PORT, 16443],
+    "netpol-microk8s": [53, 443, 6443, RPC_PORT, 16443],
+}
 
 
 class Results:
@@ -305,8 +314,8 @@ def check_agents(t, docs, proxy):
     elif t != "base":
         R.check(f"{t}: agent credentials come from a Secret",
                 sorted(secret_refs) == ["SIGSCI_ACCESSKEYID", "SIGSCI_SECRETACCESSKEY"], f"{secret_refs}")
-        R.check(f"{t}: real agent image signalsciences/sigsci-agent pinned by tag, IfNotPresent",
-                re.fullmatch(r"signalsciences/sigsci-agent:\d+\.\d+\.\d+", ac["image"]) is not None
+        R.check(f"{t}: real agent image signalsciences/sigsci-agent pinned by tag (and digest), IfNotPresent",
+                re.fullmatch(r"signalsciences/sigsci-agent:\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", ac["image"]) is not None
                 and ac.get("imagePullPolicy") == "IfNotPresent", ac["image"])
     # PDBs select what they protect.
     for dep in ("sigsci-agent", "sigsci-proxy"):
@@ -342,8 +351,9 @@ def check_netpol(t, docs, proxy):
     R.check(f"{t}: proxy egress reaches the agents on {RPC_PORT}",
             len(to_agents) == 1 and [p["port"] for p in to_agents[0]["ports"]] == [RPC_PORT])
     egress_ports = sorted({p["port"] for r in egress for p in r.get("ports", [])})
-    R.check(f"{t}: proxy egress only to agents, DNS and the API server", egress_ports == [53, 443, 6443, RPC_PORT],
-            f"ports {egress_ports}")
+    want_ports = sorted(PROXY_EGRESS_PORTS_BY_TARGET.get(t, PROXY_EGRESS_PORTS))
+    R.check(f"{t}: proxy egress only to agents, DNS and the API server", egress_ports == want_ports,
+            f"ports {egress_ports}, expected {want_ports}")
     ap = pols.get("sigsci-agent", {}).get("spec", {})
     R.check(f"{t}: agent NetworkPolicy selects the agent pods",
             labels_match(ap.get("podSelector", {}).get("matchLabels"), agent_labels))
@@ -400,7 +410,7 @@ def check_autoscaling(t, docs, proxy, source):
         prom = [tr for tr in s["spec"]["triggers"] if tr["type"] == "prometheus"]
         q = prom[0]["metadata"]["query"] if prom else ""
         R.check(f"{t}: KEDA query sums {METRIC} in the proxy's namespace ({proxy['ns']})",
-                METRIC in q and f'namespace="{proxy["ns"]}"' in q and q.startswith("sum("), q)
+                METRIC in q and f'namespace="{proxy["ns"]}"' in q and "sum(" in q, q)
     for pm in find(docs, "PodMonitor"):
         R.check(f"{t}: PodMonitor scrapes the proxies' admin port /metrics",
                 labels_match(pm["spec"]["selector"]["matchLabels"], proxy["labels"])
@@ -409,7 +419,7 @@ def check_autoscaling(t, docs, proxy, source):
         R.check(f"{t}: metric {METRIC} is exported by the proxy's sources", source["metric_known"])
 
 
-def check_example(docs, proxy, node_server):
+def check_example(docs, job_docs, proxy, node_server):
     host = f"{proxy['service']}.{proxy['ns']}.svc"
     app = one(docs, "Deployment", "example-app")
     c = pod_spec(app)["containers"][0]
@@ -423,7 +433,7 @@ def check_example(docs, proxy, node_server):
         for name in ("SIGSCI_RPC_HOST", "SIGSCI_RPC_PORT", "PORT"):
             R.check(f"example-app: loadtest/node/server.js reads {name}", name in node_server)
         R.check("example-app: loadtest/node/server.js serves the probe path /healthz", "/healthz" in node_server)
-    job = one(docs, "Job", "loadtest")
+    job = one(job_docs, "Job", "loadtest")
     args = pod_spec(job)["containers"][0]["args"]
     target = args[args.index("--target") + 1] if "--target" in args else None
     R.check(f"example-app: loadtest Job drives {host}:{proxy['rpc_port']}",
@@ -510,7 +520,7 @@ def main(argv):
         docs = load(rendered, t)
         check_security(t, docs)
         check_skips(t, docs)
-        if t == "example-app":
+        if t in ("example-app", "loadtest"):
             continue
         proxy = check_proxy(t, docs, source)
         if proxy is None:
@@ -524,7 +534,8 @@ def main(argv):
     for t in PROXY_TARGETS:
         R.check(f"target {t} was rendered", t in targets)
     if "example-app" in targets and R.check("production proxy found for the example-app checks", proxy_prod is not None):
-        check_example(load(rendered, "example-app"), proxy_prod, read(root, "loadtest/node/server.js"))
+        check_example(load(rendered, "example-app"), load(rendered, "loadtest"), proxy_prod,
+                      read(root, "loadtest/node/server.js"))
     check_dockerfiles(root, source)
     print(f"consistency: {R.passed} passed, {R.failed} failed")
     return 1 if R.failed else 0

@@ -24,6 +24,11 @@ CRDS = {
         "items": {("spec", "triggers"): ["type", "metadata"]},
         "why": "KEDA CRD (keda.sh): no schema in kubernetes-validate",
     },
+    ("cilium.io/v2", "CiliumNetworkPolicy"): {
+        "required": [("spec", "endpointSelector"), ("spec", "egress")],
+        "items": {},
+        "why": "Cilium CRD (cilium.io): no schema in kubernetes-validate",
+    },
     ("monitoring.coreos.com/v1", "PodMonitor"): {
         "required": [("spec", "selector"), ("spec", "podMetricsEndpoints")],
         "items": {("spec", "podMetricsEndpoints"): ["port"]},

@@ -1,13 +1,13 @@
 #!/bin/bash
-# Issue 4 acceptance 4: /hints follows load up at once and down only after the window.
+# /hints follows load up and down at once (issue 12: no proxy-side window; the HPA's is the one).
 # Three simulated agents behind the proxy; 1,500 tx/s for 30 s, doubled to 3,000 tx/s from 5 s
 # to 15 s; prints /hints every second. Run from the repository root after
-# `cargo build --release --bins`. The scale-down window is shortened to 10 s (default 5 min)
-# and the smoothing to 2 s (default 10 s) so the whole cycle fits in half a minute.
+# `cargo build --release --bins`. The smoothing is shortened to 2 s (default 10 s) so the
+# whole cycle fits in half a minute.
 # usage: scripts/measure/hints.sh [LOADTEST [PROXY]]
 set -u
 LT=${1:-target/release/loadtest}; PX=${2:-target/release/sigsci-proxy}
-PROXY_ARGS=${PROXY_ARGS:---hints-scale-down-window 10s --hints-smoothing 2s}
+PROXY_ARGS=${PROXY_ARGS:---hints-smoothing 2s}
 d=$(mktemp -d)
 admins=()
 agents=()
@@ -33,12 +33,12 @@ $LT drive --target 127.0.0.1:19971 --rate 1500 --duration 30s --attack-fraction 
 a=$!
 ( sleep 5; $LT drive --target 127.0.0.1:19971 --rate 1500 --duration 10s --attack-fraction 0.2 --no-progress > $d/driveB.txt 2>&1 ) &
 b=$!
-echo "t_s recommended instant by_rate by_outstanding rpc_rate outstanding_ewma scale_down_pending"
+echo "t_s demand recommended by_rate by_outstanding rpc_rate outstanding_ewma"
 t0=$(date +%s.%N)
 for s in $(seq 0 33); do
   h=$(curl -s 127.0.0.1:19972/hints)
   t=$(echo "$(date +%s.%N) - $t0" | bc)
-  echo "$h" | python3 -c "import json,sys; h=json.load(sys.stdin); print('%.1f'%$t, h['recommended'], h['instant_recommendation'], h['by_rate'], h['by_outstanding'], round(h['rpc_rate']), round(h['total_outstanding_ewma'],2), h['scale_down_pending'])"
+  echo "$h" | python3 -c "import json,sys; h=json.load(sys.stdin); print('%.1f'%$t, round(h['demand'],3), h['recommended'], h['by_rate'], h['by_outstanding'], round(h['rpc_rate']), round(h['total_outstanding_ewma'],2))"
   sleep 1
 done
 wait $a $b
