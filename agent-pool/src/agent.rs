@@ -39,10 +39,12 @@ pub enum Outcome {
     /// Records no latency sample; ends in an ejection that a successful connect can cut short
     /// (the agent was unreachable: reachable again is news).
     ConnectFailure,
-    /// The agent did not answer within the deadline. The elapsed time is a latency sample.
+    /// The agent did not answer within the deadline. Raises the latency estimate to at least
+    /// the elapsed time (or the failure penalty) at once.
     Timeout,
     /// The agent answered with an error frame. A fast failer must not attract work, so the
-    /// sample is at least the pool's failure penalty, not the (short) time it took.
+    /// latency estimate jumps to at least the pool's failure penalty, not the (short) time the
+    /// answer took.
     ErrorAnswer,
     /// Any other failure after the request was sent (the connection broke, the answer was not a
     /// frame). Sampled like `ErrorAnswer`.
@@ -320,7 +322,8 @@ impl Agent {
             }
             Outcome::Timeout => {
                 self.timeouts.fetch_add(1, Relaxed);
-                self.ewma.observe(sample, now_ns);
+                self.ewma
+                    .penalize(sample.max(self.failure_penalty_ns), now_ns);
             }
             Outcome::ErrorAnswer | Outcome::Failed => {
                 let counter = if outcome == Outcome::Failed {
@@ -330,7 +333,7 @@ impl Agent {
                 };
                 counter.fetch_add(1, Relaxed);
                 self.ewma
-                    .observe(sample.max(self.failure_penalty_ns), now_ns);
+                    .penalize(sample.max(self.failure_penalty_ns), now_ns);
             }
         }
         let unreachable = outcome == Outcome::ConnectFailure;

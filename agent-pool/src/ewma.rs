@@ -58,6 +58,16 @@ impl PeakEwma {
         });
     }
 
+    /// Records a failure costing `penalty_ns` at `now_ns`: the mean itself jumps to at least
+    /// the penalty (a sample would move it only by its share of the elapsed time), so a failing
+    /// agent stays dear for about `tau × ln(penalty ÷ normal)` unless it answers well again.
+    pub(crate) fn penalize(&self, penalty_ns: f64, now_ns: u64) {
+        self.observe(penalty_ns, now_ns);
+        let _ = self.mean.fetch_update(Relaxed, Relaxed, |bits| {
+            Some(f64::from_bits(bits).max(penalty_ns).to_bits())
+        });
+    }
+
     /// The estimate at `now_ns`: the larger of the mean and the peak, each decayed toward zero
     /// since the last sample. Read-only.
     #[inline]
@@ -124,6 +134,19 @@ mod tests {
             slow.observe(2.0 * MS, t);
             assert!(slow.get(t) >= 2.0 * MS * 0.99);
         }
+    }
+
+    #[test]
+    fn a_failure_keeps_the_estimate_up_for_the_mean_s_time_not_the_peak_s() {
+        let tau = S as f64;
+        let e = PeakEwma::new(0.3 * MS, 0, tau);
+        for i in 1..=100u64 {
+            e.observe(0.3 * MS, i * S / 1000);
+        }
+        e.penalize(50.0 * MS, 100 * S / 1000);
+        // 1 s later a peak would be gone (e^-10); the mean is still e^-1 of the penalty.
+        let later = e.get(1100 * S / 1000);
+        assert!(later > 15.0 * MS, "{later}");
     }
 
     #[test]

@@ -30,9 +30,11 @@ pub struct PoolConfig {
     /// Latency estimate of an agent with no sample yet. Default 5 ms (pessimistic next to a
     /// healthy sub-millisecond agent, so a new agent is not stampeded).
     pub default_rtt: Duration,
-    /// The least latency sample an error answer or a broken call records. Default 50 ms: an
-    /// agent that fails fast looks 100× dearer than a healthy sub-millisecond one, so the
-    /// picker stops preferring it at once and tries it again only as the estimate decays.
+    /// What a failed call (error answer, broken connection, timeout) costs an agent's latency
+    /// estimate: it jumps to at least this at once, then decays with `latency_decay`. Default
+    /// 1 s: far above any healthy agent's latency, loaded or not, so the picker stops sending
+    /// to a fast failer or a staller at once and tries it again only seconds later (passive
+    /// health ejects it if it keeps failing).
     pub failure_penalty: Duration,
     /// Time constant of the latency estimate's mean; its peak decays ten times faster (see
     /// the `ewma` module). Default 1 s.
@@ -52,7 +54,7 @@ impl Default for PoolConfig {
             ejection: EjectionConfig::default(),
             hints: HintsConfig::default(),
             default_rtt: Duration::from_millis(5),
-            failure_penalty: Duration::from_millis(50),
+            failure_penalty: Duration::from_secs(1),
             latency_decay: Duration::from_secs(1),
         }
     }

@@ -32,6 +32,12 @@ pub enum Behavior {
     Slow(Duration),
     /// Closes the connection when a PreRequest arrives, without answering.
     DropPreRequests,
+    /// Answers every call at once with an error frame.
+    ErrorAnswer,
+    /// Accepts and reads, never answers.
+    Stall,
+    /// Answers PreRequests with this many bytes of request headers.
+    LargeAnswers(usize),
 }
 
 /// What an agent saw.
@@ -70,7 +76,12 @@ impl Agent {
     }
 
     pub async fn start_with(name: &str, behavior: Behavior) -> Agent {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), name, behavior).await
+    }
+
+    /// An agent on `addr` (an agent restarted on the address of one stopped before).
+    pub async fn start_on(addr: SocketAddr, name: &str, behavior: Behavior) -> Agent {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counters = Arc::new(Counters::default());
         let issued = Arc::new(Mutex::new(HashSet::new()));
@@ -146,6 +157,21 @@ async fn serve_agent_conn(stream: TcpStream, ctx: Ctx, behavior: Behavior) {
         if method == message::PRE_REQUEST && behavior == Behavior::DropPreRequests {
             break;
         }
+        if method == message::PRE_REQUEST {
+            match behavior {
+                Behavior::Stall => {
+                    counters.pre.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Behavior::ErrorAnswer => {
+                    counters.pre.fetch_add(1, Ordering::Relaxed);
+                    let msgid = frame.msgid().unwrap();
+                    let _ = tx.send(message::encode_response(msgid, Some("agent failure"), &()));
+                    continue;
+                }
+                _ => {}
+            }
+        }
         let (counters, issued, name, tx) =
             (counters.clone(), issued.clone(), name.clone(), tx.clone());
         tokio::spawn(async move {
@@ -153,13 +179,19 @@ async fn serve_agent_conn(stream: TcpStream, ctx: Ctx, behavior: Behavior) {
             let msgid = frame.msgid().unwrap();
             let reply = match method.as_str() {
                 message::PRE_REQUEST => {
-                    let _: (u64, String, RPCMsgIn) = message::decode_request(bytes).unwrap();
+                    // Strings are bytes to an agent (the Go agent's decoder takes invalid
+                    // UTF-8): this fixture does not parse them.
                     let n = counters.pre.fetch_add(1, Ordering::Relaxed) + 1;
                     let id = format!("{name}-{n}");
                     issued.lock().unwrap().insert(id.clone());
+                    let padding = match behavior {
+                        Behavior::LargeAnswers(n) => vec![("X-Pad".to_owned(), "p".repeat(n))],
+                        _ => Vec::new(),
+                    };
                     let out = RPCMsgOut {
                         waf_response: 200,
                         request_id: id,
+                        request_headers: padding,
                         ..Default::default()
                     };
                     message::encode_response(msgid, None, &out)
