@@ -1,4 +1,4 @@
-//! Command-line interface: `loadtest agent`, `loadtest drive`, `loadtest local`.
+//! Command-line interface: `loadtest agent`, `loadtest drive`, `loadtest local`, `loadtest bench`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,6 +27,8 @@ pub enum Command {
     Drive(crate::drive::DriveArgs),
     /// Start agents (+ the proxy or HAProxy), drive load, report, stop everything.
     Local(crate::local::LocalArgs),
+    /// Side by side: direct, sigsci-proxy, HAProxy roundrobin and source, same agents and load.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `loadtest agent` options.

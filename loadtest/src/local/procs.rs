@@ -276,15 +276,26 @@ impl Pool {
         bin: &Path,
         dir: &Path,
     ) -> anyhow::Result<SocketAddr> {
+        self.spawn_haproxy_balance(bin, dir, "roundrobin").await
+    }
+
+    /// Starts HAProxy in TCP mode with `balance <balance>` (`roundrobin`, `source`) and waits
+    /// until it accepts.
+    pub(crate) async fn spawn_haproxy_balance(
+        &mut self,
+        bin: &Path,
+        dir: &Path,
+        balance: &str,
+    ) -> anyhow::Result<SocketAddr> {
         let listen = free_port()?;
         let mut cfg = format!(
             "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\n\
-             frontend rpc\n  bind {listen}\n  default_backend agents\n\nbackend agents\n  balance roundrobin\n"
+             frontend rpc\n  bind {listen}\n  default_backend agents\n\nbackend agents\n  balance {balance}\n"
         );
         for a in &self.agents {
             cfg.push_str(&format!("  server agent-{} {}\n", a.index, a.rpc));
         }
-        let path = dir.join("haproxy.cfg");
+        let path = dir.join(format!("haproxy-{}.cfg", self.fronts.len()));
         std::fs::write(&path, cfg)?;
         let mut child = Command::new(bin)
             .arg("-f")
@@ -316,7 +327,7 @@ impl Pool {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.fronts.push(Front {
-            name: "haproxy".into(),
+            name: format!("haproxy ({balance})"),
             child,
             listen,
             admin: None,
@@ -359,7 +370,7 @@ impl Pool {
             sigterm(&f.child).await;
             let name = f.name;
             match tokio::time::timeout(Duration::from_secs(10), f.child.wait()).await {
-                Ok(Ok(status)) if status.success() || name == "haproxy" => {}
+                Ok(Ok(status)) if status.success() || name.starts_with("haproxy") => {}
                 Ok(Ok(status)) => problems.push(format!("{name} exited with {status} on SIGTERM")),
                 _ => {
                     problems.push(format!("{name} did not exit within 10 s of SIGTERM"));

@@ -143,7 +143,7 @@ pub struct Step {
     /// `pause`: how long the agent stays stopped.
     #[serde(default, with = "opt_duration")]
     pub duration: Option<Duration>,
-    /// `slow`: the service time factor.
+    /// `slow`: the service time factor; `burst`: the extra rate as a multiple of the drive's.
     pub factor: Option<f64>,
     /// `fault`: the `/fault` query, e.g. `delay=5ms` or `refuse=1`.
     pub query: Option<String>,
@@ -188,7 +188,8 @@ pub enum Action {
     StopAgent,
     /// Read every agent's counters: the start of the `window_*_fair` window.
     Snapshot,
-    /// Drive `rate` more transactions per second for `duration`, beside the main drive.
+    /// Drive `rate` (or `factor` times the drive's rate) more transactions per second for
+    /// `duration`, beside the main drive.
     Burst,
     /// `count` clients of each bad kind (invalid frames, slow writers, never-readers) against the
     /// front for `duration`.
@@ -248,8 +249,16 @@ impl Scenario {
                         step.action
                     )
                 }
-                Action::Burst if step.rate.is_none_or(|r| r.is_nan() || r <= 0.0) => {
-                    anyhow::bail!("{}: step {i}: burst needs a positive rate", path.display())
+                Action::Burst
+                    if step
+                        .rate
+                        .or(step.factor)
+                        .is_none_or(|r| r.is_nan() || r <= 0.0) =>
+                {
+                    anyhow::bail!(
+                        "{}: step {i}: burst needs a positive rate or factor",
+                        path.display()
+                    )
                 }
                 Action::BadClients | Action::ConnFlood if step.count.is_none() => {
                     anyhow::bail!(

@@ -96,7 +96,10 @@ impl Pool {
                 return Ok(line);
             }
             Action::Burst => {
-                let rate = step.rate.expect("checked at load");
+                let rate = step
+                    .rate
+                    .or(step.factor.map(|f| f * cx.drive.rate))
+                    .expect("checked at load");
                 let duration = step.duration.expect("checked at load");
                 let d = DriveArgs {
                     rate,
