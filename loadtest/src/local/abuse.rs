@@ -90,16 +90,31 @@ fn invalid_frame(i: u64) -> Vec<u8> {
     }
 }
 
-/// Runs `count` clients of each bad kind against `target` for `duration`; returns a summary of
-/// what the front did to each.
-pub(crate) async fn bad_clients(target: SocketAddr, count: usize, duration: Duration) -> String {
+/// The bad client kinds, as named in a `bad-clients` step's `query`.
+pub(crate) const KINDS: [&str; 3] = ["invalid", "slow", "never-read"];
+
+/// Runs `count` clients of each bad kind in `kinds` (all when empty) against `target` for
+/// `duration`; returns a summary of what the front did to each.
+pub(crate) async fn bad_clients(
+    target: SocketAddr,
+    count: usize,
+    duration: Duration,
+    kinds: &[String],
+) -> String {
+    let on = {
+        let kinds: Arc<Vec<String>> = Arc::new(kinds.to_vec());
+        move |k: &str| kinds.is_empty() || kinds.iter().any(|x| x == k)
+    };
     let o: Outcomes = Arc::default();
     let end = Instant::now() + duration;
     let mut tasks = Vec::new();
     for c in 0..count {
         // Invalid frames: a fresh connection each, at most one every 50 ms per client.
-        let o1 = o.clone();
+        let (o1, on1) = (o.clone(), on.clone());
         tasks.push(tokio::spawn(async move {
+            if !on1("invalid") {
+                return;
+            }
             let mut i = c as u64;
             while Instant::now() < end {
                 match timeout(Duration::from_secs(1), TcpStream::connect(target)).await {
@@ -118,8 +133,11 @@ pub(crate) async fn bad_clients(target: SocketAddr, count: usize, duration: Dura
             }
         }));
         // Slow writer: a valid PreRequest, one byte every 50 ms, until sent or the time is up.
-        let o2 = o.clone();
+        let (o2, on2) = (o.clone(), on.clone());
         tasks.push(tokio::spawn(async move {
+            if !on2("slow") {
+                return;
+            }
             while Instant::now() + Duration::from_millis(200) < end {
                 let Ok(Ok(mut s)) =
                     timeout(Duration::from_secs(1), TcpStream::connect(target)).await
@@ -148,26 +166,29 @@ pub(crate) async fn bad_clients(target: SocketAddr, count: usize, duration: Dura
                 note(&o2, "slow writer", what);
             }
         }));
-        // Never reads: pipelines 10 kB PreRequests (one per 20 ms, at most 500) without reading.
-        let o3 = o.clone();
+        // Never reads: a 4 KiB receive buffer (so the answers fill it after a few dozen), then
+        // PreRequests without a body, one per 10 ms, at most 1,000, never reading an answer.
+        let (o3, on3) = (o.clone(), on.clone());
         tasks.push(tokio::spawn(async move {
-            let Ok(Ok(mut s)) = timeout(Duration::from_secs(1), TcpStream::connect(target)).await
-            else {
+            if !on3("never-read") {
+                return;
+            }
+            let connect = async {
+                let sock = tokio::net::TcpSocket::new_v4()?;
+                sock.set_recv_buffer_size(4096)?;
+                sock.connect(target).await
+            };
+            let Ok(Ok(mut s)) = timeout(Duration::from_secs(1), connect).await else {
                 note(&o3, "never reads", "connect failed");
                 return;
             };
             let mut sent = 0u64;
             let mut stuck = false;
-            for msgid in 0..500u64 {
+            for msgid in 0..1_000u64 {
                 if Instant::now() >= end {
                     break;
                 }
-                match timeout(
-                    Duration::from_millis(200),
-                    s.write_all(&good_pre(msgid, 10_000)),
-                )
-                .await
-                {
+                match timeout(Duration::from_millis(200), s.write_all(&good_pre(msgid, 0))).await {
                     Ok(Ok(())) => sent += 1,
                     Ok(Err(_)) => break,
                     Err(_) => {
@@ -177,13 +198,13 @@ pub(crate) async fn bad_clients(target: SocketAddr, count: usize, duration: Dura
                         break;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let bucket = match sent {
                 0..=9 => "<10",
                 10..=99 => "10-99",
-                100..=499 => "100-499",
-                _ => "500",
+                100..=999 => "100-999",
+                _ => "1000",
             };
             note(
                 &o3,

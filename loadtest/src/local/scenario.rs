@@ -145,7 +145,8 @@ pub struct Step {
     pub duration: Option<Duration>,
     /// `slow`: the service time factor; `burst`: the extra rate as a multiple of the drive's.
     pub factor: Option<f64>,
-    /// `fault`: the `/fault` query, e.g. `delay=5ms` or `refuse=1`.
+    /// `fault`: the `/fault` query, e.g. `delay=5ms` or `refuse=1`; `bad-clients`: the kinds,
+    /// comma-separated, of `invalid`, `slow`, `never-read` (default all).
     pub query: Option<String>,
     /// `add`: agents to start; `bad-clients`: clients of each kind; `conn-flood`: connections.
     pub count: Option<usize>,
@@ -265,6 +266,18 @@ impl Scenario {
                         "{}: step {i}: {:?} needs count",
                         path.display(),
                         step.action
+                    )
+                }
+                Action::BadClients
+                    if step.query.as_deref().is_some_and(|q| {
+                        q.split(',')
+                            .any(|k| !k.is_empty() && !super::abuse::KINDS.contains(&k))
+                    }) =>
+                {
+                    anyhow::bail!(
+                        "{}: step {i}: bad-clients kinds are {:?}",
+                        path.display(),
+                        super::abuse::KINDS
                     )
                 }
                 _ => {}

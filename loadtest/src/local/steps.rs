@@ -122,9 +122,17 @@ impl Pool {
                 let n = step.count.expect("checked at load");
                 let d = step.duration.expect("checked at load");
                 let (front, action) = (cx.front, step.action);
+                let kinds: Vec<String> = step
+                    .query
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect();
                 let h = tokio::spawn(async move {
                     let summary = if action == Action::BadClients {
-                        super::abuse::bad_clients(front, n, d).await
+                        super::abuse::bad_clients(front, n, d, &kinds).await
                     } else {
                         super::abuse::conn_flood(front, n, d).await
                     };
