@@ -17,6 +17,7 @@
 //! ```
 
 mod admin;
+mod inspect;
 mod server;
 mod stats;
 
@@ -31,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::addr::{Listener, RpcAddr};
 use crate::units::ServiceTime;
 
-pub use server::SERVICE_TIME_HEADER;
+pub use server::{INJECTED_ERROR, SERVICE_TIME_HEADER};
 pub use stats::AgentStats;
 
 /// Faults that can be switched on at start (flags) or at run time (`POST /fault?...`).
@@ -44,6 +45,10 @@ pub struct Faults {
     pub hangup: bool,
     /// Reset (TCP RST) every connection on its next request instead of answering.
     pub reset: bool,
+    /// Answer every request at once with an error frame ([`INJECTED_ERROR`]), no service time.
+    pub error: bool,
+    /// Accept connections and read requests, never answer them.
+    pub stall: bool,
     /// Extra delay added to every answer.
     #[serde(with = "micros")]
     pub delay: Duration,
@@ -85,6 +90,13 @@ pub struct AgentConfig {
     pub workers: usize,
     /// Initial faults.
     pub faults: Faults,
+    /// Time from start until the startup probe answers 200 (default 0): the real agent's
+    /// startup probe answers 503 until its rules are loaded, while its RPC listener already
+    /// serves.
+    pub startup_delay: Duration,
+    /// Address of the startup probe HTTP listener (`GET /startup`), like the agent's
+    /// `SIGSCI_STARTUP_PROBE_LISTENER` (default none; `/startup` is also on the admin server).
+    pub startup_probe: Option<SocketAddr>,
 }
 
 impl Default for AgentConfig {
@@ -101,6 +113,8 @@ impl Default for AgentConfig {
                 slow: 1.0,
                 ..Faults::default()
             },
+            startup_delay: Duration::ZERO,
+            startup_probe: None,
         }
     }
 }
@@ -149,6 +163,16 @@ impl AgentConfig {
         self.faults = f;
         self
     }
+    /// Sets the startup delay (the startup probe answers 503 until it has passed).
+    pub fn startup_delay(mut self, d: Duration) -> Self {
+        self.startup_delay = d;
+        self
+    }
+    /// Sets the startup probe listen address.
+    pub fn startup_probe(mut self, addr: SocketAddr) -> Self {
+        self.startup_probe = Some(addr);
+        self
+    }
 
     /// Every problem with this configuration, named by its flag.
     pub fn validate(&self) -> Result<(), Vec<String>> {
@@ -171,6 +195,9 @@ impl AgentConfig {
                 self.faults.slow
             ));
         }
+        if self.faults.error && self.faults.stall {
+            errs.push("--error and --stall exclude each other".into());
+        }
         if self.attack_patterns.iter().any(|(p, _)| p.is_empty()) {
             errs.push("--attack-pattern must not be empty".into());
         }
@@ -192,6 +219,14 @@ impl AgentConfig {
             .as_ref()
             .map(|l| l.local_addr())
             .transpose()?;
+        let probe_listener = match self.startup_probe {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await?),
+            None => None,
+        };
+        let startup_probe_addr = probe_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
         let (faults_tx, _) = watch::channel(self.faults.clone());
         let shared = Arc::new(server::Shared::new(self, faults_tx));
         let tracker = TaskTracker::new();
@@ -207,9 +242,17 @@ impl AgentConfig {
                 admin::handle(shared.clone(), req)
             }));
         }
+        if let Some(l) = probe_listener {
+            let shared = shared.clone();
+            let token = shared.stop.clone();
+            tokio::spawn(crate::http::serve(l, token, move |req| {
+                admin::startup_probe(shared.clone(), req)
+            }));
+        }
         Ok(SimAgent {
             rpc_addr,
             admin_addr,
+            startup_probe_addr,
             shared,
             tracker,
         })
@@ -221,6 +264,7 @@ impl AgentConfig {
 pub struct SimAgent {
     rpc_addr: RpcAddr,
     admin_addr: Option<SocketAddr>,
+    startup_probe_addr: Option<SocketAddr>,
     shared: Arc<server::Shared>,
     tracker: TaskTracker,
 }
@@ -248,6 +292,16 @@ impl SimAgent {
     /// The bound admin address, if any.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The bound startup probe address, if any.
+    pub fn startup_probe_addr(&self) -> Option<SocketAddr> {
+        self.startup_probe_addr
+    }
+
+    /// Whether the startup delay has passed (the startup probe answers 200).
+    pub fn started(&self) -> bool {
+        self.shared.started()
     }
 
     /// Current counters.

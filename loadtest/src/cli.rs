@@ -1,4 +1,4 @@
-//! Command-line interface: `loadtest agent`, `loadtest drive`, `loadtest local`.
+//! Command-line interface: `loadtest agent`, `loadtest drive`, `loadtest local`, `loadtest bench`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,6 +27,8 @@ pub enum Command {
     Drive(crate::drive::DriveArgs),
     /// Start agents (+ the proxy or HAProxy), drive load, report, stop everything.
     Local(crate::local::LocalArgs),
+    /// Side by side: direct, sigsci-proxy, HAProxy roundrobin and source, same agents and load.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `loadtest agent` options.
@@ -66,6 +68,20 @@ pub struct AgentArgs {
     /// Reset connections instead of answering.
     #[arg(long)]
     pub reset: bool,
+    /// Answer every request at once with an error frame.
+    #[arg(long, conflicts_with = "stall")]
+    pub error: bool,
+    /// Accept and read requests, never answer them.
+    #[arg(long)]
+    pub stall: bool,
+    /// Time until the startup probe answers 200 (rules loaded); the RPC listener serves from
+    /// the start, as the real agent's does.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub startup_delay: Duration,
+    /// Startup probe HTTP listener (`GET /startup`: 503 until `--startup-delay` has passed,
+    /// then 200), like the agent's `SIGSCI_STARTUP_PROBE_LISTENER`.
+    #[arg(long, env = "SIGSCI_STARTUP_PROBE_LISTENER", value_name = "ADDR")]
+    pub startup_probe: Option<SocketAddr>,
     /// Crash (exit status 3) after this many requests.
     #[arg(long)]
     pub exit_after: Option<u64>,
@@ -85,10 +101,14 @@ impl AgentArgs {
                 refuse: self.refuse,
                 hangup: false,
                 reset: self.reset,
+                error: self.error,
+                stall: self.stall,
                 delay: self.delay,
                 slow: self.slow,
                 exit_after: self.exit_after,
             },
+            startup_delay: self.startup_delay,
+            startup_probe: self.startup_probe,
             ..AgentConfig::default()
         };
         if !self.attack_patterns.is_empty() {
@@ -121,8 +141,14 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
     let admin = agent
         .admin_addr()
         .map_or_else(|| "-".to_string(), |a| a.to_string());
+    let probe = agent
+        .startup_probe_addr()
+        .map_or_else(|| "-".to_string(), |a| a.to_string());
     // Machine-readable: orchestrators and tests parse this line.
-    println!("listening rpc={} admin={admin}", agent.rpc_addr());
+    println!(
+        "listening rpc={} admin={admin} startup={probe}",
+        agent.rpc_addr()
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let crashed = tokio::select! {
         _ = tokio::signal::ctrl_c() => false,

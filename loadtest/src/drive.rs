@@ -256,6 +256,7 @@ impl Ctx {
 
     async fn call(
         &self,
+        seq: u64,
         path: &Path,
         update: bool,
         method: &'static str,
@@ -264,7 +265,9 @@ impl Ctx {
     ) -> Result<Reply, CallError> {
         let msgid = self.next_msgid();
         let client = if update { &path.update } else { &path.pre };
-        let r = client.call(msgid, frame_of(msgid), self.args.timeout).await;
+        let r = client
+            .call(msgid, frame_of(msgid), self.args.timeout, Some(seq))
+            .await;
         if let Err(e) = &r {
             tracing::debug!(method, kind = ?e.kind, detail = %e.detail, "Call failed");
         }
@@ -289,6 +292,7 @@ impl Ctx {
         let req = self.shape.request(seq, attack, now_ms);
         let pre = self
             .call(
+                seq,
                 path,
                 false,
                 rpc::PRE_REQUEST,
@@ -319,6 +323,7 @@ impl Ctx {
             let upd = self.shape.update_request(request_id, code);
             let _ = self
                 .call(
+                    seq,
                     path,
                     true,
                     rpc::UPDATE_REQUEST,
@@ -330,6 +335,7 @@ impl Ctx {
             let post = self.shape.post_request(req, code);
             let _ = self
                 .call(
+                    seq,
                     path,
                     true,
                     rpc::POST_REQUEST,

@@ -5,6 +5,7 @@
 
 pub mod addr;
 pub mod agent;
+pub mod bench;
 pub mod cli;
 pub mod drive;
 pub mod http;

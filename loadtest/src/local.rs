@@ -5,9 +5,14 @@
 //! and fails (non-zero) if any check failed. `--compare` measures the proxy's overhead instead
 //! (see [`compare`]).
 
+mod abuse;
+mod accounts;
 pub mod compare;
-mod procs;
+pub(crate) mod procs;
+pub mod procstat;
+mod ramp;
 pub mod scenario;
+mod steps;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +25,7 @@ use tokio::time::Instant;
 use crate::drive::{DriveArgs, DriveReport};
 use crate::units::{ServiceTime, parse_duration};
 use procs::Pool;
-use scenario::{Action, Scenario};
+use scenario::Scenario;
 
 /// What sits between the emulated modules and the agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -195,7 +200,8 @@ impl LocalArgs {
 
 /// Bounds a drive must respect; what `run` and `--compare` both check.
 struct DriveBounds {
-    max_errors: u64,
+    /// `None` = unlimited (judged by a fraction or not at all).
+    max_errors: Option<u64>,
     /// Refused connections do not count toward `max_errors`.
     allow_refused: bool,
     /// Most orphaned + expired updates; `None` = unlimited.
@@ -213,7 +219,9 @@ impl DriveBounds {
         } else {
             report.total_errors()
         };
-        if counted > max_errors {
+        if let Some(max_errors) = max_errors
+            && counted > max_errors
+        {
             failures.push(format!(
                 "{counted} failed calls{} (at most {max_errors} allowed)",
                 if self.allow_refused {
@@ -272,6 +280,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         (None, Some(t)) => t.parse().map_err(|e| anyhow::anyhow!("app_time: {e}"))?,
         (None, None) => DriveArgs::default().app_time,
     };
+    let duration = args
+        .duration
+        .or(scenario.duration)
+        .unwrap_or(Duration::from_secs(10));
     let exe = std::env::current_exe()?;
     let agent_args = args.agent_process_args();
 
@@ -281,13 +293,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     let mut pool = Pool::new(dir.path().join("agents.json"));
     let mut failures = Vec::new();
     let marks: Marks = Default::default();
-    let touched: std::collections::HashSet<usize> = scenario
-        .steps
+    let plan = scenario.expanded_steps(duration);
+    let touched: std::collections::HashSet<usize> = plan
         .iter()
         .filter(|s| s.action.changes_agent())
         .map(|s| s.agent)
         .collect();
     let expect = scenario.expect.clone();
+    let samples: procstat::Samples = Default::default();
     let result = async {
         pool.spawn_agents(&exe, n, &agent_args).await?;
         let (target, update_target): (SocketAddr, SocketAddr) = match via {
@@ -313,10 +326,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             concurrency: args.concurrency,
             app_time,
             rate: args.rate.or(scenario.rate).unwrap_or(1000.0),
-            duration: args
-                .duration
-                .or(scenario.duration)
-                .unwrap_or(Duration::from_secs(10)),
+            duration,
             attack_fraction: args
                 .attack_fraction
                 .or(scenario.attack_fraction)
@@ -327,7 +337,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
                 .unwrap_or(0.0),
             persistent: args.persistent,
             sources: args.sources.clone(),
-            agents_admin: pool.agents.iter().map(|a| a.admin).collect(),
+            // The orchestrator reads the agents itself: agents come and go during a scenario.
+            agents_admin: Vec::new(),
             no_progress: false,
             ..DriveArgs::default()
         };
@@ -338,58 +349,105 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             } else {
                 String::new()
             },
-            match drive.concurrency {
-                Some(c) => format!("closed loop x{c}"),
-                None => format!("{} tx/s", drive.rate),
+            match (&scenario.ramp, drive.concurrency) {
+                (Some(r), _) => format!(
+                    "ramp from {} tx/s x{} up to {}, {:?} each",
+                    r.start, r.factor, r.max_rate, r.step_duration
+                ),
+                (None, Some(c)) => format!("closed loop x{c}"),
+                (None, None) => format!("{} tx/s", drive.rate),
             },
             drive.duration
         );
+        pool.read_before().await;
+        let sampler = procstat::sample_every(
+            pool.front_pids.clone(),
+            Duration::from_millis(250),
+            samples.clone(),
+        );
         let steps_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let start = Instant::now();
+        let cx = steps::StepCtx {
+            via,
+            start,
+            log: steps_log.clone(),
+            marks: marks.clone(),
+            drive: drive.clone(),
+            front: target,
+            background: Default::default(),
+        };
+        let background = cx.background.clone();
+        let pids = pool.front_pids.clone();
         let pool_ref = &mut pool;
-        let log = steps_log.clone();
-        let marks_in = marks.clone();
         let steps = async move {
-            for step in &scenario.steps {
+            for step in &plan {
                 tokio::time::sleep_until(start + step.at).await;
-                let outcome = pool_ref.apply(step, via, start, &log, &marks_in).await;
+                let outcome = pool_ref.apply(step, &cx).await;
+                let target = if step.action.is_agent_action() {
+                    format!(" agent {}", step.agent)
+                } else if step.action.is_proxy_action() {
+                    format!(" proxy {}", step.proxy)
+                } else {
+                    String::new()
+                };
                 let line = format!(
-                    "t={:?} {:?} {}: {}",
+                    "t={:?} {:?}{target}: {}",
                     step.at,
                     step.action,
-                    if step.action.is_agent_action() {
-                        format!("agent {}", step.agent)
-                    } else {
-                        format!("proxy {}", step.proxy)
-                    },
                     outcome.unwrap_or_else(|e| format!("failed: {e:#}"))
                 );
                 eprintln!("loadtest local: {line}");
-                log.lock().expect("not poisoned").push(line);
-                let target = if step.action.is_agent_action() {
-                    format!("agent {}", step.agent)
-                } else {
-                    format!("proxy {}", step.proxy)
-                };
-                marks_in
+                cx.log.lock().expect("not poisoned").push(line);
+                cx.marks
                     .lock()
                     .expect("not poisoned")
-                    .push((format!("{:?} {target}", step.action), step.at));
+                    .push((format!("{:?}{target}", step.action), step.at));
             }
             std::future::pending::<()>().await;
         };
+        let drives = async {
+            match &scenario.ramp {
+                Some(r) => ramp::run(r, &drive, &pids, &steps_log).await,
+                None => crate::drive::run(drive.clone()).await,
+            }
+        };
         let report = tokio::select! {
-            r = crate::drive::run(drive) => r?,
+            r = drives => r?,
             _ = steps => unreachable!("steps never finish"),
         };
-        let steps = std::mem::take(&mut *steps_log.lock().expect("not poisoned"));
+        sampler.abort();
+        let pending = std::mem::take(&mut *background.lock().expect("not poisoned"));
+        let mut bursts = Vec::new();
+        for h in pending {
+            if let Ok((line, burst)) = h.await {
+                steps_log.lock().expect("not poisoned").push(line.clone());
+                if let Some(b) = burst {
+                    bursts.push((line, b));
+                }
+            }
+        }
+        let mut report = report;
+        pool.read_agents_into(&mut report).await;
+        let mut steps = std::mem::take(&mut *steps_log.lock().expect("not poisoned"));
+        for (line, b) in &bursts {
+            steps.push(format!("{line}: {}", uninspected_summary(b)));
+        }
+        steps.push(format!("main drive: {}", uninspected_summary(&report)));
+        steps.extend(pool.window_shares(&expect, &mut failures).await);
+        steps.extend(pool.proxy_uninspected().await);
         anyhow::Ok((report, steps))
     }
     .await;
     failures.extend(pool.check_alive());
     let stop_problems = pool.stop().await;
-    let (report, steps) = result?;
+    let (report, mut steps) = result?;
     failures.extend(stop_problems);
+    steps.extend(procstat::judge_growth(
+        &samples.lock().expect("not poisoned"),
+        duration,
+        &expect,
+        &mut failures,
+    ));
 
     let e = &expect;
     for (i, a) in report.agents.iter().enumerate() {
@@ -408,8 +466,44 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             ));
         }
     }
+    let t = &report.tally;
+    if let Some(max) = e.max_failed_open
+        && t.failed_open > max
+    {
+        failures.push(format!(
+            "{} transactions failed open (at most {max} allowed)",
+            t.failed_open
+        ));
+    }
+    let fraction = |x: u64, of: u64| if of == 0 { 0.0 } else { x as f64 / of as f64 };
+    if let Some(max) = e.max_failed_open_fraction {
+        let f = fraction(t.failed_open, t.transactions);
+        if f > max {
+            failures.push(format!(
+                "{:.2}% of transactions failed open (at most {:.2}% allowed)",
+                100.0 * f,
+                100.0 * max
+            ));
+        }
+    }
+    if let Some(max) = e.max_error_fraction {
+        let calls: u64 = t.methods.values().map(|m| m.calls).sum();
+        let f = fraction(report.total_errors(), calls);
+        if f > max {
+            failures.push(format!(
+                "{:.2}% of calls failed (at most {:.2}% allowed)",
+                100.0 * f,
+                100.0 * max
+            ));
+        }
+    }
     let bounds = DriveBounds {
-        max_errors: args.max_errors.or(expect.max_errors).unwrap_or(0),
+        max_errors: args.max_errors.or(expect.max_errors).or(
+            match (e.max_error_fraction, &scenario.ramp) {
+                (None, None) => Some(0),
+                _ => None,
+            },
+        ),
         allow_refused: expect.allow_refused,
         max_orphaned: args.max_orphaned.or(expect.max_orphaned).or(match via {
             Via::Haproxy => None,
@@ -420,10 +514,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     let killed: Vec<String> = pool
         .agents
         .iter()
-        .filter(|a| a.expect_exit)
+        .filter(|a| a.expect_exit && a.last.is_none())
         .map(|a| format!("agent {}: ", a.admin))
         .collect();
-    failures.extend(bounds.failures(&report, &killed));
+    let mut judged = bounds.failures(&report, &killed);
+    if scenario.ramp.is_some() {
+        // The ramp ends at the first failed call or overflow: that is its finding, not a fault.
+        judged.retain(|f| !f.contains("could not start"));
+    }
+    failures.extend(judged);
     let marks = std::mem::take(&mut *marks.lock().expect("not poisoned"))
         .into_iter()
         .map(|(what, at)| {
@@ -438,13 +537,45 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         .collect();
     Ok(LocalReport {
         via,
-        agents: n,
+        agents: pool.agents.len(),
         scenario: args.scenario.as_ref().map(|p| p.display().to_string()),
         drive: report,
         steps,
         failures,
         marks,
     })
+}
+
+/// Failed-open transactions and failed calls by method and kind: what went uninspected.
+fn uninspected_summary(r: &DriveReport) -> String {
+    let t = &r.tally;
+    let mut parts = Vec::new();
+    for (m, mr) in &t.methods {
+        let failed: u64 = mr.errors.values().sum();
+        if failed > 0 {
+            let kinds: Vec<String> = mr
+                .errors
+                .iter()
+                .map(|(k, n)| format!("{k:?} {n}"))
+                .collect();
+            parts.push(format!("{m} {failed} ({})", kinds.join(", ")));
+        }
+    }
+    format!(
+        "{} transactions, {} failed open ({:.2}%){}",
+        t.transactions,
+        t.failed_open,
+        if t.transactions == 0 {
+            0.0
+        } else {
+            100.0 * t.failed_open as f64 / t.transactions as f64
+        },
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; failed calls: {}", parts.join("; "))
+        }
+    )
 }
 
 /// `loadtest local`: prints the report; exit status 1 if any check failed.
@@ -524,172 +655,4 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
         shares.join(" ")
     );
     Ok(if report.failures.is_empty() { 0 } else { 1 })
-}
-
-impl Pool {
-    async fn apply(
-        &mut self,
-        step: &scenario::Step,
-        via: Via,
-        start: Instant,
-        log: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-        marks: &Marks,
-    ) -> anyhow::Result<String> {
-        match step.action {
-            Action::RestartProxy => {
-                let (status, exited, ready) = self.restart_proxy(step.proxy).await?;
-                return Ok(format!(
-                    "old process exited {status} after {exited:?}; new one ready {ready:?} after SIGTERM"
-                ));
-            }
-            Action::DrainProxy => {
-                let t0 = start.elapsed();
-                let (flip, status, exit) = self.drain_proxy(step.proxy).await?;
-                marks
-                    .lock()
-                    .expect("not poisoned")
-                    .push((format!("proxy {} exited", step.proxy), t0 + exit));
-                return Ok(format!(
-                    "/readyz not 200 after {}; exited {status} after {exit:?}",
-                    flip.map_or("never".into(), |d| format!("{d:?}"))
-                ));
-            }
-            _ => {}
-        }
-        let proxy_admin = self.fronts.first().and_then(|f| f.admin);
-        let agent = self
-            .agents
-            .get_mut(step.agent)
-            .ok_or_else(|| anyhow::anyhow!("no agent {}", step.agent))?;
-        let needs_file = matches!(
-            step.action,
-            Action::Terminate | Action::Ready | Action::Remove
-        );
-        if needs_file && via != Via::Proxy {
-            anyhow::bail!(
-                "{:?} only applies via the proxy (membership file)",
-                step.action
-            );
-        }
-        match step.action {
-            Action::Terminate => agent.state = procs::FileState::Terminating,
-            Action::Ready => agent.state = procs::FileState::Ready,
-            Action::Remove => agent.state = procs::FileState::Removed,
-            Action::Kill => {
-                agent.expect_exit = true;
-                agent.child.start_kill()?;
-                if let Some(admin) = proxy_admin {
-                    let id = format!("agent-{}", step.agent);
-                    let (log, marks) = (log.clone(), marks.clone());
-                    tokio::spawn(watch_ejection(admin, id, start, log, marks));
-                }
-                return Ok("killed".into());
-            }
-            Action::Slow => {
-                let f = step.factor.expect("checked at load");
-                crate::http::post(agent.admin, &format!("/fault?slow={f}")).await?;
-                return Ok(format!("slow x{f}"));
-            }
-            Action::Fault => {
-                let q = step.query.as_deref().expect("checked at load");
-                crate::http::post(agent.admin, &format!("/fault?{q}")).await?;
-                return Ok(format!("fault {q}"));
-            }
-            Action::Pause => {
-                let d = step.duration.expect("checked at load");
-                procs::signal(&agent.child, "STOP").await;
-                tokio::time::sleep(d).await;
-                procs::signal(&agent.child, "CONT").await;
-                return Ok(format!("stopped for {d:?}"));
-            }
-            Action::RestartProxy | Action::DrainProxy => unreachable!("handled above"),
-        }
-        let admin = agent.admin;
-        self.write_agents_file()?;
-        if step.action != Action::Ready {
-            let what = format!("agent {} {:?}", step.agent, step.action);
-            let (log, marks) = (log.clone(), marks.clone());
-            tokio::spawn(watch_last_prerequest(admin, what, start, log, marks));
-        }
-        Ok("agents file updated".into())
-    }
-}
-
-/// After a kill: polls the proxy's `/agents` every 20 ms (up to 5 s) until agent `id` is no
-/// longer `ready`, and marks when.
-async fn watch_ejection(
-    admin: SocketAddr,
-    id: String,
-    start: Instant,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    marks: Marks,
-) {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(5) {
-        if let Ok(body) = crate::http::get(admin, "/agents").await
-            && let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&body)
-            && list.iter().any(|a| {
-                a["id"] == id.as_str() && a["state"].as_str().is_some_and(|s| s != "ready")
-            })
-        {
-            let line = format!(
-                "{id} left ready {:?} after the kill (proxy /agents polled every 20 ms)",
-                t0.elapsed()
-            );
-            log.lock().expect("not poisoned").push(line);
-            marks
-                .lock()
-                .expect("not poisoned")
-                .push((format!("{id} ejected"), start.elapsed()));
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    log.lock()
-        .expect("not poisoned")
-        .push(format!("{id} still ready 5 s after the kill"));
-}
-
-/// After a membership change: polls the agent's `/stats` every 50 ms for 3 s and reports when
-/// its PreRequest counter last rose, from the file write.
-async fn watch_last_prerequest(
-    admin: SocketAddr,
-    what: String,
-    start: Instant,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    marks: Marks,
-) {
-    let t0 = Instant::now();
-    let read = || async {
-        let body = crate::http::get(admin, "/stats").await.ok()?;
-        serde_json::from_slice::<crate::agent::AgentStats>(&body)
-            .ok()
-            .map(|s| s.prerequests)
-    };
-    let Some(mut last) = read().await else { return };
-    let mut last_rise = None;
-    while t0.elapsed() < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Some(now) = read().await
-            && now > last
-        {
-            last = now;
-            last_rise = Some(t0.elapsed());
-        }
-    }
-    let line = match last_rise {
-        Some(d) => format!(
-            "{what}: last new PreRequest seen {d:?} after the file write (/stats polled every 50 ms for 3 s)"
-        ),
-        None => {
-            format!("{what}: no new PreRequest after the file write (polled every 50 ms for 3 s)")
-        }
-    };
-    log.lock().expect("not poisoned").push(line);
-    if let Some(d) = last_rise {
-        marks.lock().expect("not poisoned").push((
-            format!("{what}: last PreRequest"),
-            start.elapsed() - t0.elapsed() + d,
-        ));
-    }
 }

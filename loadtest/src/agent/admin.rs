@@ -3,8 +3,10 @@
 //! - `GET  /stats`    counters as JSON ([`AgentStats`](super::AgentStats))
 //! - `GET  /metrics`  the same counters as Prometheus text
 //! - `GET  /healthz`  200 while serving
+//! - `GET  /startup`  503 until the startup delay has passed, then 200 (also on the startup
+//!   probe listener, where it is the only route)
 //! - `GET  /fault`    active faults as JSON
-//! - `POST /fault?refuse=1&hangup=1&reset=1&delay=5ms&slow=4&exit_after=N&clear=1`
+//! - `POST /fault?refuse=1&hangup=1&reset=1&error=1&stall=1&delay=5ms&slow=4&exit_after=N&clear=1`
 //!   change faults (only the keys given; `clear=1` first resets all; `exit_after=off`)
 //! - `POST /shutdown` graceful stop (the process then prints its stats and exits 0)
 
@@ -28,6 +30,7 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         ),
         (&Method::GET, "/metrics") => reply(StatusCode::OK, TEXT, shared.stats().to_prometheus()),
         (&Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, "ok\n"),
+        (&Method::GET, "/startup") => startup(&shared),
         (&Method::GET, "/fault") => reply(
             StatusCode::OK,
             JSON,
@@ -50,8 +53,33 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "routes: GET /stats /metrics /healthz /fault, POST /fault /shutdown\n",
+            "routes: GET /stats /metrics /healthz /startup /fault, POST /fault /shutdown\n",
         ),
+    }
+}
+
+/// The startup probe listener's only route: `GET /startup`.
+pub(super) async fn startup_probe(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/startup") => startup(&shared),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "routes: GET /startup\n",
+        ),
+    }
+}
+
+fn startup(shared: &Shared) -> Response<Body> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if shared.started() {
+        reply(StatusCode::OK, TEXT, "started\n")
+    } else {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "rules not loaded yet\n",
+        )
     }
 }
 
@@ -75,6 +103,8 @@ pub(crate) fn apply_query(mut f: Faults, query: &str) -> Result<Faults, String> 
             "refuse" => f.refuse = flag(v)?,
             "hangup" => f.hangup = flag(v)?,
             "reset" => f.reset = flag(v)?,
+            "error" => f.error = flag(v)?,
+            "stall" => f.stall = flag(v)?,
             "delay" => f.delay = crate::units::parse_duration(v)?,
             "slow" => {
                 f.slow = v

@@ -15,10 +15,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::inspect::{Inspected, Update};
 use super::stats::Counters;
 use super::{AgentConfig, AgentStats, Faults};
 use crate::addr::{Listener, RpcAddr, Stream};
-use crate::rpc::{self, Envelope, RPCMsgIn, RPCMsgIn2, RPCMsgOut};
+use crate::rpc::{self, Envelope, RPCMsgIn, RPCMsgOut};
+
+/// The error text of the `error` fault.
+pub const INJECTED_ERROR: &str = "sim: injected error (error fault)";
 
 /// A header a test can put in `HeadersIn` to set that one request's service time, in
 /// microseconds (used to force out-of-order answers deterministically).
@@ -44,6 +48,9 @@ pub(crate) struct Shared {
     pub(crate) shutdown_requested: CancellationToken,
     /// Connection and request tasks.
     pub(crate) tracker: TaskTracker,
+    /// When the simulator started; the startup probe answers 200 from `started +
+    /// cfg.startup_delay` on ("rules loaded").
+    started: Instant,
 }
 
 /// Issued RequestIDs: pending ones, and recently expired ones kept to tell "late" from
@@ -75,7 +82,13 @@ impl Shared {
             crash: CancellationToken::new(),
             shutdown_requested: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            started: now,
         }
+    }
+
+    /// Whether the startup delay has passed (the real agent: rules and configuration loaded).
+    pub(crate) fn started(&self) -> bool {
+        self.started.elapsed() >= self.cfg.startup_delay
     }
 
     pub(crate) fn stats(&self) -> AgentStats {
@@ -139,22 +152,22 @@ impl Shared {
     fn answer(&self, msgid: u64, method: &str, params: &[u8]) -> Vec<u8> {
         let c = &self.counters;
         match method {
-            rpc::PRE_REQUEST => match rpc::decode_params::<RPCMsgIn>(params) {
+            rpc::PRE_REQUEST => match rpc::decode_params::<Inspected>(params) {
                 Ok(req) => rpc::encode_response(msgid, None, &self.decide(&req)),
                 Err(e) => self.bad_params(msgid, e),
             },
-            rpc::UPDATE_REQUEST => match rpc::decode_params::<RPCMsgIn2>(params) {
+            rpc::UPDATE_REQUEST => match rpc::decode_params::<Update>(params) {
                 Ok(req) => {
-                    self.update(&req.RequestID);
+                    self.update(&String::from_utf8_lossy(&req.RequestID.0));
                     rpc::encode_response(msgid, None, &0)
                 }
                 Err(e) => self.bad_params(msgid, e),
             },
-            rpc::POST_REQUEST => match rpc::decode_params::<RPCMsgIn>(params) {
+            rpc::POST_REQUEST => match rpc::decode_params::<Inspected>(params) {
                 Ok(_) => rpc::encode_response(msgid, None, &0),
                 Err(e) => self.bad_params(msgid, e),
             },
-            rpc::MODULE_INIT => match rpc::decode_params::<RPCMsgIn>(params) {
+            rpc::MODULE_INIT => match rpc::decode_params::<Inspected>(params) {
                 Ok(_) => {
                     let out = RPCMsgOut {
                         WAFResponse: 200,
@@ -179,6 +192,9 @@ impl Shared {
 
     fn count_method(&self, method: &str) {
         let c = &self.counters;
+        if !self.started() {
+            c.before_startup.fetch_add(1, Relaxed);
+        }
         let counter = match method {
             rpc::PRE_REQUEST => &c.prerequests,
             rpc::UPDATE_REQUEST => &c.updaterequests,
@@ -189,13 +205,14 @@ impl Shared {
         counter.fetch_add(1, Relaxed);
     }
 
-    /// The WAF decision for a PreRequest.
-    fn decide(&self, req: &RPCMsgIn) -> RPCMsgOut {
-        let hit = self.patterns.iter().find(|(p, _)| {
-            contains(req.URI.as_bytes(), p)
-                || contains(req.PostBody.as_bytes(), p)
-                || req.HeadersIn.iter().any(|(_, v)| contains(v.as_bytes(), p))
-        });
+    /// The WAF decision for a PreRequest: a pattern in the raw or decoded URI path or query, a
+    /// header value, or the raw or decoded (urlencoded form) body blocks it.
+    fn decide(&self, req: &Inspected) -> RPCMsgOut {
+        let views = req.views();
+        let hit = self
+            .patterns
+            .iter()
+            .find(|(p, _)| views.iter().any(|v| contains(v, p)));
         let (code, tag) = match hit {
             Some((_, tag)) => (406, Some(tag.as_str())),
             None if self.cfg.flag_fraction > 0.0
@@ -375,10 +392,27 @@ async fn connection(stream: Stream, shared: std::sync::Arc<Shared>) {
                         shared.crash.cancel();
                         break 'read;
                     }
-                    if shared.faults().reset {
+                    let faults = shared.faults();
+                    if faults.reset {
                         c.faults_injected.fetch_add(1, Relaxed);
                         reset = true;
                         break 'read;
+                    }
+                    if faults.stall {
+                        // Read, never answer: the caller waits out its own deadline.
+                        c.faults_injected.fetch_add(1, Relaxed);
+                        c.stalled.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    if faults.error {
+                        // At once, no service time: a fast failer.
+                        c.faults_injected.fetch_add(1, Relaxed);
+                        c.errors_answered.fetch_add(1, Relaxed);
+                        let answer = rpc::encode_response(msgid, Some(INJECTED_ERROR), &());
+                        if tx.send(answer).await.is_ok() {
+                            c.responses.fetch_add(1, Relaxed);
+                        }
+                        continue;
                     }
                     let shared2 = shared.clone();
                     let tx = tx.clone();

@@ -70,8 +70,16 @@ counters! {
     connections_active,
     /// Responses written.
     responses,
-    /// Connections reset or hung up on purpose (faults).
+    /// Connections reset or hung up, or requests answered with an error or never answered, on
+    /// purpose (faults).
     faults_injected,
+    /// Requests answered with an error frame by the `error` fault.
+    errors_answered,
+    /// Requests never answered (the `stall` fault).
+    stalled,
+    /// Requests received before the startup delay passed (the real agent inspects them with
+    /// what it has before its rules are loaded).
+    before_startup,
 }
 
 impl AgentStats {

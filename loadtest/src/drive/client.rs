@@ -79,7 +79,7 @@ pub enum Client {
     PerCall {
         /// Where to connect.
         addr: RpcAddr,
-        /// Local source addresses, used round-robin (empty = any).
+        /// Local source addresses, used round-robin by transaction (empty = any).
         sources: Vec<IpAddr>,
         /// Next source index.
         next: AtomicUsize,
@@ -114,11 +114,14 @@ impl Client {
     }
 
     /// Sends `frame` (a request with `msgid`) and returns the decoded answer, within `timeout`.
+    /// Per call, the source address is the `transaction`-th (modulo), so every call of one
+    /// transaction comes from the same emulated app pod; without it, the next in turn.
     pub async fn call(
         &self,
         msgid: u64,
         frame: Vec<u8>,
         timeout: Duration,
+        transaction: Option<u64>,
     ) -> Result<Reply, CallError> {
         let fut = async {
             match self {
@@ -127,8 +130,13 @@ impl Client {
                     sources,
                     next,
                 } => {
-                    let source = (!sources.is_empty())
-                        .then(|| sources[next.fetch_add(1, Relaxed) % sources.len()]);
+                    let source = (!sources.is_empty()).then(|| {
+                        let k = transaction.map_or_else(
+                            || next.fetch_add(1, Relaxed),
+                            |t| (t % sources.len() as u64) as usize,
+                        );
+                        sources[k % sources.len()]
+                    });
                     call_once(addr, source, msgid, &frame).await
                 }
                 Client::Persistent(conns, next) => {

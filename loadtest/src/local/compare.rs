@@ -155,7 +155,7 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
     let (direct, proxy, paired, max_rate, upstream) = result?;
 
     let bounds = DriveBounds {
-        max_errors: args.max_errors.unwrap_or(0),
+        max_errors: Some(args.max_errors.unwrap_or(0)),
         allow_refused: false,
         max_orphaned: Some(args.max_orphaned.unwrap_or(0)),
     };

@@ -26,8 +26,12 @@ pub(crate) struct AgentProc {
     pub(crate) rpc: SocketAddr,
     pub(crate) admin: SocketAddr,
     pub(crate) state: FileState,
-    /// Killed on purpose by a scenario.
+    /// Killed or stopped on purpose by a scenario.
     pub(crate) expect_exit: bool,
+    /// Counters when the drive started (zero for an agent started during it).
+    pub(crate) before: Option<crate::agent::AgentStats>,
+    /// Counters read just before a scenario stopped it.
+    pub(crate) last: Option<crate::agent::AgentStats>,
 }
 
 impl AgentProc {
@@ -67,6 +71,8 @@ impl AgentProc {
             admin,
             state: FileState::Ready,
             expect_exit: false,
+            before: None,
+            last: None,
         })
     }
 }
@@ -92,6 +98,12 @@ pub(crate) struct Pool {
     pub(crate) agents: Vec<AgentProc>,
     pub(crate) agents_file: PathBuf,
     pub(crate) fronts: Vec<Front>,
+    /// Process ids of the fronts, by replica, kept current across restarts (for samplers).
+    pub(crate) front_pids: std::sync::Arc<std::sync::Mutex<Vec<Option<u32>>>>,
+    /// How to start more agents: this executable and the agents' arguments.
+    pub(crate) spawn_with: Option<(PathBuf, Vec<String>)>,
+    /// PreRequests per agent at the last `snapshot` step.
+    pub(crate) snapshot: Option<Vec<Option<u64>>>,
 }
 
 impl Pool {
@@ -100,7 +112,38 @@ impl Pool {
             agents: Vec::new(),
             agents_file,
             fronts: Vec::new(),
+            front_pids: Default::default(),
+            spawn_with: None,
+            snapshot: None,
         }
+    }
+
+    fn note_pids(&self) {
+        *self.front_pids.lock().expect("not poisoned") =
+            self.fronts.iter().map(|f| f.child.id()).collect();
+    }
+
+    /// Starts one more agent (next index, zero counters), not yet written to the agents file.
+    pub(crate) async fn add_agent(&mut self) -> anyhow::Result<usize> {
+        let (exe, extra) = self.spawn_with.clone().context("no agent template")?;
+        let i = self.agents.len();
+        let mut a = AgentProc::spawn(&exe, i, &extra).await?;
+        a.before = Some(Default::default());
+        self.agents.push(a);
+        Ok(i)
+    }
+
+    /// Stops agent `i` gracefully after reading its counters.
+    pub(crate) async fn stop_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let a = self
+            .agents
+            .get_mut(i)
+            .with_context(|| format!("no agent {i}"))?;
+        let body = crate::http::get(a.admin, "/stats").await?;
+        a.last = Some(serde_json::from_slice(&body)?);
+        a.expect_exit = true;
+        crate::http::post(a.admin, "/shutdown").await?;
+        Ok(())
     }
 
     /// Starts `n` agents (indices from 0, `extra` arguments each) and writes the agents file.
@@ -110,6 +153,7 @@ impl Pool {
         n: usize,
         extra: &[String],
     ) -> anyhow::Result<()> {
+        self.spawn_with = Some((exe.to_owned(), extra.to_vec()));
         for i in 0..n {
             self.agents.push(AgentProc::spawn(exe, i, extra).await?);
         }
@@ -166,6 +210,7 @@ impl Pool {
             expect_exit: false,
             restart: Some((bin.to_owned(), args, log_path)),
         });
+        self.note_pids();
         Ok(listen)
     }
 
@@ -190,6 +235,7 @@ impl Pool {
         let exited = t0.elapsed();
         let log = log.with_extension("restarted.log");
         f.child = start_proxy(&bin, f.listen, admin, &agents_file, &args, &log).await?;
+        self.note_pids();
         Ok((status, exited, t0.elapsed()))
     }
 
@@ -230,15 +276,26 @@ impl Pool {
         bin: &Path,
         dir: &Path,
     ) -> anyhow::Result<SocketAddr> {
+        self.spawn_haproxy_balance(bin, dir, "roundrobin").await
+    }
+
+    /// Starts HAProxy in TCP mode with `balance <balance>` (`roundrobin`, `source`) and waits
+    /// until it accepts.
+    pub(crate) async fn spawn_haproxy_balance(
+        &mut self,
+        bin: &Path,
+        dir: &Path,
+        balance: &str,
+    ) -> anyhow::Result<SocketAddr> {
         let listen = free_port()?;
         let mut cfg = format!(
             "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\n\
-             frontend rpc\n  bind {listen}\n  default_backend agents\n\nbackend agents\n  balance roundrobin\n"
+             frontend rpc\n  bind {listen}\n  default_backend agents\n\nbackend agents\n  balance {balance}\n"
         );
         for a in &self.agents {
             cfg.push_str(&format!("  server agent-{} {}\n", a.index, a.rpc));
         }
-        let path = dir.join("haproxy.cfg");
+        let path = dir.join(format!("haproxy-{}.cfg", self.fronts.len()));
         std::fs::write(&path, cfg)?;
         let mut child = Command::new(bin)
             .arg("-f")
@@ -270,13 +327,14 @@ impl Pool {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.fronts.push(Front {
-            name: "haproxy".into(),
+            name: format!("haproxy ({balance})"),
             child,
             listen,
             admin: None,
             expect_exit: false,
             restart: None,
         });
+        self.note_pids();
         Ok(listen)
     }
 
@@ -312,7 +370,7 @@ impl Pool {
             sigterm(&f.child).await;
             let name = f.name;
             match tokio::time::timeout(Duration::from_secs(10), f.child.wait()).await {
-                Ok(Ok(status)) if status.success() || name == "haproxy" => {}
+                Ok(Ok(status)) if status.success() || name.starts_with("haproxy") => {}
                 Ok(Ok(status)) => problems.push(format!("{name} exited with {status} on SIGTERM")),
                 _ => {
                     problems.push(format!("{name} did not exit within 10 s of SIGTERM"));

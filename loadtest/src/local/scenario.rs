@@ -19,7 +19,15 @@
 //! ```
 //!
 //! `pause` stops the agent process (SIGSTOP) for `duration` (a scheduling hiccup);
-//! `restart-proxy` and `drain-proxy` act on proxy replica `proxy` (default 0).
+//! `restart-proxy` and `drain-proxy` act on proxy replica `proxy` (default 0). `add` starts
+//! `count` new agents and makes them members; `replace` does what a Deployment rollout does to
+//! one pod (a new agent joins, the oldest member turns terminating, leaves 1 s later and stops);
+//! `stop-agent` stops a process gracefully (its counters are kept); `snapshot` reads every
+//! agent's counters, the start of the window `window_min_fair`/`window_max_fair` judge;
+//! `burst` drives `rate` more transactions per second for `duration` beside the main drive;
+//! `bad-clients` runs `count` clients of each bad kind for `duration`; `conn-flood` holds
+//! `count` idle connections for `duration`. `every = "10s"` repeats a step until the drive
+//! ends. `[ramp]` replaces the drive by rising rates until the first failed call.
 
 use std::time::Duration;
 
@@ -57,6 +65,24 @@ pub struct Scenario {
     /// Timed steps.
     #[serde(default, rename = "step")]
     pub steps: Vec<Step>,
+    /// Rising rates instead of one drive.
+    pub ramp: Option<Ramp>,
+}
+
+/// `[ramp]`: drives of `step_duration` each, from `start` tx/s, each `factor` times the last,
+/// until a call fails or the rate passes `max_rate`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ramp {
+    /// First rate, transactions per second.
+    pub start: f64,
+    /// Each next rate is this times the last (> 1).
+    pub factor: f64,
+    /// Highest rate tried.
+    pub max_rate: f64,
+    /// Length of each rate's drive.
+    #[serde(with = "duration")]
+    pub step_duration: Duration,
 }
 
 /// Pass criteria; unset ones use the orchestrator's defaults.
@@ -77,6 +103,26 @@ pub struct Expect {
     pub max_share: Option<f64>,
     /// Most PreRequest share of an agent a step touches (e.g. the slow one).
     pub changed_max_share: Option<f64>,
+    /// Most transactions whose PreRequest failed (the module let them through uninspected).
+    pub max_failed_open: Option<u64>,
+    /// Most failed-open transactions as a fraction of all.
+    pub max_failed_open_fraction: Option<f64>,
+    /// Most failed calls as a fraction of all calls; replaces the default `max_errors = 0`.
+    pub max_error_fraction: Option<f64>,
+    /// From the last `snapshot` step to the end, every member agent gets at least this times
+    /// its fair share (1 / members) of PreRequests.
+    pub window_min_fair: Option<f64>,
+    /// … and at most this times its fair share.
+    pub window_max_fair: Option<f64>,
+    /// Time after which the proxies' RSS and fds are sampled for growth (default a quarter of
+    /// the drive).
+    #[serde(default, with = "opt_duration")]
+    pub warmup: Option<Duration>,
+    /// Most RSS growth, KiB, of a proxy process that lived through the whole drive: median of
+    /// the last quarter's samples minus the median of the quarter after warm-up.
+    pub max_rss_growth_kib: Option<u64>,
+    /// Most growth of its open file descriptors, the same way.
+    pub max_fd_growth: Option<u64>,
 }
 
 /// One timed change.
@@ -97,10 +143,18 @@ pub struct Step {
     /// `pause`: how long the agent stays stopped.
     #[serde(default, with = "opt_duration")]
     pub duration: Option<Duration>,
-    /// `slow`: the service time factor.
+    /// `slow`: the service time factor; `burst`: the extra rate as a multiple of the drive's.
     pub factor: Option<f64>,
-    /// `fault`: the `/fault` query, e.g. `delay=5ms` or `refuse=1`.
+    /// `fault`: the `/fault` query, e.g. `delay=5ms` or `refuse=1`; `bad-clients`: the kinds,
+    /// comma-separated, of `invalid`, `slow`, `never-read` (default all).
     pub query: Option<String>,
+    /// `add`: agents to start; `bad-clients`: clients of each kind; `conn-flood`: connections.
+    pub count: Option<usize>,
+    /// `burst`: extra transactions per second.
+    pub rate: Option<f64>,
+    /// Repeat the step at this period until the drive ends.
+    #[serde(default, with = "opt_duration")]
+    pub every: Option<Duration>,
 }
 
 /// Step actions.
@@ -126,12 +180,44 @@ pub enum Action {
     /// SIGTERM proxy replica `proxy` and time the drain: `/readyz` polled every 10 ms until it
     /// turns 503, then the exit status and time.
     DrainProxy,
+    /// Start `count` (default 1) new agents and add them to the agents file as ready.
+    Add,
+    /// A rollout of one pod: a new agent joins, the oldest ready one turns terminating, is
+    /// removed 1 s later and stopped.
+    Replace,
+    /// Stop agent `agent` gracefully (`POST /shutdown`), keeping its last counters.
+    StopAgent,
+    /// Read every agent's counters: the start of the `window_*_fair` window.
+    Snapshot,
+    /// Drive `rate` (or `factor` times the drive's rate) more transactions per second for
+    /// `duration`, beside the main drive.
+    Burst,
+    /// `count` clients of each bad kind (invalid frames, slow writers, never-readers) against the
+    /// front for `duration`.
+    BadClients,
+    /// `count` idle connections to the front, held for `duration`.
+    ConnFlood,
 }
 
 impl Action {
-    /// Whether it acts on an agent (as opposed to a proxy replica).
+    /// Whether it acts on one agent named by `agent`.
     pub fn is_agent_action(self) -> bool {
-        !matches!(self, Action::RestartProxy | Action::DrainProxy)
+        matches!(
+            self,
+            Action::Terminate
+                | Action::Ready
+                | Action::Remove
+                | Action::Kill
+                | Action::Slow
+                | Action::Fault
+                | Action::Pause
+                | Action::StopAgent
+        )
+    }
+
+    /// Whether it acts on a proxy replica named by `proxy`.
+    pub fn is_proxy_action(self) -> bool {
+        matches!(self, Action::RestartProxy | Action::DrainProxy)
     }
 
     /// Whether it changes the agent for good (a pause is a transient: the agent stays equal).
@@ -155,13 +241,82 @@ impl Scenario {
                 Action::Fault if step.query.is_none() => {
                     anyhow::bail!("{}: step {i}: fault needs query", path.display())
                 }
-                Action::Pause if step.duration.is_none() => {
-                    anyhow::bail!("{}: step {i}: pause needs duration", path.display())
+                Action::Pause | Action::BadClients | Action::ConnFlood | Action::Burst
+                    if step.duration.is_none() =>
+                {
+                    anyhow::bail!(
+                        "{}: step {i}: {:?} needs duration",
+                        path.display(),
+                        step.action
+                    )
+                }
+                Action::Burst
+                    if step
+                        .rate
+                        .or(step.factor)
+                        .is_none_or(|r| r.is_nan() || r <= 0.0) =>
+                {
+                    anyhow::bail!(
+                        "{}: step {i}: burst needs a positive rate or factor",
+                        path.display()
+                    )
+                }
+                Action::BadClients | Action::ConnFlood if step.count.is_none() => {
+                    anyhow::bail!(
+                        "{}: step {i}: {:?} needs count",
+                        path.display(),
+                        step.action
+                    )
+                }
+                Action::BadClients
+                    if step.query.as_deref().is_some_and(|q| {
+                        q.split(',')
+                            .any(|k| !k.is_empty() && !super::abuse::KINDS.contains(&k))
+                    }) =>
+                {
+                    anyhow::bail!(
+                        "{}: step {i}: bad-clients kinds are {:?}",
+                        path.display(),
+                        super::abuse::KINDS
+                    )
                 }
                 _ => {}
             }
+            if step.every.is_some_and(|e| e < Duration::from_millis(100)) {
+                anyhow::bail!("{}: step {i}: every must be at least 100ms", path.display());
+            }
+        }
+        if let Some(r) = &s.ramp
+            && (r.start.is_nan()
+                || r.start <= 0.0
+                || r.factor.is_nan()
+                || r.factor <= 1.0
+                || r.max_rate.is_nan()
+                || r.max_rate < r.start)
+        {
+            anyhow::bail!(
+                "{}: ramp needs start > 0, factor > 1, max_rate >= start",
+                path.display()
+            );
         }
         Ok(s)
+    }
+
+    /// The steps with every `every` expanded into one step per period before `end`, by time.
+    pub fn expanded_steps(&self, end: Duration) -> Vec<Step> {
+        let mut out = Vec::new();
+        for s in &self.steps {
+            let mut at = s.at;
+            loop {
+                out.push(Step { at, ..s.clone() });
+                match s.every {
+                    Some(e) if at + e < end => at += e,
+                    _ => break,
+                }
+            }
+        }
+        out.sort_by_key(|s| s.at);
+        out
     }
 }
 

@@ -1,0 +1,315 @@
+//! Scenario steps applied to the running children: membership changes through the agents file,
+//! faults, process signals, proxy restarts and drains, agents added and replaced, and the
+//! background steps (bursts of extra load, bad clients, connection floods) whose summaries are
+//! collected after the drive.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::procs::{self, FileState, Pool};
+use super::scenario::{Action, Step};
+use super::{Marks, Via};
+use crate::drive::{DriveArgs, DriveReport};
+
+/// What a background step hands back: its log line, and the report of a burst.
+pub(crate) type Background = Arc<Mutex<Vec<JoinHandle<(String, Option<DriveReport>)>>>>;
+
+/// Everything a step needs besides the pool.
+pub(crate) struct StepCtx {
+    pub(crate) via: Via,
+    pub(crate) start: Instant,
+    pub(crate) log: Arc<Mutex<Vec<String>>>,
+    pub(crate) marks: Marks,
+    /// The main drive's configuration (bursts copy it).
+    pub(crate) drive: DriveArgs,
+    /// Where the good traffic goes (bad clients and floods go there too).
+    pub(crate) front: SocketAddr,
+    pub(crate) background: Background,
+}
+
+impl Pool {
+    /// Applies one step; returns what it did.
+    pub(crate) async fn apply(&mut self, step: &Step, cx: &StepCtx) -> anyhow::Result<String> {
+        let (via, start, log, marks) = (cx.via, cx.start, &cx.log, &cx.marks);
+        match step.action {
+            Action::Add => {
+                anyhow::ensure!(via == Via::Proxy, "add only applies via the proxy");
+                let mut added = Vec::new();
+                for _ in 0..step.count.unwrap_or(1) {
+                    added.push(self.add_agent().await?);
+                }
+                self.write_agents_file()?;
+                return Ok(format!("agents {added:?} started and added as ready"));
+            }
+            Action::Replace => {
+                anyhow::ensure!(via == Via::Proxy, "replace only applies via the proxy");
+                let old = self
+                    .agents
+                    .iter()
+                    .position(|a| a.state == FileState::Ready && !a.expect_exit)
+                    .ok_or_else(|| anyhow::anyhow!("no ready agent to replace"))?;
+                let new = self.add_agent().await?;
+                self.write_agents_file()?;
+                self.agents[old].state = FileState::Terminating;
+                self.write_agents_file()?;
+                let what = format!("agent {old} Replace");
+                let admin = self.agents[old].admin;
+                tokio::spawn(watch_last_prerequest(
+                    admin,
+                    what,
+                    start,
+                    log.clone(),
+                    marks.clone(),
+                ));
+                // A pod's context-expiration-long wait is not needed here: the app time is
+                // milliseconds, so a second delivers every pending update.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.agents[old].state = FileState::Removed;
+                self.write_agents_file()?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.stop_agent(old).await?;
+                return Ok(format!(
+                    "agent {new} added; agent {old} terminating, removed 1 s later, stopped"
+                ));
+            }
+            Action::Snapshot => {
+                let reads = self.agents.iter().map(|a| {
+                    let (admin, gone) = (a.admin, a.expect_exit);
+                    let last = a.last.as_ref().map(|s| s.prerequests);
+                    async move {
+                        if gone {
+                            return last;
+                        }
+                        let body = crate::http::get(admin, "/stats").await.ok()?;
+                        serde_json::from_slice::<crate::agent::AgentStats>(&body)
+                            .ok()
+                            .map(|s| s.prerequests)
+                    }
+                });
+                let snap = futures::future::join_all(reads).await;
+                let line = format!("PreRequests per agent {snap:?}");
+                self.snapshot = Some(snap);
+                return Ok(line);
+            }
+            Action::Burst => {
+                let rate = step
+                    .rate
+                    .or(step.factor.map(|f| f * cx.drive.rate))
+                    .expect("checked at load");
+                let duration = step.duration.expect("checked at load");
+                let d = DriveArgs {
+                    rate,
+                    duration,
+                    concurrency: None,
+                    agents_admin: Vec::new(),
+                    no_progress: true,
+                    ..cx.drive.clone()
+                };
+                let h = tokio::spawn(async move {
+                    match crate::drive::run(d).await {
+                        Ok(r) => (format!("burst {rate} tx/s for {duration:?}"), Some(r)),
+                        Err(e) => (format!("burst failed: {e:#}"), None),
+                    }
+                });
+                cx.background.lock().expect("not poisoned").push(h);
+                return Ok(format!("+{rate} tx/s for {duration:?} started"));
+            }
+            Action::BadClients | Action::ConnFlood => {
+                let n = step.count.expect("checked at load");
+                let d = step.duration.expect("checked at load");
+                let (front, action) = (cx.front, step.action);
+                let kinds: Vec<String> = step
+                    .query
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                let h = tokio::spawn(async move {
+                    let summary = if action == Action::BadClients {
+                        super::abuse::bad_clients(front, n, d, &kinds).await
+                    } else {
+                        super::abuse::conn_flood(front, n, d).await
+                    };
+                    (format!("{action:?} x{n} for {d:?}: {summary}"), None)
+                });
+                cx.background.lock().expect("not poisoned").push(h);
+                return Ok(format!("{n} started for {d:?}"));
+            }
+            Action::StopAgent => {
+                self.stop_agent(step.agent).await?;
+                return Ok("stopped (POST /shutdown)".into());
+            }
+            _ => {}
+        }
+        match step.action {
+            Action::RestartProxy => {
+                let (status, exited, ready) = self.restart_proxy(step.proxy).await?;
+                return Ok(format!(
+                    "old process exited {status} after {exited:?}; new one ready {ready:?} after SIGTERM"
+                ));
+            }
+            Action::DrainProxy => {
+                let t0 = start.elapsed();
+                let (flip, status, exit) = self.drain_proxy(step.proxy).await?;
+                marks
+                    .lock()
+                    .expect("not poisoned")
+                    .push((format!("proxy {} exited", step.proxy), t0 + exit));
+                return Ok(format!(
+                    "/readyz not 200 after {}; exited {status} after {exit:?}",
+                    flip.map_or("never".into(), |d| format!("{d:?}"))
+                ));
+            }
+            _ => {}
+        }
+        let proxy_admin = self.fronts.first().and_then(|f| f.admin);
+        let agent = self
+            .agents
+            .get_mut(step.agent)
+            .ok_or_else(|| anyhow::anyhow!("no agent {}", step.agent))?;
+        let needs_file = matches!(
+            step.action,
+            Action::Terminate | Action::Ready | Action::Remove
+        );
+        if needs_file && via != Via::Proxy {
+            anyhow::bail!(
+                "{:?} only applies via the proxy (membership file)",
+                step.action
+            );
+        }
+        match step.action {
+            Action::Terminate => agent.state = FileState::Terminating,
+            Action::Ready => agent.state = FileState::Ready,
+            Action::Remove => agent.state = FileState::Removed,
+            Action::Kill => {
+                agent.expect_exit = true;
+                agent.child.start_kill()?;
+                if let Some(admin) = proxy_admin {
+                    let id = format!("agent-{}", step.agent);
+                    let (log, marks) = (log.clone(), marks.clone());
+                    tokio::spawn(watch_ejection(admin, id, start, log, marks));
+                }
+                return Ok("killed".into());
+            }
+            Action::Slow => {
+                let f = step.factor.expect("checked at load");
+                crate::http::post(agent.admin, &format!("/fault?slow={f}")).await?;
+                return Ok(format!("slow x{f}"));
+            }
+            Action::Fault => {
+                let q = step.query.as_deref().expect("checked at load");
+                crate::http::post(agent.admin, &format!("/fault?{q}")).await?;
+                return Ok(format!("fault {q}"));
+            }
+            Action::Pause => {
+                let d = step.duration.expect("checked at load");
+                procs::signal(&agent.child, "STOP").await;
+                tokio::time::sleep(d).await;
+                procs::signal(&agent.child, "CONT").await;
+                return Ok(format!("stopped for {d:?}"));
+            }
+            Action::RestartProxy
+            | Action::DrainProxy
+            | Action::Add
+            | Action::Replace
+            | Action::Snapshot
+            | Action::Burst
+            | Action::BadClients
+            | Action::ConnFlood
+            | Action::StopAgent => unreachable!("handled above"),
+        }
+        let admin = agent.admin;
+        self.write_agents_file()?;
+        if step.action != Action::Ready {
+            let what = format!("agent {} {:?}", step.agent, step.action);
+            let (log, marks) = (log.clone(), marks.clone());
+            tokio::spawn(watch_last_prerequest(admin, what, start, log, marks));
+        }
+        Ok("agents file updated".into())
+    }
+}
+
+/// After a kill: polls the proxy's `/agents` every 20 ms (up to 5 s) until agent `id` is no
+/// longer `ready`, and marks when.
+async fn watch_ejection(
+    admin: SocketAddr,
+    id: String,
+    start: Instant,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    marks: Marks,
+) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        if let Ok(body) = crate::http::get(admin, "/agents").await
+            && let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&body)
+            && list.iter().any(|a| {
+                a["id"] == id.as_str() && a["state"].as_str().is_some_and(|s| s != "ready")
+            })
+        {
+            let line = format!(
+                "{id} left ready {:?} after the kill (proxy /agents polled every 20 ms)",
+                t0.elapsed()
+            );
+            log.lock().expect("not poisoned").push(line);
+            marks
+                .lock()
+                .expect("not poisoned")
+                .push((format!("{id} ejected"), start.elapsed()));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    log.lock()
+        .expect("not poisoned")
+        .push(format!("{id} still ready 5 s after the kill"));
+}
+
+/// After a membership change: polls the agent's `/stats` every 50 ms for 3 s and reports when
+/// its PreRequest counter last rose, from the file write.
+async fn watch_last_prerequest(
+    admin: SocketAddr,
+    what: String,
+    start: Instant,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    marks: Marks,
+) {
+    let t0 = Instant::now();
+    let read = || async {
+        let body = crate::http::get(admin, "/stats").await.ok()?;
+        serde_json::from_slice::<crate::agent::AgentStats>(&body)
+            .ok()
+            .map(|s| s.prerequests)
+    };
+    let Some(mut last) = read().await else { return };
+    let mut last_rise = None;
+    while t0.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(now) = read().await
+            && now > last
+        {
+            last = now;
+            last_rise = Some(t0.elapsed());
+        }
+    }
+    let line = match last_rise {
+        Some(d) => format!(
+            "{what}: last new PreRequest seen {d:?} after the file write (/stats polled every 50 ms for 3 s)"
+        ),
+        None => {
+            format!("{what}: no new PreRequest after the file write (polled every 50 ms for 3 s)")
+        }
+    };
+    log.lock().expect("not poisoned").push(line);
+    if let Some(d) = last_rise {
+        marks.lock().expect("not poisoned").push((
+            format!("{what}: last PreRequest"),
+            start.elapsed() - t0.elapsed() + d,
+        ));
+    }
+}
