@@ -83,6 +83,8 @@ pub struct Agent {
     ewma: PeakEwma,
     /// Least latency sample of a failed answer (nanoseconds).
     failure_penalty_ns: f64,
+    /// The estimate of an agent with no sample yet (nanoseconds).
+    default_rtt_ns: f64,
     health: Health,
     picks: AtomicU64,
     started: AtomicU64,
@@ -115,6 +117,7 @@ impl Agent {
                 params.latency_decay.as_nanos() as f64,
             ),
             failure_penalty_ns: params.failure_penalty.as_nanos() as f64,
+            default_rtt_ns: params.default_rtt.as_nanos() as f64,
             health: Health::default(),
             picks: AtomicU64::new(0),
             started: AtomicU64::new(0),
@@ -350,22 +353,35 @@ impl Agent {
         }
     }
 
-    /// Whether it is ejected because it could not be reached: a successful connect then says
-    /// more than the backoff does (see [`readmit`](Self::readmit)).
-    pub fn is_ejected_unreachable(&self) -> bool {
-        self.health.is_ejected_unreachable(self.ns(Instant::now()))
+    /// Whether it is ejected now.
+    pub fn is_ejected(&self) -> bool {
+        self.is_ejected_at(Instant::now())
     }
 
-    /// Ends an ejection for unreachability at once, on trial: the next failure ejects it again
-    /// with a longer backoff, its next success clears the record. The proxy calls this when a
-    /// connect to the ejected agent succeeds, so an agent restarted on its address is back in
-    /// rotation within one probe interval instead of a whole backoff. Returns whether it did.
-    pub fn readmit(&self) -> bool {
-        let readmitted = self.health.readmit(&self.budget);
-        if readmitted {
-            tracing::info!(agent.id = %self.id, agent.addr = %self.address, "Agent reachable again, readmitted on trial");
+    /// Whether it is in a run of failures (failing, ejected, or back on trial): the proxy
+    /// probes such agents with a connect and reports with [`probed`](Self::probed).
+    pub fn is_suspect(&self) -> bool {
+        self.is_source_ready() && self.health.is_suspect()
+    }
+
+    /// Tells a suspect agent whether a connect to it just succeeded. An agent found unreachable
+    /// (by its calls or by an earlier probe) that accepts a connection again is readmitted at
+    /// once, on trial, with a fresh latency estimate: most likely a new process on the same
+    /// address, and the old one's failures say nothing about it. An agent that accepted
+    /// connections all along (a staller, an error answerer) keeps its ejection and its penalty.
+    /// Returns whether it was readmitted.
+    pub fn probed(&self, reachable: bool) -> bool {
+        if !reachable {
+            self.health.mark_unreachable();
+            return false;
         }
-        readmitted
+        if !self.health.reachable_again(&self.budget) {
+            return false;
+        }
+        self.ewma
+            .reset(self.default_rtt_ns, self.ns(Instant::now()));
+        tracing::info!(agent.id = %self.id, agent.addr = %self.address, "Agent reachable again, readmitted on trial");
+        true
     }
 }
 

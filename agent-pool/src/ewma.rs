@@ -68,6 +68,13 @@ impl PeakEwma {
         });
     }
 
+    /// Starts over at `initial_ns` (a new process behind the same agent).
+    pub(crate) fn reset(&self, initial_ns: f64, now_ns: u64) {
+        self.mean.store(initial_ns.to_bits(), Relaxed);
+        self.peak.store(0f64.to_bits(), Relaxed);
+        self.stamp.store(now_ns, Relaxed);
+    }
+
     /// The estimate at `now_ns`: the larger of the mean and the peak, each decayed toward zero
     /// since the last sample. Read-only.
     #[inline]

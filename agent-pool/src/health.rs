@@ -102,6 +102,7 @@ impl Health {
     pub(crate) fn on_success(&self) {
         self.consecutive.store(0, Relaxed);
         self.level.store(0, Relaxed);
+        self.unreachable.store(false, Relaxed);
     }
 
     /// Counts a failure; returns the backoff if this ejected the agent. `unreachable`: it was a
@@ -113,6 +114,9 @@ impl Health {
         budget: &EjectionBudget,
     ) -> Option<Duration> {
         let threshold = budget.config.consecutive_failures;
+        if unreachable {
+            self.unreachable.store(true, Relaxed);
+        }
         let until = self.ejected_until.load(Acquire);
         if until > now_ns {
             // Already ejected: calls that were in flight count for nothing.
@@ -139,7 +143,6 @@ impl Health {
             }
             return None; // a concurrent failure ejected it
         }
-        self.unreachable.store(unreachable, Relaxed);
         self.level.fetch_add(1, Relaxed);
         self.consecutive.store(0, Relaxed);
         self.ejections.fetch_add(1, Relaxed);
@@ -152,27 +155,28 @@ impl Health {
         self.consecutive.store(threshold.saturating_sub(1), Relaxed);
     }
 
-    /// Ends an ejection for unreachability now, on trial; `false` if it was not one.
-    pub(crate) fn readmit(&self, budget: &EjectionBudget) -> bool {
-        let until = self.ejected_until.load(Acquire);
-        if until == 0 || !self.unreachable.load(Relaxed) {
+    /// A connect succeeded after the agent was found unreachable: ends any ejection now and
+    /// puts it on trial. `false` (nothing done) if it was not found unreachable.
+    pub(crate) fn reachable_again(&self, budget: &EjectionBudget) -> bool {
+        if !self.unreachable.swap(false, Relaxed) {
             return false;
         }
-        if self
-            .ejected_until
-            .compare_exchange(until, 0, AcqRel, Acquire)
-            .is_err()
-        {
-            return false;
+        let until = self.ejected_until.swap(0, AcqRel);
+        if until != 0 {
+            budget.release();
         }
-        budget.release();
         self.on_trial(budget);
         true
     }
 
-    /// Ejected now, and for a connect failure.
-    pub(crate) fn is_ejected_unreachable(&self, now_ns: u64) -> bool {
-        self.is_ejected(now_ns) && self.unreachable.load(Relaxed)
+    /// A connect to the agent failed: once one succeeds, that is news.
+    pub(crate) fn mark_unreachable(&self) {
+        self.unreachable.store(true, Relaxed);
+    }
+
+    /// In a run of failures (ejected, on trial, or failing): the proxy probes such agents.
+    pub(crate) fn is_suspect(&self) -> bool {
+        self.consecutive.load(Relaxed) > 0 || self.ejected_until.load(Acquire) != 0
     }
 
     /// Whether the agent is not ejected at `now_ns`; ends an expired ejection.

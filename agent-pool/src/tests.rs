@@ -323,27 +323,43 @@ fn after_its_backoff_an_agent_is_on_trial_one_failure_ejects_it_again() {
 
 #[test]
 fn an_unreachable_agent_is_readmitted_on_a_successful_connect_a_stalling_one_is_not() {
-    let (pool, t0) = pool_of(4, PoolConfig::default());
-    let (a, b) = (agent(&pool, 0), agent(&pool, 1));
+    // Six agents: three may be ejected at once.
+    let (pool, t0) = pool_of(6, PoolConfig::default());
+    let (a, b, c) = (agent(&pool, 0), agent(&pool, 1), agent(&pool, 2));
     for _ in 0..5 {
         request(&a, t0, MS, Outcome::ConnectFailure);
     }
-    assert!(a.is_ejected_unreachable());
-    assert!(a.readmit(), "unreachable, then a connect succeeded");
+    assert!(a.is_ejected());
+    assert!(a.probed(true), "unreachable, then a connect succeeded");
     assert_eq!(a.state(), AgentState::Ready);
-    assert!(!a.readmit(), "not ejected any more");
+    assert!(!a.probed(true), "reachable is no news any more");
+    assert!(
+        a.latency_ewma() <= PoolConfig::default().default_rtt,
+        "a fresh estimate: the old process's failures say nothing of the new one"
+    );
     // On trial: one failure ejects it again.
     request(&a, t0 + MS, MS, Outcome::ConnectFailure);
-    assert!(a.is_ejected_unreachable());
+    assert!(a.is_ejected());
 
-    // Timeouts: a connect succeeding says nothing new; it waits out its backoff.
+    // Timeouts, and every probe connects: nothing new; it waits out its backoff.
+    let now = Instant::now();
     for _ in 0..5 {
-        request(&b, Instant::now(), MS, Outcome::Timeout);
+        request(&b, now, MS, Outcome::Timeout);
     }
+    assert!(b.is_ejected());
+    assert!(!b.probed(true));
     assert_eq!(b.state(), AgentState::Ejected);
-    assert!(!b.is_ejected_unreachable());
-    assert!(!b.readmit());
-    assert_eq!(b.state(), AgentState::Ejected);
+
+    // Calls broke (the process was killed mid-call), then a probe is refused, then one
+    // connects (restarted): readmitted.
+    for _ in 0..5 {
+        request(&c, now, MS, Outcome::Failed);
+    }
+    assert!(c.is_ejected());
+    assert!(!c.probed(true), "answering connects all along: no news");
+    assert!(!c.probed(false));
+    assert!(c.probed(true), "refused, then accepted: a new process");
+    assert_eq!(c.state(), AgentState::Ready);
 }
 
 #[test]

@@ -17,8 +17,10 @@ pub const UPDATE_REQUEST: &str = "RPC.UpdateRequest";
 /// `RPC.PostRequest`.
 pub const POST_REQUEST: &str = "RPC.PostRequest";
 
-/// Default largest frame accepted: 1 MiB (a PreRequest carries at most ~100 kB of body).
-pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Largest frame accepted: 16 MiB. A PreRequest carries up to 1 MB of headers (Go's
+/// `net/http` default) plus the body the module is configured to pass; the real agent sets no
+/// lower bound, and a simulator that did would fail calls the proxy must forward.
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
 /// Why bytes are not a valid frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -182,9 +182,10 @@ impl Proxy {
         });
 
         // Upstream connections follow the membership: checked every 100 ms, synced when the
-        // snapshot changed and every second (to reopen connections agents closed). Agents
-        // ejected as unreachable are probed at each check: one that accepts a connection again
-        // is readmitted on trial, within 100 ms of listening instead of after its backoff.
+        // snapshot changed and every second (to reopen connections agents closed). Agents in a
+        // run of failures are probed at each check: one found unreachable that accepts a
+        // connection again is readmitted on trial with a fresh latency estimate, within 100 ms
+        // of listening instead of after its backoff and penalty.
         {
             let shared = shared.clone();
             let exit = exit.clone();
@@ -203,15 +204,14 @@ impl Proxy {
                         shared.router.upstreams.sync(&snapshot);
                     }
                     let upstreams = &shared.router.upstreams;
-                    let probes = snapshot
-                        .agents()
-                        .iter()
-                        .filter(|a| a.is_ejected_unreachable())
-                        .map(|a| async move {
-                            if upstreams.probe(a).await {
-                                a.readmit();
-                            }
-                        });
+                    let probes =
+                        snapshot
+                            .agents()
+                            .iter()
+                            .filter(|a| a.is_suspect())
+                            .map(|a| async move {
+                                a.probed(upstreams.probe(a).await);
+                            });
                     futures::future::join_all(probes).await;
                 }
             });
