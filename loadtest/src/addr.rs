@@ -108,6 +108,46 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
+/// The next local port a source-bound connection tries (see [`connect_from`]).
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Local ports used for source-bound connections: below Linux's ephemeral range (32768..61000)
+/// on purpose. Every explicitly bound port gets a bind bucket that connect()'s own port search
+/// then skips on every address of the host, for as long as a TIME_WAIT socket holds it: binding
+/// from the ephemeral range (or `bind(ip, 0)`, which picks from it) at a thousand calls per
+/// second leaves no port for any other process's connect() within a minute.
+const PORTS: std::ops::Range<u32> = 10000..32700;
+
+/// Connects to `target` from `ip`, choosing the local port itself, round-robin over [`PORTS`],
+/// so a port comes back only after all others (TIME_WAIT reuse on loopback needs a second to
+/// have passed); ports in use (a listener) are skipped. IP_BIND_ADDRESS_NO_PORT would let the
+/// kernel choose at connect time, but needs a raw setsockopt this crate cannot make without
+/// unsafe code.
+async fn connect_from(ip: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut last = None;
+    for _ in 0..16 {
+        let n = NEXT_PORT.fetch_add(1, Relaxed);
+        let port = PORTS.start + n % (PORTS.end - PORTS.start);
+        let sock = if target.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        if let Err(e) = sock.bind(SocketAddr::new(ip, port as u16)) {
+            last = Some(e);
+            continue;
+        }
+        match sock.connect(target).await {
+            Ok(s) => return Ok(s),
+            // The 4-tuple is still held (a TIME_WAIT younger than a second): next port.
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no local port")))
+}
+
 impl Stream {
     /// Connects to `addr`, binding the local side to `source` first when given (TCP only).
     pub async fn connect(addr: &RpcAddr, source: Option<IpAddr>) -> io::Result<Stream> {
@@ -117,15 +157,7 @@ impl Stream {
                 let target = resolve(a).await?;
                 let s = match source {
                     None => TcpStream::connect(target).await?,
-                    Some(ip) => {
-                        let sock = if target.is_ipv4() {
-                            TcpSocket::new_v4()?
-                        } else {
-                            TcpSocket::new_v6()?
-                        };
-                        sock.bind(SocketAddr::new(ip, 0))?;
-                        sock.connect(target).await?
-                    }
+                    Some(ip) => connect_from(ip, target).await?,
                 };
                 let _ = s.set_nodelay(true);
                 Ok(Stream::Tcp(s))

@@ -488,11 +488,21 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     }
     if let Some(max) = e.max_error_fraction {
         let calls: u64 = t.methods.values().map(|m| m.calls).sum();
-        let f = fraction(report.total_errors(), calls);
+        let failed = if e.allow_refused {
+            report.errors_except_refused()
+        } else {
+            report.total_errors()
+        };
+        let f = fraction(failed, calls);
         if f > max {
             failures.push(format!(
-                "{:.2}% of calls failed (at most {:.2}% allowed)",
+                "{:.2}% of calls failed{} (at most {:.2}% allowed)",
                 100.0 * f,
+                if e.allow_refused {
+                    " other than refused connections"
+                } else {
+                    ""
+                },
                 100.0 * max
             ));
         }
