@@ -100,7 +100,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub(crate) fn new(endpoint: &Endpoint, params: &AgentParams, now: Instant) -> Self {
+    /// A new agent whose latency estimate starts at `initial`.
+    pub(crate) fn new(
+        endpoint: &Endpoint,
+        params: &AgentParams,
+        initial: Duration,
+        now: Instant,
+    ) -> Self {
         let now_ns = nanos_since(params.epoch, now);
         let agent = Self {
             token: AffinityToken::of(&endpoint.id),
@@ -112,7 +118,7 @@ impl Agent {
             gone_at: AtomicU64::new(0),
             outstanding: AtomicU64::new(0),
             ewma: PeakEwma::new(
-                params.default_rtt.as_nanos() as f64,
+                initial.as_nanos() as f64,
                 now_ns,
                 params.latency_decay.as_nanos() as f64,
             ),

@@ -27,8 +27,10 @@ pub struct PoolConfig {
     pub ejection: EjectionConfig,
     /// Autoscaling hint.
     pub hints: HintsConfig,
-    /// Latency estimate of an agent with no sample yet. Default 5 ms (pessimistic next to a
-    /// healthy sub-millisecond agent, so a new agent is not stampeded).
+    /// Latency estimate of an agent with no sample yet when no agent has one either (a new
+    /// pool). Default 5 ms. An agent that joins a pool already serving starts at the median
+    /// estimate of the agents taking work, so it gets its share at once; outstanding requests
+    /// weigh in the cost, so it is not stampeded either.
     pub default_rtt: Duration,
     /// What a failed call (error answer, broken connection, timeout) costs an agent's latency
     /// estimate: it jumps to at least this at once, then decays with `latency_decay`. Default
@@ -123,6 +125,24 @@ impl PoolConfig {
             Err(ConfigError { problems: p })
         }
     }
+}
+
+/// The median latency estimate of the agents taking work now: where a new agent starts, so it
+/// takes its share from its first second (scale-up under load) instead of waiting for a
+/// pessimistic default to decay. `None` with no such agent.
+fn typical_latency<'a>(
+    agents: impl Iterator<Item = &'a Arc<Agent>>,
+    now: Instant,
+) -> Option<std::time::Duration> {
+    let mut estimates: Vec<_> = agents
+        .filter(|a| a.is_source_ready() && !a.is_ejected_at(now) && a.started_total() > 0)
+        .map(|a| a.latency_ewma_at(now))
+        .collect();
+    if estimates.is_empty() {
+        return None;
+    }
+    let mid = estimates.len() / 2;
+    Some(*estimates.select_nth_unstable(mid).1)
 }
 
 /// The pool of agents. Cheap to clone (an `Arc` inside); every clone is the same pool.
@@ -231,7 +251,9 @@ impl Pool {
                 } else {
                     tracing::info!(agent.id = %ep.id, agent.addr = %ep.address, state = ?ep.state, "Agent joined");
                 }
-                let a = Arc::new(Agent::new(ep, &self.inner.params, now));
+                let initial = typical_latency(m.agents.values(), now)
+                    .unwrap_or(self.inner.params.default_rtt);
+                let a = Arc::new(Agent::new(ep, &self.inner.params, initial, now));
                 m.agents.insert(ep.id.clone(), a);
             }
         }
