@@ -131,8 +131,11 @@ fn in_use(path: &std::path::Path) -> io::Error {
 
 impl Listener {
     /// Binds `addr` with SO_REUSEADDR, the given backlog and optionally SO_REUSEPORT; a Unix
-    /// socket gets [`DEFAULT_UNIX_MODE`]. (The server passes its configured mode.)
-    #[cfg(test)]
+    /// socket gets [`DEFAULT_UNIX_MODE`].
+    #[allow(
+        dead_code,
+        reason = "kept for existing callers (tests); the server passes its configured mode to bind_with_mode"
+    )]
     pub(crate) fn bind(addr: &ListenAddr, backlog: u32, reuse_port: bool) -> io::Result<Self> {
         Self::bind_with_mode(addr, backlog, reuse_port, DEFAULT_UNIX_MODE)
     }

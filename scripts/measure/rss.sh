@@ -31,8 +31,12 @@ start=$(date +%s.%N)
 at() { # sleep until $1 seconds after the proxy appeared
     sleep "$(awk -v s="$start" -v t="$1" -v n="$(date +%s.%N)" 'BEGIN { d = s + t - n; print (d > 0 ? d : 0) }')"
 }
-at 2;  a=$(rss_kib "$proxy")
-at 30; b=$(rss_kib "$proxy")
+sample() {
+    [ -r "/proc/$proxy/status" ] || { echo "rss: the proxy exited before the $1 s sample" >&2; exit 1; }
+    rss_kib "$proxy"
+}
+at 2;  a=$(sample 2)
+at 30; b=$(sample 30)
 wait "$lt" || true
 trap - EXIT
 grep -E '^RESULT|tx/s|achieved' /tmp/rss-loadtest.$$.log | head -5 || true
