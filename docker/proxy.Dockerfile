@@ -39,7 +39,7 @@ LABEL org.opencontainers.image.title="sigsci-proxy" \
 COPY --from=build /out/sigsci-proxy /sigsci-proxy
 # distroless "nonroot": uid/gid 65532, the same numbers the manifests set.
 USER 65532:65532
-# RPC (modules) and admin (metrics, health, drain).
+# RPC (modules) and admin (metrics, health; read-only).
 EXPOSE 9999 9090
 # checkov:skip=CKV_DOCKER_2: health is probed by Kubernetes on /readyz and /healthz (admin port); the image has no HTTP client to run a HEALTHCHECK with
 ENTRYPOINT ["/sigsci-proxy"]

@@ -179,3 +179,46 @@ echo "  details: reports/manifests/{schemas,checkov-*,consistency,operations}.tx
 echo
 echo "validate-manifests: $PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ]
+
+# === monitoring component: alert rules (issue 11) ==========================================
+# The PrometheusRule rendered with overlays/monitoring goes through `promtool check rules`
+# (Debian's prometheus package; scripts/setup installs it). That every sigsci_proxy_* metric
+# the rules and the dashboard use is exported is checked against a running proxy by
+# `cargo test -p sigsci-proxy --test metrics` (the_alert_rules_and_the_dashboard_use_only_exported_metrics).
+echo
+echo "== promtool check rules (manifests/components/monitoring, rendered)"
+command -v promtool >/dev/null 2>&1 \
+    || die "promtool not found: run scripts/setup (apt-get install prometheus)"
+RULES="$OUT/prometheusrule-rules.yaml"
+"$VENV/bin/python" - "$RENDERED/monitoring.yaml" "$RULES" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+rules = [d for d in docs if d.get("kind") == "PrometheusRule"]
+if not rules:
+    sys.exit("no PrometheusRule in the rendered monitoring overlay")
+groups = [g for r in rules for g in r["spec"]["groups"]]
+yaml.safe_dump({"groups": groups}, open(sys.argv[2], "w"), sort_keys=False)
+print(f"{len(rules)} PrometheusRule, {len(groups)} groups, "
+      f"{sum(len(g['rules']) for g in groups)} rules -> {sys.argv[2]}")
+PY
+promtool check rules "$RULES" || die "promtool check rules failed on the monitoring component's PrometheusRule"
+"$VENV/bin/python" - "$RULES" <<'PY' || die "an alert lacks its summary or runbook annotation"
+import sys, yaml
+bad = [r["alert"] for g in yaml.safe_load(open(sys.argv[1]))["groups"] for r in g["rules"]
+       if "alert" in r and not {"summary", "runbook"} <= set(r.get("annotations", {}))]
+print("every alert has a summary and a runbook" if not bad else f"missing annotations: {bad}")
+sys.exit(1 if bad else 0)
+PY
+# Unit tests (scripts/manifests/prometheusrule-test.yaml): alerts fire on the series they are
+# for and not below their thresholds; runbook annotations are left out of the copy they test.
+"$VENV/bin/python" - "$RULES" "$OUT/prometheusrule-rules-summary.yaml" <<'PY'
+import sys, yaml
+rules = yaml.safe_load(open(sys.argv[1]))
+for g in rules["groups"]:
+    for r in g["rules"]:
+        r.get("annotations", {}).pop("runbook", None)
+yaml.safe_dump(rules, open(sys.argv[2], "w"), sort_keys=False)
+PY
+cp "$ROOT/scripts/manifests/prometheusrule-test.yaml" "$OUT/prometheusrule-test.yaml"
+promtool test rules "$OUT/prometheusrule-test.yaml" || die "promtool test rules failed (scripts/manifests/prometheusrule-test.yaml)"
+echo "validate-manifests: monitoring rules passed"

@@ -1,16 +1,23 @@
-//! The admin HTTP server (hyper 1), on its own port, never part of the RPC Service.
+//! The admin HTTP server (hyper 1), on its own port, never part of the RPC Service. Read-only:
+//! the manifests bind it on the pod's IP for the kubelet's probes and for Prometheus, so
+//! anything it answered with a state change (a drain turns every module fail-open) would be a
+//! way to switch inspection off from the network. Drain goes through the control socket
+//! (`control`, a local Unix socket) or SIGTERM.
 //!
-//! Routes:
+//! Routes (GET only; any other method on them is 405):
 //! - `GET /healthz`: 200 while the process runs (liveness).
 //! - `GET /readyz`: 200 once the first membership is in and until drain; 503 before and after
 //!   (readiness). Agent health is not part of it: an agent blip must not pull every replica out
 //!   of the Service at once (the modules would fail open for the seconds endpoints take to
 //!   converge back, and UpdateRequests for terminating agents would find no proxy).
 //! - `GET /metrics`: Prometheus text.
-//! - `GET /agents`: JSON array, one object per known agent (address, state, outstanding,
-//!   latency, counters).
+//! - `GET /agents`: JSON array, one object per known agent (address, affinity token, state,
+//!   outstanding, latency, counters). It stays here: it changes nothing and discloses nothing
+//!   the port does not already: the addresses are the `agent` labels of `/metrics` (and the
+//!   EndpointSlices'), and a token is in every RequestID the proxy hands to modules; a token
+//!   only routes an UpdateRequest to an agent that is still a member. It is the first page an
+//!   operator needs when one agent misbehaves.
 //! - `GET /hints`: the pool's autoscaling hint as JSON.
-//! - `POST /drain`: start draining (what the preStop hook calls); 202.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -36,8 +43,6 @@ pub(crate) struct AdminState {
     pub(crate) pool: Pool,
     /// Flipped by drain.
     pub(crate) readiness: Arc<Readiness>,
-    /// Cancelled by `POST /drain`.
-    pub(crate) drain: CancellationToken,
     /// The metrics recorder.
     pub(crate) prometheus: PrometheusHandle,
 }
@@ -91,11 +96,7 @@ pub(crate) fn route<B>(state: &AdminState, req: &Request<B>) -> Response<Full<By
             json(serde_json::to_vec_pretty(&stats))
         }
         (&Method::GET, "/hints") => json(serde_json::to_vec_pretty(&state.pool.hints())),
-        (&Method::POST, "/drain") => {
-            state.drain.cancel();
-            text(StatusCode::ACCEPTED, "draining\n")
-        }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/agents" | "/hints" | "/drain") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/agents" | "/hints") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -134,32 +135,6 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState, exit: Cancel
     }
 }
 
-/// `sigsci-proxy drain`: POST /drain to a running proxy, with a plain HTTP/1.1 request so the
-/// image needs no curl.
-pub async fn request_drain(mut admin: std::net::SocketAddr) -> std::io::Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // In a pod the admin address is `0.0.0.0:9090`: the hook talks to the same pod's loopback.
-    if admin.ip().is_unspecified() {
-        admin.set_ip(match admin {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let mut stream = tokio::net::TcpStream::connect(admin).await?;
-    let request = format!(
-        "POST /drain HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let status = std::str::from_utf8(&response)
-        .ok()
-        .and_then(|r| r.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other("not an HTTP response"))?;
-    Ok(status)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,7 +144,6 @@ mod tests {
         AdminState {
             pool: Pool::new(PoolConfig::default()),
             readiness: Arc::new(Readiness::new()),
-            drain: CancellationToken::new(),
             prometheus: metrics::handle(),
         }
     }
@@ -198,9 +172,7 @@ mod tests {
         // Every agent gone: still ready (RPCs get an error frame at once; the Service keeps us).
         state.pool.apply(Update::Reset(vec![]));
         assert_eq!(get(&state, Method::GET, "/readyz"), StatusCode::OK);
-        assert_eq!(get(&state, Method::POST, "/drain"), StatusCode::ACCEPTED);
-        assert!(state.drain.is_cancelled());
-        // `run` flips the latch when it sees the drain request.
+        // `run` flips the latch when it sees a drain request (control socket or signal).
         state.readiness.drain();
         assert_eq!(
             get(&state, Method::GET, "/readyz"),
@@ -223,6 +195,9 @@ mod tests {
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(get(&state, Method::GET, "/"), StatusCode::NOT_FOUND);
+        // Nothing on this port changes state: drain is not a route.
+        assert_eq!(get(&state, Method::POST, "/drain"), StatusCode::NOT_FOUND);
+        assert_eq!(get(&state, Method::GET, "/drain"), StatusCode::NOT_FOUND);
         let req = Request::builder().uri("/metrics").body(()).unwrap();
         let body = route(&state, &req).into_body();
         let text = futures::executor::block_on(http_body_util::BodyExt::collect(body))

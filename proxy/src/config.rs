@@ -27,11 +27,20 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Ask a running proxy to drain (POST /drain on its admin port), for an exec preStop hook.
+    /// Ask the proxy running on this machine to drain, through its control socket (a local
+    /// Unix socket, never the network), for an exec preStop hook. Run with the server's
+    /// `SIGSCI_PROXY_*` environment it finds the server's socket with no flag.
     Drain {
-        /// Admin address of the proxy to drain.
-        #[arg(long, env = "SIGSCI_PROXY_ADMIN", default_value = "127.0.0.1:9090")]
-        admin: SocketAddr,
+        /// The proxy's control socket [default: as the server derives it].
+        #[arg(long, env = "SIGSCI_PROXY_CONTROL_SOCKET", value_name = "PATH")]
+        control_socket: Option<PathBuf>,
+        /// The proxy's admin address, from which the default control socket is derived
+        /// [default: 127.0.0.1:9090].
+        #[arg(long, env = "SIGSCI_PROXY_ADMIN", value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// The proxy's TOML file, read for `control-socket` and `admin`.
+        #[arg(long, env = "SIGSCI_PROXY_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -56,10 +65,18 @@ pub struct Options {
         value_name = "ADDR"
     )]
     pub listen: Option<Vec<ListenAddr>>,
-    /// Admin HTTP address (/metrics, /healthz, /readyz, /agents, /hints, POST /drain)
+    /// Admin HTTP address, read-only (/metrics, /healthz, /readyz, /agents, /hints)
     /// [default: 127.0.0.1:9090].
     #[arg(long, env = "SIGSCI_PROXY_ADMIN", value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Control socket (Unix, mode 0600) where `sigsci-proxy drain` asks this process to drain
+    /// [default: /tmp/sigsci-proxy-<admin port>.ctl].
+    #[arg(long, env = "SIGSCI_PROXY_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Permissions of `unix:` RPC listeners, octal; modules run as another user (the web
+    /// server's) and one refused fails open [default: 0666].
+    #[arg(long, env = "SIGSCI_PROXY_UNIX_SOCKET_MODE", value_name = "OCTAL")]
+    pub unix_socket_mode: Option<Mode>,
     /// Accept backlog of each listening socket [default: 4096].
     #[arg(long, env = "SIGSCI_PROXY_BACKLOG", value_name = "N")]
     pub backlog: Option<u32>,
@@ -249,6 +266,29 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// File permissions written in octal (`0660`, `660` or `0o660`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Mode(pub u32);
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let digits = s.trim().trim_start_matches("0o");
+        match u32::from_str_radix(digits, 8) {
+            Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(Mode(m)),
+            _ => Err(format!("`{s}` is not an octal mode (examples: 0666, 0660)")),
+        }
+    }
+}
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
 /// How the proxy talks to agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -353,6 +393,10 @@ pub struct Config {
     pub listen: Vec<ListenAddr>,
     /// Admin HTTP address.
     pub admin: SocketAddr,
+    /// Control socket; `None`: [`Config::default_control_socket`] of the bound admin port.
+    pub control_socket: Option<PathBuf>,
+    /// Permissions of Unix RPC listeners.
+    pub unix_socket_mode: u32,
     /// Accept backlog.
     pub backlog: u32,
     /// SO_REUSEPORT on TCP listeners.
@@ -444,6 +488,10 @@ impl Config {
             admin: o
                 .admin
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            control_socket: o.control_socket,
+            unix_socket_mode: o
+                .unix_socket_mode
+                .map_or(crate::listener::DEFAULT_UNIX_MODE, |m| m.0),
             backlog: o.backlog.unwrap_or(4096),
             reuse_port: o.reuse_port.unwrap_or(false),
             max_connections: o.max_connections.unwrap_or(20_000),
@@ -503,10 +551,38 @@ impl Config {
         pool
     }
 
-    /// Parses the command line (and environment), reads `--config` if given, merges, applies
-    /// defaults. Problems reading the file are returned as [`Problem`]s.
-    pub fn load(cli: Options) -> Result<Self, Vec<Problem>> {
-        let file = match &cli.config {
+    /// The control socket when none is configured: `/tmp/sigsci-proxy-<admin port>.ctl`. The
+    /// admin port is already unique per host (and per pod), so proxies side by side get their
+    /// own, and `sigsci-proxy drain` with the server's environment derives the same path. /tmp
+    /// is writable for any user (in the manifests an emptyDir, the root filesystem being
+    /// read-only).
+    pub fn default_control_socket(admin_port: u16) -> PathBuf {
+        PathBuf::from(format!("/tmp/sigsci-proxy-{admin_port}.ctl"))
+    }
+
+    /// The control socket `sigsci-proxy drain` talks to: `--control-socket`, else the one the
+    /// server derives from its admin port, each from flags, environment or `--config`, as the
+    /// server reads them.
+    pub fn drain_control_socket(
+        control_socket: Option<PathBuf>,
+        admin: Option<SocketAddr>,
+        config: Option<PathBuf>,
+    ) -> Result<PathBuf, Vec<Problem>> {
+        let cli = Options {
+            control_socket,
+            admin,
+            config,
+            ..Options::default()
+        };
+        let file = Self::file_options(&cli)?;
+        let c = Self::from_options(merge(cli, file));
+        Ok(c.control_socket
+            .unwrap_or_else(|| Self::default_control_socket(c.admin.port())))
+    }
+
+    /// The options in `--config`, if given.
+    fn file_options(cli: &Options) -> Result<Options, Vec<Problem>> {
+        Ok(match &cli.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     vec![Problem {
@@ -522,7 +598,13 @@ impl Config {
                 })?
             }
             None => Options::default(),
-        };
+        })
+    }
+
+    /// Parses the command line (and environment), reads `--config` if given, merges, applies
+    /// defaults. Problems reading the file are returned as [`Problem`]s.
+    pub fn load(cli: Options) -> Result<Self, Vec<Problem>> {
+        let file = Self::file_options(&cli)?;
         let config = Self::from_options(merge(cli, file));
         config.validate()?;
         Ok(config)
@@ -760,6 +842,8 @@ fn merge(high: Options, low: Options) -> Options {
         config,
         listen,
         admin,
+        control_socket,
+        unix_socket_mode,
         backlog,
         reuse_port,
         max_connections,

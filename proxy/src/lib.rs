@@ -8,7 +8,8 @@
 //! Layout: [`config`] (flags, env, TOML), `listener` (sockets, accept loop), `downstream` (one
 //! module connection), `route` (method → agent, affinity, retry), `affinity` (the token in the
 //! RequestID), `upstream` (persistent multiplexed or per-call agent connections), `admin`
-//! (HTTP: metrics, health, readiness, drain), `server` (wiring and drain).
+//! (read-only HTTP: metrics, health, readiness), `control` (the local control socket: drain),
+//! `server` (wiring and drain).
 #![warn(missing_docs)]
 
 pub mod codec;
@@ -19,6 +20,7 @@ mod admission;
 mod affinity;
 mod busy_poll;
 pub mod config;
+mod control;
 mod downstream;
 mod drain;
 mod error;
@@ -28,7 +30,7 @@ mod route;
 mod server;
 mod upstream;
 
-pub use admin::request_drain;
 pub use config::Config;
+pub use control::request_drain;
 pub use drain::DrainReport;
 pub use server::{Proxy, run};

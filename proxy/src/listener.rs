@@ -30,18 +30,123 @@ pub(crate) enum Listener {
     Unix(UnixListener, UnixPathGuard),
 }
 
-/// Removes a Unix socket file we created.
-pub(crate) struct UnixPathGuard(PathBuf);
+/// Removes the Unix socket file this process created, and only that one: the file at the path
+/// must still be the inode `bind` made (another process may have replaced it since, e.g. a
+/// newer instance that found ours stale, or an operator).
+pub(crate) struct UnixPathGuard {
+    path: PathBuf,
+    /// `(st_dev, st_ino)` of the socket file right after `bind`.
+    id: (u64, u64),
+}
 
-impl Drop for UnixPathGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+impl UnixPathGuard {
+    /// The socket's path.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
     }
 }
 
+impl Drop for UnixPathGuard {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.id => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Ok(_) => {
+                debug!(path = %self.path.display(), "Socket path replaced since bind, left in place")
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Default permissions of a Unix RPC listener (`--unix-socket-mode`): 0666, read-write for
+/// every user. Modules run inside web servers under their own user (www-data, nginx...), and a
+/// module refused with EACCES fails open, so a stricter default would silently turn inspection
+/// off; the RPC port over TCP is open to anyone who reaches it anyway. Restrict access with the
+/// directory's permissions, or 0660 and a group shared with the web server.
+pub(crate) const DEFAULT_UNIX_MODE: u32 = 0o666;
+
+/// Binds a listening Unix socket at `path` with permissions `mode` (not the umask's).
+///
+/// A socket file already at `path` is probed first: if a process accepts on it, this fails
+/// (`AddrInUse`) and leaves the file alone; if the connection is refused it is a leftover of a
+/// process that is gone, and it is replaced. Any other kind of file is an error.
+pub(crate) fn bind_unix(
+    path: &std::path::Path,
+    backlog: i32,
+    mode: u32,
+) -> io::Result<(UnixListener, UnixPathGuard)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        // Non-blocking, so a live listener with a full backlog answers EAGAIN at once instead
+        // of making us wait for a slot.
+        let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        probe.set_nonblocking(true)?;
+        match probe.connect(&SockAddr::unix(path)?) {
+            Ok(()) => return Err(in_use(path)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(in_use(path)),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                info!(path = %path.display(), "Removing stale socket (nothing accepts on it)");
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SockAddr::unix(path)?)?;
+    let meta = std::fs::symlink_metadata(path)?;
+    let guard = UnixPathGuard {
+        path: path.to_owned(),
+        id: (meta.dev(), meta.ino()),
+    };
+    // Before listen: no client can connect while the mode is still the umask's.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    socket.listen(backlog)?;
+    let std_listener: std::os::unix::net::UnixListener = socket.into();
+    Ok((UnixListener::from_std(std_listener)?, guard))
+}
+
+fn in_use(path: &std::path::Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!(
+            "another process accepts connections on {}; stop it or choose another path",
+            path.display()
+        ),
+    )
+}
+
 impl Listener {
-    /// Binds `addr` with SO_REUSEADDR, the given backlog and optionally SO_REUSEPORT.
+    /// Binds `addr` with SO_REUSEADDR, the given backlog and optionally SO_REUSEPORT; a Unix
+    /// socket gets [`DEFAULT_UNIX_MODE`].
+    #[allow(
+        dead_code,
+        reason = "kept for existing callers (tests); the server passes its configured mode to bind_with_mode"
+    )]
     pub(crate) fn bind(addr: &ListenAddr, backlog: u32, reuse_port: bool) -> io::Result<Self> {
+        Self::bind_with_mode(addr, backlog, reuse_port, DEFAULT_UNIX_MODE)
+    }
+
+    /// [`Listener::bind`], a Unix socket getting permissions `unix_mode` (see [`bind_unix`]).
+    pub(crate) fn bind_with_mode(
+        addr: &ListenAddr,
+        backlog: u32,
+        reuse_port: bool,
+        unix_mode: u32,
+    ) -> io::Result<Self> {
         let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
         match addr {
             ListenAddr::Tcp(sa) => {
@@ -59,22 +164,8 @@ impl Listener {
                 Ok(Self::Tcp(TcpListener::from_std(socket.into())?))
             }
             ListenAddr::Unix(path) => {
-                // A socket file left by a previous run would make bind fail; only remove sockets.
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    use std::os::unix::fs::FileTypeExt;
-                    if meta.file_type().is_socket() {
-                        std::fs::remove_file(path)?;
-                    }
-                }
-                let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-                socket.set_nonblocking(true)?;
-                socket.bind(&SockAddr::unix(path)?)?;
-                socket.listen(backlog)?;
-                let std_listener: std::os::unix::net::UnixListener = socket.into();
-                Ok(Self::Unix(
-                    UnixListener::from_std(std_listener)?,
-                    UnixPathGuard(path.clone()),
-                ))
+                let (listener, guard) = bind_unix(path, backlog, unix_mode)?;
+                Ok(Self::Unix(listener, guard))
             }
         }
     }
@@ -86,7 +177,7 @@ impl Listener {
                 l.local_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
             ),
-            Self::Unix(_, guard) => ListenAddr::Unix(guard.0.clone()),
+            Self::Unix(_, guard) => ListenAddr::Unix(guard.path.clone()),
         }
     }
 }

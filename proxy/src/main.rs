@@ -6,27 +6,20 @@ use std::process::ExitCode;
 use clap::Parser;
 use sigsci_proxy::config::{Cli, Command, LogFormat};
 use sigsci_proxy::{Config, request_drain};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Drain { admin }) = cli.command {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        return match runtime.block_on(request_drain(admin)) {
-            Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
-            Ok(status) => {
-                eprintln!("sigsci-proxy drain: {admin} answered HTTP {status}");
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                eprintln!("sigsci-proxy drain: {admin}: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(Command::Drain {
+        control_socket,
+        admin,
+        config,
+    }) = cli.command
+    {
+        return drain(control_socket, admin, config);
     }
     let config = match Config::load(cli.options) {
         Ok(c) => c,
@@ -52,6 +45,41 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `sigsci-proxy drain`: asks the proxy on this machine to drain through its control socket,
+/// found from the same options (flags, `SIGSCI_PROXY_*`, `--config`) as the server's.
+fn drain(
+    control_socket: Option<PathBuf>,
+    admin: Option<SocketAddr>,
+    config: Option<PathBuf>,
+) -> ExitCode {
+    let path = match Config::drain_control_socket(control_socket, admin, config) {
+        Ok(p) => p,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("sigsci-proxy drain: {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(request_drain(&path)) {
+        Ok(answer) => {
+            eprintln!("sigsci-proxy drain: {answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "sigsci-proxy drain: control socket {}: {e} (is the proxy running, with the same SIGSCI_PROXY_CONTROL_SOCKET or SIGSCI_PROXY_ADMIN?)",
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// One thread runs a current-thread runtime: every task hand-off (connection task, upstream

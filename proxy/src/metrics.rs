@@ -12,7 +12,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use agent_pool::{AgentState, Pool};
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics::{
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::codec::Method;
@@ -36,11 +39,107 @@ pub(crate) fn handle() -> PrometheusHandle {
             // Another recorder may already be installed (an embedding program): then our
             // counters go there and /metrics shows only what this handle sees.
             let _ = metrics::set_global_recorder(recorder);
+            describe();
             // Registered after the recorder is installed: earlier handles would be no-ops.
             let _ = HOT.set(Hot::register());
             handle
         })
         .clone()
+}
+
+/// How often [`upkeep`] runs: histogram samples recorded in between wait in memory.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Folds recorded histogram samples into their buckets every [`UPKEEP_EVERY`] until `exit`,
+/// so the recorder's memory stays flat whether or not anything scrapes `/metrics` (the
+/// exporter's own upkeep task comes only with its HTTP listener, which we do not use).
+pub(crate) async fn upkeep(handle: PrometheusHandle, exit: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = exit.cancelled() => return,
+            _ = every.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// `# HELP` of every family the recorder holds (docs/metrics.md says what to alert on), and a
+/// 0 for the closed label sets rules and dashboards use, so each family is on `/metrics` from
+/// the start and not only after its first event.
+fn describe() {
+    describe_counter!(
+        "sigsci_proxy_rpcs_total",
+        "RPCs finished, by method and outcome (ok, agent_error, or the failure: no_agent, connect_failure, upstream_broken, upstream_protocol, timeout)."
+    );
+    describe_histogram!(
+        "sigsci_proxy_rpc_duration_seconds",
+        "Time from an RPC's arrival to its answer (or failure), by method, in seconds."
+    );
+    describe_counter!(
+        "sigsci_proxy_uninspected_total",
+        "Module calls (or connections) the proxy left uninspected, by reason: the module got an error frame, a reset or no answer and let its request through unseen."
+    );
+    describe_counter!(
+        "sigsci_proxy_connections_accepted_total",
+        "Module connections accepted (modules open one per RPC)."
+    );
+    describe_counter!(
+        "sigsci_proxy_connections_rejected_total",
+        "Module connections reset at once at --max-connections."
+    );
+    describe_counter!(
+        "sigsci_proxy_connections_closed_total",
+        "Module connections closed by the proxy, by reason (malformed, slow_frame, idle, io...)."
+    );
+    describe_counter!(
+        "sigsci_proxy_accept_errors_total",
+        "accept(2) failures for lack of resources (file descriptors, memory); the listener backs off."
+    );
+    describe_gauge!(
+        "sigsci_proxy_connections_open",
+        "Module connections open now."
+    );
+    describe_gauge!(
+        "sigsci_proxy_rpcs_in_flight",
+        "RPCs received and not yet answered."
+    );
+    describe_counter!(
+        "sigsci_proxy_affinity_total",
+        "UpdateRequests by routing result: hit (to the agent that issued the RequestID), none (no token), lost (the token names no current member: the agent never hears how the request ended)."
+    );
+    describe_counter!(
+        "sigsci_proxy_notifications_total",
+        "Notifications (PostRequest without answer) forwarded or dropped, by outcome."
+    );
+    describe_counter!(
+        "sigsci_proxy_retries_total",
+        "Retries of a failed call on another agent: attempted, budget_exhausted, no_other_agent."
+    );
+    describe_counter!(
+        "sigsci_proxy_upstream_connects_total",
+        "New connections to agents, by result (ok, error, timeout)."
+    );
+    describe_gauge!(
+        "sigsci_proxy_upstream_connections_open",
+        "Persistent connections to agents open now."
+    );
+    describe_gauge!(
+        "sigsci_proxy_draining",
+        "1 while this proxy drains (readiness off), else 0."
+    );
+    for result in ["hit", "none", "lost"] {
+        counter!("sigsci_proxy_affinity_total", "result" => result).increment(0);
+    }
+    for result in ["attempted", "budget_exhausted", "no_other_agent"] {
+        counter!("sigsci_proxy_retries_total", "result" => result).increment(0);
+    }
+    for result in ["ok", "error", "timeout"] {
+        counter!("sigsci_proxy_upstream_connects_total", "result" => result).increment(0);
+    }
+    counter!("sigsci_proxy_connections_rejected_total").increment(0);
+    counter!("sigsci_proxy_accept_errors_total").increment(0);
+    gauge!("sigsci_proxy_upstream_connections_open").increment(0.0);
 }
 
 /// Handles of the series on the per-RPC path, indexed by [`method_index`].
@@ -283,50 +382,73 @@ pub(crate) fn render(handle: &PrometheusHandle, pool: &Pool) -> String {
     );
     let _ = writeln!(
         out,
-        "# TYPE sigsci_proxy_agents_recommended gauge\nsigsci_proxy_agents_recommended {}",
+        "# HELP sigsci_proxy_agents_recommended Agents the current load needs (the autoscaling hint; /hints says why).\n\
+         # TYPE sigsci_proxy_agents_recommended gauge\nsigsci_proxy_agents_recommended {}",
         hints.recommended
     );
     let _ = writeln!(
         out,
-        "# TYPE sigsci_proxy_pool_utilization gauge\nsigsci_proxy_pool_utilization {}",
+        "# HELP sigsci_proxy_pool_utilization Load of the pool against its target (1 = at target).\n\
+         # TYPE sigsci_proxy_pool_utilization gauge\nsigsci_proxy_pool_utilization {}",
         hints.utilization
     );
     let _ = writeln!(
         out,
-        "# TYPE sigsci_proxy_agents_ready gauge\nsigsci_proxy_agents_ready {}",
+        "# HELP sigsci_proxy_agents_ready Agents that accept new work now (ready, not ejected).\n\
+         # TYPE sigsci_proxy_agents_ready gauge\nsigsci_proxy_agents_ready {}",
         snapshot.ready_len()
     );
     let agents = snapshot.agents();
     type Series = (
         &'static str,
         &'static str,
+        &'static str,
         fn(&agent_pool::AgentStats) -> f64,
     );
     let series: [Series; 5] = [
-        ("sigsci_proxy_agent_outstanding", "gauge", |s| {
-            s.outstanding as f64
-        }),
-        ("sigsci_proxy_agent_latency_ewma_seconds", "gauge", |s| {
-            s.latency_ewma_ms / 1e3
-        }),
-        ("sigsci_proxy_agent_requests_total", "counter", |s| {
-            s.started as f64
-        }),
-        ("sigsci_proxy_agent_failures_total", "counter", |s| {
-            s.failures as f64
-        }),
-        ("sigsci_proxy_agent_ejections_total", "counter", |s| {
-            s.ejections as f64
-        }),
+        (
+            "sigsci_proxy_agent_outstanding",
+            "gauge",
+            "RPCs in flight on this agent.",
+            |s| s.outstanding as f64,
+        ),
+        (
+            "sigsci_proxy_agent_latency_ewma_seconds",
+            "gauge",
+            "Peak-EWMA latency of this agent (what the picker weighs), in seconds.",
+            |s| s.latency_ewma_ms / 1e3,
+        ),
+        (
+            "sigsci_proxy_agent_requests_total",
+            "counter",
+            "Requests started on this agent (picked, or routed by affinity).",
+            |s| s.started as f64,
+        ),
+        (
+            "sigsci_proxy_agent_failures_total",
+            "counter",
+            "Requests on this agent that failed (connect, broken, timeout, error answer).",
+            |s| s.failures as f64,
+        ),
+        (
+            "sigsci_proxy_agent_ejections_total",
+            "counter",
+            "Times passive health ejected this agent.",
+            |s| s.ejections as f64,
+        ),
     ];
     let stats: Vec<_> = agents.iter().map(|a| a.stats()).collect();
-    for (name, kind, value) in series {
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in &stats {
             let _ = writeln!(out, "{name}{{agent=\"{}\"}} {}", s.address, value(s));
         }
     }
-    let _ = writeln!(out, "# TYPE sigsci_proxy_agent_state gauge");
+    let _ = writeln!(
+        out,
+        "# HELP sigsci_proxy_agent_state 1 for the state each known agent is in (ready, terminating, ejected, gone), else 0.\n\
+         # TYPE sigsci_proxy_agent_state gauge"
+    );
     for s in &stats {
         for state in [
             AgentState::Ready,

@@ -1,6 +1,6 @@
 //! The proxy as a whole: bind the sockets, start membership, serve, and drain.
 //!
-//! Drain sequence (SIGTERM, SIGINT or `POST /drain`): `/readyz` turns 503 at once; the listeners
+//! Drain sequence (SIGTERM, SIGINT or `drain` on the control socket): `/readyz` turns 503 at once; the listeners
 //! keep accepting for the drain delay while Service endpoints converge; then they close,
 //! connections finish their in-flight RPCs and close; `run` returns as soon as nothing is left,
 //! or at the drain timeout with the number of RPCs cut off.
@@ -22,6 +22,7 @@ use crate::admission::{self, Admission};
 use crate::busy_poll;
 use crate::codec::Limits;
 use crate::config::{Config, ListenAddr, Membership, split_host_port};
+use crate::control::ControlSocket;
 use crate::downstream::Shared;
 use crate::drain::{DrainReport, InFlightCount, Readiness};
 use crate::listener::{self, Listener};
@@ -52,6 +53,7 @@ pub struct Proxy {
     config: Config,
     listeners: Vec<Listener>,
     admin: TcpListener,
+    control: ControlSocket,
     pool: Pool,
 }
 
@@ -60,20 +62,38 @@ impl Proxy {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let mut listeners = Vec::new();
         for addr in &config.listen {
-            let l = Listener::bind(addr, config.backlog, config.reuse_port)
-                .with_context(|| format!("cannot listen on {addr}"))?;
+            let l = Listener::bind_with_mode(
+                addr,
+                config.backlog,
+                config.reuse_port,
+                config.unix_socket_mode,
+            )
+            .with_context(|| format!("cannot listen on {addr}"))?;
             listeners.push(l);
         }
         let admin = TcpListener::bind(config.admin)
             .await
             .with_context(|| format!("cannot listen on admin address {}", config.admin))?;
+        // After the admin port, whose bound number names the default path.
+        let control_path = config.control_socket.clone().unwrap_or_else(|| {
+            Config::default_control_socket(admin.local_addr().map_or(0, |a| a.port()))
+        });
+        let control = ControlSocket::bind(&control_path).with_context(|| {
+            format!("cannot listen on control socket {}", control_path.display())
+        })?;
         let pool = Pool::new(config.pool_config());
         Ok(Self {
             config,
             listeners,
             admin,
+            control,
             pool,
         })
+    }
+
+    /// The control socket's path (`sigsci-proxy drain` talks to it).
+    pub fn control_path(&self) -> &std::path::Path {
+        self.control.path()
     }
 
     /// The bound RPC addresses (real ports when `:0` was asked).
@@ -91,12 +111,14 @@ impl Proxy {
         &self.pool
     }
 
-    /// Serves until `shutdown` is cancelled (or `POST /drain`), then drains and returns.
+    /// Serves until `shutdown` is cancelled (or `drain` on the control socket), then drains
+    /// and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<DrainReport> {
         let Self {
             config,
             listeners,
             admin,
+            control,
             pool,
         } = self;
         let prometheus = m::handle();
@@ -112,6 +134,9 @@ impl Proxy {
         // Cancelled when `run` returns: membership, admin, upstream connections.
         let exit = CancellationToken::new();
         let _exit_guard = exit.clone().drop_guard();
+        // Histogram samples wait in the recorder until upkeep folds them into buckets: without
+        // it memory grows with every RPC unless something scrapes.
+        tokio::spawn(m::upkeep(prometheus.clone(), exit.clone()));
         {
             let pool = pool.clone();
             let exit = exit.clone();
@@ -126,13 +151,18 @@ impl Proxy {
         let readiness = Arc::new(Readiness::new());
         let drain_requested = CancellationToken::new();
         let admin_addr = admin.local_addr()?;
+        let control_path = control.path().display().to_string();
+        tokio::spawn(
+            control
+                .serve(drain_requested.clone(), exit.clone())
+                .instrument(info_span!("control")),
+        );
         tokio::spawn(
             admin::serve(
                 admin,
                 AdminState {
                     pool: pool.clone(),
                     readiness: readiness.clone(),
-                    drain: drain_requested.clone(),
                     prometheus,
                 },
                 exit.clone(),
@@ -245,6 +275,7 @@ impl Proxy {
             rpc.addr = %rpc_addrs.join(","),
             admin.addr = %admin_addr,
             max_connections = admission.limit(),
+            control.path = %control_path,
             upstream.mode = ?config.upstream_mode,
             busy_poll = ?config.busy_poll,
             "Listening"

@@ -47,8 +47,8 @@ async fn drain_flips_readiness_finishes_in_flight_rpcs_and_exits() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    let status = sigsci_proxy::request_drain(proxy.admin).await.unwrap();
-    assert_eq!(status, 202);
+    let answer = sigsci_proxy::request_drain(&proxy.control).await.unwrap();
+    assert_eq!(answer, "draining");
     assert_eq!(
         http(proxy.admin, "GET", "/readyz").await.0,
         503,
@@ -111,7 +111,10 @@ async fn a_call_connected_before_the_listeners_close_is_still_answered() {
         ..with_agents(&[&agent])
     })
     .await;
-    assert_eq!(sigsci_proxy::request_drain(proxy.admin).await.unwrap(), 202);
+    assert_eq!(
+        sigsci_proxy::request_drain(&proxy.control).await.unwrap(),
+        "draining"
+    );
     // A module's connection, accepted during the drain delay, whose request is written only
     // once the listeners have closed (a busy node): a close without an answer would hang a
     // Node module's HTTP request.

@@ -34,6 +34,11 @@ CRDS = {
         "items": {("spec", "podMetricsEndpoints"): ["port"]},
         "why": "prometheus-operator CRD: no schema in kubernetes-validate",
     },
+    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+        "required": [("spec", "groups")],
+        "items": {("spec", "groups"): ["name", "rules"]},
+        "why": "prometheus-operator CRD: no schema in kubernetes-validate (rules: promtool)",
+    },
 }
 
 

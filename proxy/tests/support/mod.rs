@@ -3,6 +3,8 @@
 //! with a shutdown the test owns.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -241,6 +243,8 @@ async fn serve_agent_conn(stream: TcpStream, ctx: Ctx, behavior: Behavior) {
 pub struct RunningProxy {
     pub rpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The control socket (`sigsci_proxy::request_drain`).
+    pub control: PathBuf,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<DrainReport>>,
 }
@@ -287,11 +291,13 @@ pub async fn start_proxy(options: Options) -> RunningProxy {
         ListenAddr::Unix(_) => unreachable!(),
     };
     let admin = proxy.admin_addr();
+    let control = proxy.control_path().to_owned();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(proxy.run(shutdown.clone()));
     let running = RunningProxy {
         rpc,
         admin,
+        control,
         shutdown,
         task,
     };
