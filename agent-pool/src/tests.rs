@@ -716,14 +716,25 @@ fn an_agent_joining_a_serving_pool_takes_its_share_at_once() {
     // Five seconds of 300 µs answers: the estimates have come down from the 5 ms default.
     for i in 0..3 {
         for k in 0..500 {
-            request(&agent(&pool, i), t0 + k * 10 * MS, 300 * US, Outcome::Success);
+            request(
+                &agent(&pool, i),
+                t0 + k * 10 * MS,
+                300 * US,
+                Outcome::Success,
+            );
         }
     }
     let t = t0 + 5 * S;
     pool.apply_at(Update::Upsert(ep(3)), t);
     let new = agent(&pool, 3);
-    assert!(new.latency_ewma_at(t) < MS, "starts at the pool's median, not 5 ms");
+    assert!(
+        new.latency_ewma_at(t) < MS,
+        "starts at the pool's median, not 5 ms"
+    );
     let counts = count_picks(&pool, t, 40_000);
     let share = counts[new.id()] as f64 / 40_000.0;
-    assert!((0.20..=0.30).contains(&share), "new agent's share {share} (fair: 0.25)");
+    assert!(
+        (0.20..=0.30).contains(&share),
+        "new agent's share {share} (fair: 0.25)"
+    );
 }

@@ -377,12 +377,13 @@ pub(crate) fn render(handle: &PrometheusHandle, pool: &Pool) -> String {
     // replicas and rounds once.
     let _ = writeln!(
         out,
-        "# TYPE sigsci_proxy_agent_demand gauge\nsigsci_proxy_agent_demand {}",
+        "# HELP sigsci_proxy_agent_demand Agents' worth of work this replica sends, unrounded: sum it over replicas and round up once.\n\
+         # TYPE sigsci_proxy_agent_demand gauge\nsigsci_proxy_agent_demand {}",
         hints.demand
     );
     let _ = writeln!(
         out,
-        "# HELP sigsci_proxy_agents_recommended Agents the current load needs (the autoscaling hint; /hints says why).\n\
+        "# HELP sigsci_proxy_agents_recommended Agents this replica's load alone needs, rounded up (do not sum over replicas: sum sigsci_proxy_agent_demand).\n\
          # TYPE sigsci_proxy_agents_recommended gauge\nsigsci_proxy_agents_recommended {}",
         hints.recommended
     );
