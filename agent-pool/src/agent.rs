@@ -376,7 +376,9 @@ impl Agent {
     /// address, and the old one's failures say nothing about it. An agent that accepted
     /// connections all along (a staller, an error answerer) keeps its ejection and its penalty.
     /// Returns whether it was readmitted.
-    pub fn probed(&self, reachable: bool) -> bool {
+    /// `fresh` is the estimate it starts again from (the pool's typical one, see
+    /// [`Snapshot::typical_latency`](crate::Snapshot::typical_latency); the default without).
+    pub fn probed(&self, reachable: bool, fresh: Option<Duration>) -> bool {
         if !reachable {
             self.health.mark_unreachable();
             return false;
@@ -384,8 +386,8 @@ impl Agent {
         if !self.health.reachable_again(&self.budget) {
             return false;
         }
-        self.ewma
-            .reset(self.default_rtt_ns, self.ns(Instant::now()));
+        let fresh = fresh.map_or(self.default_rtt_ns, |d| d.as_nanos() as f64);
+        self.ewma.reset(fresh, self.ns(Instant::now()));
         tracing::info!(agent.id = %self.id, agent.addr = %self.address, "Agent reachable again, readmitted on trial");
         true
     }

@@ -127,21 +127,23 @@ impl PoolConfig {
     }
 }
 
-/// The median latency estimate of the agents taking work now: where a new agent starts, so it
+/// The median latency estimate of the healthy agents taking work now (none in a run of
+/// failures, whose penalty says nothing of speed): where a new agent starts, so it
 /// takes its share from its first second (scale-up under load) instead of waiting for a
 /// pessimistic default to decay. `None` with no such agent.
-fn typical_latency<'a>(
+pub(crate) fn typical_latency<'a>(
     agents: impl Iterator<Item = &'a Arc<Agent>>,
     now: Instant,
 ) -> Option<std::time::Duration> {
     let mut estimates: Vec<_> = agents
-        .filter(|a| a.is_source_ready() && !a.is_ejected_at(now) && a.started_total() > 0)
+        .filter(|a| a.is_source_ready() && !a.is_suspect() && a.started_total() > 0)
         .map(|a| a.latency_ewma_at(now))
         .collect();
     if estimates.is_empty() {
         return None;
     }
-    let mid = estimates.len() / 2;
+    // The lower median: with two agents, the faster one.
+    let mid = (estimates.len() - 1) / 2;
     Some(*estimates.select_nth_unstable(mid).1)
 }
 

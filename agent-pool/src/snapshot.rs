@@ -145,6 +145,12 @@ impl Snapshot {
             .count()
     }
 
+    /// The median latency estimate of the agents taking work now (`None` with none): where an
+    /// agent that joins or comes back starts.
+    pub fn typical_latency(&self) -> Option<Duration> {
+        crate::pool::typical_latency(self.agents.iter(), Instant::now())
+    }
+
     /// Increases by one with every published snapshot.
     pub fn version(&self) -> u64 {
         self.version

@@ -330,9 +330,12 @@ fn an_unreachable_agent_is_readmitted_on_a_successful_connect_a_stalling_one_is_
         request(&a, t0, MS, Outcome::ConnectFailure);
     }
     assert!(a.is_ejected());
-    assert!(a.probed(true), "unreachable, then a connect succeeded");
+    assert!(
+        a.probed(true, None),
+        "unreachable, then a connect succeeded"
+    );
     assert_eq!(a.state(), AgentState::Ready);
-    assert!(!a.probed(true), "reachable is no news any more");
+    assert!(!a.probed(true, None), "reachable is no news any more");
     assert!(
         a.latency_ewma() <= PoolConfig::default().default_rtt,
         "a fresh estimate: the old process's failures say nothing of the new one"
@@ -347,7 +350,7 @@ fn an_unreachable_agent_is_readmitted_on_a_successful_connect_a_stalling_one_is_
         request(&b, now, MS, Outcome::Timeout);
     }
     assert!(b.is_ejected());
-    assert!(!b.probed(true));
+    assert!(!b.probed(true, None));
     assert_eq!(b.state(), AgentState::Ejected);
 
     // Calls broke (the process was killed mid-call), then a probe is refused, then one
@@ -356,9 +359,15 @@ fn an_unreachable_agent_is_readmitted_on_a_successful_connect_a_stalling_one_is_
         request(&c, now, MS, Outcome::Failed);
     }
     assert!(c.is_ejected());
-    assert!(!c.probed(true), "answering connects all along: no news");
-    assert!(!c.probed(false));
-    assert!(c.probed(true), "refused, then accepted: a new process");
+    assert!(
+        !c.probed(true, None),
+        "answering connects all along: no news"
+    );
+    assert!(!c.probed(false, None));
+    assert!(
+        c.probed(true, None),
+        "refused, then accepted: a new process"
+    );
     assert_eq!(c.state(), AgentState::Ready);
 }
 

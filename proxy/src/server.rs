@@ -234,13 +234,14 @@ impl Proxy {
                         shared.router.upstreams.sync(&snapshot);
                     }
                     let upstreams = &shared.router.upstreams;
+                    let fresh = snapshot.typical_latency();
                     let probes =
                         snapshot
                             .agents()
                             .iter()
                             .filter(|a| a.is_suspect())
                             .map(|a| async move {
-                                a.probed(upstreams.probe(a).await);
+                                a.probed(upstreams.probe(a).await, fresh);
                             });
                     futures::future::join_all(probes).await;
                 }

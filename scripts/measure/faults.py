@@ -149,7 +149,10 @@ def http_get(port, path, timeout=2.0):
 
 def start(args, pre=None):
     cmd = args if pre is None else ["bash", "-c", pre + ' && exec "$@"', "-"] + args
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # FAULTS_PROXY_LOG=FILE keeps the proxy's log.
+    log = os.environ.get("FAULTS_PROXY_LOG")
+    err = open(log, "a") if log and "sigsci-proxy" in args[0] else subprocess.DEVNULL
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     PROCS.append(p)
     return p
 
