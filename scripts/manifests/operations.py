@@ -16,6 +16,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import consistency  # noqa: E402
 from consistency import (  # noqa: E402
     container_port, cpu, env_of, env_value, find, labels_match, load, one, pod_spec, read)
 
@@ -37,20 +38,12 @@ CLUSTER_SCOPED = {"Namespace", "PriorityClass", "ClusterRole", "ClusterRoleBindi
 MICROK8S_API_PORT = 16443
 
 
-class Results:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-        self.warnings = 0
+class Results(consistency.Results):
+    """consistency's checks, and warnings that do not fail the run."""
 
-    def check(self, name, ok, detail=""):
-        if ok:
-            self.passed += 1
-            print(f"ok   {name}")
-        else:
-            self.failed += 1
-            print(f"FAIL {name}" + (f": {detail}" if detail else ""))
-        return ok
+    def __init__(self):
+        super().__init__()
+        self.warnings = 0
 
     def warn(self, text):
         self.warnings += 1
