@@ -43,9 +43,7 @@ async fn drain_flips_readiness_finishes_in_flight_rpcs_and_exits() {
             call(rpc, 5, message::PRE_REQUEST, &pre_request()).await;
         (err, out)
     });
-    while agent.pre() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("the agent got the call", || agent.pre() > 0).await;
 
     let answer = sigsci_proxy::request_drain(&proxy.control).await.unwrap();
     assert_eq!(answer, "draining");
@@ -95,9 +93,7 @@ async fn drain_timeout_reports_the_rpcs_it_cut_off() {
         let mut buf = [0u8; 16];
         let _ = s.read(&mut buf).await;
     });
-    while agent.pre() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("the agent got the call", || agent.pre() > 0).await;
     let report = proxy.stop().await;
     assert_eq!(report.cut_off, 1);
 }
@@ -119,7 +115,12 @@ async fn a_call_connected_before_the_listeners_close_is_still_answered() {
     // once the listeners have closed (a busy node): a close without an answer would hang a
     // Node module's HTTP request.
     let call = TcpStream::connect(proxy.rpc).await.unwrap();
+    let closing = std::time::Instant::now();
     while TcpStream::connect(proxy.rpc).await.is_ok() {
+        assert!(
+            closing.elapsed() < Duration::from_secs(10),
+            "the listener never closed"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let mut call = call;
@@ -144,4 +145,16 @@ async fn a_call_connected_before_the_listeners_close_is_still_answered() {
         .unwrap()
         .unwrap();
     assert_eq!(report.cut_off, 0);
+}
+
+/// Polls `done` every 5 ms; panics naming `what` after 10 s (a test must stop by itself).
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use super::{Connected, UpstreamConfig, connect};
 use crate::codec::{Frame, FrameCodec, FrameKind, Limits};
@@ -82,6 +82,12 @@ impl AgentConns {
 
     pub(super) fn address(&self) -> &Address {
         &self.address
+    }
+
+    /// The span of this agent's connection tasks: their log lines name the agent, not the
+    /// module connection whose call happened to open them.
+    fn span(&self) -> tracing::Span {
+        tracing::debug_span!(parent: None, "agent_conn", agent.addr = %self.address)
     }
 
     /// Closes every connection (the agent left the pool).
@@ -172,11 +178,11 @@ impl AgentConns {
                 let conn = match stream {
                     Connected::Tcp(s) => {
                         let (r, w) = s.into_split();
-                        MuxConn::spawn(r, WriteHalf::Tcp(w), self.limits, &self.exit)
+                        MuxConn::spawn(r, WriteHalf::Tcp(w), self.limits, &self.exit, self.span())
                     }
                     Connected::Unix(s) => {
                         let (r, w) = s.into_split();
-                        MuxConn::spawn(r, WriteHalf::Unix(w), self.limits, &self.exit)
+                        MuxConn::spawn(r, WriteHalf::Unix(w), self.limits, &self.exit, self.span())
                     }
                 };
                 *slot.conn.lock().expect("slot lock") = Some(conn.clone());
@@ -236,7 +242,13 @@ pub(super) struct MuxConn {
 }
 
 impl MuxConn {
-    fn spawn<R>(reader: R, writer: WriteHalf, limits: Limits, exit: &CancellationToken) -> Arc<Self>
+    fn spawn<R>(
+        reader: R,
+        writer: WriteHalf,
+        limits: Limits,
+        exit: &CancellationToken,
+        span: tracing::Span,
+    ) -> Arc<Self>
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
@@ -250,10 +262,11 @@ impl MuxConn {
             dead: exit.child_token(),
         });
         m::upstream_open(1.0);
-        tokio::spawn(conn.clone().flush_loop());
+        tokio::spawn(conn.clone().flush_loop().instrument(span.clone()));
         tokio::spawn(
             conn.clone()
-                .read_loop(FramedRead::new(reader, FrameCodec::new(limits))),
+                .read_loop(FramedRead::new(reader, FrameCodec::new(limits)))
+                .instrument(span),
         );
         conn
     }
