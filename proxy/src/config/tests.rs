@@ -1,0 +1,140 @@
+use clap::Parser;
+
+use super::*;
+
+fn parse(args: &[&str]) -> Result<Config, Vec<Problem>> {
+    let mut argv = vec!["sigsci-proxy"];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).expect("clap parses");
+    Config::load(cli.options)
+}
+
+#[test]
+fn durations_need_units() {
+    assert_eq!("20ms".parse::<Dur>().unwrap().0, Duration::from_millis(20));
+    assert_eq!(
+        "1.5s".parse::<Dur>().unwrap().0,
+        Duration::from_millis(1500)
+    );
+    assert_eq!("0".parse::<Dur>().unwrap().0, Duration::ZERO);
+    assert!("20".parse::<Dur>().is_err());
+    assert!("fast".parse::<Dur>().is_err());
+}
+
+#[test]
+fn defaults_with_static_agents() {
+    let c = parse(&["--agents", "10.0.0.1:9999,agent-1.agents:9999"]).unwrap();
+    assert_eq!(c.listen, vec!["0.0.0.0:9999".parse().unwrap()]);
+    assert_eq!(c.rpc_timeout, Duration::from_millis(80));
+    assert_eq!(c.connect_timeout, Duration::from_millis(20));
+    assert_eq!(c.upstream_connections, 2);
+    assert_eq!(c.agents.len(), 2);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_option() {
+    let problems = parse(&[
+        "--rpc-timeout",
+        "0ms",
+        "--retry-budget",
+        "3",
+        "--upstream-connections",
+        "0",
+    ])
+    .unwrap_err();
+    let options: Vec<_> = problems.iter().map(|p| p.option).collect();
+    assert!(options.contains(&"rpc-timeout"), "{problems:?}");
+    assert!(options.contains(&"retry-budget"), "{problems:?}");
+    assert!(options.contains(&"upstream-connections"), "{problems:?}");
+    assert!(options.contains(&"agents"), "{problems:?}");
+}
+
+#[test]
+fn flags_win_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &path,
+        "rpc-timeout = \"50ms\"\nconnect-timeout = \"10ms\"\nagents = [\"127.0.0.1:1\"]\nlisten = [\"unix:/tmp/x.sock\"]\n",
+    )
+    .unwrap();
+    let c = parse(&["--config", path.to_str().unwrap(), "--rpc-timeout", "60ms"]).unwrap();
+    assert_eq!(c.rpc_timeout, Duration::from_millis(60));
+    assert_eq!(c.connect_timeout, Duration::from_millis(10));
+    assert_eq!(c.listen, vec![ListenAddr::Unix("/tmp/x.sock".into())]);
+}
+
+#[test]
+fn pool_and_hint_options_reach_the_pool() {
+    let c = parse(&[
+        "--agents",
+        "127.0.0.1:1",
+        "--latency-decay",
+        "3s",
+        "--hints-target-rpc",
+        "0",
+        "--hints-min-agents",
+        "2",
+        "--eject-after",
+        "3",
+    ])
+    .unwrap();
+    let pool = c.pool_config();
+    assert_eq!(pool.latency_decay, Duration::from_secs(3));
+    assert_eq!(
+        pool.hints.target_rpc_per_agent, None,
+        "0 turns the rate hint off"
+    );
+    assert_eq!(pool.hints.min_agents, 2);
+    assert_eq!(pool.ejection.consecutive_failures, 3);
+    let defaults = parse(&["--agents", "127.0.0.1:1"]).unwrap().pool_config();
+    assert_eq!(
+        defaults,
+        PoolConfig::default(),
+        "the pool's defaults are the proxy's"
+    );
+    let problems = parse(&[
+        "--agents",
+        "127.0.0.1:1",
+        "--hints-min-agents",
+        "5",
+        "--hints-max-agents",
+        "4",
+        "--hints-target-outstanding",
+        "0",
+    ])
+    .unwrap_err();
+    let options: Vec<_> = problems.iter().map(|p| p.option).collect();
+    assert_eq!(
+        options,
+        ["hints-target-outstanding", "hints-min-agents"],
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn unknown_file_keys_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, "rpc-timout = \"50ms\"\n").unwrap();
+    let problems = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
+    assert_eq!(problems[0].option, "config");
+    assert!(problems[0].message.contains("rpc-timout"), "{problems:?}");
+}
+
+#[test]
+fn membership_sources() {
+    let c = parse(&["--agents-k8s", "sigsci/agents:rpc"]).unwrap();
+    assert_eq!(
+        c.membership(),
+        Some(Membership::Kubernetes {
+            namespace: "sigsci".into(),
+            service: "agents".into(),
+            port_name: Some("rpc".into())
+        })
+    );
+    let p = parse(&["--agents", "a:1", "--agents-dns", "agents:9999"]).unwrap_err();
+    assert_eq!(p[0].option, "agents");
+    let p = parse(&["--agents", "nohost"]).unwrap_err();
+    assert!(p[0].to_string().starts_with("--agents: `nohost`"), "{p:?}");
+}
