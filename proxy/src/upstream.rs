@@ -5,12 +5,16 @@
 //! connection of its own, as the modules do ([`per_call`]). Either way a call returns the
 //! agent's response frame (msgid as the agent sent it) or an [`UpstreamError`] saying whether a
 //! retry elsewhere is allowed.
+//!
+//! Locks here tolerate poisoning, as agent-pool's do: every critical section is one insert,
+//! remove or swap, never left half-done, and a panic in one call's task must not fail every
+//! call after it.
 
 mod mux;
 mod per_call;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use agent_pool::{Address, Agent, AgentState, EndpointId, Snapshot};
@@ -54,7 +58,7 @@ impl Upstreams {
     }
 
     fn conns(&self, agent: &Agent) -> Arc<mux::AgentConns> {
-        let mut agents = self.agents.lock().expect("upstream map lock");
+        let mut agents = self.agents.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = agents.get(agent.id())
             && c.address() == agent.address()
         {
@@ -121,7 +125,7 @@ impl Upstreams {
 
     /// Closes the connections of agents no longer in the pool.
     fn prune(&self, snapshot: &Snapshot) {
-        let mut agents = self.agents.lock().expect("upstream map lock");
+        let mut agents = self.agents.lock().unwrap_or_else(PoisonError::into_inner);
         agents.retain(|id, conns| {
             let keep = snapshot.agents().iter().any(|a| a.id() == id);
             if !keep {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -57,7 +57,7 @@ struct Backoff {
 
 impl Slot {
     fn live(&self) -> Option<Arc<MuxConn>> {
-        let conn = self.conn.lock().expect("slot lock");
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         conn.as_ref().filter(|c| c.is_alive()).cloned()
     }
 }
@@ -185,7 +185,7 @@ impl AgentConns {
                         MuxConn::spawn(r, WriteHalf::Unix(w), self.limits, &self.exit, self.span())
                     }
                 };
-                *slot.conn.lock().expect("slot lock") = Some(conn.clone());
+                *slot.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
                 Ok(conn)
             }
             Err(e) => {
@@ -282,7 +282,12 @@ impl MuxConn {
         }
         m::upstream_open(-1.0);
         self.dead.cancel();
-        let waiters: Vec<_> = self.pending.lock().expect("pending lock").drain().collect();
+        let waiters: Vec<_> = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .collect();
         for (_, waiter) in waiters {
             let _ = waiter.send(Err(UpstreamError::SentNoAnswer(io::Error::new(
                 io::ErrorKind::ConnectionReset,
@@ -303,7 +308,10 @@ impl MuxConn {
             .rewrite(Some(u64::from(id)), request_id)
             .map_err(UpstreamError::Unsendable)?;
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("pending lock").insert(id, tx);
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
         let _guard = PendingGuard { conn: self, id };
         if !self.is_alive() {
             // Closed between `get` and now: nothing was sent.
@@ -325,7 +333,7 @@ impl MuxConn {
     /// Writes a whole frame into the socket now if nothing is queued, else queues it for the
     /// flusher. An error means nothing of the frame was sent.
     fn send(&self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        let mut out = self.outbox.lock().expect("outbox lock");
+        let mut out = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
         if out.flushing {
             if out.queued.len() + bytes.len() > MAX_QUEUED {
                 return Err(UpstreamError::Backlogged);
@@ -374,7 +382,7 @@ impl MuxConn {
                 }
                 // Not empty: only `send` wakes this loop, when it queues bytes, and only this
                 // loop takes them out.
-                let mut out = self.outbox.lock().expect("outbox lock");
+                let mut out = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                 match self.writer.try_write(&out.queued) {
                     Ok(n) if n > 0 => out.queued.advance(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -408,7 +416,11 @@ impl MuxConn {
                     let Some(id) = frame.msgid().and_then(|id| u32::try_from(id).ok()) else {
                         continue;
                     };
-                    let waiter = self.pending.lock().expect("pending lock").remove(&id);
+                    let waiter = self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&id);
                     if let Some(waiter) = waiter {
                         let _ = waiter.send(Ok(frame));
                     }
