@@ -199,11 +199,12 @@ impl Admitted {
         &self.slot
     }
 
-    /// Something was read or written now.
-    pub(crate) fn active(&self) {
-        self.slot
-            .last_active_ms
-            .store(self.admission.now_ms(), Relaxed);
+    /// Something was read or written at `now` (the caller's clock reading, not another one).
+    pub(crate) fn active(&self, now: Instant) {
+        let ms = now
+            .saturating_duration_since(self.admission.epoch)
+            .as_millis() as u64;
+        self.slot.last_active_ms.store(ms, Relaxed);
     }
 
     /// Calls now in flight on it.
@@ -290,7 +291,7 @@ mod tests {
         busy.set_busy(1);
         let newer = admission.admit(wait).await.unwrap();
         tokio::time::advance(Duration::from_millis(10)).await;
-        newer.active();
+        newer.active(Instant::now());
 
         // Full: the oldest idle one is told to go, the busy one never is.
         let admit = tokio::spawn({

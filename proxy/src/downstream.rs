@@ -171,7 +171,7 @@ async fn run<S: Conn>(
         match event {
             Event::Answer(bytes) => {
                 last_activity = Instant::now();
-                admitted.active();
+                admitted.active(last_activity);
                 match timeout(shared.write_timeout, stream.write_all(&bytes)).await {
                     Ok(r) => r.map_err(ClientError::Io)?,
                     Err(_) => {
@@ -190,7 +190,7 @@ async fn run<S: Conn>(
             }
             Event::Read(Ok(_)) => {
                 last_activity = Instant::now();
-                admitted.active();
+                admitted.active(last_activity);
                 frame_started.get_or_insert(last_activity);
             }
             Event::Read(Err(e)) => return Err(ClientError::Io(e)),
