@@ -393,8 +393,10 @@ impl Agent {
     }
 }
 
-/// The current time in nanoseconds since the epoch, read from the clock at most once and only
-/// if asked (the picker needs it only when a candidate is or was ejected).
+/// The current time in nanoseconds since the epoch, read from the clock at most once per pick
+/// and only if asked. A pick between two or more candidates always asks (the latency estimate
+/// in the cost decays with time); with one candidate only a health check of an agent that is or
+/// was ejected asks.
 #[derive(Debug)]
 pub(crate) struct LazyNow {
     epoch: Instant,

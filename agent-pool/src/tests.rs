@@ -1,5 +1,11 @@
 //! Crate tests that drive the pool with explicit instants (the crate-internal `*_at` methods),
 //! so backoffs, grace periods and hint windows are checked without waiting or flaking.
+//!
+//! Picking and membership are here; ejection and readmission in `health`, the autoscaling
+//! hints in `hints`.
+
+mod health;
+mod hints;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,19 +23,19 @@ const MS: Duration = Duration::from_millis(1);
 const US: Duration = Duration::from_micros(1);
 const S: Duration = Duration::from_secs(1);
 
-fn ep(i: usize) -> Endpoint {
+pub(super) fn ep(i: usize) -> Endpoint {
     Endpoint::new(format!("10.0.0.{}:9999", i + 1).parse().unwrap())
 }
 
 /// A pool of `n` ready agents, and an instant after its epoch.
-fn pool_of(n: usize, config: PoolConfig) -> (Pool, Instant) {
+pub(super) fn pool_of(n: usize, config: PoolConfig) -> (Pool, Instant) {
     let pool = Pool::new(config);
     let t0 = Instant::now();
     pool.apply_at(Update::Reset((0..n).map(ep).collect()), t0);
     (pool, t0)
 }
 
-fn agent(pool: &Pool, i: usize) -> Arc<Agent> {
+pub(super) fn agent(pool: &Pool, i: usize) -> Arc<Agent> {
     let id = ep(i).id;
     pool.snapshot()
         .agents()
@@ -39,7 +45,7 @@ fn agent(pool: &Pool, i: usize) -> Arc<Agent> {
         .clone()
 }
 
-fn count_picks(pool: &Pool, now: Instant, picks: usize) -> HashMap<EndpointId, usize> {
+pub(super) fn count_picks(pool: &Pool, now: Instant, picks: usize) -> HashMap<EndpointId, usize> {
     let snap = pool.snapshot();
     let mut counts = HashMap::new();
     for _ in 0..picks {
@@ -50,7 +56,7 @@ fn count_picks(pool: &Pool, now: Instant, picks: usize) -> HashMap<EndpointId, u
 }
 
 /// One request on `a` from `at` taking `took`, ending with `outcome`.
-fn request(a: &Arc<Agent>, at: Instant, took: Duration, outcome: Outcome) {
+pub(super) fn request(a: &Arc<Agent>, at: Instant, took: Duration, outcome: Outcome) {
     a.start_at(at).finish_at(outcome, at + took);
 }
 
@@ -208,248 +214,6 @@ fn gone_agents_stay_reachable_for_the_grace_period_then_drop() {
 }
 
 #[test]
-fn consecutive_failures_eject_with_doubling_backoff() {
-    let (pool, t0) = pool_of(4, PoolConfig::default());
-    let a = agent(&pool, 0);
-    // The others are busy, so `a` is the cheapest whenever it takes work.
-    let _busy: Vec<InFlight> = (1..4).map(|i| agent(&pool, i).start_at(t0)).collect();
-    let mut t = t0;
-    let fail = |n: usize, t: &mut Instant, outcome| {
-        for _ in 0..n {
-            request(&a, *t, MS, outcome);
-            *t += MS;
-        }
-    };
-    fail(4, &mut t, Outcome::ConnectFailure);
-    assert_eq!(a.state_at(t), AgentState::Ready);
-    fail(1, &mut t, Outcome::Timeout);
-    assert_eq!(a.state_at(t), AgentState::Ejected);
-    assert!(!count_picks(&pool, t, 2_000).contains_key(a.id()));
-    // First ejection: 1 s.
-    assert_eq!(a.state_at(t + 990 * MS), AgentState::Ejected);
-    t += S;
-    pool.tick(t);
-    assert_eq!(a.state_at(t), AgentState::Ready, "back after the backoff");
-    // Second ejection without a success in between: 2 s.
-    fail(5, &mut t, Outcome::ConnectFailure);
-    assert_eq!(a.state_at(t + 1900 * MS), AgentState::Ejected);
-    assert_eq!(a.state_at(t + 2 * S), AgentState::Ready);
-    t += 2 * S;
-    // A success resets both the count and the backoff.
-    fail(4, &mut t, Outcome::ConnectFailure);
-    request(&a, t, MS, Outcome::Success);
-    fail(4, &mut t, Outcome::ConnectFailure);
-    assert_eq!(
-        a.state_at(t),
-        AgentState::Ready,
-        "a success resets the count"
-    );
-    fail(1, &mut t, Outcome::ConnectFailure);
-    assert_eq!(a.state_at(t + 990 * MS), AgentState::Ejected);
-    assert_eq!(a.state_at(t + S), AgentState::Ready, "and the backoff");
-    assert_eq!(a.stats().ejections, 3);
-}
-
-#[test]
-fn backoff_doubles_up_to_the_maximum() {
-    let c = EjectionConfig::default();
-    let got: Vec<u64> = (0..8).map(|l| c.backoff(l).as_secs()).collect();
-    assert_eq!(got, [1, 2, 4, 8, 16, 30, 30, 30]);
-    assert_eq!(c.backoff(u32::MAX), Duration::from_secs(30));
-}
-
-#[test]
-fn every_failure_but_a_busy_queue_counts_toward_ejection() {
-    for outcome in [Outcome::ErrorAnswer, Outcome::Failed] {
-        let (pool, t0) = pool_of(2, PoolConfig::default());
-        let a = agent(&pool, 0);
-        for i in 0..5 {
-            request(&a, t0 + i * MS, 200 * US, outcome);
-        }
-        assert_eq!(a.state_at(t0 + 6 * MS), AgentState::Ejected, "{outcome:?}");
-        assert_eq!(a.stats().failures, 5);
-    }
-    let (pool, t0) = pool_of(2, PoolConfig::default());
-    let a = agent(&pool, 0);
-    for i in 0..20 {
-        request(&a, t0 + i * MS, MS, Outcome::Busy);
-    }
-    assert_eq!(a.state_at(t0 + S), AgentState::Ready, "busy is not broken");
-    assert_eq!((a.stats().failures, a.stats().busy), (0, 20));
-}
-
-#[test]
-fn a_fast_error_answer_makes_an_agent_dear_not_cheap() {
-    // Three agents at 300 µs; one starts answering errors in 200 µs. Before the penalty it was
-    // the cheapest and drew a third or more of the picks; now it must draw almost none.
-    let (pool, t0) = pool_of(3, PoolConfig::default());
-    for i in 0..3 {
-        for k in 0..20 {
-            request(&agent(&pool, i), t0 + k * MS, 300 * US, Outcome::Success);
-        }
-    }
-    let t = t0 + 30 * MS;
-    request(&agent(&pool, 0), t, 200 * US, Outcome::ErrorAnswer);
-    let counts = count_picks(&pool, t + MS, 10_000);
-    let bad = counts.get(agent(&pool, 0).id()).copied().unwrap_or(0);
-    assert_eq!(
-        bad, 0,
-        "an error answer costs like a 50 ms call: {counts:?}"
-    );
-}
-
-#[test]
-fn after_its_backoff_an_agent_is_on_trial_one_failure_ejects_it_again() {
-    let (pool, t0) = pool_of(4, PoolConfig::default());
-    let a = agent(&pool, 0);
-    for _ in 0..5 {
-        request(&a, t0, MS, Outcome::Timeout);
-    }
-    assert_eq!(a.state_at(t0 + MS), AgentState::Ejected);
-    // The sweep (or a pick) ends the ejection after 1 s: one failure re-ejects, for 2 s.
-    pool.tick(t0 + S + MS);
-    assert_eq!(a.state_at(t0 + S + MS), AgentState::Ready);
-    request(&a, t0 + S + MS, MS, Outcome::Timeout);
-    assert_eq!(a.state_at(t0 + S + 3 * MS), AgentState::Ejected);
-    assert_eq!(a.state_at(t0 + 3 * S), AgentState::Ejected, "2 s this time");
-    // A success on trial clears the record: five failures again before the next ejection.
-    pool.tick(t0 + 4 * S);
-    request(&a, t0 + 4 * S, MS, Outcome::Success);
-    for k in 0..4 {
-        request(&a, t0 + 4 * S + k * MS, MS, Outcome::Timeout);
-    }
-    assert_eq!(a.state_at(t0 + 4 * S + 5 * MS), AgentState::Ready);
-}
-
-#[test]
-fn an_unreachable_agent_is_readmitted_on_a_successful_connect_a_stalling_one_is_not() {
-    // Six agents: three may be ejected at once.
-    let (pool, t0) = pool_of(6, PoolConfig::default());
-    let (a, b, c) = (agent(&pool, 0), agent(&pool, 1), agent(&pool, 2));
-    for _ in 0..5 {
-        request(&a, t0, MS, Outcome::ConnectFailure);
-    }
-    assert!(a.is_ejected());
-    assert!(
-        a.probed(true, None),
-        "unreachable, then a connect succeeded"
-    );
-    assert_eq!(a.state(), AgentState::Ready);
-    assert!(!a.probed(true, None), "reachable is no news any more");
-    assert!(
-        a.latency_ewma() <= PoolConfig::default().default_rtt,
-        "a fresh estimate: the old process's failures say nothing of the new one"
-    );
-    // On trial: one failure ejects it again.
-    request(&a, t0 + MS, MS, Outcome::ConnectFailure);
-    assert!(a.is_ejected());
-
-    // Timeouts, and every probe connects: nothing new; it waits out its backoff.
-    let now = Instant::now();
-    for _ in 0..5 {
-        request(&b, now, MS, Outcome::Timeout);
-    }
-    assert!(b.is_ejected());
-    assert!(!b.probed(true, None));
-    assert_eq!(b.state(), AgentState::Ejected);
-
-    // Calls broke (the process was killed mid-call), then a probe is refused, then one
-    // connects (restarted): readmitted.
-    for _ in 0..5 {
-        request(&c, now, MS, Outcome::Failed);
-    }
-    assert!(c.is_ejected());
-    assert!(
-        !c.probed(true, None),
-        "answering connects all along: no news"
-    );
-    assert!(!c.probed(false, None));
-    assert!(
-        c.probed(true, None),
-        "refused, then accepted: a new process"
-    );
-    assert_eq!(c.state(), AgentState::Ready);
-}
-
-#[test]
-fn when_every_agent_terminates_new_work_goes_to_the_terminating_ones() {
-    let (pool, t0) = pool_of(2, PoolConfig::default());
-    let terminating = |i| Endpoint {
-        state: SourceState::Terminating,
-        ..ep(i)
-    };
-    pool.apply_at(Update::Upsert(terminating(0)), t0);
-    let counts = count_picks(&pool, t0, 100);
-    assert_eq!(
-        counts.len(),
-        1,
-        "the ready one while there is one: {counts:?}"
-    );
-    assert!(counts.contains_key(agent(&pool, 1).id()));
-    pool.apply_at(Update::Upsert(terminating(1)), t0);
-    let counts = count_picks(&pool, t0, 1_000);
-    assert_eq!(counts.len(), 2, "then both terminating ones: {counts:?}");
-    assert_eq!(pool.snapshot().ready_len_at(t0), 0);
-    // Gone agents never take new work.
-    pool.apply_at(Update::Reset(vec![]), t0);
-    assert!(pool.snapshot().pick_at(t0, None).is_none());
-}
-
-#[test]
-fn at_most_the_configured_fraction_is_ejected() {
-    let (pool, t0) = pool_of(4, PoolConfig::default());
-    for i in 0..4 {
-        for _ in 0..10 {
-            request(&agent(&pool, i), t0, MS, Outcome::ConnectFailure);
-        }
-    }
-    let t = t0 + 10 * MS;
-    let ejected = (0..4)
-        .filter(|&i| agent(&pool, i).state_at(t) == AgentState::Ejected)
-        .count();
-    assert_eq!(ejected, 2, "50% of 4");
-    assert_eq!(pool.snapshot().ready_len_at(t), 2);
-    assert!(pool.snapshot().pick_at(t, None).is_some());
-
-    // A lone agent is never ejected, whatever the fraction.
-    let one = PoolConfig {
-        ejection: EjectionConfig {
-            max_ejected_fraction: 1.0,
-            ..EjectionConfig::default()
-        },
-        ..PoolConfig::default()
-    };
-    let (pool, t0) = pool_of(1, one);
-    for _ in 0..10 {
-        request(&agent(&pool, 0), t0, MS, Outcome::Timeout);
-    }
-    assert_eq!(agent(&pool, 0).state_at(t0 + 10 * MS), AgentState::Ready);
-}
-
-#[test]
-fn an_ejection_slot_frees_when_the_backoff_ends_or_the_agent_leaves() {
-    let (pool, t0) = pool_of(2, PoolConfig::default());
-    let (a, b) = (agent(&pool, 0), agent(&pool, 1));
-    for _ in 0..5 {
-        request(&a, t0, MS, Outcome::ConnectFailure);
-        request(&b, t0, MS, Outcome::ConnectFailure);
-    }
-    assert_eq!(a.state_at(t0 + MS), AgentState::Ejected);
-    assert_eq!(b.state_at(t0 + MS), AgentState::Ready, "one of two at most");
-    // The tick ends a's ejection; b's next failure may then eject it.
-    pool.tick(t0 + 2 * S);
-    request(&b, t0 + 2 * S, MS, Outcome::ConnectFailure);
-    assert_eq!(b.state_at(t0 + 2 * S + MS), AgentState::Ejected);
-    // b leaves while ejected: its slot frees for a.
-    pool.apply_at(Update::Remove(b.id().clone()), t0 + 2 * S);
-    pool.apply_at(Update::Upsert(ep(2)), t0 + 2 * S);
-    for _ in 0..5 {
-        request(&a, t0 + 2 * S, MS, Outcome::ConnectFailure);
-    }
-    assert_eq!(a.state_at(t0 + 2 * S + MS), AgentState::Ejected);
-}
-
-#[test]
 fn pick_excluding_never_returns_the_excluded_agent() {
     let (pool, t0) = pool_of(2, PoolConfig::default());
     let snap = pool.snapshot();
@@ -468,169 +232,6 @@ fn an_empty_pool_picks_nothing() {
     let pool = Pool::new(PoolConfig::default());
     assert!(pool.snapshot().pick().is_none());
     assert_eq!(pool.snapshot().ready_len(), 0);
-}
-
-fn hints_config() -> HintsConfig {
-    HintsConfig {
-        target_outstanding_per_agent: 10.0,
-        target_rpc_per_agent: None,
-        smoothing: Duration::ZERO,
-        ..HintsConfig::default()
-    }
-}
-
-#[test]
-fn demand_follows_load_both_ways_at_once_with_no_window_or_rounding() {
-    let config = PoolConfig {
-        hints: hints_config(),
-        ..PoolConfig::default()
-    };
-    let (pool, t0) = pool_of(4, config);
-    pool.tick(t0);
-    let h = pool.hints();
-    assert_eq!(
-        (h.demand, h.recommended),
-        (0.0, 1),
-        "idle: no floor on demand"
-    );
-    // 35 outstanding over 4 agents: 3.5 agents' worth, at the next tick.
-    let mut held: Vec<InFlight> = (0..35).map(|i| agent(&pool, i % 4).start_at(t0)).collect();
-    pool.tick(t0 + S);
-    let h = pool.hints();
-    assert!((h.demand - 3.5).abs() < 1e-9, "{h:?}");
-    assert_eq!((h.recommended, h.by_outstanding), (4, 4));
-    assert!((h.utilization - 35.0 / 40.0).abs() < 1e-9, "{h:?}");
-    // Load drops to 12: 1.2 at the next tick. The autoscaler's window, not the proxy, decides
-    // when the pool shrinks.
-    held.truncate(12);
-    pool.tick(t0 + 2 * S);
-    let h = pool.hints();
-    assert!((h.demand - 1.2).abs() < 1e-9, "{h:?}");
-    assert_eq!(h.recommended, 2);
-    // Back up: at once.
-    held.extend((0..50).map(|i| agent(&pool, i % 4).start_at(t0)));
-    pool.tick(t0 + 3 * S);
-    assert!((pool.hints().demand - 6.2).abs() < 1e-9);
-    assert_eq!(pool.hints().recommended, 7);
-}
-
-/// Two proxy replicas share a light load over the same four agents: each exports its own
-/// fraction of an agent, their sum is below one agent, so `ceil(sum)` asks for one agent. The
-/// per-replica `recommended` (rounded up, at least `min_agents`) would have summed to two.
-#[test]
-fn two_proxies_sharing_a_light_load_sum_to_less_than_one_agent() {
-    let hints = HintsConfig {
-        target_outstanding_per_agent: 8.0,
-        target_rpc_per_agent: Some(1000.0),
-        smoothing: Duration::ZERO,
-        ..HintsConfig::default()
-    };
-    let config = || PoolConfig {
-        hints: hints.clone(),
-        ..PoolConfig::default()
-    };
-    let (a, t0) = pool_of(4, config());
-    let (b, _) = pool_of(4, config());
-    a.tick(t0);
-    b.tick(t0);
-    // In one second: 300 RPCs through proxy a and 150 through proxy b (450 RPC/s in all),
-    // with 2 and 1 still outstanding at the tick.
-    for i in 0..300 {
-        request(&agent(&a, i % 4), t0, MS, Outcome::Success);
-    }
-    for i in 0..150 {
-        request(&agent(&b, i % 4), t0, MS, Outcome::Success);
-    }
-    let _held_a: Vec<InFlight> = (0..2).map(|i| agent(&a, i).start_at(t0)).collect();
-    let _held_b = agent(&b, 0).start_at(t0);
-    a.tick(t0 + S);
-    b.tick(t0 + S);
-    let (ha, hb) = (a.hints(), b.hints());
-    // By rate: (300 + 2) / 1000 and (150 + 1) / 1000 (the held ones started in this second
-    // too); by outstanding: 2 / 8 and 1 / 8. Each takes the larger.
-    assert!((ha.demand - 0.302).abs() < 1e-9, "{ha:?}");
-    assert!((hb.demand - 0.151).abs() < 1e-9, "{hb:?}");
-    let sum = ha.demand + hb.demand;
-    assert!(sum < 1.0, "summed demand {sum}");
-    assert_eq!(sum.ceil(), 1.0, "the HPA/KEDA query rounds once: one agent");
-    assert_eq!(
-        ha.recommended + hb.recommended,
-        2,
-        "rounded per replica: one too many"
-    );
-    // The same load through one proxy: the same demand, so the sum does not depend on how
-    // the clients spread over the replicas.
-    let (one, t0) = pool_of(4, config());
-    one.tick(t0);
-    for i in 0..450 {
-        request(&agent(&one, i % 4), t0, MS, Outcome::Success);
-    }
-    let _held_one: Vec<InFlight> = (0..3).map(|i| agent(&one, i).start_at(t0)).collect();
-    one.tick(t0 + S);
-    assert!((one.hints().demand - sum).abs() < 1e-9, "{:?}", one.hints());
-}
-
-#[test]
-fn hints_take_the_rate_when_it_needs_more_agents_and_stay_within_bounds() {
-    let hints = HintsConfig {
-        target_rpc_per_agent: Some(100.0),
-        min_agents: 2,
-        max_agents: 5,
-        ..hints_config()
-    };
-    let (pool, t0) = pool_of(
-        2,
-        PoolConfig {
-            hints,
-            ..PoolConfig::default()
-        },
-    );
-    pool.tick(t0);
-    assert_eq!(pool.hints().recommended, 2, "min_agents");
-    // 350 requests in one second: 350 RPC/s ÷ 100 = 4 agents, though none is outstanding.
-    for i in 0..350 {
-        request(&agent(&pool, i % 2), t0, MS, Outcome::Success);
-    }
-    pool.tick(t0 + S);
-    let h = pool.hints();
-    assert_eq!(
-        (h.by_rate, h.by_outstanding, h.recommended),
-        (Some(4), 0, 4),
-        "{h:?}"
-    );
-    assert!((h.rpc_rate - 350.0).abs() < 1e-6);
-    for i in 0..2_000 {
-        request(&agent(&pool, i % 2), t0 + S, MS, Outcome::Success);
-    }
-    pool.tick(t0 + 2 * S);
-    assert_eq!(pool.hints().recommended, 5, "max_agents");
-    let json = serde_json::to_value(pool.hints()).unwrap();
-    assert_eq!(json["recommended"], 5);
-    assert_eq!(json["by_rate"], 20);
-}
-
-#[test]
-fn smoothed_hints_rise_within_a_few_ticks() {
-    let hints = HintsConfig {
-        smoothing: Duration::from_secs(2),
-        ..hints_config()
-    };
-    let (pool, t0) = pool_of(
-        4,
-        PoolConfig {
-            hints,
-            ..PoolConfig::default()
-        },
-    );
-    pool.tick(t0);
-    let _held: Vec<InFlight> = (0..40).map(|i| agent(&pool, i % 4).start_at(t0)).collect();
-    let mut seen = Vec::new();
-    for s in 1..=10 {
-        pool.tick(t0 + s * S);
-        seen.push(pool.hints().recommended);
-    }
-    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
-    assert_eq!(seen[9], 4, "{seen:?}");
 }
 
 proptest! {
