@@ -94,7 +94,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// A duration written with a unit: `250us`, `20ms`, `5s`, `2m`.
+/// A duration written with a unit: `250us`, `20ms`, `1.5s`, `2m` (humantime's syntax, the same
+/// as the loadtest's). A bare number is rejected, `0` excepted: `10` could mean seconds or
+/// milliseconds, and a timeout off by a thousand fails silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Dur(pub Duration);
@@ -102,25 +104,22 @@ pub struct Dur(pub Duration);
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration (examples: 20ms, 5s, 1m)"))?;
-        let secs = match unit.trim() {
-            "us" | "µs" => value / 1e6,
-            "ms" => value / 1e3,
-            "s" => value,
-            "m" => value * 60.0,
-            "" if value == 0.0 => 0.0,
-            _ => return Err(format!("`{s}` needs a unit: us, ms, s or m (e.g. 20ms)")),
-        };
-        Duration::try_from_secs_f64(secs)
+        humantime::parse_duration(s.trim())
             .map(Dur)
-            .map_err(|_| format!("`{s}` is out of range"))
+            .map_err(|e| format!("`{s}` is not a duration: {e} (examples: 200us, 20ms, 1.5s, 2m)"))
+    }
+}
+
+impl From<Dur> for Duration {
+    fn from(d: Dur) -> Self {
+        d.0
+    }
+}
+
+impl fmt::Display for Dur {
+    /// The form `FromStr` reads back (`80ms`, `1m 30s`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
     }
 }
 
