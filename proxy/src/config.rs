@@ -12,14 +12,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agent_pool::PoolConfig;
+use agent_pool::source::kubernetes::ServiceRef;
+use agent_pool::{HostPort, PoolConfig};
 
 pub use options::{Cli, Command, Options};
-pub(crate) use values::split_host_port;
-pub use values::{Dur, ListenAddr, LogFormat, Mode, UpstreamMode};
+pub use values::{Dur, LogFormat, Mode, UpstreamMode};
+
+/// Where the proxy accepts module connections: `ip:port` (`0` picks a free port) or
+/// `unix:/path`. The same type as the agents' addresses, so both parse alike.
+pub use agent_pool::Address as ListenAddr;
 
 use options::merge;
-use values::parse_k8s;
 
 /// One problem found in the configuration, naming the option.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -426,20 +429,24 @@ impl Config {
                 "give only one of --agents, --agents-file, --agents-dns, --agents-k8s".into(),
             ),
         }
-        for a in self.agents.iter().filter(|a| !a.starts_with("unix:")) {
-            if let Err(e) = split_host_port(a) {
-                bad("agents", format!("`{a}`: {e}"));
+        for a in &self.agents {
+            if let Some(path) = a.strip_prefix("unix:") {
+                if path.is_empty() {
+                    bad("agents", format!("`{a}`: a Unix socket needs a path"));
+                }
+            } else if let Err(e) = a.parse::<HostPort>() {
+                bad("agents", format!("`{a}`: {}", e.why));
             }
         }
         if let Some(dns) = &self.agents_dns
-            && let Err(e) = split_host_port(dns)
+            && let Err(e) = dns.parse::<HostPort>()
         {
-            bad("agents-dns", format!("`{dns}`: {e}"));
+            bad("agents-dns", format!("`{dns}`: {}", e.why));
         }
         if let Some(k8s) = &self.agents_k8s
-            && let Err(e) = parse_k8s(k8s)
+            && let Err(e) = k8s.parse::<ServiceRef>()
         {
-            bad("agents-k8s", format!("`{k8s}`: {e}"));
+            bad("agents-k8s", e.to_string());
         }
         if problems.is_empty() {
             Ok(())
@@ -457,14 +464,15 @@ impl Config {
             return Some(Membership::File(path.clone()));
         }
         if let Some(dns) = &self.agents_dns {
-            let (name, port) = split_host_port(dns).ok()?;
-            return Some(Membership::Dns {
-                name: name.to_owned(),
-                port,
-            });
+            let HostPort { host, port } = dns.parse().ok()?;
+            return Some(Membership::Dns { name: host, port });
         }
         if let Some(k8s) = &self.agents_k8s {
-            let (namespace, service, port_name) = parse_k8s(k8s).ok()?;
+            let ServiceRef {
+                namespace,
+                service,
+                port_name,
+            } = k8s.parse().ok()?;
             return Some(Membership::Kubernetes {
                 namespace,
                 service,

@@ -138,3 +138,38 @@ fn membership_sources() {
     let p = parse(&["--agents", "nohost"]).unwrap_err();
     assert!(p[0].to_string().starts_with("--agents: `nohost`"), "{p:?}");
 }
+
+#[test]
+fn addresses_and_services_parse_as_agent_pool_parses_them() {
+    // The Kubernetes form is agent-pool's ServiceRef: names checked as the API server does.
+    let p = parse(&["--agents-k8s", "Sigsci/agents"]).unwrap_err();
+    assert_eq!(p[0].option, "agents-k8s");
+    assert!(p[0].message.contains("namespace \"Sigsci\""), "{p:?}");
+    // A name to resolve is agent-pool's HostPort.
+    let c = parse(&["--agents-dns", "agents.sigsci.svc:9999"]).unwrap();
+    assert_eq!(
+        c.membership(),
+        Some(Membership::Dns {
+            name: "agents.sigsci.svc".into(),
+            port: 9999
+        })
+    );
+    let p = parse(&["--agents-dns", "agents:0"]).unwrap_err();
+    assert!(p[0].message.contains("port 0"), "{p:?}");
+    // Listeners are agent-pool's Address.
+    let c = parse(&[
+        "--agents",
+        "unix:/run/agent.sock",
+        "--listen",
+        "[::1]:9999,unix:/run/p.sock",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.listen,
+        vec![
+            agent_pool::Address::Tcp("[::1]:9999".parse().unwrap()),
+            agent_pool::Address::Unix("/run/p.sock".into())
+        ]
+    );
+    assert!(Cli::try_parse_from(["sigsci-proxy", "--listen", "unix:"]).is_err());
+}

@@ -1,55 +1,13 @@
-//! The value types of options: listen addresses, durations with units, octal modes, enums,
-//! and the `host:port` and `NAMESPACE/SERVICE[:PORT]` forms.
+//! The value types of options the proxy alone reads: durations with units, octal modes, enums.
+//! Addresses (`Address`, `HostPort`) and `NAMESPACE/SERVICE[:PORT]` (`ServiceRef`) are
+//! agent-pool's, shared with the loadtest.
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::ValueEnum;
 use serde::Deserialize;
-
-/// Where the proxy accepts module connections.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum ListenAddr {
-    /// TCP `host:port` (`0` picks a free port).
-    Tcp(SocketAddr),
-    /// A Unix socket path (`unix:/path`).
-    Unix(PathBuf),
-}
-
-impl FromStr for ListenAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(path) = s.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("a unix listener needs a path, e.g. unix:/var/run/sigsci.sock".into());
-            }
-            return Ok(Self::Unix(PathBuf::from(path)));
-        }
-        s.parse::<SocketAddr>()
-            .map(Self::Tcp)
-            .map_err(|_| format!("`{s}` is neither `ip:port` nor `unix:/path`"))
-    }
-}
-
-impl TryFrom<String> for ListenAddr {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tcp(a) => write!(f, "{a}"),
-            Self::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
 
 /// File permissions written in octal (`0660`, `660` or `0o660`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -128,37 +86,4 @@ impl TryFrom<String> for Dur {
     fn try_from(s: String) -> Result<Self, String> {
         s.parse()
     }
-}
-
-/// `host:port` (IPv6 as `[::1]:port`) split in two, the port checked.
-pub(crate) fn split_host_port(s: &str) -> Result<(&str, u16), String> {
-    let (host, port) = s.rsplit_once(':').ok_or("expected host:port")?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Err("the host is empty".into());
-    }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("`{port}` is not a port number"))?;
-    if port == 0 {
-        return Err("port 0 cannot be dialled".into());
-    }
-    Ok((host, port))
-}
-
-pub(super) fn parse_k8s(s: &str) -> Result<(String, String, Option<String>), String> {
-    let (namespace, rest) = s
-        .split_once('/')
-        .ok_or("expected NAMESPACE/SERVICE[:PORTNAME]")?;
-    let (service, port_name) = match rest.split_once(':') {
-        Some((svc, port)) => (svc, Some(port.to_owned())),
-        None => (rest, None),
-    };
-    if namespace.is_empty() || service.is_empty() || port_name.as_deref() == Some("") {
-        return Err("expected NAMESPACE/SERVICE[:PORTNAME]".into());
-    }
-    Ok((namespace.to_owned(), service.to_owned(), port_name))
 }
