@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use clap::Parser;
 
 use super::*;
@@ -172,4 +174,57 @@ fn addresses_and_services_parse_as_agent_pool_parses_them() {
         ]
     );
     assert!(Cli::try_parse_from(["sigsci-proxy", "--listen", "unix:"]).is_err());
+}
+
+#[test]
+fn help_shows_each_default_from_the_table() {
+    let mut cmd = Cli::command_with_defaults();
+    let help = cmd.render_long_help().to_string();
+    for (flag, default) in [
+        ("--listen", "0.0.0.0:9999"),
+        ("--unix-socket-mode", "0666"),
+        ("--idle-timeout", "1m"),
+        ("--rpc-timeout", "80ms"),
+        ("--busy-poll", "0s"),
+        ("--upstream-mode", "mux"),
+        ("--hints-target-rpc", "1000"),
+    ] {
+        let at = help.find(&format!("{flag} <")).expect(flag);
+        let next = help[at + 2..]
+            .find("\n      --")
+            .map_or(help.len(), |n| at + 2 + n);
+        assert!(
+            help[at..next].contains(&format!("[default: {default}]")),
+            "{flag}: {}",
+            &help[at..next]
+        );
+    }
+    // Each default shown, given as the flag, leaves the configuration as it was.
+    let texts = options::default_texts();
+    assert_eq!(texts.len(), 34, "{texts:?}");
+    let base = format!("{:?}", parse(&["--agents", "127.0.0.1:1"]).unwrap());
+    for (id, text) in &texts {
+        let flag = format!("--{}", id.replace('_', "-"));
+        let c = parse(&["--agents", "127.0.0.1:1", &flag, text])
+            .unwrap_or_else(|e| panic!("{flag} {text}: {e:?}"));
+        assert_eq!(format!("{c:?}"), base, "{flag} {text}");
+    }
+    let drain = cmd
+        .find_subcommand_mut("drain")
+        .unwrap()
+        .render_help()
+        .to_string();
+    assert!(drain.contains("[default: 127.0.0.1:9090]"), "{drain}");
+}
+
+#[test]
+fn defaults_are_the_tables() {
+    let c = Config::default();
+    assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.unix_socket_mode, 0o666);
+    assert_eq!(c.busy_poll, Duration::ZERO);
+    assert_eq!(c.control_socket, None);
+    assert_eq!(c.agents_k8s, None);
+    assert!(c.agents.is_empty());
+    assert_eq!(c.gone_grace, PoolConfig::default().gone_grace);
 }

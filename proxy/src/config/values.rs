@@ -25,6 +25,19 @@ impl FromStr for Mode {
     }
 }
 
+impl From<Mode> for u32 {
+    fn from(m: Mode) -> Self {
+        m.0
+    }
+}
+
+impl fmt::Display for Mode {
+    /// Octal, as `FromStr` reads it (`0666`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
 impl TryFrom<String> for Mode {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
@@ -50,6 +63,25 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The name an enum value is given by (`mux`, `per-call`, `json`).
+fn value_name(v: &impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+impl fmt::Display for UpstreamMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&value_name(self))
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&value_name(self))
+    }
 }
 
 /// A duration written with a unit: `250us`, `20ms`, `1.5s`, `2m` (humantime's syntax, the same
