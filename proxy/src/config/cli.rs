@@ -28,7 +28,7 @@ pub enum Command {
     /// Unix socket, never the network), for an exec preStop hook. Run with the server's
     /// `SIGSCI_PROXY_*` environment it finds the server's socket with no flag.
     Drain {
-        /// The proxy's control socket [default: as the server derives it].
+        /// The proxy's control socket (default: the one the server derives).
         #[arg(long, env = "SIGSCI_PROXY_CONTROL_SOCKET", value_name = "PATH")]
         control_socket: Option<PathBuf>,
         /// The proxy's admin address, from which the default control socket is derived.

@@ -32,7 +32,7 @@ options! {
     admin: SocketAddr => SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090)),
 
     /// Control socket (Unix, mode 0600) where `sigsci-proxy drain` asks this process to drain
-    /// [default: /tmp/sigsci-proxy-<admin port>.ctl].
+    /// (default: `/tmp/sigsci-proxy-<admin port>.ctl`).
     #[arg(env = "SIGSCI_PROXY_CONTROL_SOCKET", value_name = "PATH")]
     control_socket: PathBuf => Option<PathBuf>,
 
