@@ -119,28 +119,19 @@ displayed!(
     usize,
     f64,
     bool,
+    String,
     SocketAddr,
+    ListenAddr,
     Dur,
     Mode,
     UpstreamMode,
     LogFormat
 );
 
+/// A list reads comma-separated, as `value_delimiter = ','` takes it; an empty one shows none.
 impl<T: DefaultText> DefaultText for Vec<T> {
     fn default_text(&self) -> Option<String> {
         let texts: Option<Vec<String>> = self.iter().map(T::default_text).collect();
         texts.filter(|t| !t.is_empty()).map(|t| t.join(","))
-    }
-}
-
-impl DefaultText for ListenAddr {
-    fn default_text(&self) -> Option<String> {
-        Some(self.to_string())
-    }
-}
-
-impl DefaultText for String {
-    fn default_text(&self) -> Option<String> {
-        Some(self.clone())
     }
 }
