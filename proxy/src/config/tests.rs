@@ -228,3 +228,34 @@ fn defaults_are_the_tables() {
     assert!(c.agents.is_empty());
     assert_eq!(c.gone_grace, PoolConfig::default().gone_grace);
 }
+
+#[test]
+fn zero_counts_and_periods_are_refused_by_name() {
+    let zeroes = [
+        "backlog",
+        "max-connections",
+        "max-in-flight-per-connection",
+        "upstream-connections",
+        "max-in-flight",
+        "eject-after",
+        "connect-timeout",
+        "rpc-timeout",
+        "idle-timeout",
+        "write-timeout",
+        "frame-read-timeout",
+        "latency-decay",
+        "agents-file-poll",
+    ];
+    let mut args = vec!["--agents".to_owned(), "127.0.0.1:1".to_owned()];
+    for option in zeroes {
+        args.extend([format!("--{option}"), "0".to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let problems = parse(&args).unwrap_err();
+    for option in zeroes {
+        assert!(
+            problems.iter().any(|p| p.option == option),
+            "{option}: {problems:?}"
+        );
+    }
+}

@@ -33,14 +33,36 @@ impl Config {
         if self.listen.is_empty() {
             bad("listen", "at least one address is needed".into());
         }
-        if self.backlog == 0 {
-            bad("backlog", "must be at least 1".into());
+        let counts = [
+            ("backlog", self.backlog as usize),
+            ("max-connections", self.max_connections),
+            (
+                "max-in-flight-per-connection",
+                self.max_in_flight_per_connection,
+            ),
+            ("upstream-connections", self.upstream_connections),
+            ("max-in-flight", self.max_in_flight),
+            ("eject-after", self.eject_after as usize),
+        ];
+        for (option, n) in counts {
+            if n == 0 {
+                bad(option, "must be at least 1".into());
+            }
         }
-        if self.max_connections == 0 {
-            bad("max-connections", "must be at least 1".into());
-        }
-        if self.max_in_flight_per_connection == 0 {
-            bad("max-in-flight-per-connection", "must be at least 1".into());
+        let periods = [
+            ("connect-timeout", self.connect_timeout),
+            ("rpc-timeout", self.rpc_timeout),
+            ("idle-timeout", self.idle_timeout),
+            ("write-timeout", self.write_timeout),
+            ("frame-read-timeout", self.frame_read_timeout),
+            ("latency-decay", self.latency_decay),
+            ("agents-file-poll", self.agents_file_poll),
+            ("agents-dns-interval", self.agents_dns_interval),
+        ];
+        for (option, d) in periods {
+            if d.is_zero() {
+                bad(option, "must be more than 0".into());
+            }
         }
         if self.max_frame_bytes < 64 {
             bad(
@@ -48,15 +70,7 @@ impl Config {
                 format!("{} is too small (at least 64)", self.max_frame_bytes),
             );
         }
-        if self.upstream_connections == 0 {
-            bad("upstream-connections", "must be at least 1".into());
-        }
-        if self.connect_timeout.is_zero() {
-            bad("connect-timeout", "must be more than 0".into());
-        }
-        if self.rpc_timeout.is_zero() {
-            bad("rpc-timeout", "must be more than 0".into());
-        } else if self.connect_timeout > self.rpc_timeout {
+        if !self.rpc_timeout.is_zero() && self.connect_timeout > self.rpc_timeout {
             bad(
                 "connect-timeout",
                 format!(
@@ -71,9 +85,6 @@ impl Config {
                 format!("{:?} is longer than a minute", self.rpc_timeout),
             );
         }
-        if self.idle_timeout.is_zero() {
-            bad("idle-timeout", "must be more than 0".into());
-        }
         if self.max_partial_bytes < self.max_frame_bytes {
             bad(
                 "max-partial-bytes",
@@ -82,9 +93,6 @@ impl Config {
                     self.max_partial_bytes, self.max_frame_bytes
                 ),
             );
-        }
-        if self.max_in_flight == 0 {
-            bad("max-in-flight", "must be at least 1".into());
         }
         if self.max_in_flight_bytes < self.max_frame_bytes {
             bad(
@@ -95,23 +103,11 @@ impl Config {
                 ),
             );
         }
-        if self.write_timeout.is_zero() {
-            bad("write-timeout", "must be positive".into());
-        }
-        if self.frame_read_timeout.is_zero() {
-            bad("frame-read-timeout", "must be more than 0".into());
-        }
         if !(0.0..=1.0).contains(&self.retry_budget) {
             bad(
                 "retry-budget",
                 format!("{} is not a ratio between 0 and 1", self.retry_budget),
             );
-        }
-        if self.eject_after == 0 {
-            bad("eject-after", "must be at least 1".into());
-        }
-        if self.latency_decay.is_zero() {
-            bad("latency-decay", "must be more than 0".into());
         }
         if self.hints_target_outstanding.is_nan() || self.hints_target_outstanding <= 0.0 {
             bad(
@@ -142,12 +138,6 @@ impl Config {
                     self.drain_delay, self.drain_timeout
                 ),
             );
-        }
-        if self.agents_file_poll.is_zero() {
-            bad("agents-file-poll", "must be more than 0".into());
-        }
-        if self.agents_dns_interval.is_zero() {
-            bad("agents-dns-interval", "must be more than 0".into());
         }
         let sources = [
             !self.agents.is_empty(),
