@@ -1,5 +1,7 @@
 //! What a membership source knows about an agent: its identity, its address and whether it
-//! still takes new work, plus the [`Update`]s every source yields.
+//! still takes new work, plus the [`Update`]s every source yields. The address forms here
+//! ([`Address`], [`HostPort`]) are the ones every option of the workspace reads: the proxy's
+//! listeners and agents, and the loadtest's targets.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -69,8 +71,8 @@ impl<'de> Deserialize<'de> for EndpointId {
     }
 }
 
-/// Where an agent listens for RPC: TCP (`1.2.3.4:9999`, `[::1]:9999`) or a Unix socket
-/// (`unix:/var/run/sigsci.sock`). `Display` and `FromStr` use those forms.
+/// Where an agent (or the proxy) listens for RPC: TCP (`1.2.3.4:9999`, `[::1]:9999`) or a Unix
+/// socket (`unix:/var/run/sigsci.sock`). `Display` and `FromStr` use those forms.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Address {
     /// A TCP socket address.
@@ -81,7 +83,7 @@ pub enum Address {
 
 /// Why a text is not an [`Address`].
 #[derive(Debug, thiserror::Error)]
-#[error("invalid agent address {text:?}: expected IP:PORT, [IPv6]:PORT or unix:/path")]
+#[error("invalid address {text:?}: expected IP:PORT, [IPv6]:PORT or unix:/path")]
 pub struct AddressError {
     /// The rejected text.
     pub text: String,
@@ -136,6 +138,69 @@ impl<'de> Deserialize<'de> for Address {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `HOST:PORT` where the host may be a name to resolve (`agent-0.agents:9999`,
+/// `sigsci-agent.sigsci.svc:9999`) or an IP literal (`10.0.0.7:9999`, `[::1]:9999`): how an
+/// option names something to dial before it is resolved to an [`Address`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// The name or IP literal, without the brackets of an IPv6 literal.
+    pub host: String,
+    /// The port, never 0 (it cannot be dialled).
+    pub port: u16,
+}
+
+/// Why a text is not a [`HostPort`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid host:port {text:?}: {why}")]
+pub struct HostPortError {
+    /// The rejected text.
+    pub text: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+impl FromStr for HostPort {
+    type Err = HostPortError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |why: String| HostPortError {
+            text: text.to_owned(),
+            why,
+        };
+        let s = text.trim();
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected HOST:PORT".into()))?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err(bad("the host is empty".into()));
+        }
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad(format!("`{port}` is not a port number")))?;
+        if port == 0 {
+            return Err(bad("port 0 cannot be dialled".into()));
+        }
+        Ok(HostPort {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -210,6 +275,32 @@ mod tests {
         assert!("nonsense".parse::<Address>().is_err());
         assert!("unix:".parse::<Address>().is_err());
         assert!("10.0.0.7".parse::<Address>().is_err());
+    }
+
+    #[test]
+    fn host_ports_take_names_and_literals_and_refuse_what_cannot_be_dialled() {
+        for (text, host, port) in [
+            ("agent-0.agents:9999", "agent-0.agents", 9999),
+            ("10.0.0.7:9999", "10.0.0.7", 9999),
+            ("[::1]:9999", "::1", 9999),
+        ] {
+            let hp: HostPort = text.parse().unwrap();
+            assert_eq!((hp.host.as_str(), hp.port), (host, port));
+            assert_eq!(hp.to_string(), text, "round trip");
+        }
+        for (text, why) in [
+            ("nohost", "expected HOST:PORT"),
+            (":9999", "the host is empty"),
+            ("agents:http", "not a port number"),
+            ("agents:0", "port 0"),
+        ] {
+            let err = text.parse::<HostPort>().expect_err(text).to_string();
+            assert!(err.contains(why), "{text}: {err}");
+            assert!(
+                err.contains(&format!("{text:?}")),
+                "{text}: quotes it: {err}"
+            );
+        }
     }
 
     #[test]

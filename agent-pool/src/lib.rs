@@ -26,7 +26,9 @@ mod token;
 mod tests;
 
 pub use agent::{Agent, AgentState, AgentStats, InFlight, Outcome};
-pub use endpoint::{Address, AddressError, Endpoint, EndpointId, SourceState, Update};
+pub use endpoint::{
+    Address, AddressError, Endpoint, EndpointId, HostPort, HostPortError, SourceState, Update,
+};
 pub use health::EjectionConfig;
 pub use hints::{Hints, HintsConfig};
 pub use pool::{ConfigError, Pool, PoolConfig};

@@ -1,5 +1,6 @@
 //! RPC addresses as modules and agents write them: `host:port` for TCP, or a Unix socket path
-//! (`unix:/path` or any text containing a `/`).
+//! (`unix:/path` or any text containing a `/`). The text is parsed by agent-pool's `Address`
+//! and `HostPort`, the proxy's own parsers, so the loadtest accepts what the proxy accepts.
 
 use std::fmt;
 use std::io;
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use agent_pool::{Address, HostPort};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 
@@ -22,23 +24,32 @@ pub enum RpcAddr {
 
 impl std::str::FromStr for RpcAddr {
     type Err = String;
+    /// agent-pool's forms, as the proxy reads them: an [`Address`] (`ip:port`, `unix:/path`) or
+    /// a [`HostPort`] to resolve when used; and, the loadtest's shorthand, a bare socket path
+    /// (any text with a `/`).
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        if s.is_empty() {
-            return Err("empty address".into());
+        if let Ok(address) = s.parse::<Address>() {
+            return Ok(address.into());
         }
-        if let Some(path) = s.strip_prefix("unix:") {
-            return Ok(RpcAddr::Unix(PathBuf::from(path)));
+        if s.starts_with("unix:") {
+            return Err(format!("address {s:?}: a Unix socket needs a path"));
         }
         if s.contains('/') {
             return Ok(RpcAddr::Unix(PathBuf::from(s)));
         }
-        if !s.contains(':') {
-            return Err(format!(
-                "address {s:?} is neither host:port nor a socket path"
-            ));
+        s.parse::<HostPort>()
+            .map(|_| RpcAddr::Tcp(s.to_owned()))
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl From<Address> for RpcAddr {
+    fn from(a: Address) -> Self {
+        match a {
+            Address::Tcp(a) => a.into(),
+            Address::Unix(p) => RpcAddr::Unix(p),
         }
-        Ok(RpcAddr::Tcp(s.to_string()))
     }
 }
 
@@ -240,7 +251,18 @@ mod tests {
             "/var/run/sigsci.sock".parse(),
             Ok(RpcAddr::Unix("/var/run/sigsci.sock".into()))
         );
+        assert_eq!(
+            "agent-0.agents:9999".parse(),
+            Ok(RpcAddr::Tcp("agent-0.agents:9999".into()))
+        );
+        assert_eq!(
+            "[::1]:0".parse(),
+            Ok(RpcAddr::Tcp("[::1]:0".into())),
+            "port 0 to listen on"
+        );
         assert!("nonsense".parse::<RpcAddr>().is_err());
+        assert!("agents:http".parse::<RpcAddr>().is_err());
+        assert!("unix:".parse::<RpcAddr>().is_err());
         assert_eq!(RpcAddr::Unix("/x".into()).to_string(), "unix:/x");
     }
 }

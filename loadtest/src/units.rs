@@ -2,29 +2,12 @@
 
 use std::time::Duration;
 
-/// Parses a duration such as `200us`, `5ms`, `1.5s`, `2m` or a bare number of seconds.
+/// Parses a duration with its unit: `200us`, `5ms`, `1.5s`, `2m` (humantime's syntax, the same
+/// as the proxy's options). A bare number is an error, `0` excepted: `10` could be seconds or
+/// milliseconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?} (examples: 200us, 5ms, 10s)"))?;
-    let scale = match unit.trim() {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" | "" => 1.0,
-        "m" | "min" => 60.0,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?}")),
-    };
-    let secs = value * scale;
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {text:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 200us, 5ms, 10s)"))
 }
 
 /// How long the simulated agent works on one RPC.
@@ -84,7 +67,9 @@ mod tests {
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("200us").unwrap(), Duration::from_micros(200));
         assert_eq!(parse_duration("5ms").unwrap(), Duration::from_millis(5));
-        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("10").is_err(), "a bare number has no unit");
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("5 parsecs").is_err());
         assert_eq!(

@@ -9,61 +9,11 @@
 //! the load, up to one core.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::drain::InFlightCount;
-
-/// When the proxy last had work, for the poller to decide between spinning and sleeping.
-#[derive(Debug)]
-pub(crate) struct Activity {
-    base: Instant,
-    /// Nanoseconds from `base` to the end of the last RPC; `u64::MAX` before the first.
-    last_finish: AtomicU64,
-    first_started: Notify,
-    /// Zero-timeout polls made so far.
-    spins: AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self {
-            base: Instant::now(),
-            last_finish: AtomicU64::new(u64::MAX),
-            first_started: Notify::new(),
-            spins: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Activity {
-    /// An RPC started with none in flight: wake the poller if it sleeps.
-    pub(crate) fn first_started(&self) {
-        self.first_started.notify_one();
-    }
-    /// An RPC finished.
-    pub(crate) fn finished(&self) {
-        self.last_finish
-            .store(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
-    fn since_last_finish(&self) -> Duration {
-        match self.last_finish.load(Ordering::Relaxed) {
-            u64::MAX => Duration::MAX,
-            last => self
-                .base
-                .elapsed()
-                .saturating_sub(Duration::from_nanos(last)),
-        }
-    }
-    /// Zero-timeout polls made so far.
-    #[cfg(test)]
-    pub(crate) fn spins(&self) -> u64 {
-        self.spins.load(Ordering::Relaxed)
-    }
-}
+use crate::in_flight::InFlightCount;
 
 /// Spins the runtime's poll loop while there is or just was work; returns at `exit`, or at
 /// once when `in_flight` keeps no activity record.
@@ -78,14 +28,14 @@ pub(crate) async fn run(in_flight: Arc<InFlightCount>, window: Duration, exit: C
             // with a zero timeout before running it again: that poll is the spin.
             std::thread::yield_now();
             tokio::task::yield_now().await;
-            activity.spins.fetch_add(1, Ordering::Relaxed);
+            activity.spun();
             if exit.is_cancelled() {
                 return;
             }
             continue;
         }
         tokio::select! {
-            () = activity.first_started.notified() => {}
+            () = activity.started() => {}
             () = exit.cancelled() => return,
         }
     }

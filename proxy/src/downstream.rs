@@ -59,11 +59,17 @@ impl Conn for UnixStream {
     fn reset_on_close(&self) {}
 }
 
+/// What woke the connection task, one `select!` round at a time.
 enum Event {
+    /// A call in flight finished: its answer (or error frame) to write back.
     Answer(Bytes),
+    /// The module sent bytes (`Ok(0)`: it closed its side).
     Read(std::io::Result<usize>),
+    /// The idle or frame-read deadline passed.
     Timeout,
+    /// The proxy drains: finish what is in flight, read nothing new.
     Stop,
+    /// Admission took the slot away (the longest idle at the limit, or over the byte budget).
     Shed,
 }
 

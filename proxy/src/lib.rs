@@ -24,6 +24,7 @@ mod control;
 mod downstream;
 mod drain;
 mod error;
+mod in_flight;
 mod listener;
 mod metrics;
 mod route;

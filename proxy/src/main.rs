@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use sigsci_proxy::config::{Cli, Command, LogFormat};
 use sigsci_proxy::{Config, request_drain};
 use std::net::SocketAddr;
@@ -12,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_defaults();
     if let Some(Command::Drain {
         control_socket,
         admin,

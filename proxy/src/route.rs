@@ -13,8 +13,8 @@ use tracing::debug;
 
 use crate::affinity;
 use crate::codec::{Frame, Method, error_response};
-use crate::drain::InFlightCount;
 use crate::error::{RetryType, UpstreamError};
+use crate::in_flight::InFlightCount;
 use crate::metrics as m;
 use crate::upstream::Upstreams;
 

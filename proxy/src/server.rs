@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_pool::{Address, Endpoint, EndpointId, Pool, Updates, source};
+use agent_pool::{Address, Endpoint, EndpointId, HostPort, Pool, Updates, source};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -21,10 +21,11 @@ use crate::admin::{self, AdminState};
 use crate::admission::{self, Admission};
 use crate::busy_poll;
 use crate::codec::Limits;
-use crate::config::{Config, ListenAddr, Membership, split_host_port};
+use crate::config::{Config, ListenAddr, Membership};
 use crate::control::ControlSocket;
 use crate::downstream::Shared;
-use crate::drain::{DrainReport, InFlightCount, Readiness};
+use crate::drain::{DrainReport, Readiness};
+use crate::in_flight::InFlightCount;
 use crate::listener::{self, Listener};
 use crate::metrics as m;
 use crate::route::{RetryBudget, Router};
@@ -355,9 +356,8 @@ async fn resolve(text: &str) -> anyhow::Result<Endpoint> {
     if let Ok(address) = text.parse::<Address>() {
         return Ok(Endpoint::new(address));
     }
-    let (host, port) =
-        split_host_port(text).map_err(|e| anyhow::anyhow!("--agents {text}: {e}"))?;
-    let addr = tokio::net::lookup_host((host, port))
+    let HostPort { host, port } = text.parse().context("--agents")?;
+    let addr = tokio::net::lookup_host((host.as_str(), port))
         .await
         .with_context(|| format!("--agents: cannot resolve {text}"))?
         .next()

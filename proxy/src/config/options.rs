@@ -1,272 +1,206 @@
-//! The options as given: the clap command line (flags and `SIGSCI_PROXY_*` environment) and
-//! the TOML file's keys, each optional so that the layers merge field by field.
+//! The option table: every option of the proxy, each written once with its flag, environment
+//! variable, help, type and default. The `options!` macro (`table.rs`) makes [`Options`] (flags,
+//! `SIGSCI_PROXY_*` environment and TOML keys, each optional so the layers merge field by
+//! field) and [`Config`] (defaults applied) from it.
+//!
+//! Help says what an option does, its unit, and when to change it; `--help` adds the default.
+//! Figures measured on one machine belong in `docs/measurements.md`, not here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use agent_pool::PoolConfig;
 
+use super::table::options;
 use super::{Dur, ListenAddr, LogFormat, Mode, UpstreamMode};
 
-/// Command line of the `sigsci-proxy` binary.
-#[derive(Debug, Parser)]
-#[command(name = "sigsci-proxy", version, about, long_about = None)]
-pub struct Cli {
-    /// A subcommand; without one the proxy runs.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Options of the proxy itself.
-    #[command(flatten)]
-    pub options: Options,
+/// The agent pool's own defaults, so the options that tune the pool state none of their own.
+fn pool() -> PoolConfig {
+    PoolConfig::default()
 }
 
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Ask the proxy running on this machine to drain, through its control socket (a local
-    /// Unix socket, never the network), for an exec preStop hook. Run with the server's
-    /// `SIGSCI_PROXY_*` environment it finds the server's socket with no flag.
-    Drain {
-        /// The proxy's control socket [default: as the server derives it].
-        #[arg(long, env = "SIGSCI_PROXY_CONTROL_SOCKET", value_name = "PATH")]
-        control_socket: Option<PathBuf>,
-        /// The proxy's admin address, from which the default control socket is derived
-        /// [default: 127.0.0.1:9090].
-        #[arg(long, env = "SIGSCI_PROXY_ADMIN", value_name = "ADDR")]
-        admin: Option<SocketAddr>,
-        /// The proxy's TOML file, read for `control-socket` and `admin`.
-        #[arg(long, env = "SIGSCI_PROXY_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
-    },
-}
+options! {
+    /// Address to accept module RPCs on: `ip:port` or `unix:/path`; repeatable or
+    /// comma-separated.
+    #[arg(env = "SIGSCI_PROXY_LISTEN", value_delimiter = ',', value_name = "ADDR")]
+    listen: Vec<ListenAddr> => Vec<ListenAddr> =
+        vec![ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], 9999)))],
 
-/// Every proxy option, as given on the command line, in the environment or in the TOML file.
-///
-/// Each field is optional so that the three layers can be merged; [`Config`] holds the result
-/// with defaults applied. Keys in the TOML file are the flag names (`rpc-timeout = "80ms"`).
-#[derive(Debug, Default, Clone, Args, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Options {
-    /// TOML file with any of these options (keys are the flag names); flags and env win over it.
-    #[arg(long, env = "SIGSCI_PROXY_CONFIG", value_name = "FILE")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
+    /// Admin HTTP address, read-only (/metrics, /healthz, /readyz, /agents, /hints).
+    #[arg(env = "SIGSCI_PROXY_ADMIN", value_name = "ADDR")]
+    admin: SocketAddr => SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090)),
 
-    /// Address to accept module RPCs on: `host:port` or `unix:/path`; repeatable or
-    /// comma-separated [default: 0.0.0.0:9999].
-    #[arg(
-        long,
-        env = "SIGSCI_PROXY_LISTEN",
-        value_delimiter = ',',
-        value_name = "ADDR"
-    )]
-    pub listen: Option<Vec<ListenAddr>>,
-    /// Admin HTTP address, read-only (/metrics, /healthz, /readyz, /agents, /hints)
-    /// [default: 127.0.0.1:9090].
-    #[arg(long, env = "SIGSCI_PROXY_ADMIN", value_name = "ADDR")]
-    pub admin: Option<SocketAddr>,
     /// Control socket (Unix, mode 0600) where `sigsci-proxy drain` asks this process to drain
-    /// [default: /tmp/sigsci-proxy-<admin port>.ctl].
-    #[arg(long, env = "SIGSCI_PROXY_CONTROL_SOCKET", value_name = "PATH")]
-    pub control_socket: Option<PathBuf>,
+    /// (default: `/tmp/sigsci-proxy-<admin port>.ctl`).
+    #[arg(env = "SIGSCI_PROXY_CONTROL_SOCKET", value_name = "PATH")]
+    control_socket: PathBuf => Option<PathBuf>,
+
     /// Permissions of `unix:` RPC listeners, octal; modules run as another user (the web
-    /// server's) and one refused fails open [default: 0666].
-    #[arg(long, env = "SIGSCI_PROXY_UNIX_SOCKET_MODE", value_name = "OCTAL")]
-    pub unix_socket_mode: Option<Mode>,
-    /// Accept backlog of each listening socket [default: 4096].
-    #[arg(long, env = "SIGSCI_PROXY_BACKLOG", value_name = "N")]
-    pub backlog: Option<u32>,
-    /// Set SO_REUSEPORT on TCP listeners [default: false].
-    #[arg(long, env = "SIGSCI_PROXY_REUSE_PORT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub reuse_port: Option<bool>,
+    /// server's) and one refused fails open.
+    #[arg(env = "SIGSCI_PROXY_UNIX_SOCKET_MODE", value_name = "OCTAL")]
+    unix_socket_mode: Mode => u32 = Mode(crate::listener::DEFAULT_UNIX_MODE),
+
+    /// Accept backlog of each listening socket.
+    #[arg(env = "SIGSCI_PROXY_BACKLOG", value_name = "N")]
+    backlog: u32 => u32 = 4096,
+
+    /// Set SO_REUSEPORT on TCP listeners.
+    #[arg(
+        env = "SIGSCI_PROXY_REUSE_PORT",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    reuse_port: bool => bool = false,
+
     /// Maximum open downstream connections, lowered at start-up to leave file descriptors for
     /// agents and the admin port. At the limit the longest-idle connection makes room; with
-    /// none idle a new connection is reset [default: 20000].
-    #[arg(long, env = "SIGSCI_PROXY_MAX_CONNECTIONS", value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// Maximum RPCs in flight on one downstream connection (pipelining) [default: 64].
-    #[arg(
-        long,
-        env = "SIGSCI_PROXY_MAX_IN_FLIGHT_PER_CONNECTION",
-        value_name = "N"
-    )]
-    pub max_in_flight_per_connection: Option<usize>,
-    /// Close a downstream connection idle (no RPC in flight, no bytes) this long [default: 60s].
-    #[arg(long, env = "SIGSCI_PROXY_IDLE_TIMEOUT", value_name = "DURATION")]
-    pub idle_timeout: Option<Dur>,
-    /// A frame must arrive completely within this time of its first byte (slow clients)
-    /// [default: 5s].
-    #[arg(long, env = "SIGSCI_PROXY_FRAME_READ_TIMEOUT", value_name = "DURATION")]
-    pub frame_read_timeout: Option<Dur>,
+    /// none idle a new connection is reset.
+    #[arg(env = "SIGSCI_PROXY_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: usize => usize = 20_000,
+
+    /// Maximum RPCs in flight on one downstream connection (pipelining).
+    #[arg(env = "SIGSCI_PROXY_MAX_IN_FLIGHT_PER_CONNECTION", value_name = "N")]
+    max_in_flight_per_connection: usize => usize = 64,
+
+    /// Close a downstream connection idle (no RPC in flight, no bytes) this long.
+    #[arg(env = "SIGSCI_PROXY_IDLE_TIMEOUT", value_name = "DURATION")]
+    idle_timeout: Dur => Duration = Dur(Duration::from_secs(60)),
+
+    /// A frame must arrive completely within this time of its first byte (slow clients).
+    #[arg(env = "SIGSCI_PROXY_FRAME_READ_TIMEOUT", value_name = "DURATION")]
+    frame_read_timeout: Dur => Duration = Dur(Duration::from_secs(5)),
+
     /// Largest frame accepted from a module or an agent, in bytes: room for the largest request
-    /// a module sends (headers up to 1 MB plus the body) [default: 4194304].
-    #[arg(long, env = "SIGSCI_PROXY_MAX_FRAME_BYTES", value_name = "BYTES")]
-    pub max_frame_bytes: Option<usize>,
+    /// a module sends (headers up to 1 MB plus the body).
+    #[arg(env = "SIGSCI_PROXY_MAX_FRAME_BYTES", value_name = "BYTES")]
+    max_frame_bytes: usize => usize = 4 << 20,
+
     /// Bytes all connections together may hold in partly received frames; past it the
-    /// connection holding the most is reset [default: 67108864].
-    #[arg(long, env = "SIGSCI_PROXY_MAX_PARTIAL_BYTES", value_name = "BYTES")]
-    pub max_partial_bytes: Option<usize>,
-    /// RPCs in flight across the proxy; past it a call is answered with an error frame at once
-    /// [default: 10000].
-    #[arg(long, env = "SIGSCI_PROXY_MAX_IN_FLIGHT", value_name = "N")]
-    pub max_in_flight: Option<usize>,
+    /// connection holding the most is reset.
+    #[arg(env = "SIGSCI_PROXY_MAX_PARTIAL_BYTES", value_name = "BYTES")]
+    max_partial_bytes: usize => usize = 64 << 20,
+
+    /// RPCs in flight across the proxy; past it a call is answered with an error frame at once.
+    #[arg(env = "SIGSCI_PROXY_MAX_IN_FLIGHT", value_name = "N")]
+    max_in_flight: usize => usize = 10_000,
+
     /// Bytes of requests in flight across the proxy; past it a call is answered with an error
-    /// frame at once [default: 67108864].
-    #[arg(long, env = "SIGSCI_PROXY_MAX_IN_FLIGHT_BYTES", value_name = "BYTES")]
-    pub max_in_flight_bytes: Option<usize>,
-    /// Time to write one answer to a module; a module that does not read is reset after it
-    /// [default: 1s].
-    #[arg(long, env = "SIGSCI_PROXY_WRITE_TIMEOUT", value_name = "DURATION")]
-    pub write_timeout: Option<Dur>,
+    /// frame at once.
+    #[arg(env = "SIGSCI_PROXY_MAX_IN_FLIGHT_BYTES", value_name = "BYTES")]
+    max_in_flight_bytes: usize => usize = 64 << 20,
+
+    /// Time to write one answer to a module; a module that does not read is reset after it.
+    #[arg(env = "SIGSCI_PROXY_WRITE_TIMEOUT", value_name = "DURATION")]
+    write_timeout: Dur => Duration = Dur(Duration::from_secs(1)),
 
     /// Static agent list, `host:port,host:port` or `unix:/path` (one of the four membership
-    /// sources).
-    #[arg(
-        long,
-        env = "SIGSCI_PROXY_AGENTS",
-        value_delimiter = ',',
-        value_name = "ADDRS"
-    )]
-    pub agents: Option<Vec<String>>,
+    /// sources); a name is resolved once, at start-up.
+    #[arg(env = "SIGSCI_PROXY_AGENTS", value_delimiter = ',', value_name = "ADDRS")]
+    agents: Vec<String> => Vec<String> = Vec::new(),
+
     /// JSON or TOML file listing the agents, re-read when it changes.
-    #[arg(long, env = "SIGSCI_PROXY_AGENTS_FILE", value_name = "PATH")]
-    pub agents_file: Option<PathBuf>,
-    /// How often the agents file is checked for changes (a stat; cheap) [default: 100ms].
-    #[arg(long, env = "SIGSCI_PROXY_AGENTS_FILE_POLL", value_name = "DURATION")]
-    pub agents_file_poll: Option<Dur>,
+    #[arg(env = "SIGSCI_PROXY_AGENTS_FILE", value_name = "PATH")]
+    agents_file: PathBuf => Option<PathBuf>,
+
+    /// How often the agents file is checked for changes (a stat; cheap).
+    #[arg(env = "SIGSCI_PROXY_AGENTS_FILE_POLL", value_name = "DURATION")]
+    agents_file_poll: Dur => Duration = Dur(Duration::from_millis(100)),
+
     /// DNS name (of a headless Service) resolved to the agents, `NAME:PORT`.
-    #[arg(long, env = "SIGSCI_PROXY_AGENTS_DNS", value_name = "NAME:PORT")]
-    pub agents_dns: Option<String>,
-    /// How often the DNS name is resolved again [default: 5s].
-    #[arg(
-        long,
-        env = "SIGSCI_PROXY_AGENTS_DNS_INTERVAL",
-        value_name = "DURATION"
-    )]
-    pub agents_dns_interval: Option<Dur>,
+    #[arg(env = "SIGSCI_PROXY_AGENTS_DNS", value_name = "NAME:PORT")]
+    agents_dns: String => Option<String>,
+
+    /// How often the DNS name is resolved again.
+    #[arg(env = "SIGSCI_PROXY_AGENTS_DNS_INTERVAL", value_name = "DURATION")]
+    agents_dns_interval: Dur => Duration = Dur(Duration::from_secs(5)),
+
     /// Kubernetes EndpointSlices of a Service, `NAMESPACE/SERVICE[:PORTNAME]`.
-    #[arg(long, env = "SIGSCI_PROXY_AGENTS_K8S", value_name = "NS/SVC[:PORT]")]
-    pub agents_k8s: Option<String>,
+    #[arg(env = "SIGSCI_PROXY_AGENTS_K8S", value_name = "NS/SVC[:PORT]")]
+    agents_k8s: String => Option<String>,
 
     /// Upstream connection mode: `mux` (a few persistent multiplexed connections per agent) or
-    /// `per-call` (one connection per RPC) [default: mux].
-    #[arg(long, env = "SIGSCI_PROXY_UPSTREAM_MODE", value_name = "MODE")]
-    pub upstream_mode: Option<UpstreamMode>,
-    /// Persistent connections per agent in `mux` mode [default: 2].
-    #[arg(long, env = "SIGSCI_PROXY_UPSTREAM_CONNECTIONS", value_name = "N")]
-    pub upstream_connections: Option<usize>,
-    /// Timeout to connect to an agent [default: 20ms].
-    #[arg(long, env = "SIGSCI_PROXY_CONNECT_TIMEOUT", value_name = "DURATION")]
-    pub connect_timeout: Option<Dur>,
+    /// `per-call` (one connection per RPC, for agents that would not multiplex).
+    #[arg(env = "SIGSCI_PROXY_UPSTREAM_MODE", value_name = "MODE")]
+    upstream_mode: UpstreamMode => UpstreamMode = UpstreamMode::Mux,
+
+    /// Persistent connections per agent in `mux` mode.
+    #[arg(env = "SIGSCI_PROXY_UPSTREAM_CONNECTIONS", value_name = "N")]
+    upstream_connections: usize => usize = 2,
+
+    /// Timeout to connect to an agent.
+    #[arg(env = "SIGSCI_PROXY_CONNECT_TIMEOUT", value_name = "DURATION")]
+    connect_timeout: Dur => Duration = Dur(Duration::from_millis(20)),
+
     /// Deadline of one RPC from its arrival to its answer, retry included; keep it under the
-    /// modules' own timeout (100 ms by default) [default: 80ms].
-    #[arg(long, env = "SIGSCI_PROXY_RPC_TIMEOUT", value_name = "DURATION")]
-    pub rpc_timeout: Option<Dur>,
-    /// Retries allowed as a fraction of successful first attempts [default: 0.2].
-    #[arg(long, env = "SIGSCI_PROXY_RETRY_BUDGET", value_name = "RATIO")]
-    pub retry_budget: Option<f64>,
-    /// Consecutive connect failures or timeouts that eject an agent [default: 5].
-    #[arg(long, env = "SIGSCI_PROXY_EJECT_AFTER", value_name = "N")]
-    pub eject_after: Option<u32>,
-    /// How long a departed agent still receives the UpdateRequests for its RequestIDs
-    /// [default: 30s].
-    #[arg(long, env = "SIGSCI_PROXY_GONE_GRACE", value_name = "DURATION")]
-    pub gone_grace: Option<Dur>,
+    /// modules' own timeout (100 ms by default).
+    #[arg(env = "SIGSCI_PROXY_RPC_TIMEOUT", value_name = "DURATION")]
+    rpc_timeout: Dur => Duration = Dur(Duration::from_millis(80)),
+
+    /// Retries allowed as a fraction of successful first attempts.
+    #[arg(env = "SIGSCI_PROXY_RETRY_BUDGET", value_name = "RATIO")]
+    retry_budget: f64 => f64 = 0.2,
+
+    /// Consecutive connect failures or timeouts that eject an agent.
+    #[arg(env = "SIGSCI_PROXY_EJECT_AFTER", value_name = "N")]
+    eject_after: u32 => u32 = pool().ejection.consecutive_failures,
+
+    /// How long a departed agent still receives the UpdateRequests for its RequestIDs.
+    #[arg(env = "SIGSCI_PROXY_GONE_GRACE", value_name = "DURATION")]
+    gone_grace: Dur => Duration = Dur(pool().gone_grace),
+
     /// Time constant of each agent's latency estimate (a moving mean whose peak fades ten times
-    /// faster), which weights the picker; longer remembers slow answers longer [default: 1s].
-    #[arg(long, env = "SIGSCI_PROXY_LATENCY_DECAY", value_name = "DURATION")]
-    pub latency_decay: Option<Dur>,
+    /// faster), which weights the picker; longer remembers slow answers longer.
+    #[arg(env = "SIGSCI_PROXY_LATENCY_DECAY", value_name = "DURATION")]
+    latency_decay: Dur => Duration = Dur(pool().latency_decay),
 
-    /// Autoscaling hint: outstanding RPCs one agent should carry [default: 8].
-    #[arg(long, env = "SIGSCI_PROXY_HINTS_TARGET_OUTSTANDING", value_name = "N")]
-    pub hints_target_outstanding: Option<f64>,
+    /// Autoscaling hint: outstanding RPCs one agent should carry.
+    #[arg(env = "SIGSCI_PROXY_HINTS_TARGET_OUTSTANDING", value_name = "N")]
+    hints_target_outstanding: f64 => f64 = pool().hints.target_outstanding_per_agent,
+
     /// Autoscaling hint: RPCs per second one agent should carry; 0 turns the rate-based
-    /// variant off [default: 1000].
-    #[arg(long, env = "SIGSCI_PROXY_HINTS_TARGET_RPC", value_name = "RPC/S")]
-    pub hints_target_rpc: Option<f64>,
-    /// Autoscaling hint: lowest recommended agent count [default: 1].
-    #[arg(long, env = "SIGSCI_PROXY_HINTS_MIN_AGENTS", value_name = "N")]
-    pub hints_min_agents: Option<u32>,
-    /// Autoscaling hint: highest recommended agent count [default: 100].
-    #[arg(long, env = "SIGSCI_PROXY_HINTS_MAX_AGENTS", value_name = "N")]
-    pub hints_max_agents: Option<u32>,
-    /// Autoscaling hint: time constant of the smoothed outstanding count and RPC rate
-    /// [default: 10s].
-    #[arg(long, env = "SIGSCI_PROXY_HINTS_SMOOTHING", value_name = "DURATION")]
-    pub hints_smoothing: Option<Dur>,
+    /// variant off.
+    #[arg(env = "SIGSCI_PROXY_HINTS_TARGET_RPC", value_name = "RPC/S")]
+    hints_target_rpc: f64 => f64 = pool().hints.target_rpc_per_agent.unwrap_or(0.0),
 
-    /// After a drain starts, keep accepting this long while endpoints converge [default: 5s].
-    #[arg(long, env = "SIGSCI_PROXY_DRAIN_DELAY", value_name = "DURATION")]
-    pub drain_delay: Option<Dur>,
-    /// Exit at the latest this long after a drain starts [default: 25s].
-    #[arg(long, env = "SIGSCI_PROXY_DRAIN_TIMEOUT", value_name = "DURATION")]
-    pub drain_timeout: Option<Dur>,
+    /// Autoscaling hint: lowest recommended agent count.
+    #[arg(env = "SIGSCI_PROXY_HINTS_MIN_AGENTS", value_name = "N")]
+    hints_min_agents: u32 => u32 = pool().hints.min_agents,
 
-    /// Log format: `text` (human) or `json`; the level comes from RUST_LOG [default: text].
-    #[arg(long, env = "SIGSCI_PROXY_LOG_FORMAT", value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Threads serving RPCs. With one, every hand-off between a connection and an agent
-    /// connection stays on that thread, with the fewest context switches per RPC. Raise it only
-    /// when one thread's CPU is the limit and more replicas are not an option, with a CPU limit
-    /// to match; 0 = one per CPU the process may use [default: 1].
-    #[arg(long, env = "SIGSCI_PROXY_WORKER_THREADS", value_name = "N")]
-    pub worker_threads: Option<usize>,
-    /// Poll sockets without sleeping while RPCs are in flight and for this long after the
-    /// last one, instead of parking the thread: lowers the latency the proxy adds where waking
-    /// an idle CPU is slow (virtual machines), at the price of up to one CPU spinning under
-    /// load. Only for a proxy with a CPU of its own (request one CPU, no limit below two):
-    /// under a CPU limit the spinning uses up the quota and the kernel throttles the proxy for
-    /// whole periods. 0 = off [default: 0s].
-    #[arg(long, env = "SIGSCI_PROXY_BUSY_POLL", value_name = "DURATION")]
-    pub busy_poll: Option<Dur>,
-}
+    /// Autoscaling hint: highest recommended agent count.
+    #[arg(env = "SIGSCI_PROXY_HINTS_MAX_AGENTS", value_name = "N")]
+    hints_max_agents: u32 => u32 = pool().hints.max_agents,
 
-/// Field by field: the first layer that sets an option wins.
-pub(super) fn merge(high: Options, low: Options) -> Options {
-    macro_rules! pick {
-        ($($f:ident),* $(,)?) => { Options { $($f: high.$f.or(low.$f),)* } };
-    }
-    pick!(
-        config,
-        listen,
-        admin,
-        control_socket,
-        unix_socket_mode,
-        backlog,
-        reuse_port,
-        max_connections,
-        max_in_flight_per_connection,
-        idle_timeout,
-        frame_read_timeout,
-        max_frame_bytes,
-        max_partial_bytes,
-        max_in_flight,
-        max_in_flight_bytes,
-        write_timeout,
-        agents,
-        agents_file,
-        agents_file_poll,
-        agents_dns,
-        agents_dns_interval,
-        agents_k8s,
-        upstream_mode,
-        upstream_connections,
-        connect_timeout,
-        rpc_timeout,
-        retry_budget,
-        eject_after,
-        gone_grace,
-        latency_decay,
-        hints_target_outstanding,
-        hints_target_rpc,
-        hints_min_agents,
-        hints_max_agents,
-        hints_smoothing,
-        drain_delay,
-        drain_timeout,
-        log_format,
-        worker_threads,
-        busy_poll,
-    )
+    /// Autoscaling hint: time constant of the smoothed outstanding count and RPC rate.
+    #[arg(env = "SIGSCI_PROXY_HINTS_SMOOTHING", value_name = "DURATION")]
+    hints_smoothing: Dur => Duration = Dur(pool().hints.smoothing),
+
+    /// After a drain starts, keep accepting this long while endpoints converge.
+    #[arg(env = "SIGSCI_PROXY_DRAIN_DELAY", value_name = "DURATION")]
+    drain_delay: Dur => Duration = Dur(Duration::from_secs(5)),
+
+    /// Exit at the latest this long after a drain starts; keep it under the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(env = "SIGSCI_PROXY_DRAIN_TIMEOUT", value_name = "DURATION")]
+    drain_timeout: Dur => Duration = Dur(Duration::from_secs(25)),
+
+    /// Log format: `text` (human) or `json`; the level comes from RUST_LOG.
+    #[arg(env = "SIGSCI_PROXY_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: LogFormat => LogFormat = LogFormat::Text,
+
+    /// Threads serving RPCs; 0 = one per CPU the process may use. With one, every hand-off
+    /// between a connection and an agent connection stays on that thread. Raise it only when
+    /// one thread's CPU is the limit and more replicas are not an option, with a CPU limit to
+    /// match.
+    #[arg(env = "SIGSCI_PROXY_WORKER_THREADS", value_name = "N")]
+    worker_threads: usize => usize = 1,
+
+    /// Poll sockets without sleeping while RPCs are in flight and for this long after the last
+    /// one, instead of parking the thread; 0 = off. Lowers the latency the proxy adds where
+    /// waking an idle CPU is slow (virtual machines), at the price of up to one CPU spinning
+    /// under load. Only for a proxy with a CPU of its own (request one CPU, no limit below two):
+    /// under a CPU limit the spinning uses up the quota and the kernel throttles the proxy.
+    #[arg(env = "SIGSCI_PROXY_BUSY_POLL", value_name = "DURATION")]
+    busy_poll: Dur => Duration = Dur(Duration::ZERO),
 }

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use clap::Parser;
 
 use super::*;
@@ -137,4 +139,123 @@ fn membership_sources() {
     assert_eq!(p[0].option, "agents");
     let p = parse(&["--agents", "nohost"]).unwrap_err();
     assert!(p[0].to_string().starts_with("--agents: `nohost`"), "{p:?}");
+}
+
+#[test]
+fn addresses_and_services_parse_as_agent_pool_parses_them() {
+    // The Kubernetes form is agent-pool's ServiceRef: names checked as the API server does.
+    let p = parse(&["--agents-k8s", "Sigsci/agents"]).unwrap_err();
+    assert_eq!(p[0].option, "agents-k8s");
+    assert!(p[0].message.contains("namespace \"Sigsci\""), "{p:?}");
+    // A name to resolve is agent-pool's HostPort.
+    let c = parse(&["--agents-dns", "agents.sigsci.svc:9999"]).unwrap();
+    assert_eq!(
+        c.membership(),
+        Some(Membership::Dns {
+            name: "agents.sigsci.svc".into(),
+            port: 9999
+        })
+    );
+    let p = parse(&["--agents-dns", "agents:0"]).unwrap_err();
+    assert!(p[0].message.contains("port 0"), "{p:?}");
+    // Listeners are agent-pool's Address.
+    let c = parse(&[
+        "--agents",
+        "unix:/run/agent.sock",
+        "--listen",
+        "[::1]:9999,unix:/run/p.sock",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.listen,
+        vec![
+            agent_pool::Address::Tcp("[::1]:9999".parse().unwrap()),
+            agent_pool::Address::Unix("/run/p.sock".into())
+        ]
+    );
+    assert!(Cli::try_parse_from(["sigsci-proxy", "--listen", "unix:"]).is_err());
+}
+
+#[test]
+fn help_shows_each_default_from_the_table() {
+    let mut cmd = Cli::command_with_defaults();
+    let help = cmd.render_long_help().to_string();
+    for (flag, default) in [
+        ("--listen", "0.0.0.0:9999"),
+        ("--unix-socket-mode", "0666"),
+        ("--idle-timeout", "1m"),
+        ("--rpc-timeout", "80ms"),
+        ("--busy-poll", "0s"),
+        ("--upstream-mode", "mux"),
+        ("--hints-target-rpc", "1000"),
+    ] {
+        let at = help.find(&format!("{flag} <")).expect(flag);
+        let next = help[at + 2..]
+            .find("\n      --")
+            .map_or(help.len(), |n| at + 2 + n);
+        assert!(
+            help[at..next].contains(&format!("[default: {default}]")),
+            "{flag}: {}",
+            &help[at..next]
+        );
+    }
+    // Each default shown, given as the flag, leaves the configuration as it was.
+    let texts = options::default_texts();
+    assert_eq!(texts.len(), 34, "{texts:?}");
+    let base = format!("{:?}", parse(&["--agents", "127.0.0.1:1"]).unwrap());
+    for (id, text) in &texts {
+        let flag = format!("--{}", id.replace('_', "-"));
+        let c = parse(&["--agents", "127.0.0.1:1", &flag, text])
+            .unwrap_or_else(|e| panic!("{flag} {text}: {e:?}"));
+        assert_eq!(format!("{c:?}"), base, "{flag} {text}");
+    }
+    let drain = cmd
+        .find_subcommand_mut("drain")
+        .unwrap()
+        .render_help()
+        .to_string();
+    assert!(drain.contains("[default: 127.0.0.1:9090]"), "{drain}");
+}
+
+#[test]
+fn defaults_are_the_tables() {
+    let c = Config::default();
+    assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.unix_socket_mode, 0o666);
+    assert_eq!(c.busy_poll, Duration::ZERO);
+    assert_eq!(c.control_socket, None);
+    assert_eq!(c.agents_k8s, None);
+    assert!(c.agents.is_empty());
+    assert_eq!(c.gone_grace, PoolConfig::default().gone_grace);
+}
+
+#[test]
+fn zero_counts_and_periods_are_refused_by_name() {
+    let zeroes = [
+        "backlog",
+        "max-connections",
+        "max-in-flight-per-connection",
+        "upstream-connections",
+        "max-in-flight",
+        "eject-after",
+        "connect-timeout",
+        "rpc-timeout",
+        "idle-timeout",
+        "write-timeout",
+        "frame-read-timeout",
+        "latency-decay",
+        "agents-file-poll",
+    ];
+    let mut args = vec!["--agents".to_owned(), "127.0.0.1:1".to_owned()];
+    for option in zeroes {
+        args.extend([format!("--{option}"), "0".to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let problems = parse(&args).unwrap_err();
+    for option in zeroes {
+        assert!(
+            problems.iter().any(|p| p.option == option),
+            "{option}: {problems:?}"
+        );
+    }
 }

@@ -1,55 +1,13 @@
-//! The value types of options: listen addresses, durations with units, octal modes, enums,
-//! and the `host:port` and `NAMESPACE/SERVICE[:PORT]` forms.
+//! The value types of options the proxy alone reads: durations with units, octal modes, enums.
+//! Addresses (`Address`, `HostPort`) and `NAMESPACE/SERVICE[:PORT]` (`ServiceRef`) are
+//! agent-pool's, shared with the loadtest.
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::ValueEnum;
 use serde::Deserialize;
-
-/// Where the proxy accepts module connections.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum ListenAddr {
-    /// TCP `host:port` (`0` picks a free port).
-    Tcp(SocketAddr),
-    /// A Unix socket path (`unix:/path`).
-    Unix(PathBuf),
-}
-
-impl FromStr for ListenAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(path) = s.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("a unix listener needs a path, e.g. unix:/var/run/sigsci.sock".into());
-            }
-            return Ok(Self::Unix(PathBuf::from(path)));
-        }
-        s.parse::<SocketAddr>()
-            .map(Self::Tcp)
-            .map_err(|_| format!("`{s}` is neither `ip:port` nor `unix:/path`"))
-    }
-}
-
-impl TryFrom<String> for ListenAddr {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tcp(a) => write!(f, "{a}"),
-            Self::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
 
 /// File permissions written in octal (`0660`, `660` or `0o660`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -64,6 +22,19 @@ impl FromStr for Mode {
             Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(Mode(m)),
             _ => Err(format!("`{s}` is not an octal mode (examples: 0666, 0660)")),
         }
+    }
+}
+
+impl From<Mode> for u32 {
+    fn from(m: Mode) -> Self {
+        m.0
+    }
+}
+
+impl fmt::Display for Mode {
+    /// Octal, as `FromStr` reads it (`0666`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
     }
 }
 
@@ -94,7 +65,28 @@ pub enum LogFormat {
     Json,
 }
 
-/// A duration written with a unit: `250us`, `20ms`, `5s`, `2m`.
+/// The name an enum value is given by (`mux`, `per-call`, `json`).
+fn value_name(v: &impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+impl fmt::Display for UpstreamMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&value_name(self))
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&value_name(self))
+    }
+}
+
+/// A duration written with a unit: `250us`, `20ms`, `1.5s`, `2m` (humantime's syntax, the same
+/// as the loadtest's). A bare number is rejected, `0` excepted: `10` could mean seconds or
+/// milliseconds, and a timeout off by a thousand fails silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Dur(pub Duration);
@@ -102,25 +94,22 @@ pub struct Dur(pub Duration);
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration (examples: 20ms, 5s, 1m)"))?;
-        let secs = match unit.trim() {
-            "us" | "µs" => value / 1e6,
-            "ms" => value / 1e3,
-            "s" => value,
-            "m" => value * 60.0,
-            "" if value == 0.0 => 0.0,
-            _ => return Err(format!("`{s}` needs a unit: us, ms, s or m (e.g. 20ms)")),
-        };
-        Duration::try_from_secs_f64(secs)
+        humantime::parse_duration(s.trim())
             .map(Dur)
-            .map_err(|_| format!("`{s}` is out of range"))
+            .map_err(|e| format!("`{s}` is not a duration: {e} (examples: 200us, 20ms, 1.5s, 2m)"))
+    }
+}
+
+impl From<Dur> for Duration {
+    fn from(d: Dur) -> Self {
+        d.0
+    }
+}
+
+impl fmt::Display for Dur {
+    /// The form `FromStr` reads back (`80ms`, `1m 30s`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
     }
 }
 
@@ -129,37 +118,4 @@ impl TryFrom<String> for Dur {
     fn try_from(s: String) -> Result<Self, String> {
         s.parse()
     }
-}
-
-/// `host:port` (IPv6 as `[::1]:port`) split in two, the port checked.
-pub(crate) fn split_host_port(s: &str) -> Result<(&str, u16), String> {
-    let (host, port) = s.rsplit_once(':').ok_or("expected host:port")?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Err("the host is empty".into());
-    }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("`{port}` is not a port number"))?;
-    if port == 0 {
-        return Err("port 0 cannot be dialled".into());
-    }
-    Ok((host, port))
-}
-
-pub(super) fn parse_k8s(s: &str) -> Result<(String, String, Option<String>), String> {
-    let (namespace, rest) = s
-        .split_once('/')
-        .ok_or("expected NAMESPACE/SERVICE[:PORTNAME]")?;
-    let (service, port_name) = match rest.split_once(':') {
-        Some((svc, port)) => (svc, Some(port.to_owned())),
-        None => (rest, None),
-    };
-    if namespace.is_empty() || service.is_empty() || port_name.as_deref() == Some("") {
-        return Err("expected NAMESPACE/SERVICE[:PORTNAME]".into());
-    }
-    Ok((namespace.to_owned(), service.to_owned(), port_name))
 }
