@@ -101,7 +101,7 @@ impl Frame {
         self.view.method.map(|(s, e)| &self.bytes[s..e])
     }
 
-    /// The `RequestID` string: for a request, the one in an `RPC.UpdateRequest`'s params[0] map; for
+    /// The `RequestID` string: for a request, the one in an `RPC.UpdateRequest`'s `params[0]` map; for
     /// a response, the one in its result map (a PreRequest or ModuleInit answer). `None` if absent
     /// or not a string. An empty string (the agent wants no update) is `Some(b"")`.
     pub fn request_id(&self) -> Option<&[u8]> {
