@@ -1,5 +1,8 @@
-//! Typed module ↔ agent messages (rmp-serde), for the agent simulator, the module emulator and
-//! tests. The proxy's forwarding path never uses these: it works on [`crate::codec::Frame`] bytes.
+//! Typed module ↔ agent messages (rmp-serde) for the codec's unit tests, which build frames with
+//! them. Compiled for tests only: the proxy's forwarding path never deserializes a message (it
+//! works on [`crate::codec::Frame`] bytes), and the public definition of the message types is the
+//! loadtest's (`loadtest::rpc`), the implementation independent of this crate that the proxy's
+//! integration tests, golden frames and benchmarks use.
 //!
 //! Field names on the wire are the Go module's struct field names (docs/protocol.md). Decoding is
 //! lenient like the Go module's: unknown keys are skipped, missing keys and nil values take the
@@ -9,14 +12,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
-/// Method name of the module's start-up call.
-pub const MODULE_INIT: &str = "RPC.ModuleInit";
 /// Method name of the call made before the application handles a request.
 pub const PRE_REQUEST: &str = "RPC.PreRequest";
 /// Method name of the follow-up call for a request the agent gave a RequestID.
 pub const UPDATE_REQUEST: &str = "RPC.UpdateRequest";
-/// Method name of the call made after an anomalous response.
-pub const POST_REQUEST: &str = "RPC.PostRequest";
 
 /// Params of `RPC.PreRequest`, `RPC.PostRequest` and `RPC.ModuleInit` (Go `RPCMsgIn`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,4 +215,22 @@ where
     T: Deserialize<'de> + Default,
 {
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[rustfmt::skip]
+    fn nil_fields_read_as_defaults() {
+        let bytes: Vec<u8> = [
+            &[0x94, 0x00, 0x01, 0xae][..], b"RPC.PreRequest", &[0x91, 0x82],
+            &[0xa9], b"HeadersIn", &[0xc0],
+            &[0xa3], b"URI", &[0xc0],
+        ]
+        .concat();
+        let (msgid, method, params) = decode_request::<RPCMsgIn>(&bytes).unwrap();
+        assert_eq!((msgid, method.as_str(), params), (1, PRE_REQUEST, RPCMsgIn::default()));
+    }
 }

@@ -10,7 +10,7 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn drain_flips_readiness_finishes_in_flight_rpcs_and_exits() {
     let agent = Agent::slow(Duration::from_millis(400)).await;
     let proxy = start_proxy(Options {
@@ -59,7 +59,7 @@ async fn drain_flips_readiness_finishes_in_flight_rpcs_and_exits() {
     assert!(TcpStream::connect(rpc).await.is_err());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn drain_timeout_reports_the_rpcs_it_cut_off() {
     let agent = Agent::slow(Duration::from_secs(30)).await;
     let proxy = start_proxy(Options {
@@ -83,7 +83,7 @@ async fn drain_timeout_reports_the_rpcs_it_cut_off() {
     assert_eq!(report.cut_off, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_call_connected_before_the_listeners_close_is_still_answered() {
     let agent = Agent::start().await;
     let proxy = start_proxy(Options {

@@ -65,7 +65,7 @@ async fn an_agent_answering_errors_fast_gets_little_work_and_its_calls_are_retri
     proxy.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_agent_that_never_answers_costs_a_handful_of_calls() {
     let good = [Agent::start().await, Agent::start().await];
     let stalled = Agent::with_faults(Faults {
@@ -273,7 +273,7 @@ async fn partly_received_frames_past_the_budget_shed_the_largest_holders() {
     proxy.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_module_that_does_not_read_is_reset_after_the_write_timeout() {
     let agent = Agent::spawn(agent_config().answer_padding(256 << 10)).await;
     let proxy = start_proxy(Options {
