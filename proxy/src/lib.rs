@@ -14,8 +14,6 @@
 
 pub mod affinity;
 pub mod codec;
-#[cfg(test)]
-mod message;
 
 mod admin;
 mod admission;

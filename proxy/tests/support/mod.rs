@@ -23,10 +23,12 @@ use tokio_util::sync::CancellationToken;
 /// How long any single wait in a test may take before it fails: a test must stop by itself.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A simulated agent on 127.0.0.1 that gives every PreRequest a RequestID (as the fixtures of
-/// affinity tests need), with `faults` on from the start.
+/// A simulated agent on 127.0.0.1 ([`agent_config`] unless started otherwise). It runs until
+/// [`Agent::kill`] or the end of the test's runtime.
 pub struct Agent {
+    /// The simulator: stats, faults switched at run time.
     pub sim: SimAgent,
+    /// Its RPC address.
     pub addr: SocketAddr,
 }
 
