@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::addr::{Listener, RpcAddr};
 use crate::units::ServiceTime;
 
-pub use server::{INJECTED_ERROR, SERVICE_TIME_HEADER};
+pub use server::{INJECTED_ERROR, PADDING_HEADER, SERVICE_TIME_HEADER};
 pub use stats::AgentStats;
 
 /// Faults that can be switched on at start (flags) or at run time (`POST /fault?...`).
@@ -97,6 +97,10 @@ pub struct AgentConfig {
     /// Address of the startup probe HTTP listener (`GET /startup`), like the agent's
     /// `SIGSCI_STARTUP_PROBE_LISTENER` (default none; `/startup` is also on the admin server).
     pub startup_probe: Option<SocketAddr>,
+    /// Bytes of padding in every PreRequest answer, as the value of one extra request header
+    /// ([`PADDING_HEADER`]; default 0, none): answers larger than the socket buffers, for tests
+    /// of clients that read slowly or not at all.
+    pub answer_padding: usize,
 }
 
 impl Default for AgentConfig {
@@ -115,6 +119,7 @@ impl Default for AgentConfig {
             },
             startup_delay: Duration::ZERO,
             startup_probe: None,
+            answer_padding: 0,
         }
     }
 }
@@ -171,6 +176,11 @@ impl AgentConfig {
     /// Sets the startup probe listen address.
     pub fn startup_probe(mut self, addr: SocketAddr) -> Self {
         self.startup_probe = Some(addr);
+        self
+    }
+    /// Sets the padding bytes added to every PreRequest answer.
+    pub fn answer_padding(mut self, bytes: usize) -> Self {
+        self.answer_padding = bytes;
         self
     }
 
@@ -259,7 +269,8 @@ impl AgentConfig {
     }
 }
 
-/// A running simulator. Dropping it does not stop it: call [`SimAgent::shutdown`].
+/// A running simulator. Dropping it does not stop it: call [`SimAgent::shutdown`] (graceful) or
+/// [`SimAgent::kill`] (a crash).
 #[derive(Debug)]
 pub struct SimAgent {
     rpc_addr: RpcAddr,
@@ -287,6 +298,14 @@ impl SimAgent {
     /// The bound RPC address (port 0 resolved).
     pub fn rpc_addr(&self) -> &RpcAddr {
         &self.rpc_addr
+    }
+
+    /// The bound TCP address (port 0 resolved); `None` when listening on a Unix socket.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match &self.rpc_addr {
+            RpcAddr::Tcp(a) => a.parse().ok(),
+            RpcAddr::Unix(_) => None,
+        }
     }
 
     /// The bound admin address, if any.
@@ -325,6 +344,14 @@ impl SimAgent {
     /// Stops accepting, lets in-flight RPCs finish (at most `grace`, default 5 s), and returns
     /// the final counters.
     pub async fn shutdown(self) -> AgentStats {
+        self.shutdown_within(Duration::from_secs(5)).await
+    }
+
+    /// Stops at once, as a crashed process does: the listener closes and every connection is
+    /// dropped unanswered. Returns when every task has ended (at most `5 s`), so the address
+    /// can be bound again.
+    pub async fn kill(self) -> AgentStats {
+        self.shared.crash.cancel();
         self.shutdown_within(Duration::from_secs(5)).await
     }
 

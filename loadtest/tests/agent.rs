@@ -296,3 +296,52 @@ async fn faults_refuse_and_reset_connections_on_command() {
     assert_eq!((id, err), (2, None));
     agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn padded_answers_and_a_kill_that_frees_the_address_at_once() {
+    use loadtest::agent::PADDING_HEADER;
+    let agent = SimAgent::builder()
+        .answer_padding(100_000)
+        .spawn()
+        .await
+        .unwrap();
+    let addr = agent.tcp_addr().expect("a TCP agent");
+    let (_, err, r) = call(&agent, rpc::encode_request(1, rpc::PRE_REQUEST, &pre("/"))).await;
+    assert_eq!(err, None);
+    let o = out(r);
+    let pad = o.RequestHeaders.iter().find(|(k, _)| k == PADDING_HEADER);
+    assert_eq!(pad.map(|(_, v)| v.len()), Some(100_000));
+
+    // A connection held open with a request that never gets its answer (5 s of delay).
+    agent.set_faults(loadtest::agent::Faults {
+        delay: Duration::from_secs(5),
+        slow: 1.0,
+        ..Default::default()
+    });
+    let mut held = connect(&agent).await;
+    held.write_all(&rpc::encode_request(2, rpc::PRE_REQUEST, &pre("/")))
+        .await
+        .unwrap();
+    let sent = std::time::Instant::now();
+    while agent.stats().prerequests < 2 {
+        assert!(sent.elapsed() < Duration::from_secs(10), "never received");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = std::time::Instant::now();
+    let stats = agent.kill().await;
+    assert!(started.elapsed() < Duration::from_secs(1), "at once");
+    assert_eq!((stats.prerequests, stats.responses), (2, 1));
+    assert_eq!(
+        read_frame(&mut held, &mut Vec::new()).await,
+        None,
+        "dropped unanswered"
+    );
+    // The address is free again: an agent restarted on it.
+    let again = SimAgent::builder()
+        .listen(addr.into())
+        .spawn()
+        .await
+        .unwrap();
+    assert_eq!(again.tcp_addr(), Some(addr));
+    again.shutdown().await;
+}

@@ -1,14 +1,19 @@
 //! Codec hot path: finding the end of a typical ~1.5 KiB PreRequest frame and reading its view,
-//! against rmp-serde deserializing the same frame into `RPCMsgIn` (the cost the proxy avoids).
+//! against rmp-serde deserializing the same frame into a typed message (the cost the proxy
+//! avoids); the affinity suffix (`affinity::encode` on every PreRequest answer with a
+//! RequestID, `affinity::decode` on every UpdateRequest); and the response rewrite that carries
+//! the encoded ID. Frames are built with the loadtest's encoder, not the proxy's.
 //!
 //! `cargo bench -p sigsci-proxy --bench codec -- --measurement-time 3 --warm-up-time 1`
 
 use std::hint::black_box;
 
+use agent_pool::{AffinityToken, EndpointId};
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use loadtest::rpc::{self, Envelope, RPCMsgIn, RPCMsgOut};
+use sigsci_proxy::affinity;
 use sigsci_proxy::codec::{Frame, FrameCodec, Limits};
-use sigsci_proxy::message::{self, RPCMsgIn, RPCMsgOut};
 use tokio_util::codec::Decoder;
 
 /// Frames per decoder iteration: the decoder is measured in steady state on one read buffer
@@ -45,28 +50,28 @@ fn pre_request() -> Vec<u8> {
         ("Connection", "keep-alive"),
     ];
     let params = RPCMsgIn {
-        module_version: "sigsci-module-golang 1.14.0".into(),
-        server_version: "go1.22.3".into(),
-        server_flavor: String::new(),
-        server_name: "shop.example.com".into(),
-        timestamp: 1_717_520_896,
-        now_millis: 1_717_520_896_123,
-        remote_addr: "203.0.113.7".into(),
-        method: "POST".into(),
-        scheme: "https".into(),
-        uri: "/api/v2/cart/items?session=9f8e7d6c&source=catalog&campaign=summer-sale-2024".into(),
-        protocol: "HTTP/1.1".into(),
-        tls_protocol: "TLSv1.3".into(),
-        tls_cipher: "TLS_AES_128_GCM_SHA256".into(),
-        response_code: -1,
-        response_millis: -1,
-        response_size: -1,
-        headers_in: headers.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
-        post_body: r#"{"items":[{"sku":"SHOE-RED-42","qty":1,"price":89.90},{"sku":"SOCK-BLK-M","qty":3,"price":4.50}],"coupon":"SUMMER24","note":"leave at the door, ring twice please","gift":false}"#
+        ModuleVersion: "sigsci-module-golang 1.14.0".into(),
+        ServerVersion: "go1.22.3".into(),
+        ServerFlavor: String::new(),
+        ServerName: "shop.example.com".into(),
+        Timestamp: 1_717_520_896,
+        NowMillis: 1_717_520_896_123,
+        RemoteAddr: "203.0.113.7".into(),
+        Method: "POST".into(),
+        Scheme: "https".into(),
+        URI: "/api/v2/cart/items?session=9f8e7d6c&source=catalog&campaign=summer-sale-2024".into(),
+        Protocol: "HTTP/1.1".into(),
+        TLSProtocol: "TLSv1.3".into(),
+        TLSCipher: "TLS_AES_128_GCM_SHA256".into(),
+        ResponseCode: -1,
+        ResponseMillis: -1,
+        ResponseSize: -1,
+        HeadersIn: headers.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+        PostBody: r#"{"items":[{"sku":"SHOE-RED-42","qty":1,"price":89.90},{"sku":"SOCK-BLK-M","qty":3,"price":4.50}],"coupon":"SUMMER24","note":"leave at the door, ring twice please","gift":false}"#
             .into(),
         ..Default::default()
     };
-    message::encode_request(0x7a3c_9e21, message::PRE_REQUEST, &params)
+    rpc::encode_request(0x7a3c_9e21, rpc::PRE_REQUEST, &params)
 }
 
 fn bench(c: &mut Criterion) {
@@ -85,7 +90,12 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.bench_function("rmp_serde_baseline", |b| {
-        b.iter(|| black_box(message::decode_request::<RPCMsgIn>(black_box(&frame)).unwrap()))
+        b.iter(|| {
+            let Ok(Envelope::Request { params, .. }) = rpc::envelope(black_box(&frame)) else {
+                unreachable!("a request")
+            };
+            black_box(rpc::decode_params::<RPCMsgIn>(params).unwrap())
+        })
     });
     group.finish();
 
@@ -106,27 +116,48 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
+    // The agent's RequestID (a UUID, as the real agent issues) and the token of an agent named
+    // as the Kubernetes source names it.
+    let id: &[u8] = b"0f6b1c2e-8d7a-4b3c-9e1f-2a3b4c5d6e7f";
+    let token = AffinityToken::of(&EndpointId::new("default/sigsci-agent-7d9f8b6c5-x2k4q"));
+    let encoded = affinity::encode(id, token);
+    assert_eq!(affinity::decode(&encoded), Some((id, token)));
+    let mut group = c.benchmark_group("affinity");
+    group.bench_function("encode", |b| {
+        b.iter(|| black_box(affinity::encode(black_box(id), black_box(token))))
+    });
+    group.bench_function("decode_token", |b| {
+        b.iter(|| black_box(affinity::decode(black_box(&encoded))))
+    });
+    // An UpdateRequest whose ID carries no token (a module that bypassed the proxy, a forged
+    // suffix): the miss, measured beside the hit.
+    group.bench_function("decode_plain_id", |b| {
+        b.iter(|| black_box(affinity::decode(black_box(id))))
+    });
+    group.finish();
+
     let response = Frame::parse(
-        Bytes::from(message::encode_response(
+        Bytes::from(rpc::encode_response(
             7,
             None,
             &RPCMsgOut {
-                waf_response: 200,
-                request_id: "0f6b1c2e-8d7a-4b3c-9e1f-2a3b4c5d6e7f".into(),
+                WAFResponse: 200,
+                RequestID: String::from_utf8(id.to_vec()).unwrap(),
                 ..Default::default()
             },
         )),
         &limits,
     )
     .unwrap();
+    // What the proxy does to every PreRequest answer that carries a RequestID: encode the
+    // suffix and rewrite msgid and ID in one new buffer.
     c.bench_function("rewrite_response_msgid_and_request_id", |b| {
         b.iter(|| {
+            let original = response.request_id().unwrap();
+            let encoded = affinity::encode(original, black_box(token));
             black_box(
                 response
-                    .rewrite(
-                        Some(black_box(1)),
-                        Some(b"0f6b1c2e-8d7a-4b3c-9e1f-2a3b4c5d6e7f.a1b2c3d4"),
-                    )
+                    .rewrite(Some(black_box(1)), Some(&encoded))
                     .unwrap(),
             )
         })

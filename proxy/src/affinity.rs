@@ -7,6 +7,9 @@
 //! original ID. The checksum makes an ID that merely looks like ours decode as "no token" with
 //! probability 1023/1024, and even then its token would still have to name a current member
 //! before anything is dialled.
+//!
+//! Public because the format is a contract between proxy replicas and versions
+//! (`docs/affinity.md`), and so that `benches/codec.rs` measures these functions, not a copy.
 
 use agent_pool::AffinityToken;
 
@@ -17,7 +20,7 @@ const TOKEN_CHARS: usize = 13;
 /// 2 × 5 bits of checksum.
 const CHECK_CHARS: usize = 2;
 /// Length of the whole suffix.
-pub(crate) const SUFFIX_LEN: usize = 1 + TOKEN_CHARS + CHECK_CHARS;
+pub const SUFFIX_LEN: usize = 1 + TOKEN_CHARS + CHECK_CHARS;
 
 /// RFC 4648 base32, lowercase: safe in any header or log line.
 const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
@@ -41,7 +44,7 @@ fn checksum(original: &[u8], token: u64) -> u64 {
 }
 
 /// The original RequestID with the token of the agent that issued it appended.
-pub(crate) fn encode(original: &[u8], token: AffinityToken) -> Vec<u8> {
+pub fn encode(original: &[u8], token: AffinityToken) -> Vec<u8> {
     let mut out = Vec::with_capacity(original.len() + SUFFIX_LEN);
     out.extend_from_slice(original);
     out.push(SEPARATOR);
@@ -57,7 +60,7 @@ pub(crate) fn encode(original: &[u8], token: AffinityToken) -> Vec<u8> {
 
 /// Splits a RequestID made by [`encode`] into the original ID and the token; `None` when the ID
 /// carries no valid suffix.
-pub(crate) fn decode(id: &[u8]) -> Option<(&[u8], AffinityToken)> {
+pub fn decode(id: &[u8]) -> Option<(&[u8], AffinityToken)> {
     let start = id.len().checked_sub(SUFFIX_LEN)?;
     let (original, suffix) = id.split_at(start);
     if suffix[0] != SEPARATOR {

@@ -6,18 +6,17 @@
 //! affinity token inside that ID. See `docs/architecture.md` and `docs/protocol.md`.
 //!
 //! Layout: [`config`] (flags, env, TOML), `listener` (sockets, accept loop), `downstream` (one
-//! module connection), `route` (method → agent, affinity, retry), `affinity` (the token in the
+//! module connection), `route` (method → agent, affinity, retry), [`affinity`] (the token in the
 //! RequestID), `upstream` (persistent multiplexed or per-call agent connections), `admin`
 //! (read-only HTTP: metrics, health, readiness), `control` (the local control socket: drain),
 //! `server` (wiring and drain).
 #![warn(missing_docs)]
 
+pub mod affinity;
 pub mod codec;
-pub mod message;
 
 mod admin;
 mod admission;
-mod affinity;
 mod busy_poll;
 pub mod config;
 mod control;

@@ -158,7 +158,7 @@ impl Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_on_logged_ports_and_drains_on_request() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let proxy = start(&agent, &[]).await;
     let id = pre(proxy.rpc).await;
     assert_eq!(update(proxy.rpc, &id).await, None);
@@ -170,7 +170,7 @@ async fn the_binary_serves_on_logged_ports_and_drains_on_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_polling_proxy_serves_and_sleeps_when_idle() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let proxy = start(&agent, &["--busy-poll", "2ms"]).await;
     for _ in 0..20 {
         let id = pre(proxy.rpc).await;

@@ -1,19 +1,48 @@
 //! Golden frames: bytes written by hand from docs/protocol.md and the modules' encoders (Go msgp
 //! map-encoded structs with uint32 msgids and signed ints, Node msgpack5 with the smallest unsigned
 //! widths and msgid 1, Python umsgpack with random 31-bit msgids), never produced by this crate's
-//! encoder or rmp. Each must decode to the right view and typed message, and rewrite must produce
-//! the exact bytes a hand-edit would. Byte tables keep one MessagePack item (header, payload) per
-//! line pair, so rustfmt is told to leave them alone.
+//! encoder or rmp. Each must decode to the right view and, read by the loadtest's independent
+//! decoder, to the right typed message; rewrite must produce the exact bytes a hand-edit would.
+//! Byte tables keep one MessagePack item (header, payload) per line pair, so rustfmt is told to
+//! leave them alone.
 
 use bytes::{Bytes, BytesMut};
+use loadtest::rpc::{self, Envelope, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
+use serde::de::DeserializeOwned;
 use sigsci_proxy::codec::{Frame, FrameCodec, FrameKind, Limits, Method, error_response};
-use sigsci_proxy::message::{self, Action, RPCMsgIn, RPCMsgIn2, RPCMsgOut};
 use tokio_util::codec::Decoder;
 
 const UUID: &[u8; 36] = b"7f0c6b2e-3d1a-4c55-9b8e-2a6f1d0c9e42";
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
+}
+
+/// `(msgid, method, params[0])` of a request, read by the loadtest's decoder (not the proxy's).
+fn decode_request<T: DeserializeOwned>(frame: &[u8]) -> (u64, String, T) {
+    match rpc::envelope(frame).unwrap() {
+        Envelope::Request {
+            msgid,
+            method,
+            params,
+        } => (
+            msgid,
+            method.to_owned(),
+            rpc::decode_params(params).unwrap(),
+        ),
+        other => panic!("not a request: {other:?}"),
+    }
+}
+
+/// `(msgid, error, result map)` of a response, read by the loadtest's decoder.
+fn decode_response(frame: &[u8]) -> (u64, Option<String>, Option<RPCMsgOut>) {
+    let (msgid, error, reply) = rpc::decode_response(frame).unwrap();
+    let result = match reply {
+        Reply::Out(out) => Some(out),
+        Reply::Nil(()) => None,
+        Reply::Int(n) => panic!("an int result {n}, expected a map or nil"),
+    };
+    (msgid, error, result)
 }
 
 /// Decodes `bytes` as a stream (all at once) and checks it is exactly one frame.
@@ -63,20 +92,20 @@ fn go_msg_in(waf: &[u8], code: &[u8], millis: &[u8], size: &[u8], body: &[u8]) -
 
 fn go_expected_in() -> RPCMsgIn {
     RPCMsgIn {
-        module_version: "1.14.0".into(),
-        server_version: "go1.22".into(),
-        server_name: "example.com".into(),
-        timestamp: 0x665f_4a00,
-        now_millis: 0x018f_e38a_1c00,
-        remote_addr: "10.0.0.1".into(),
-        method: "GET".into(),
-        scheme: "http".into(),
-        uri: "/search?q=1".into(),
-        protocol: "HTTP/1.1".into(),
-        response_code: -1,
-        response_millis: -1,
-        response_size: -1,
-        headers_in: vec![
+        ModuleVersion: "1.14.0".into(),
+        ServerVersion: "go1.22".into(),
+        ServerName: "example.com".into(),
+        Timestamp: 0x665f_4a00,
+        NowMillis: 0x018f_e38a_1c00,
+        RemoteAddr: "10.0.0.1".into(),
+        Method: "GET".into(),
+        Scheme: "http".into(),
+        URI: "/search?q=1".into(),
+        Protocol: "HTTP/1.1".into(),
+        ResponseCode: -1,
+        ResponseMillis: -1,
+        ResponseSize: -1,
+        HeadersIn: vec![
             ("Host".into(), "example.com".into()),
             ("User-Agent".into(), "curl".into()),
         ],
@@ -97,8 +126,8 @@ fn go_pre_request() {
     assert_eq!(frame.msgid(), Some(7));
     assert_eq!(frame.method(), Some(Method::PreRequest));
     assert_eq!(frame.request_id(), None);
-    let (msgid, method, params) = message::decode_request::<RPCMsgIn>(&bytes).unwrap();
-    assert_eq!((msgid, method.as_str()), (7, message::PRE_REQUEST));
+    let (msgid, method, params) = decode_request::<RPCMsgIn>(&bytes);
+    assert_eq!((msgid, method.as_str()), (7, rpc::PRE_REQUEST));
     assert_eq!(params, go_expected_in());
 }
 
@@ -113,12 +142,12 @@ fn go_post_request_and_module_init() {
     ]);
     let frame = one_frame(&post);
     assert_eq!((frame.msgid(), frame.method()), (Some(u64::from(u32::MAX)), Some(Method::PostRequest)));
-    let (_, _, params) = message::decode_request::<RPCMsgIn>(&post).unwrap();
+    let (_, _, params) = decode_request::<RPCMsgIn>(&post);
     let expected = RPCMsgIn {
-        waf_response: 200,
-        response_code: 500,
-        response_millis: 1200,
-        response_size: 1 << 20,
+        WAFResponse: 200,
+        ResponseCode: 500,
+        ResponseMillis: 1200,
+        ResponseSize: 1 << 20,
         ..go_expected_in()
     };
     assert_eq!(params, expected);
@@ -130,7 +159,7 @@ fn go_post_request_and_module_init() {
     ]);
     let frame = one_frame(&init);
     assert_eq!((frame.msgid(), frame.method()), (Some(0), Some(Method::ModuleInit)));
-    assert_eq!(message::decode_request::<RPCMsgIn>(&init).unwrap().1, message::MODULE_INIT);
+    assert_eq!(decode_request::<RPCMsgIn>(&init).1, rpc::MODULE_INIT);
 }
 
 #[rustfmt::skip]
@@ -154,15 +183,15 @@ fn go_update_request_view_and_rewrite() {
     let frame = one_frame(&bytes);
     assert_eq!((frame.msgid(), frame.method()), (Some(8), Some(Method::UpdateRequest)));
     assert_eq!(frame.request_id(), Some(&UUID[..]));
-    let (_, _, params) = message::decode_request::<RPCMsgIn2>(&bytes).unwrap();
+    let (_, _, params) = decode_request::<RPCMsgIn2>(&bytes);
     assert_eq!(
         params,
         RPCMsgIn2 {
-            request_id: String::from_utf8(UUID.to_vec()).unwrap(),
-            response_code: 200,
-            response_millis: 5,
-            response_size: 1024,
-            headers_out: vec![("Content-Type".into(), "text/html".into())],
+            RequestID: String::from_utf8(UUID.to_vec()).unwrap(),
+            ResponseCode: 200,
+            ResponseMillis: 5,
+            ResponseSize: 1024,
+            HeadersOut: vec![("Content-Type".into(), "text/html".into())],
         }
     );
     // The proxy strips its affinity token: a 36-byte str8 ID becomes, e.g., a 4-byte fixstr.
@@ -197,11 +226,11 @@ fn go_pre_response_with_and_without_request_id() {
     assert_eq!(frame.kind(), FrameKind::Response);
     assert_eq!((frame.msgid(), frame.method(), frame.is_error_response()), (Some(7), None, false));
     assert_eq!(frame.request_id(), Some(&UUID[..]));
-    let (msgid, error, result) = message::decode_response::<RPCMsgOut>(&with).unwrap();
+    let (msgid, error, result) = decode_response(&with);
     assert_eq!((msgid, error), (7, None));
     let result = result.unwrap();
-    assert_eq!((result.waf_response, result.request_id.as_bytes()), (406, &UUID[..]));
-    assert_eq!(result.request_headers, vec![("X-SigSci-Tags".into(), "SQLI".into())]);
+    assert_eq!((result.WAFResponse, result.RequestID.as_bytes()), (406, &UUID[..]));
+    assert_eq!(result.RequestHeaders, vec![("X-SigSci-Tags".into(), "SQLI".into())]);
 
     let without = go_pre_response(&[0xa0]);
     let frame = one_frame(&without);
@@ -243,9 +272,9 @@ fn node_frames() {
     ]);
     let frame = one_frame(&pre);
     assert_eq!((frame.msgid(), frame.method()), (Some(1), Some(Method::PreRequest)));
-    let (_, _, params) = message::decode_request::<RPCMsgIn>(&pre).unwrap();
-    assert_eq!((params.now_millis, params.timestamp), (0x018f_e38a_1c00, 0x665f_4a00));
-    assert_eq!((params.server_name.as_str(), params.post_body.as_str()), ("", "{\"user\":\"x\"}\n"));
+    let (_, _, params) = decode_request::<RPCMsgIn>(&pre);
+    assert_eq!((params.NowMillis, params.Timestamp), (0x018f_e38a_1c00, 0x665f_4a00));
+    assert_eq!((params.ServerName.as_str(), params.PostBody.as_str()), ("", "{\"user\":\"x\"}\n"));
 
     // UpdateRequest also carries WAFResponse; ResponseSize -1; first HeadersOut pair is the status line.
     let update = cat(&[
@@ -259,8 +288,8 @@ fn node_frames() {
     ]);
     let frame = one_frame(&update);
     assert_eq!(frame.request_id(), Some(&b"r-1.ab"[..]));
-    let (_, _, params) = message::decode_request::<RPCMsgIn2>(&update).unwrap();
-    assert_eq!((params.request_id.as_str(), params.response_code, params.response_size), ("r-1.ab", 200, -1));
+    let (_, _, params) = decode_request::<RPCMsgIn2>(&update);
+    assert_eq!((params.RequestID.as_str(), params.ResponseCode, params.ResponseSize), ("r-1.ab", 200, -1));
 
     // PostRequest: a map16 of 20 keys in msgpack5, trimmed here to the ones that vary in width.
     let post = cat(&[
@@ -272,8 +301,8 @@ fn node_frames() {
     ]);
     let frame = one_frame(&post);
     assert_eq!((frame.method(), frame.request_id()), (Some(Method::PostRequest), None));
-    let (_, _, params) = message::decode_request::<RPCMsgIn>(&post).unwrap();
-    assert_eq!((params.response_code, params.response_millis, params.response_size), (500, 1200, 1 << 20));
+    let (_, _, params) = decode_request::<RPCMsgIn>(&post);
+    assert_eq!((params.ResponseCode, params.ResponseMillis, params.ResponseSize), (500, 1200, 1 << 20));
 
     // A response as the Node module reads it (agent side), with RespActions.
     let response = cat(&[
@@ -285,8 +314,8 @@ fn node_frames() {
     ]);
     let frame = one_frame(&response);
     assert_eq!(frame.request_id(), Some(&b""[..]));
-    let result = message::decode_response::<RPCMsgOut>(&response).unwrap().2.unwrap();
-    assert_eq!(result.resp_actions, vec![Action(1, vec!["X-Foo".into(), "bar".into()])]);
+    let result = decode_response(&response).2.unwrap();
+    assert_eq!(result.RespActions, vec![(1, vec!["X-Foo".into(), "bar".into()])]);
 }
 
 #[test]
@@ -305,9 +334,9 @@ fn python_frames() {
     ]);
     let frame = one_frame(&pre);
     assert_eq!((frame.msgid(), frame.method()), (Some(0x5a3c_9e21), Some(Method::PreRequest)));
-    let (msgid, _, params) = message::decode_request::<RPCMsgIn>(&pre).unwrap();
+    let (msgid, _, params) = decode_request::<RPCMsgIn>(&pre);
     assert_eq!(msgid, 0x5a3c_9e21);
-    assert_eq!((params.method.as_str(), params.post_body.len(), params.headers_in.len()), ("POST", 300, 0));
+    assert_eq!((params.Method.as_str(), params.PostBody.len(), params.HeadersIn.len()), ("POST", 300, 0));
 
     let init = cat(&[
         &[0x94, 0x00, 0xcd, 0x9c, 0x40, 0xae], b"RPC.ModuleInit", &[0x91, 0x83],
@@ -368,18 +397,20 @@ fn error_response_bytes() {
     assert_eq!(&bytes[..], &expected[..]);
     let frame = one_frame(&bytes);
     assert!(frame.is_error_response());
-    let (msgid, error, result) = message::decode_response::<RPCMsgOut>(&bytes).unwrap();
+    let (msgid, error, result) = decode_response(&bytes);
     assert_eq!((msgid, error.as_deref(), result), (0x5a3c_9e21, Some("no agent available"), None));
 }
 
 #[test]
 #[rustfmt::skip]
-fn nil_fields_read_as_defaults() {
+fn nil_fields_are_framed_and_forwarded_like_any_value() {
     let bytes = cat(&[
         &[0x94, 0x00, 0x01, 0xae], b"RPC.PreRequest", &[0x91, 0x82],
         &[0xa9], b"HeadersIn", &[0xc0],
         &[0xa3], b"URI", &[0xc0],
     ]);
-    let (_, _, params) = message::decode_request::<RPCMsgIn>(&bytes).unwrap();
-    assert_eq!(params, RPCMsgIn::default());
+    let frame = one_frame(&bytes);
+    assert_eq!((frame.msgid(), frame.method(), frame.request_id()), (Some(1), Some(Method::PreRequest), None));
+    let update = cat(&[&[0x94, 0x00, 0x02, 0xb1], b"RPC.UpdateRequest", &[0x91, 0x81, 0xa9], b"RequestID", &[0xc0]]);
+    assert_eq!(one_frame(&update).request_id(), None, "a nil RequestID is no ID");
 }

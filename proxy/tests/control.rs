@@ -22,7 +22,7 @@ fn inode(path: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_is_not_on_the_admin_port_and_the_drain_command_finds_the_server_by_its_env() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let admin = format!("127.0.0.1:{}", free_port());
     let agents = agent.addr.to_string();
     // The server's environment, as in the manifests: no control socket named.
@@ -113,7 +113,7 @@ fn unix_args<'a>(listen: &'a str, agents: &'a str, control: &'a str) -> Vec<&'a 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_on_a_live_unix_socket_exits_non_zero_and_the_first_keeps_it() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let agents = agent.addr.to_string();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("rpc.sock");
@@ -155,7 +155,7 @@ async fn a_second_instance_on_a_live_unix_socket_exits_non_zero_and_the_first_ke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_socket_is_replaced_and_a_socket_not_ours_is_left_on_exit() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let agents = agent.addr.to_string();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("rpc.sock");

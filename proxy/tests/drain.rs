@@ -5,17 +5,14 @@ mod support;
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use sigsci_proxy::codec::FrameCodec;
 use sigsci_proxy::config::{Dur, Options};
-use sigsci_proxy::message::{self, RPCMsgOut};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn drain_flips_readiness_finishes_in_flight_rpcs_and_exits() {
-    let agent = Agent::start_with("slow", Behavior::Slow(Duration::from_millis(400))).await;
+    let agent = Agent::slow(Duration::from_millis(400)).await;
     let proxy = start_proxy(Options {
         drain_delay: Some(Dur(Duration::from_millis(100))),
         drain_timeout: Some(Dur(Duration::from_secs(10))),
@@ -26,24 +23,18 @@ async fn drain_flips_readiness_finishes_in_flight_rpcs_and_exits() {
 
     // An idle persistent connection (one answered call, kept open).
     let mut idle = TcpStream::connect(proxy.rpc).await.unwrap();
-    idle.write_all(&message::encode_request(
-        1,
-        message::MODULE_INIT,
-        &pre_request(),
-    ))
-    .await
-    .unwrap();
-    let mut frames = tokio_util::codec::FramedRead::new(idle, FrameCodec::default());
-    frames.next().await.unwrap().unwrap();
+    idle.write_all(&rpc::encode_request(1, rpc::MODULE_INIT, &pre_request()))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut idle).await.1, None);
 
     // An RPC in flight when the drain starts.
     let rpc = proxy.rpc;
     let in_flight = tokio::spawn(async move {
-        let (_, err, out): (_, _, Option<RPCMsgOut>) =
-            call(rpc, 5, message::PRE_REQUEST, &pre_request()).await;
-        (err, out)
+        let (_, err, reply) = call(rpc, 5, support::rpc::PRE_REQUEST, &pre_request()).await;
+        (err, reply)
     });
-    wait_until("the agent got the call", || agent.pre() > 0).await;
+    wait_until("the agent got the call", async || agent.pre() > 0).await;
 
     let answer = sigsci_proxy::request_drain(&proxy.control).await.unwrap();
     assert_eq!(answer, "draining");
@@ -53,9 +44,9 @@ async fn drain_flips_readiness_finishes_in_flight_rpcs_and_exits() {
         "not ready at once"
     );
 
-    let (err, out) = in_flight.await.unwrap();
+    let (err, reply) = in_flight.await.unwrap();
     assert_eq!(err, None, "the in-flight RPC completes");
-    assert!(!out.unwrap().request_id.is_empty());
+    assert!(!out(reply).RequestID.is_empty());
 
     let report = tokio::time::timeout(Duration::from_secs(8), proxy.task)
         .await
@@ -64,15 +55,13 @@ async fn drain_flips_readiness_finishes_in_flight_rpcs_and_exits() {
         .unwrap();
     assert_eq!(report.cut_off, 0);
     // The idle connection was closed, and the listener is gone.
-    let mut idle = frames.into_inner();
-    let mut buf = [0u8; 16];
-    assert!(matches!(idle.read(&mut buf).await, Ok(0) | Err(_)));
+    assert_eq!(read_frame(&mut idle, &mut Vec::new()).await, None);
     assert!(TcpStream::connect(rpc).await.is_err());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn drain_timeout_reports_the_rpcs_it_cut_off() {
-    let agent = Agent::start_with("stuck", Behavior::Slow(Duration::from_secs(30))).await;
+    let agent = Agent::slow(Duration::from_secs(30)).await;
     let proxy = start_proxy(Options {
         drain_delay: Some(Dur(Duration::from_millis(10))),
         drain_timeout: Some(Dur(Duration::from_millis(300))),
@@ -83,24 +72,20 @@ async fn drain_timeout_reports_the_rpcs_it_cut_off() {
     let rpc = proxy.rpc;
     let _stuck = tokio::spawn(async move {
         let mut s = TcpStream::connect(rpc).await.unwrap();
-        s.write_all(&message::encode_request(
-            1,
-            message::PRE_REQUEST,
-            &pre_request(),
-        ))
-        .await
-        .unwrap();
+        s.write_all(&rpc::encode_request(1, rpc::PRE_REQUEST, &pre_request()))
+            .await
+            .unwrap();
         let mut buf = [0u8; 16];
         let _ = s.read(&mut buf).await;
     });
-    wait_until("the agent got the call", || agent.pre() > 0).await;
+    wait_until("the agent got the call", async || agent.pre() > 0).await;
     let report = proxy.stop().await;
     assert_eq!(report.cut_off, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_call_connected_before_the_listeners_close_is_still_answered() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let proxy = start_proxy(Options {
         drain_delay: Some(Dur(Duration::from_millis(200))),
         drain_timeout: Some(Dur(Duration::from_secs(10))),
@@ -124,37 +109,18 @@ async fn a_call_connected_before_the_listeners_close_is_still_answered() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let mut call = call;
-    call.write_all(&message::encode_request(
-        7,
-        message::PRE_REQUEST,
-        &pre_request(),
-    ))
-    .await
-    .unwrap();
-    let mut frames = tokio_util::codec::FramedRead::new(call, FrameCodec::default());
-    let answer = frames
-        .next()
+    call.write_all(&rpc::encode_request(7, rpc::PRE_REQUEST, &pre_request()))
         .await
-        .expect("an answer, not a close")
         .unwrap();
-    assert_eq!(answer.msgid(), Some(7));
-    assert!(!answer.is_error_response());
+    let answer = read_frame(&mut call, &mut Vec::new())
+        .await
+        .expect("an answer, not a close");
+    assert_eq!(rpc::decode_response(&answer).unwrap().0, 7);
+    assert_eq!(rpc::decode_response(&answer).unwrap().1, None);
     let report = tokio::time::timeout(Duration::from_secs(8), proxy.task)
         .await
         .expect("run returns")
         .unwrap()
         .unwrap();
     assert_eq!(report.cut_off, 0);
-}
-
-/// Polls `done` every 5 ms; panics naming `what` after 10 s (a test must stop by itself).
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let started = std::time::Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{what}: not within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }

@@ -3,11 +3,9 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sigsci_proxy::config::{Dur, Options};
-use sigsci_proxy::message::{self, RPCMsgOut};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,8 +15,7 @@ async fn pre_requests(addr: std::net::SocketAddr, n: usize) -> usize {
     let mut failed = 0;
     for chunk in 0..n.div_ceil(4) {
         let calls = (0..4.min(n - chunk * 4)).map(|i| async move {
-            let (_, err, _): (_, _, Option<RPCMsgOut>) =
-                call(addr, i as u64, message::PRE_REQUEST, &pre_request()).await;
+            let (_, err, _) = call(addr, i as u64, rpc::PRE_REQUEST, &pre_request()).await;
             err.is_some()
         });
         failed += futures::future::join_all(calls)
@@ -40,8 +37,12 @@ async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
 
 #[tokio::test]
 async fn an_agent_answering_errors_fast_gets_little_work_and_its_calls_are_retried() {
-    let good = [Agent::start("a").await, Agent::start("b").await];
-    let bad = Agent::start_with("err", Behavior::ErrorAnswer).await;
+    let good = [Agent::start().await, Agent::start().await];
+    let bad = Agent::with_faults(Faults {
+        error: true,
+        ..no_faults()
+    })
+    .await;
     let proxy = start_proxy(with_agents(&[&good[0], &good[1], &bad])).await;
     let failed = pre_requests(proxy.rpc, 400).await;
     let to_bad = bad.pre();
@@ -64,10 +65,14 @@ async fn an_agent_answering_errors_fast_gets_little_work_and_its_calls_are_retri
     proxy.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_agent_that_never_answers_costs_a_handful_of_calls() {
-    let good = [Agent::start("a").await, Agent::start("b").await];
-    let stalled = Agent::start_with("stall", Behavior::Stall).await;
+    let good = [Agent::start().await, Agent::start().await];
+    let stalled = Agent::with_faults(Faults {
+        stall: true,
+        ..no_faults()
+    })
+    .await;
     let proxy = start_proxy(Options {
         rpc_timeout: Some(Dur(Duration::from_millis(80))),
         connect_timeout: Some(Dur(Duration::from_millis(20))),
@@ -94,19 +99,19 @@ async fn an_agent_that_never_answers_costs_a_handful_of_calls() {
 
 #[tokio::test]
 async fn an_agent_restarted_on_its_address_is_back_within_a_second() {
-    let other = Agent::start("other").await;
-    let agent = Agent::start("a").await;
+    let other = Agent::start().await;
+    let agent = Agent::start().await;
     let addr = agent.addr;
     let proxy = start_proxy(with_agents(&[&other, &agent])).await;
     pre_requests(proxy.rpc, 20).await;
-    drop(agent);
+    agent.kill().await;
     // Calls meanwhile: the dead agent is ejected (its failures are retried on `other`).
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(pre_requests(proxy.rpc, 40).await, 0);
     let (_, agents) = http(proxy.admin, "GET", "/agents").await;
     assert!(agents.contains("\"ejected\""), "{agents}");
 
-    let back = Agent::start_on(addr, "a2", Behavior::Normal).await;
+    let back = Agent::spawn(agent_config().listen(addr.into())).await;
     let listening = Instant::now();
     while back.pre() == 0 {
         assert!(
@@ -120,7 +125,7 @@ async fn an_agent_restarted_on_its_address_is_back_within_a_second() {
 
 #[tokio::test]
 async fn invalid_calls_are_answered_by_the_proxy_and_never_reach_an_agent() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let proxy = start_proxy(with_agents(&[&agent])).await;
     let map = std::collections::BTreeMap::from([("URI", "/")]);
     let bad_params: Vec<Vec<u8>> = vec![
@@ -134,17 +139,13 @@ async fn invalid_calls_are_answered_by_the_proxy_and_never_reach_an_agent() {
     for (i, frame) in bad_params.iter().enumerate() {
         let mut s = TcpStream::connect(proxy.rpc).await.unwrap();
         s.write_all(frame).await.unwrap();
-        let mut buf = vec![0u8; 512];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap_or(0);
+        let answer = read_frame(&mut s, &mut Vec::new()).await;
         if i == 0 {
             // nil params is not an RPC frame at all: the connection ends.
+            assert_eq!(answer, None, "closed without an answer");
             continue;
         }
-        let (msgid, err, _): (u64, Option<String>, Option<()>) =
-            message::decode_response(&buf[..n]).unwrap();
+        let (msgid, err, _) = rpc::decode_response(&answer.expect("an answer")).unwrap();
         assert_eq!(msgid, i as u64 + 1);
         assert!(err.unwrap().contains("invalid call"));
     }
@@ -154,13 +155,19 @@ async fn invalid_calls_are_answered_by_the_proxy_and_never_reach_an_agent() {
         .await
         .unwrap();
     let mut buf = [0u8; 16];
-    assert!(matches!(s.read(&mut buf).await, Ok(0) | Err(_)));
+    let end = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await;
+    assert!(matches!(end, Ok(Ok(0) | Err(_))), "{end:?}");
 
     assert!(!pre(proxy.rpc).await.is_empty(), "good calls beside them");
-    let c = &agent.counters;
+    let stats = agent.stats();
     assert_eq!(
-        c.other.load(Ordering::Relaxed),
-        0,
+        (
+            stats.unknown_methods,
+            stats.bad_params,
+            stats.notifications,
+            stats.malformed
+        ),
+        (0, 0, 0, 0),
         "nothing invalid reached the agent"
     );
     assert_eq!(agent.pre(), 1);
@@ -197,7 +204,7 @@ fn raw_pre_request(msgid: u32, uri: &[u8], body: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn raw_bytes_and_large_requests_are_forwarded_not_judged() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let proxy = start_proxy(with_agents(&[&agent])).await;
     // Invalid UTF-8 next to an attack: a string's contents are the agent's business.
     for (msgid, frame) in [
@@ -207,29 +214,25 @@ async fn raw_bytes_and_large_requests_are_forwarded_not_judged() {
     ] {
         let mut s = TcpStream::connect(proxy.rpc).await.unwrap();
         s.write_all(&frame).await.unwrap();
-        let mut frames =
-            tokio_util::codec::FramedRead::new(s, sigsci_proxy::codec::FrameCodec::default());
-        let answer = tokio::time::timeout(
-            Duration::from_secs(5),
-            futures::StreamExt::next(&mut frames),
-        )
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-        assert_eq!(answer.msgid(), Some(msgid));
-        assert!(
-            !answer.is_error_response(),
+        let (id, err, _) = read_response(&mut s).await;
+        assert_eq!(
+            (id, err),
+            (msgid, None),
             "forwarded and answered by the agent"
         );
     }
-    assert_eq!(agent.pre(), 2);
+    let stats = agent.stats();
+    assert_eq!(
+        (stats.prerequests, stats.blocked),
+        (2, 1),
+        "the attack seen"
+    );
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn partly_received_frames_past_the_budget_shed_the_largest_holders() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let proxy = start_proxy(Options {
         max_frame_bytes: Some(1 << 20),
         max_partial_bytes: Some(2 << 20),
@@ -270,9 +273,9 @@ async fn partly_received_frames_past_the_budget_shed_the_largest_holders() {
     proxy.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_module_that_does_not_read_is_reset_after_the_write_timeout() {
-    let agent = Agent::start_with("a", Behavior::LargeAnswers(256 << 10)).await;
+    let agent = Agent::spawn(agent_config().answer_padding(256 << 10)).await;
     let proxy = start_proxy(Options {
         write_timeout: Some(Dur(Duration::from_millis(200))),
         ..with_agents(&[&agent])
@@ -285,7 +288,7 @@ async fn a_module_that_does_not_read_is_reset_after_the_write_timeout() {
     let s = socket.connect(proxy.rpc).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     let writer = tokio::spawn(async move {
-        let one = message::encode_request(1, message::PRE_REQUEST, &pre_request());
+        let one = rpc::encode_request(1, rpc::PRE_REQUEST, &pre_request());
         let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 100).collect();
         for _ in 0..5 {
             if wr.write_all(&batch).await.is_err() {
@@ -334,9 +337,9 @@ async fn a_module_that_does_not_read_is_reset_after_the_write_timeout() {
 
 #[tokio::test]
 async fn an_agent_blip_does_not_make_the_proxy_unready() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let proxy = start_proxy(with_agents(&[&agent])).await;
-    drop(agent);
+    agent.kill().await;
     pre_requests(proxy.rpc, 10).await;
     let (status, _) = http(proxy.admin, "GET", "/readyz").await;
     assert_eq!(

@@ -27,9 +27,9 @@ async fn closed_by_proxy(mut s: TcpStream) {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn garbage_huge_frames_and_slow_clients_are_closed_others_are_served() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let proxy = start_proxy(Options {
         frame_read_timeout: Some(Dur(Duration::from_millis(300))),
         ..with_agents(&[&agent])
@@ -65,7 +65,7 @@ async fn garbage_huge_frames_and_slow_clients_are_closed_others_are_served() {
 
 /// Sends a PreRequest on `s` without waiting for the answer.
 async fn send_pre(s: &mut TcpStream, msgid: u64) {
-    let req = sigsci_proxy::message::encode_request(msgid, "RPC.PreRequest", &pre_request());
+    let req = rpc::encode_request(msgid, rpc::PRE_REQUEST, &pre_request());
     s.write_all(&req).await.unwrap();
 }
 
@@ -89,7 +89,7 @@ async fn how_it_ends(mut s: TcpStream) -> std::io::Result<usize> {
 
 #[tokio::test]
 async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let proxy = start_proxy(Options {
         max_connections: Some(2),
         ..with_agents(&[&agent])
@@ -119,7 +119,7 @@ async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
 
 #[tokio::test]
 async fn at_the_connection_limit_with_every_connection_busy_a_new_one_is_reset_at_once() {
-    let agent = Agent::start_with("slow", Behavior::Slow(Duration::from_millis(300))).await;
+    let agent = Agent::slow(Duration::from_millis(300)).await;
     let proxy = start_proxy(Options {
         max_connections: Some(2),
         ..with_agents(&[&agent])

@@ -7,7 +7,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use sigsci_proxy::message::{self, RPCMsgOut};
 use support::process::ProxyProcess;
 use support::*;
 
@@ -73,8 +72,7 @@ async fn every_family_has_help_and_type_and_calls_without_an_agent_count_as_unin
     let uninspected_before = sum_of(&before, "sigsci_proxy_uninspected_total");
 
     for i in 0..50 {
-        let (_, err, _): (_, _, Option<RPCMsgOut>) =
-            call(proxy.rpc(), i, message::PRE_REQUEST, &pre_request()).await;
+        let (_, err, _) = call(proxy.rpc(), i, rpc::PRE_REQUEST, &pre_request()).await;
         assert!(err.is_some(), "no agent: an error frame");
     }
 
@@ -140,7 +138,7 @@ async fn the_alert_rules_and_the_dashboard_use_only_exported_metrics() {
     assert!(files >= 2 && used.len() > 5, "read {files} files: {used:?}");
 
     // A proxy with an agent, after a few calls: per-agent series exist.
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ctl = dir.path().join("p.ctl");
     let proxy = ProxyProcess::spawn(

@@ -6,18 +6,17 @@ mod support;
 use std::time::Duration;
 
 use sigsci_proxy::config::{Options, UpstreamMode};
-use sigsci_proxy::message::{self, RPCMsgIn2, RPCMsgOut};
 use support::*;
 
 #[tokio::test]
 async fn pre_requests_are_balanced_per_rpc_across_three_agents() {
     // Concurrent modules, so that outstanding requests (not only latency) weigh in the picks,
     // as under real load.
-    let slow = Behavior::Slow(Duration::from_millis(3));
+    let slow = Duration::from_millis(3);
     let agents = [
-        Agent::start_with("a", slow).await,
-        Agent::start_with("b", slow).await,
-        Agent::start_with("c", slow).await,
+        Agent::slow(slow).await,
+        Agent::slow(slow).await,
+        Agent::slow(slow).await,
     ];
     let proxy = start_proxy(with_agents(&[&agents[0], &agents[1], &agents[2]])).await;
     let rpc = proxy.rpc;
@@ -34,9 +33,18 @@ async fn pre_requests_are_balanced_per_rpc_across_three_agents() {
         m.await.unwrap();
     }
     let counts: Vec<u64> = agents.iter().map(Agent::pre).collect();
+    eprintln!("PreRequests per agent: {counts:?}");
     assert_eq!(counts.iter().sum::<u64>(), 300);
+    // Equal agents get a third each (100). P2C on outstanding requests kept every count
+    // within 88–113 over ten runs on a 2-core machine at load average 6; ±25 leaves room for
+    // latency estimates that follow such a machine's scheduling, and still fails any real
+    // imbalance: an agent starved, two agents sharing the work, a tie always broken toward the
+    // same agent (shares 2/3, 1/3, 0), or any agent above 42 %.
     for c in &counts {
-        assert!(*c >= 15, "every agent gets a share of the RPCs: {counts:?}");
+        assert!(
+            (75..=125).contains(c),
+            "each agent's share within 25–42 %: {counts:?}"
+        );
     }
     proxy.stop().await;
 }
@@ -44,9 +52,9 @@ async fn pre_requests_are_balanced_per_rpc_across_three_agents() {
 #[tokio::test]
 async fn updates_reach_the_agent_that_issued_the_request_id() {
     let agents = [
-        Agent::start("a").await,
-        Agent::start("b").await,
-        Agent::start("c").await,
+        Agent::start().await,
+        Agent::start().await,
+        Agent::start().await,
     ];
     let proxy = start_proxy(with_agents(&[&agents[0], &agents[1], &agents[2]])).await;
     for _ in 0..60 {
@@ -63,9 +71,9 @@ async fn updates_reach_the_agent_that_issued_the_request_id() {
 #[tokio::test]
 async fn affinity_holds_across_proxy_replicas_and_restarts() {
     let agents = [
-        Agent::start("a").await,
-        Agent::start("b").await,
-        Agent::start("c").await,
+        Agent::start().await,
+        Agent::start().await,
+        Agent::start().await,
     ];
     let refs = [&agents[0], &agents[1], &agents[2]];
     let first = start_proxy(with_agents(&refs)).await;
@@ -94,7 +102,7 @@ async fn affinity_holds_across_proxy_replicas_and_restarts() {
 
 #[tokio::test]
 async fn tokens_naming_no_member_are_never_dialled() {
-    let (a, b) = (Agent::start("a").await, Agent::start("b").await);
+    let (a, b) = (Agent::start().await, Agent::start().await);
     let only_a = start_proxy(with_agents(&[&a])).await;
     let only_b = start_proxy(with_agents(&[&b])).await;
     let id = pre(only_a.rpc).await;
@@ -124,7 +132,7 @@ async fn tokens_naming_no_member_are_never_dialled() {
 async fn a_terminating_agent_gets_no_new_pre_requests_but_gets_its_updates() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agents.json");
-    let (a, b) = (Agent::start("a").await, Agent::start("b").await);
+    let (a, b) = (Agent::start().await, Agent::start().await);
     write_agents_file(&file, &[(&a, "ready"), (&b, "ready")]);
     let proxy = start_proxy(Options {
         agents_file: Some(file.clone()),
@@ -133,20 +141,23 @@ async fn a_terminating_agent_gets_no_new_pre_requests_but_gets_its_updates() {
     .await;
     let mut ids = Vec::new();
     while a.pre() < 5 {
+        assert!(
+            ids.len() < 200,
+            "`a` got {} of {} PreRequests",
+            a.pre(),
+            ids.len()
+        );
         ids.push(pre(proxy.rpc).await);
     }
     write_agents_file(&file, &[(&a, "terminating"), (&b, "ready")]);
     // The file is polled every 50 ms: wait until `a` shows as terminating.
-    for _ in 0..200 {
-        if http(proxy.admin, "GET", "/agents")
+    wait_until("`a` shows as terminating", async || {
+        http(proxy.admin, "GET", "/agents")
             .await
             .1
             .contains("terminating")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     let before = a.pre();
     for _ in 0..50 {
         pre(proxy.rpc).await;
@@ -166,10 +177,14 @@ async fn a_terminating_agent_gets_no_new_pre_requests_but_gets_its_updates() {
 
 #[tokio::test]
 async fn failed_pre_requests_are_retried_on_another_agent() {
-    // An agent that drops PreRequests (connection closed before any answer), and an address
-    // where nothing listens (connect refused): each beside a good agent.
-    let dropper = Agent::start_with("dropper", Behavior::DropPreRequests).await;
-    let good = Agent::start("good").await;
+    // An agent that resets the connection on every request (it breaks before any answer), and
+    // an address where nothing listens (connect refused): each beside a good agent.
+    let dropper = Agent::with_faults(Faults {
+        reset: true,
+        ..no_faults()
+    })
+    .await;
+    let good = Agent::start().await;
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -185,13 +200,22 @@ async fn failed_pre_requests_are_retried_on_another_agent() {
             ..options()
         })
         .await;
+        let answered_before = good.stats().responses;
         for _ in 0..8 {
             let id = pre(proxy.rpc).await;
-            assert!(id.starts_with("good-"), "answered by the good agent: {id}");
+            assert!(!id.is_empty(), "a RequestID, so answered by an agent");
         }
+        assert_eq!(
+            good.stats().responses - answered_before,
+            8,
+            "{mode:?}, {bad}: every call answered by the good agent"
+        );
         proxy.stop().await;
     }
 }
+
+/// "At once": far below the module's 100 ms timeout, with slack for a loaded 2-core machine.
+const AT_ONCE: Duration = Duration::from_millis(50);
 
 #[tokio::test]
 async fn without_any_agent_the_module_gets_an_error_frame_at_once() {
@@ -203,19 +227,15 @@ async fn without_any_agent_the_module_gets_an_error_frame_at_once() {
         ..options()
     })
     .await;
-    let (status, _) = http(proxy.admin, "GET", "/readyz").await;
-    assert_eq!(
-        status, 200,
-        "ready once a membership is in, even an empty one: agent health is a metric"
-    );
+    // `start_proxy` returned, so `/readyz` turned 200 (it panics otherwise): ready once a
+    // membership is in, even an empty one; agent health is a metric.
     let started = std::time::Instant::now();
-    let (msgid, err, _): (_, _, Option<RPCMsgOut>) =
-        call(proxy.rpc, 42, message::PRE_REQUEST, &pre_request()).await;
+    let (msgid, err, _) = call(proxy.rpc, 42, rpc::PRE_REQUEST, &pre_request()).await;
     let elapsed = started.elapsed();
     assert_eq!(msgid, 42);
     assert!(err.unwrap().contains("no agent"));
     assert!(
-        elapsed < std::time::Duration::from_millis(50),
+        elapsed < AT_ONCE,
         "answered at once, not near the module's 100 ms: {elapsed:?}"
     );
     proxy.stop().await;
@@ -230,10 +250,15 @@ async fn without_any_agent_the_module_gets_an_error_frame_at_once() {
         ..options()
     })
     .await;
-    let (msgid, err, _): (_, _, Option<RPCMsgOut>) =
-        call(proxy.rpc, 43, message::PRE_REQUEST, &pre_request()).await;
+    let started = std::time::Instant::now();
+    let (msgid, err, _) = call(proxy.rpc, 43, rpc::PRE_REQUEST, &pre_request()).await;
+    let elapsed = started.elapsed();
     assert_eq!(msgid, 43);
     assert!(err.is_some());
+    assert!(
+        elapsed < AT_ONCE,
+        "a refused connect is answered at once: {elapsed:?}"
+    );
     proxy.stop().await;
 }
 
@@ -242,7 +267,7 @@ async fn frames_larger_than_the_socket_buffer_reach_the_agent_whole() {
     // Ten modules at once, each with a 600 kB body, all multiplexed on one agent connection:
     // more than the socket takes at once, so frames queue behind each other and must still
     // arrive whole and in one piece each.
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let proxy = start_proxy(Options {
         upstream_connections: Some(1),
         ..with_agents(&[&agent])
@@ -252,14 +277,13 @@ async fn frames_larger_than_the_socket_buffer_reach_the_agent_whole() {
     let calls: Vec<_> = (0..10u64)
         .map(|i| {
             tokio::spawn(async move {
-                let params = sigsci_proxy::message::RPCMsgIn {
-                    post_body: char::from(b'a' + i as u8).to_string().repeat(600_000),
+                let params = RPCMsgIn {
+                    PostBody: char::from(b'a' + i as u8).to_string().repeat(600_000),
                     ..pre_request()
                 };
-                let (msgid, err, out): (_, _, Option<RPCMsgOut>) =
-                    call(rpc, i, message::PRE_REQUEST, &params).await;
+                let (msgid, err, reply) = call(rpc, i, rpc::PRE_REQUEST, &params).await;
                 assert_eq!((msgid, err), (i, None));
-                out.unwrap().request_id
+                out(reply).RequestID
             })
         })
         .collect();
@@ -276,41 +300,32 @@ async fn frames_larger_than_the_socket_buffer_reach_the_agent_whole() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_with_their_own_msgids() {
-    use futures::StreamExt;
-    use sigsci_proxy::codec::FrameCodec;
     use tokio::io::AsyncWriteExt;
 
-    let agents = [Agent::start("a").await, Agent::start("b").await];
+    let agents = [Agent::start().await, Agent::start().await];
     let proxy = start_proxy(with_agents(&[&agents[0], &agents[1]])).await;
     let mut s = tokio::net::TcpStream::connect(proxy.rpc).await.unwrap();
     let mut batch = Vec::new();
     let ids = [3_u64, 1 << 20, 5_000_000_000, 17, 255];
     for id in ids {
-        batch.extend(message::encode_request(
-            id,
-            message::PRE_REQUEST,
-            &pre_request(),
-        ));
+        batch.extend(rpc::encode_request(id, rpc::PRE_REQUEST, &pre_request()));
     }
-    batch.extend(message::encode_request(
+    batch.extend(rpc::encode_request(
         99,
-        message::UPDATE_REQUEST,
+        rpc::UPDATE_REQUEST,
         &RPCMsgIn2 {
-            request_id: "nobody".into(),
+            RequestID: "nobody".into(),
             ..Default::default()
         },
     ));
     s.write_all(&batch).await.unwrap();
-    let mut frames = tokio_util::codec::FramedRead::new(s, FrameCodec::default());
     let mut seen = Vec::new();
+    let mut buf = Vec::new();
     for _ in 0..ids.len() + 1 {
-        let f = tokio::time::timeout(Duration::from_secs(5), frames.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(!f.is_error_response());
-        seen.push(f.msgid().unwrap());
+        let frame = read_frame(&mut s, &mut buf).await.expect("an answer");
+        let (msgid, err, _) = rpc::decode_response(&frame).unwrap();
+        assert_eq!(err, None);
+        seen.push(msgid);
     }
     seen.sort_unstable();
     let mut want = ids.to_vec();
@@ -322,35 +337,25 @@ async fn pipelined_requests_are_answered_with_their_own_msgids() {
 
 #[tokio::test]
 async fn module_init_post_request_and_admin_pages() {
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let proxy = start_proxy(with_agents(&[&agent])).await;
-    let (_, err, _): (_, _, Option<RPCMsgOut>) =
-        call(proxy.rpc, 1, message::MODULE_INIT, &pre_request()).await;
+    let (_, err, _) = call(proxy.rpc, 1, rpc::MODULE_INIT, &pre_request()).await;
     assert_eq!(err, None);
-    let (_, err, _): (_, _, Option<i64>) =
-        call(proxy.rpc, 2, message::POST_REQUEST, &pre_request()).await;
+    let (_, err, _) = call(proxy.rpc, 2, rpc::POST_REQUEST, &pre_request()).await;
     assert_eq!(err, None);
-    let (_, err, _): (_, _, Option<()>) = call(proxy.rpc, 3, "RPC.Unknown", &pre_request()).await;
+    let (_, err, _) = call(proxy.rpc, 3, "RPC.Unknown", &pre_request()).await;
     let err = err.unwrap();
     assert!(
         err.contains("unknown method"),
         "answered by the proxy: {err}"
     );
+    let stats = agent.stats();
     assert_eq!(
-        agent
-            .counters
-            .other
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0,
+        (stats.unknown_methods, stats.bad_params, stats.notifications),
+        (0, 0, 0),
         "never forwarded to a shared agent connection"
     );
-    assert_eq!(
-        agent
-            .counters
-            .init
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!((stats.moduleinits, stats.postrequests), (1, 1));
 
     let (status, agents) = http(proxy.admin, "GET", "/agents").await;
     assert_eq!(status, 200);
@@ -382,11 +387,9 @@ async fn module_init_post_request_and_admin_pages() {
 
 #[tokio::test]
 async fn modules_can_connect_over_a_unix_socket() {
-    use futures::StreamExt;
-    use sigsci_proxy::codec::FrameCodec;
     use tokio::io::AsyncWriteExt;
 
-    let agent = Agent::start("a").await;
+    let agent = Agent::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sigsci.sock");
     let proxy = start_proxy(Options {
@@ -398,17 +401,12 @@ async fn modules_can_connect_over_a_unix_socket() {
     })
     .await;
     let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
-    s.write_all(&message::encode_request(
-        9,
-        message::PRE_REQUEST,
-        &pre_request(),
-    ))
-    .await
-    .unwrap();
-    let mut frames = tokio_util::codec::FramedRead::new(s, FrameCodec::default());
-    let answer = frames.next().await.unwrap().unwrap();
-    assert_eq!(answer.msgid(), Some(9));
-    assert!(!answer.is_error_response());
+    s.write_all(&rpc::encode_request(9, rpc::PRE_REQUEST, &pre_request()))
+        .await
+        .unwrap();
+    let (msgid, err, reply) = read_response(&mut s).await;
+    assert_eq!((msgid, err), (9, None));
+    assert!(!out(reply).RequestID.is_empty(), "answered by the agent");
     proxy.stop().await;
     assert!(!path.exists(), "the socket file is removed on exit");
 }

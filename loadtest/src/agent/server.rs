@@ -28,6 +28,9 @@ pub const INJECTED_ERROR: &str = "sim: injected error (error fault)";
 /// microseconds (used to force out-of-order answers deterministically).
 pub const SERVICE_TIME_HEADER: &str = "X-Sim-Service-Time-Us";
 
+/// The request header that carries [`AgentConfig::answer_padding`] in PreRequest answers.
+pub const PADDING_HEADER: &str = "X-Sim-Padding";
+
 /// State shared by every task of one simulator.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -228,6 +231,10 @@ impl Shared {
         };
         out.RequestHeaders
             .push(("X-SigSci-AgentResponse".into(), code.to_string()));
+        if self.cfg.answer_padding > 0 {
+            out.RequestHeaders
+                .push((PADDING_HEADER.into(), "p".repeat(self.cfg.answer_padding)));
+        }
         if let Some(tag) = tag {
             let id = uuid::Uuid::new_v4().to_string();
             out.RequestHeaders

@@ -1,11 +1,12 @@
-//! Unit tests of the walker, the view and rewrite on frames built with the typed encoder.
+//! Unit tests of the walker, the view and rewrite on frames built with the loadtest's typed
+//! encoder (`loadtest::rpc`, an implementation independent of this crate).
 //! Wire-exact frames of the real modules and property tests live in `proxy/tests/codec_*.rs`.
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::*;
-use crate::message::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut};
+use loadtest::rpc::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
 
 fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Vec<Frame> {
     let mut buf = BytesMut::from(bytes);
@@ -20,10 +21,10 @@ fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Vec<Frame> {
 #[test]
 fn request_view_has_kind_msgid_method() {
     let params = RPCMsgIn {
-        uri: "/x".into(),
+        URI: "/x".into(),
         ..Default::default()
     };
-    let bytes = message::encode_request(70_000, message::PRE_REQUEST, &params);
+    let bytes = rpc::encode_request(70_000, rpc::PRE_REQUEST, &params);
     let frame = Frame::parse(Bytes::from(bytes.clone()), &Limits::default()).unwrap();
     assert_eq!(frame.kind(), FrameKind::Request);
     assert_eq!(frame.msgid(), Some(70_000));
@@ -41,11 +42,11 @@ fn request_view_has_kind_msgid_method() {
 #[test]
 fn update_request_exposes_request_id() {
     let params = RPCMsgIn2 {
-        request_id: "abc-123".into(),
-        response_code: 200,
+        RequestID: "abc-123".into(),
+        ResponseCode: 200,
         ..Default::default()
     };
-    let bytes = message::encode_request(5, message::UPDATE_REQUEST, &params);
+    let bytes = rpc::encode_request(5, rpc::UPDATE_REQUEST, &params);
     let frame = Frame::parse(Bytes::from(bytes), &Limits::default()).unwrap();
     assert_eq!(frame.method(), Some(Method::UpdateRequest));
     assert_eq!(frame.request_id(), Some(&b"abc-123"[..]));
@@ -54,12 +55,12 @@ fn update_request_exposes_request_id() {
 #[test]
 fn response_exposes_request_id_and_error() {
     let out = RPCMsgOut {
-        waf_response: 200,
-        request_id: "rid".into(),
+        WAFResponse: 200,
+        RequestID: "rid".into(),
         ..Default::default()
     };
     let frame = Frame::parse(
-        Bytes::from(message::encode_response(9, None, &out)),
+        Bytes::from(rpc::encode_response(9, None, &out)),
         &Limits::default(),
     )
     .unwrap();
@@ -72,21 +73,21 @@ fn response_exposes_request_id_and_error() {
     let err = Frame::parse(error_response(9, "no agent available"), &Limits::default()).unwrap();
     assert!(err.is_error_response());
     assert_eq!(err.msgid(), Some(9));
-    let (msgid, error, result) = message::decode_response::<RPCMsgOut>(err.as_bytes()).unwrap();
+    let (msgid, error, result) = rpc::decode_response(err.as_bytes()).unwrap();
     assert_eq!(
         (msgid, error.as_deref(), result),
-        (9, Some("no agent available"), None)
+        (9, Some("no agent available"), Reply::Nil(()))
     );
 }
 
 #[test]
 fn frames_split_byte_by_byte_decode_identically() {
-    let a = message::encode_request(1, message::PRE_REQUEST, &RPCMsgIn::default());
-    let b = message::encode_response(
+    let a = rpc::encode_request(1, rpc::PRE_REQUEST, &RPCMsgIn::default());
+    let b = rpc::encode_response(
         1,
         None,
         &RPCMsgOut {
-            request_id: "x".repeat(300),
+            RequestID: "x".repeat(300),
             ..Default::default()
         },
     );
@@ -109,12 +110,12 @@ fn frames_split_byte_by_byte_decode_identically() {
 #[test]
 fn rewrite_changes_msgid_and_request_id_only() {
     let out = RPCMsgOut {
-        waf_response: 406,
-        request_id: "short".into(),
+        WAFResponse: 406,
+        RequestID: "short".into(),
         ..Default::default()
     };
     let frame = Frame::parse(
-        Bytes::from(message::encode_response(3, None, &out)),
+        Bytes::from(rpc::encode_response(3, None, &out)),
         &Limits::default(),
     )
     .unwrap();
@@ -128,12 +129,12 @@ fn rewrite_changes_msgid_and_request_id_only() {
         Frame::parse(new.clone().into_bytes(), &Limits::default()).unwrap(),
         new
     );
-    let (msgid, error, result) = message::decode_response::<RPCMsgOut>(new.as_bytes()).unwrap();
+    let (msgid, error, result) = rpc::decode_response(new.as_bytes()).unwrap();
     assert_eq!((msgid, error), (u64::MAX, None));
     assert_eq!(
         result,
-        Some(RPCMsgOut {
-            request_id: long,
+        Reply::Out(RPCMsgOut {
+            RequestID: long,
             ..out
         })
     );
@@ -142,9 +143,9 @@ fn rewrite_changes_msgid_and_request_id_only() {
 #[test]
 fn rewrite_refuses_missing_fields() {
     let frame = Frame::parse(
-        Bytes::from(message::encode_request(
+        Bytes::from(rpc::encode_request(
             1,
-            message::PRE_REQUEST,
+            rpc::PRE_REQUEST,
             &RPCMsgIn::default(),
         )),
         &Limits::default(),
@@ -193,7 +194,7 @@ fn garbage_at_top_level_is_not_rpc() {
 
 #[test]
 fn eof_inside_a_frame_is_truncated() {
-    let bytes = message::encode_request(1, message::PRE_REQUEST, &RPCMsgIn::default());
+    let bytes = rpc::encode_request(1, rpc::PRE_REQUEST, &RPCMsgIn::default());
     let mut codec = FrameCodec::default();
     let mut buf = BytesMut::from(&bytes[..bytes.len() - 1]);
     assert!(matches!(

@@ -1,241 +1,102 @@
-//! Test fixtures: a tiny simulated agent that speaks the protocol (issues RequestIDs, counts
-//! matched and orphaned UpdateRequests), a module-like client, and a proxy started in-process
-//! with a shutdown the test owns.
+//! Test fixtures: agents (the loadtest simulator, in-process, so that the proxy is tested against
+//! an implementation of the protocol that shares none of its code), a module-like client built on
+//! the simulator's own independent wire module, and a proxy started in-process with a shutdown
+//! the test owns.
 #![allow(dead_code)]
 
 pub mod process;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+pub use loadtest::agent::{AgentConfig, AgentStats, Faults, SimAgent};
+pub use loadtest::rpc::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
-use sigsci_proxy::codec::{FrameCodec, FrameKind};
 use sigsci_proxy::config::{Dur, ListenAddr, Options};
-use sigsci_proxy::message::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut};
 use sigsci_proxy::{Config, DrainReport, Proxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-/// How a fixture agent behaves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Behavior {
-    /// Answers everything.
-    Normal,
-    /// Answers after a delay.
-    Slow(Duration),
-    /// Closes the connection when a PreRequest arrives, without answering.
-    DropPreRequests,
-    /// Answers every call at once with an error frame.
-    ErrorAnswer,
-    /// Accepts and reads, never answers.
-    Stall,
-    /// Answers PreRequests with this many bytes of request headers.
-    LargeAnswers(usize),
-}
+/// How long any single wait in a test may take before it fails: a test must stop by itself.
+pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// What an agent saw.
-#[derive(Default, Debug)]
-pub struct Counters {
-    pub connections: AtomicU64,
-    pub pre: AtomicU64,
-    pub init: AtomicU64,
-    pub post: AtomicU64,
-    pub other: AtomicU64,
-    pub updates_matched: AtomicU64,
-    pub updates_orphaned: AtomicU64,
-}
-
-/// A simulated agent on 127.0.0.1.
+/// A simulated agent on 127.0.0.1 ([`agent_config`] unless started otherwise). It runs until
+/// [`Agent::kill`] or the end of the test's runtime.
 pub struct Agent {
-    pub name: String,
+    /// The simulator: stats, faults switched at run time.
+    pub sim: SimAgent,
+    /// Its RPC address.
     pub addr: SocketAddr,
-    pub counters: Arc<Counters>,
-    stop: CancellationToken,
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop.cancel();
+/// Faults with nothing on (`slow` 1: normal speed).
+pub fn no_faults() -> Faults {
+    Faults {
+        slow: 1.0,
+        ..Faults::default()
     }
 }
 
-fn get(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
+/// A simulator configuration for tests: loopback, every PreRequest gets a RequestID.
+pub fn agent_config() -> AgentConfig {
+    SimAgent::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .flag_fraction(1.0)
 }
 
 impl Agent {
-    pub async fn start(name: &str) -> Agent {
-        Self::start_with(name, Behavior::Normal).await
+    /// A well-behaved agent.
+    pub async fn start() -> Agent {
+        Self::spawn(agent_config()).await
     }
 
-    pub async fn start_with(name: &str, behavior: Behavior) -> Agent {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), name, behavior).await
+    /// An agent with `faults` on from the start.
+    pub async fn with_faults(faults: Faults) -> Agent {
+        Self::spawn(agent_config().faults(faults)).await
     }
 
-    /// An agent on `addr` (an agent restarted on the address of one stopped before).
-    pub async fn start_on(addr: SocketAddr, name: &str, behavior: Behavior) -> Agent {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let counters = Arc::new(Counters::default());
-        let issued = Arc::new(Mutex::new(HashSet::new()));
-        let stop = CancellationToken::new();
-        let name = name.to_owned();
-        {
-            let (counters, stop, name) = (counters.clone(), stop.clone(), name.clone());
-            tokio::spawn(async move {
-                loop {
-                    let stream = tokio::select! {
-                        () = stop.cancelled() => return,
-                        r = listener.accept() => r.unwrap().0,
-                    };
-                    counters.connections.fetch_add(1, Ordering::Relaxed);
-                    let ctx = (counters.clone(), issued.clone(), name.clone(), stop.clone());
-                    tokio::spawn(serve_agent_conn(stream, ctx, behavior));
-                }
-            });
-        }
-        Agent {
-            name,
-            addr,
-            counters,
-            stop,
-        }
+    /// An agent whose every answer is delayed by `delay`.
+    pub async fn slow(delay: Duration) -> Agent {
+        Self::with_faults(Faults {
+            delay,
+            ..no_faults()
+        })
+        .await
     }
 
+    /// An agent started from `config`.
+    pub async fn spawn(config: AgentConfig) -> Agent {
+        let sim = config.spawn().await.unwrap();
+        let addr = sim.tcp_addr().expect("a TCP agent");
+        Agent { sim, addr }
+    }
+
+    /// Its counters now.
+    pub fn stats(&self) -> AgentStats {
+        self.sim.stats()
+    }
+    /// PreRequests received.
     pub fn pre(&self) -> u64 {
-        get(&self.counters.pre)
+        self.stats().prerequests
     }
+    /// UpdateRequests whose RequestID this agent issued.
     pub fn matched(&self) -> u64 {
-        get(&self.counters.updates_matched)
+        self.stats().updates_matched
     }
+    /// UpdateRequests whose RequestID this agent never issued.
     pub fn orphaned(&self) -> u64 {
-        get(&self.counters.updates_orphaned)
+        self.stats().updates_orphaned
     }
+    /// Connections accepted.
     pub fn connections(&self) -> u64 {
-        get(&self.counters.connections)
+        self.stats().connections
     }
-}
-
-type Ctx = (
-    Arc<Counters>,
-    Arc<Mutex<HashSet<String>>>,
-    String,
-    CancellationToken,
-);
-
-async fn serve_agent_conn(stream: TcpStream, ctx: Ctx, behavior: Behavior) {
-    let (counters, issued, name, stop) = ctx;
-    let (rd, mut wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, FrameCodec::default());
-    // Requests on one connection are handled concurrently (as the Go agent's net/rpc server
-    // does); a writer task serialises the answers.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(async move {
-        while let Some(reply) = rx.recv().await {
-            if wr.write_all(&reply).await.is_err() {
-                return;
-            }
-        }
-    });
-    loop {
-        let frame = tokio::select! {
-            () = stop.cancelled() => break,
-            f = frames.next() => match f { Some(Ok(f)) => f, _ => break },
-        };
-        if frame.kind() != FrameKind::Request {
-            counters.other.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let method = String::from_utf8_lossy(frame.method_name().unwrap_or_default()).into_owned();
-        if method == message::PRE_REQUEST && behavior == Behavior::DropPreRequests {
-            break;
-        }
-        if method == message::PRE_REQUEST {
-            match behavior {
-                Behavior::Stall => {
-                    counters.pre.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Behavior::ErrorAnswer => {
-                    counters.pre.fetch_add(1, Ordering::Relaxed);
-                    let msgid = frame.msgid().unwrap();
-                    let _ = tx.send(message::encode_response(msgid, Some("agent failure"), &()));
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        let (counters, issued, name, tx) =
-            (counters.clone(), issued.clone(), name.clone(), tx.clone());
-        tokio::spawn(async move {
-            let bytes = frame.as_bytes();
-            let msgid = frame.msgid().unwrap();
-            let reply = match method.as_str() {
-                message::PRE_REQUEST => {
-                    // Strings are bytes to an agent (the Go agent's decoder takes invalid
-                    // UTF-8): this fixture does not parse them.
-                    let n = counters.pre.fetch_add(1, Ordering::Relaxed) + 1;
-                    let id = format!("{name}-{n}");
-                    issued.lock().unwrap().insert(id.clone());
-                    let padding = match behavior {
-                        Behavior::LargeAnswers(n) => vec![("X-Pad".to_owned(), "p".repeat(n))],
-                        _ => Vec::new(),
-                    };
-                    let out = RPCMsgOut {
-                        waf_response: 200,
-                        request_id: id,
-                        request_headers: padding,
-                        ..Default::default()
-                    };
-                    message::encode_response(msgid, None, &out)
-                }
-                message::MODULE_INIT => {
-                    counters.init.fetch_add(1, Ordering::Relaxed);
-                    let out = RPCMsgOut {
-                        waf_response: 200,
-                        ..Default::default()
-                    };
-                    message::encode_response(msgid, None, &out)
-                }
-                message::UPDATE_REQUEST => {
-                    let (_, _, params): (u64, String, RPCMsgIn2) =
-                        message::decode_request(bytes).unwrap();
-                    if issued.lock().unwrap().remove(&params.request_id) {
-                        counters.updates_matched.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        counters.updates_orphaned.fetch_add(1, Ordering::Relaxed);
-                    }
-                    message::encode_response(msgid, None, &0)
-                }
-                message::POST_REQUEST => {
-                    counters.post.fetch_add(1, Ordering::Relaxed);
-                    message::encode_response(msgid, None, &0)
-                }
-                _ => {
-                    counters.other.fetch_add(1, Ordering::Relaxed);
-                    message::encode_response(msgid, Some("unknown method"), &())
-                }
-            };
-            if let Behavior::Slow(d) = behavior {
-                tokio::time::sleep(d).await;
-            }
-            let _ = tx.send(reply);
-        });
-    }
-    drop(tx);
-    if stop.is_cancelled() || behavior == Behavior::DropPreRequests {
-        writer.abort();
-    } else {
-        let _ = writer.await;
+    /// Stops it as a crash would (the port is free when this returns).
+    pub async fn kill(self) -> AgentStats {
+        self.sim.kill().await
     }
 }
 
@@ -252,7 +113,7 @@ pub struct RunningProxy {
 impl RunningProxy {
     pub async fn stop(self) -> DrainReport {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
+        tokio::time::timeout(PATIENCE, self.task)
             .await
             .unwrap()
             .unwrap()
@@ -301,63 +162,101 @@ pub async fn start_proxy(options: Options) -> RunningProxy {
         shutdown,
         task,
     };
-    // Wait until the membership is applied.
-    for _ in 0..200 {
-        if http(running.admin, "GET", "/readyz").await.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Readiness is a latch set once the first membership is applied (even an empty one).
+    wait_until("/readyz answers 200", async || {
+        http(running.admin, "GET", "/readyz").await.0 == 200
+    })
+    .await;
     running
 }
 
+/// Polls `done` every 5 ms; panics naming `what` after [`PATIENCE`].
+pub async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !done().await {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{what}: not within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads one whole response frame from `s` with the simulator's frame walker (not the proxy's
+/// codec); `None` if the peer closes first. Panics after [`PATIENCE`].
+pub async fn read_frame(s: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(n) = rpc::frame_len(buf, rpc::MAX_FRAME_BYTES).unwrap() {
+                return Some(buf.drain(..n).collect());
+            }
+            let mut chunk = [0u8; 8192];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("a frame or a close within the test's patience")
+}
+
+/// Reads one response from `s`: `(msgid, error, result)`; panics on a close.
+pub async fn read_response(s: &mut (impl AsyncRead + Unpin)) -> (u64, Option<String>, Reply) {
+    let frame = read_frame(s, &mut Vec::new())
+        .await
+        .expect("an answer before close");
+    rpc::decode_response(&frame).unwrap()
+}
+
 /// A module-like call: connect, send one request, read one response, close.
-pub async fn call<P: Serialize, R: DeserializeOwned>(
+pub async fn call<P: Serialize>(
     addr: SocketAddr,
     msgid: u64,
     method: &str,
     params: &P,
-) -> (u64, Option<String>, Option<R>) {
+) -> (u64, Option<String>, Reply) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&message::encode_request(msgid, method, params))
+    s.write_all(&rpc::encode_request(msgid, method, params))
         .await
         .unwrap();
-    let mut frames = FramedRead::new(s, FrameCodec::default());
-    let frame = tokio::time::timeout(Duration::from_secs(5), frames.next())
-        .await
-        .expect("an answer within 5 s")
-        .expect("an answer before close")
-        .unwrap();
-    message::decode_response(frame.as_bytes()).unwrap()
+    read_response(&mut s).await
 }
 
+/// A PreRequest's params as a module sends them.
 pub fn pre_request() -> RPCMsgIn {
     RPCMsgIn {
-        method: "GET".into(),
-        uri: "/".into(),
-        remote_addr: "10.0.0.1".into(),
+        Method: "GET".into(),
+        URI: "/".into(),
+        RemoteAddr: "10.0.0.1".into(),
         ..Default::default()
+    }
+}
+
+/// The result map of a successful PreRequest or ModuleInit.
+pub fn out(reply: Reply) -> RPCMsgOut {
+    match reply {
+        Reply::Out(o) => o,
+        other => panic!("expected a result map, got {other:?}"),
     }
 }
 
 /// PreRequest through `addr`; returns the RequestID.
 pub async fn pre(addr: SocketAddr) -> String {
-    let t = std::time::Instant::now();
-    let (_, err, out): (_, _, Option<RPCMsgOut>) =
-        call(addr, 7, message::PRE_REQUEST, &pre_request()).await;
+    let t = Instant::now();
+    let (_, err, reply) = call(addr, 7, rpc::PRE_REQUEST, &pre_request()).await;
     assert_eq!(err, None, "after {:?}", t.elapsed());
-    out.unwrap().request_id
+    out(reply).RequestID
 }
 
-/// UpdateRequest through `addr`.
+/// UpdateRequest through `addr`; the error, if any.
 pub async fn update(addr: SocketAddr, request_id: &str) -> Option<String> {
     let params = RPCMsgIn2 {
-        request_id: request_id.into(),
-        response_code: 200,
+        RequestID: request_id.into(),
+        ResponseCode: 200,
         ..Default::default()
     };
-    let (_, err, _): (_, _, Option<i64>) = call(addr, 8, message::UPDATE_REQUEST, &params).await;
-    err
+    call(addr, 8, rpc::UPDATE_REQUEST, &params).await.1
 }
 
 /// A minimal HTTP/1.1 client for the admin port: (status, body).
@@ -370,7 +269,10 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
+        .await
+        .expect("an admin answer within the test's patience")
+        .unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text
         .split(' ')
@@ -388,7 +290,10 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
 pub fn write_agents_file(path: &PathBuf, agents: &[(&Agent, &str)]) {
     let entries: Vec<_> = agents
         .iter()
-        .map(|(a, state)| serde_json::json!({"address": a.addr.to_string(), "id": a.name, "state": state}))
+        .map(|(a, state)| {
+            let address = a.addr.to_string();
+            serde_json::json!({"address": address, "id": address, "state": state})
+        })
         .collect();
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec(&entries).unwrap()).unwrap();

@@ -34,7 +34,8 @@ pub struct Failed {
 
 impl ProxyProcess {
     /// Starts the binary with `args` and `env` (the test's own `SIGSCI_PROXY_*` are removed) and
-    /// waits for its `Listening` line and `/readyz` = 200; `Err` if it exits first.
+    /// waits for its `Listening` line and `/readyz` = 200 (panics if not ready within
+    /// [`super::PATIENCE`]); `Err` if it exits first.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<Self, Failed> {
         let mut cmd = Command::new(BIN);
         for (k, _) in std::env::vars() {
@@ -84,12 +85,10 @@ impl ProxyProcess {
         };
         running.fields = fields;
         let admin = running.admin();
-        for _ in 0..300 {
-            if super::http(admin, "GET", "/readyz").await.0 == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        super::wait_until("/readyz answers 200", async || {
+            super::http(admin, "GET", "/readyz").await.0 == 200
+        })
+        .await;
         Ok(running)
     }
 
