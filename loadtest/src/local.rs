@@ -5,16 +5,16 @@
 //! and fails (non-zero) if any check failed. `--compare` measures the proxy's overhead instead
 //! (see [`compare`]).
 
-mod abuse;
+pub(crate) mod abuse;
 mod accounts;
 pub mod compare;
-mod judge;
+pub(crate) mod judge;
 mod options;
 pub(crate) mod procs;
 pub mod procstat;
 mod ramp;
 pub mod scenario;
-mod steps;
+pub(crate) mod steps;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -95,51 +95,9 @@ impl Pool {
                 self.snapshot = Some(snap);
                 return Ok(line);
             }
-            Action::Burst => {
-                let rate = step
-                    .rate
-                    .or(step.factor.map(|f| f * cx.drive.rate))
-                    .expect("checked at load");
-                let duration = step.duration.expect("checked at load");
-                let d = DriveArgs {
-                    rate,
-                    duration,
-                    concurrency: None,
-                    agents_admin: Vec::new(),
-                    no_progress: true,
-                    ..cx.drive.clone()
-                };
-                let h = tokio::spawn(async move {
-                    match crate::drive::run(d).await {
-                        Ok(r) => (format!("burst {rate} tx/s for {duration:?}"), Some(r)),
-                        Err(e) => (format!("burst failed: {e:#}"), None),
-                    }
-                });
-                cx.background.lock().expect("not poisoned").push(h);
-                return Ok(format!("+{rate} tx/s for {duration:?} started"));
-            }
+            Action::Burst => return Ok(start_burst(step, &cx.drive, &cx.background)),
             Action::BadClients | Action::ConnFlood => {
-                let n = step.count.expect("checked at load");
-                let d = step.duration.expect("checked at load");
-                let (front, action) = (cx.front, step.action);
-                let kinds: Vec<String> = step
-                    .query
-                    .as_deref()
-                    .unwrap_or("")
-                    .split(',')
-                    .filter(|k| !k.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                let h = tokio::spawn(async move {
-                    let summary = if action == Action::BadClients {
-                        super::abuse::bad_clients(front, n, d, &kinds).await
-                    } else {
-                        super::abuse::conn_flood(front, n, d).await
-                    };
-                    (format!("{action:?} x{n} for {d:?}: {summary}"), None)
-                });
-                cx.background.lock().expect("not poisoned").push(h);
-                return Ok(format!("{n} started for {d:?}"));
+                return Ok(start_abuse(step, cx.front, &cx.background));
             }
             Action::StopAgent => {
                 self.stop_agent(step.agent).await?;
@@ -312,4 +270,57 @@ async fn watch_last_prerequest(
             start.elapsed() - t0.elapsed() + d,
         ));
     }
+}
+
+/// `burst`: drives `rate` (or `factor` times the drive's rate) more transactions per second for
+/// `duration` beside the main drive, in the background; its report is collected after the
+/// drive. Returns the step's outcome line.
+pub(crate) fn start_burst(step: &Step, drive: &DriveArgs, background: &Background) -> String {
+    let rate = step
+        .rate
+        .or(step.factor.map(|f| f * drive.rate))
+        .expect("checked at load");
+    let duration = step.duration.expect("checked at load");
+    let d = DriveArgs {
+        rate,
+        duration,
+        concurrency: None,
+        agents_admin: Vec::new(),
+        no_progress: true,
+        ..drive.clone()
+    };
+    let h = tokio::spawn(async move {
+        match crate::drive::run(d).await {
+            Ok(r) => (format!("burst {rate} tx/s for {duration:?}"), Some(r)),
+            Err(e) => (format!("burst failed: {e:#}"), None),
+        }
+    });
+    background.lock().expect("not poisoned").push(h);
+    format!("+{rate} tx/s for {duration:?} started")
+}
+
+/// `bad-clients` / `conn-flood` against `front`, in the background; their summaries are
+/// collected after the drive. Returns the step's outcome line.
+pub(crate) fn start_abuse(step: &Step, front: SocketAddr, background: &Background) -> String {
+    let n = step.count.expect("checked at load");
+    let d = step.duration.expect("checked at load");
+    let action = step.action;
+    let kinds: Vec<String> = step
+        .query
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let h = tokio::spawn(async move {
+        let summary = if action == Action::BadClients {
+            super::abuse::bad_clients(front, n, d, &kinds).await
+        } else {
+            super::abuse::conn_flood(front, n, d).await
+        };
+        (format!("{action:?} x{n} for {d:?}: {summary}"), None)
+    });
+    background.lock().expect("not poisoned").push(h);
+    format!("{n} started for {d:?}")
 }
