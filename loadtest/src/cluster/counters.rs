@@ -100,11 +100,13 @@ impl Agents {
     pub(crate) async fn delete(&mut self, i: usize, grace: Option<u32>) -> anyhow::Result<String> {
         let (cluster, port) = (self.cluster.clone(), self.port);
         let pod = self.pod(i)?;
-        anyhow::ensure!(
-            !pod.deleted,
-            "agent {i} (pod {}) is already deleted",
-            pod.name
-        );
+        if pod.deleted {
+            // terminate, remove and stop-agent are three steps locally, one deletion here.
+            return Ok(format!(
+                "pod {} already deleted by an earlier step",
+                pod.name
+            ));
+        }
         let name = pod.name.clone();
         let last = pod.last.clone();
         if let Ok(s) = read_stats(&cluster, &name, port).await {
@@ -299,11 +301,13 @@ impl Proxies {
                 known.join(", ")
             )
         })?;
-        anyhow::ensure!(
-            !pod.deleted,
-            "proxy {i} (pod {}) is already deleted",
-            pod.name
-        );
+        if pod.deleted {
+            // terminate, remove and stop-agent are three steps locally, one deletion here.
+            return Ok(format!(
+                "pod {} already deleted by an earlier step",
+                pod.name
+            ));
+        }
         let name = pod.name.clone();
         let last = self.metrics(&name).await;
         self.cluster.delete(&name, None).await?;

@@ -173,4 +173,18 @@ mod tests {
         assert!(e.contains("step 0 (Pause at 1s)"), "{e}");
         assert!(e.contains("step 1 (Ready at 2s)"), "{e}");
     }
+
+    #[test]
+    fn the_in_cluster_jobs_scenario_plans() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests/overlays/loadtest-cluster/scale-and-drain.toml");
+        let s = Scenario::load(&path).unwrap();
+        let ops: Vec<Op> = plan(&s, s.duration.unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|p| p.op)
+            .collect();
+        assert!(ops.contains(&Op::ScaleUp(1)), "{ops:?}");
+        assert!(ops.contains(&Op::DeleteProxy(0)), "{ops:?}");
+    }
 }
