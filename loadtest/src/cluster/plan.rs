@@ -187,4 +187,20 @@ mod tests {
         assert!(ops.contains(&Op::ScaleUp(1)), "{ops:?}");
         assert!(ops.contains(&Op::DeleteProxy(0)), "{ops:?}");
     }
+
+    #[test]
+    fn shipped_scenarios_run_in_a_cluster_except_those_needing_a_process() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut rejected = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let s = Scenario::load(&path).unwrap();
+            if plan(&s, s.duration.unwrap_or(Duration::from_secs(10))).is_err() {
+                rejected.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+            }
+        }
+        rejected.sort();
+        // proxy_args (conn-flood, drain-proxy), pause (hiccup), [ramp] (ramp).
+        assert_eq!(rejected, ["conn-flood", "drain-proxy", "hiccup", "ramp"]);
+    }
 }
