@@ -453,6 +453,9 @@ async fn apply(
     background: &Background,
     args: &ClusterArgs,
 ) -> anyhow::Result<String> {
+    // Pods the Deployment created since the last step (replacements) are known from here on,
+    // counted from zero, before this step can remove them.
+    agents.discover(false).await?;
     match &p.op {
         Op::ScaleUp(n) => {
             let from = cluster.agent_replicas().await?;
@@ -465,6 +468,24 @@ async fn apply(
             Ok(format!(
                 "scaled {from} → {to}; serving after {took:?}; new agent pods {added:?}"
             ))
+        }
+        Op::ScaleTo(n) => {
+            let from = cluster.agent_replicas().await?;
+            let to = i32::try_from(*n)?;
+            // The pods the Deployment removes are its choice: keep every agent's counters
+            // current until it goes.
+            agents.watch_all().await;
+            cluster.scale_agents(to).await?;
+            if to > from {
+                let took = cluster
+                    .wait_serving(&args.agent_selector, *n, args.ready_timeout)
+                    .await?;
+                let added = agents.discover(false).await?;
+                return Ok(format!(
+                    "scaled {from} → {to}; serving after {took:?}; new agent pods {added:?}"
+                ));
+            }
+            Ok(format!("scaled {from} → {to}"))
         }
         Op::DeleteAgent { agent, grace } => agents.delete(*agent, *grace).await,
         Op::ReplaceAgent => {

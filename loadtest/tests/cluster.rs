@@ -239,9 +239,9 @@ async fn fake_cluster(replicas: i32) -> FakeCluster {
                 seen.push(format!("agent-{} started", agents.next - 1));
             }
             while agents.serving() > want {
+                // The newest goes, gracefully, as the ReplicaSet controller picks.
                 let newest = agents.running.keys().next_back().cloned().unwrap();
-                agents.delete(&newest, Some(0)).await;
-                f.remove_pod(NS, &newest);
+                agents.delete(&newest, None).await;
                 seen.push(format!("{newest} scaled away"));
             }
         }
@@ -310,6 +310,10 @@ async fn scenario_scales_deletes_and_drains_through_the_api_and_judges_real_coun
         at = "2s"
         action = "drain-proxy"
         proxy = 1
+        [[step]]
+        at = "2500ms"
+        action = "scale"
+        count = 3
         "#,
     );
     let report = tokio::time::timeout(
@@ -329,7 +333,8 @@ async fn scenario_scales_deletes_and_drains_through_the_api_and_judges_real_coun
     let seen = cluster.controller.await.unwrap();
     println!("{text}\ncontroller: {seen:#?}");
 
-    // The scale subresource was patched: to the scenario's 3, +1 by `add`, then back to 2.
+    // The scale subresource was patched: to the scenario's 3, +1 by `add`, 3 by `scale`, then
+    // back to the 2 it was.
     let requests = cluster.fake.requests();
     let scales: Vec<i64> = requests
         .iter()
@@ -340,7 +345,7 @@ async fn scenario_scales_deletes_and_drains_through_the_api_and_judges_real_coun
                 .unwrap()
         })
         .collect();
-    assert_eq!(scales, [3, 4, 2], "{text}");
+    assert_eq!(scales, [3, 4, 3, 2], "{text}");
     assert_eq!(cluster.fake.replicas(NS, "sigsci-agent"), Some(2));
     assert_eq!(
         (
@@ -376,6 +381,10 @@ async fn scenario_scales_deletes_and_drains_through_the_api_and_judges_real_coun
         seen.iter().any(|s| s.starts_with("proxy-1 drained")),
         "{seen:?}"
     );
+    assert!(
+        seen.contains(&"agent-5 scaled away".to_string()),
+        "{seen:?}"
+    );
 
     // Counters came through the pod proxy, from agents and proxies.
     let proxied: Vec<&str> = requests
@@ -395,7 +404,8 @@ async fn scenario_scales_deletes_and_drains_through_the_api_and_judges_real_coun
     }
 
     // The report is computed from them: every agent pod seen (2 + 1 by the scale to 3, + 1 by
-    // add, + 2 replacements) has counters, and they add up to what the drive saw.
+    // add, + 2 replacements) has counters — the one the scale to 3 took away included — and
+    // they add up to what the drive saw.
     assert_eq!(
         report.agent_pods.len(),
         6,

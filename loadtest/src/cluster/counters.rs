@@ -116,19 +116,7 @@ impl Agents {
         let pod = &mut self.pods[i];
         pod.deleted = true;
         if grace != Some(0) {
-            pod.poller = Some(tokio::spawn(async move {
-                let mut misses = 0;
-                while misses < 3 {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    match read_stats(&cluster, &name, port).await {
-                        Ok(s) => {
-                            misses = 0;
-                            *last.lock().expect("not poisoned") = Some(s);
-                        }
-                        Err(_) => misses += 1,
-                    }
-                }
-            }));
+            pod.poller = Some(poll(cluster, name, port, last));
         }
         Ok(format!(
             "pod {} deleted ({})",
@@ -139,6 +127,25 @@ impl Agents {
                 None => "graceful: preStop runs, pending updates still delivered".to_string(),
             }
         ))
+    }
+
+    /// Keeps every agent's counters current (read every 200 ms while it answers): before a
+    /// scale down, whose victims the Deployment chooses.
+    pub(crate) async fn watch_all(&mut self) {
+        for p in &mut self.pods {
+            if p.deleted || p.poller.is_some() {
+                continue;
+            }
+            if let Ok(s) = read_stats(&self.cluster, &p.name, self.port).await {
+                *p.last.lock().expect("not poisoned") = Some(s);
+            }
+            p.poller = Some(poll(
+                self.cluster.clone(),
+                p.name.clone(),
+                self.port,
+                p.last.clone(),
+            ));
+        }
     }
 
     /// The oldest serving agent (the one a rollout replaces first).
@@ -238,6 +245,29 @@ impl Agents {
         }
         Ok(Some(counts))
     }
+}
+
+/// Reads `pod`'s counters into `last` every 200 ms until three reads in a row fail (it is
+/// gone).
+fn poll(
+    cluster: Cluster,
+    pod: String,
+    port: u16,
+    last: Arc<Mutex<Option<AgentStats>>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut misses = 0;
+        while misses < 3 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match read_stats(&cluster, &pod, port).await {
+                Ok(s) => {
+                    misses = 0;
+                    *last.lock().expect("not poisoned") = Some(s);
+                }
+                Err(_) => misses += 1,
+            }
+        }
+    })
 }
 
 /// One proxy pod seen during the run.

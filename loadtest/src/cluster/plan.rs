@@ -13,6 +13,8 @@ use crate::local::scenario::{Action, Scenario, Step};
 pub(crate) enum Op {
     /// `add`: the agent Deployment's replicas + `count`, then wait until they serve.
     ScaleUp(usize),
+    /// `scale`: the agent Deployment's replicas set to `count`; when up, wait until they serve.
+    ScaleTo(usize),
     /// `terminate`, `remove`, `stop-agent` (grace `None`: the pod's own), `kill` (`Some(0)`):
     /// delete agent pod `agent`.
     DeleteAgent { agent: usize, grace: Option<u32> },
@@ -72,6 +74,7 @@ pub(crate) fn plan(scenario: &Scenario, end: Duration) -> anyhow::Result<Vec<Pla
 fn op(s: &Step) -> Result<Op, &'static str> {
     Ok(match s.action {
         Action::Add => Op::ScaleUp(s.count.unwrap_or(1)),
+        Action::Scale => Op::ScaleTo(s.count.ok_or("scale needs count")?),
         Action::Terminate | Action::Remove | Action::StopAgent => Op::DeleteAgent {
             agent: s.agent,
             grace: None,

@@ -45,6 +45,10 @@ impl Pool {
                 self.write_agents_file()?;
                 return Ok(format!("agents {added:?} started and added as ready"));
             }
+            Action::Scale => {
+                anyhow::ensure!(via == Via::Proxy, "scale only applies via the proxy");
+                return self.scale_to(step.count.expect("checked at load")).await;
+            }
             Action::Replace => {
                 anyhow::ensure!(via == Via::Proxy, "replace only applies via the proxy");
                 let old = self
@@ -175,6 +179,7 @@ impl Pool {
             Action::RestartProxy
             | Action::DrainProxy
             | Action::Add
+            | Action::Scale
             | Action::Replace
             | Action::Snapshot
             | Action::Burst
@@ -190,6 +195,48 @@ impl Pool {
             tokio::spawn(watch_last_prerequest(admin, what, start, log, marks));
         }
         Ok("agents file updated".into())
+    }
+}
+
+impl Pool {
+    /// `scale`: starts agents up to `want` serving ones, or turns the newest surplus ones
+    /// terminating, removes them 1 s later and stops them.
+    async fn scale_to(&mut self, want: usize) -> anyhow::Result<String> {
+        let members: Vec<usize> = self
+            .agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.state == FileState::Ready && !a.expect_exit)
+            .map(|(i, _)| i)
+            .collect();
+        let have = members.len();
+        if want >= have {
+            let mut added = Vec::new();
+            for _ in have..want {
+                added.push(self.add_agent().await?);
+            }
+            self.write_agents_file()?;
+            return Ok(format!(
+                "{have} → {want}: agents {added:?} started and added as ready"
+            ));
+        }
+        let surplus = members[want..].to_vec();
+        for &i in &surplus {
+            self.agents[i].state = FileState::Terminating;
+        }
+        self.write_agents_file()?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for &i in &surplus {
+            self.agents[i].state = FileState::Removed;
+        }
+        self.write_agents_file()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for &i in &surplus {
+            self.stop_agent(i).await?;
+        }
+        Ok(format!(
+            "{have} → {want}: agents {surplus:?} terminating, removed 1 s later, stopped"
+        ))
     }
 }
 
