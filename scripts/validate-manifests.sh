@@ -31,7 +31,7 @@ OUT="$ROOT/reports/manifests"
 RENDERED="$OUT/rendered"
 K8S_VERSIONS=(1.30.0 1.34.0)
 TARGETS=(base overlays/production overlays/simulated overlays/autoscaling overlays/autoscaling-keda
-         overlays/monitoring overlays/example-app overlays/loadtest)
+         overlays/monitoring overlays/example-app overlays/loadtest overlays/loadtest-cluster)
 # Optional components rendered on top of an overlay: "name overlay component...".
 COMPOSED=("busy-poll simulated busy-poll"
           "netpol-cilium production netpol-cilium"

@@ -1,12 +1,9 @@
 //! The Kubernetes membership source against a fake API server speaking the real list + watch
-//! protocol (tests/support/fake_apiserver.rs), with kube-runtime's real watcher, feeding a real
+//! protocol (the `fake-apiserver` crate), with kube-runtime's real watcher, feeding a real
 //! `Pool`. Each test follows one story a cluster operator would see and checks that the pool's
 //! membership follows each change. Event → membership latencies are printed
 //! (`cargo test -p agent-pool --test kubernetes -- --nocapture`) as `latency ...` lines; the
 //! assertions only bound them generously (`FOLLOW`), they are not performance tests.
-
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

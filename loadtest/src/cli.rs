@@ -1,4 +1,5 @@
-//! Command-line interface: `loadtest agent`, `loadtest drive`, `loadtest local`, `loadtest bench`.
+//! Command-line interface: `loadtest agent`, `loadtest drive`, `loadtest local`,
+//! `loadtest cluster`, `loadtest bench`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub enum Command {
     Drive(crate::drive::DriveArgs),
     /// Start agents (+ the proxy or HAProxy), drive load, report, stop everything.
     Local(crate::local::LocalArgs),
+    /// Run a scenario against a cluster: scale, delete pods, drain proxies through the API.
+    Cluster(crate::cluster::ClusterArgs),
     /// Side by side: direct, sigsci-proxy, HAProxy roundrobin and source, same agents and load.
     Bench(crate::bench::BenchArgs),
 }

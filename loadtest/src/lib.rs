@@ -1,12 +1,14 @@
 //! Load testing for sigsci-proxy: a faithful agent simulator ([`agent`]), a module emulator that
 //! drives load the way the real modules do ([`drive`]), and a local orchestrator that wires them
-//! to the real proxy binary ([`local`]).
+//! to the real proxy binary ([`local`]), or runs the same scenarios against a cluster through
+//! its API server ([`cluster`]).
 #![warn(missing_docs)]
 
 pub mod addr;
 pub mod agent;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod drive;
 pub mod http;
 pub mod local;

@@ -5,134 +5,28 @@
 //! and fails (non-zero) if any check failed. `--compare` measures the proxy's overhead instead
 //! (see [`compare`]).
 
-mod abuse;
+pub(crate) mod abuse;
 mod accounts;
 pub mod compare;
+pub(crate) mod judge;
+mod options;
 pub(crate) mod procs;
 pub mod procstat;
 mod ramp;
 pub mod scenario;
-mod steps;
+pub(crate) mod steps;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::drive::{DriveArgs, DriveReport};
-use crate::units::{ServiceTime, parse_duration};
+use judge::{DriveBounds, uninspected_summary};
+pub use options::{LocalArgs, Via};
 use procs::Pool;
 use scenario::Scenario;
-
-/// What sits between the emulated modules and the agents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Via {
-    /// The real sigsci-proxy (default).
-    Proxy,
-    /// HAProxy, `mode tcp`, `balance roundrobin`.
-    Haproxy,
-    /// Nothing: straight to the first agent.
-    Direct,
-}
-
-/// `loadtest local` options.
-#[derive(Debug, Clone, Args)]
-pub struct LocalArgs {
-    /// Number of simulated agents [default: 2, or the scenario's].
-    #[arg(long)]
-    pub agents: Option<usize>,
-    /// Proxy replicas [default: 1, or the scenario's]. With 2 or more, PreRequests go to the
-    /// first and UpdateRequests/PostRequests to the second (affinity across replicas).
-    #[arg(long)]
-    pub proxies: Option<usize>,
-    /// Simulated app time between PreRequest and UpdateRequest [default: exp:2ms, or the
-    /// scenario's].
-    #[arg(long)]
-    pub app_time: Option<ServiceTime>,
-    /// Closed loop with this many emulated modules instead of `--rate` (max throughput); with
-    /// `--compare`, the workers of the maximum-rate runs [default there: 16].
-    #[arg(long)]
-    pub concurrency: Option<usize>,
-    /// Transactions (PreRequests) per second [default: 1000, or the scenario's].
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Drive duration [default: 10s, or the scenario's].
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-    /// Fraction of attack transactions (flagged by the agents) [default: 0.2].
-    #[arg(long)]
-    pub attack_fraction: Option<f64>,
-    /// Fraction of anomalous responses (→ PostRequest) [default: 0].
-    #[arg(long)]
-    pub anomalous_fraction: Option<f64>,
-    /// What to put in front of the agents.
-    #[arg(long, value_enum, default_value = "proxy")]
-    pub via: Via,
-    /// Same as `--via direct`.
-    #[arg(long, conflicts_with = "via")]
-    pub direct: bool,
-    /// Scenario file (TOML, see loadtest/scenarios/).
-    #[arg(long)]
-    pub scenario: Option<PathBuf>,
-    /// The sigsci-proxy binary [default: next to this executable].
-    #[arg(long)]
-    pub proxy_bin: Option<PathBuf>,
-    /// Extra argument for the proxy (repeatable), e.g. `--proxy-arg=--upstream-mode=per-call`.
-    #[arg(long = "proxy-arg", allow_hyphen_values = true)]
-    pub proxy_args: Vec<String>,
-    /// The haproxy binary.
-    #[arg(long, default_value = "haproxy")]
-    pub haproxy_bin: PathBuf,
-    /// Agents' service time.
-    #[arg(long, default_value = "200us")]
-    pub service_time: ServiceTime,
-    /// Agents' worker slots.
-    #[arg(long, default_value_t = 4)]
-    pub workers: usize,
-    /// Agents' flag fraction (allowed requests that still get a RequestID).
-    #[arg(long, default_value_t = 0.0)]
-    pub flag_fraction: f64,
-    /// Extra argument for every agent (repeatable).
-    #[arg(long = "agent-arg", allow_hyphen_values = true)]
-    pub agent_args: Vec<String>,
-    /// Pipeline over persistent connections instead of a connection per call.
-    #[arg(long)]
-    pub persistent: bool,
-    /// Local source addresses for the emulated modules (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub sources: Vec<std::net::IpAddr>,
-    /// Most failed calls allowed [default: 0, or the scenario's].
-    #[arg(long)]
-    pub max_errors: Option<u64>,
-    /// Most orphaned + expired updates allowed [default: 0 via proxy/direct, unlimited via
-    /// haproxy, or the scenario's].
-    #[arg(long)]
-    pub max_orphaned: Option<u64>,
-    /// Also write the result as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Also plot the PreRequest latency and the errors over time, with the steps' marks, as SVG.
-    #[arg(long)]
-    pub plot: Option<PathBuf>,
-    /// Measure the proxy's overhead: a paired open-loop run alternating transactions between
-    /// agent 0 (direct) and the proxy, then each path's maximum rate in closed loop
-    /// (`--concurrency`, default 16), and the proxy's upstream connects per second. Defaults
-    /// here: `--agents 1 --rate 2000 --duration 10s`.
-    #[arg(long, conflicts_with_all = ["scenario", "direct", "via", "proxies", "plot"])]
-    pub compare: bool,
-    /// With `--compare`: length of each closed-loop (maximum rate) run.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
-    pub max_rate_duration: Duration,
-    /// With `--compare`: transactions per block on one path (see `drive --compare-block`).
-    /// 1 pairs single transactions, each path at half `--rate`; e.g. 1000 at 2000 tx/s runs
-    /// each path at the full rate in half-second blocks, the proxy idle during the direct ones.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub compare_block: u64,
-}
 
 /// The result of `loadtest local`.
 #[derive(Debug, Serialize)]
@@ -169,92 +63,6 @@ pub struct Mark {
 
 /// Marks recorded while steps run: (what, time into the drive).
 type Marks = std::sync::Arc<std::sync::Mutex<Vec<(String, Duration)>>>;
-
-impl LocalArgs {
-    fn via(&self) -> Via {
-        if self.direct { Via::Direct } else { self.via }
-    }
-
-    /// Arguments for every `loadtest agent` child.
-    fn agent_process_args(&self) -> Vec<String> {
-        let mut a = vec![
-            "--service-time".to_string(),
-            self.service_time.to_string().replace("µs", "us"),
-            "--workers".into(),
-            self.workers.to_string(),
-            "--flag-fraction".into(),
-            self.flag_fraction.to_string(),
-        ];
-        a.extend(self.agent_args.iter().cloned());
-        a
-    }
-
-    /// The sigsci-proxy binary: `--proxy-bin`, else next to `exe`.
-    fn proxy_bin(&self, exe: &std::path::Path) -> anyhow::Result<PathBuf> {
-        match &self.proxy_bin {
-            Some(b) => Ok(b.clone()),
-            None => procs::find_proxy_bin(exe),
-        }
-    }
-}
-
-/// Bounds a drive must respect; what `run` and `--compare` both check.
-struct DriveBounds {
-    /// `None` = unlimited (judged by a fraction or not at all).
-    max_errors: Option<u64>,
-    /// Refused connections do not count toward `max_errors`.
-    allow_refused: bool,
-    /// Most orphaned + expired updates; `None` = unlimited.
-    max_orphaned: Option<u64>,
-}
-
-impl DriveBounds {
-    /// Every bound `report` broke, and its problems except those of agents in `killed`
-    /// (prefixes `agent ADMIN: `; a killed agent's counters cannot be read afterwards).
-    fn failures(&self, report: &DriveReport, killed: &[String]) -> Vec<String> {
-        let mut failures = Vec::new();
-        let max_errors = self.max_errors;
-        let counted = if self.allow_refused {
-            report.errors_except_refused()
-        } else {
-            report.total_errors()
-        };
-        if let Some(max_errors) = max_errors
-            && counted > max_errors
-        {
-            failures.push(format!(
-                "{counted} failed calls{} (at most {max_errors} allowed)",
-                if self.allow_refused {
-                    " other than refused connections"
-                } else {
-                    ""
-                }
-            ));
-        }
-        let lost = report.updates_orphaned + report.updates_expired;
-        if let Some(max) = self.max_orphaned
-            && lost > max
-        {
-            failures.push(format!(
-                "{lost} orphaned/expired updates (at most {max} allowed)"
-            ));
-        }
-        if report.overflow > 0 {
-            failures.push(format!(
-                "{} transactions could not start (concurrency bound reached)",
-                report.overflow
-            ));
-        }
-        failures.extend(
-            report
-                .problems
-                .iter()
-                .filter(|p| !killed.iter().any(|k| p.starts_with(k.as_str())))
-                .cloned(),
-        );
-        failures
-    }
-}
 
 /// Runs the orchestrator and returns its report (with `failures` filled).
 pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
@@ -449,67 +257,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         &mut failures,
     ));
 
-    let e = &expect;
-    for (i, a) in report.agents.iter().enumerate() {
-        let share = a.prerequest_share;
-        let (lo, hi) = if touched.contains(&i) {
-            (None, e.changed_max_share)
-        } else {
-            (e.min_share, e.max_share)
-        };
-        if lo.is_some_and(|lo| share < lo) || hi.is_some_and(|hi| share > hi) {
-            failures.push(format!(
-                "agent {i} got {:.1}% of PreRequests (expected {}..{})",
-                100.0 * share,
-                lo.map_or("0".into(), |v| format!("{:.0}%", 100.0 * v)),
-                hi.map_or("100%".into(), |v| format!("{:.0}%", 100.0 * v)),
-            ));
-        }
-    }
-    let t = &report.tally;
-    if let Some(max) = e.max_failed_open
-        && t.failed_open > max
-    {
-        failures.push(format!(
-            "{} transactions failed open (at most {max} allowed)",
-            t.failed_open
-        ));
-    }
-    let fraction = |x: u64, of: u64| if of == 0 { 0.0 } else { x as f64 / of as f64 };
-    if let Some(max) = e.max_failed_open_fraction {
-        let f = fraction(t.failed_open, t.transactions);
-        if f > max {
-            failures.push(format!(
-                "{:.2}% of transactions failed open (at most {:.2}% allowed)",
-                100.0 * f,
-                100.0 * max
-            ));
-        }
-    }
-    if let Some(max) = e.max_error_fraction {
-        let calls: u64 = t.methods.values().map(|m| m.calls).sum();
-        let failed = if e.allow_refused {
-            report.errors_except_refused()
-        } else {
-            report.total_errors()
-        };
-        let f = fraction(failed, calls);
-        if f > max {
-            failures.push(format!(
-                "{:.2}% of calls failed{} (at most {:.2}% allowed)",
-                100.0 * f,
-                if e.allow_refused {
-                    " other than refused connections"
-                } else {
-                    ""
-                },
-                100.0 * max
-            ));
-        }
-    }
+    failures.extend(judge::expectations(&report, &expect, &touched));
     let bounds = DriveBounds {
         max_errors: args.max_errors.or(expect.max_errors).or(
-            match (e.max_error_fraction, &scenario.ramp) {
+            match (expect.max_error_fraction, &scenario.ramp) {
                 (None, None) => Some(0),
                 _ => None,
             },
@@ -554,38 +305,6 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         failures,
         marks,
     })
-}
-
-/// Failed-open transactions and failed calls by method and kind: what went uninspected.
-fn uninspected_summary(r: &DriveReport) -> String {
-    let t = &r.tally;
-    let mut parts = Vec::new();
-    for (m, mr) in &t.methods {
-        let failed: u64 = mr.errors.values().sum();
-        if failed > 0 {
-            let kinds: Vec<String> = mr
-                .errors
-                .iter()
-                .map(|(k, n)| format!("{k:?} {n}"))
-                .collect();
-            parts.push(format!("{m} {failed} ({})", kinds.join(", ")));
-        }
-    }
-    format!(
-        "{} transactions, {} failed open ({:.2}%){}",
-        t.transactions,
-        t.failed_open,
-        if t.transactions == 0 {
-            0.0
-        } else {
-            100.0 * t.failed_open as f64 / t.transactions as f64
-        },
-        if parts.is_empty() {
-            String::new()
-        } else {
-            format!("; failed calls: {}", parts.join("; "))
-        }
-    )
 }
 
 /// `loadtest local`: prints the report; exit status 1 if any check failed.

@@ -503,6 +503,35 @@ def source_facts(root):
     return facts
 
 
+def check_loadtest_cluster(docs):
+    """The cluster-mode Job's RBAC is what loadtest/src/cluster/api.rs uses, in the namespace it
+    acts on, bound to the ServiceAccount the Job runs as."""
+    job = one(docs, "Job", "loadtest-cluster")
+    if not R.check("loadtest-cluster: one Job loadtest-cluster", job is not None):
+        return
+    spec = job["spec"]["template"]["spec"]
+    args = spec["containers"][0].get("args", [])
+    ns = args[args.index("--namespace") + 1] if "--namespace" in args else "sigsci"
+    role = one(docs, "Role", "loadtest-cluster")
+    binding = one(docs, "RoleBinding", "loadtest-cluster")
+    if not R.check("loadtest-cluster: Role and RoleBinding loadtest-cluster", role is not None and binding is not None):
+        return
+    R.check(f"loadtest-cluster: Role in the namespace the Job acts on ({ns})",
+            role["metadata"].get("namespace") == ns, role["metadata"].get("namespace"))
+    rules = {(g, r): sorted(rule["verbs"]) for rule in role["rules"]
+             for g in rule["apiGroups"] for r in rule["resources"]}
+    want = {("apps", "deployments"): ["get"],
+            ("apps", "deployments/scale"): ["get", "patch", "update"],
+            ("", "pods"): ["delete", "list"],
+            ("", "pods/proxy"): ["create", "get"]}
+    R.check("loadtest-cluster: Role = scale subresource, pods list/delete, pods/proxy get/create",
+            rules == want, rules)
+    sa = spec.get("serviceAccountName")
+    subjects = [(x.get("kind"), x.get("name"), x.get("namespace")) for x in binding.get("subjects", [])]
+    R.check("loadtest-cluster: RoleBinding names the Job's ServiceAccount in the Job's namespace",
+            ("ServiceAccount", sa, job["metadata"].get("namespace")) in subjects, subjects)
+
+
 def main(argv):
     root, rendered = argv[1], argv[2]
     source = source_facts(root)
@@ -520,7 +549,9 @@ def main(argv):
         docs = load(rendered, t)
         check_security(t, docs)
         check_skips(t, docs)
-        if t in ("example-app", "loadtest"):
+        if t == "loadtest-cluster":
+            check_loadtest_cluster(docs)
+        if t in ("example-app", "loadtest", "loadtest-cluster"):
             continue
         proxy = check_proxy(t, docs, source)
         if proxy is None:

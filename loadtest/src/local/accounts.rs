@@ -67,35 +67,7 @@ impl Pool {
             let base = snap.get(a.index).copied().flatten().unwrap_or(0);
             counts.push((a.index, s.prerequests.saturating_sub(base)));
         }
-        let total: u64 = counts.iter().map(|(_, c)| c).sum();
-        if counts.is_empty() || total == 0 {
-            failures.push("no PreRequests after the snapshot".into());
-            return Vec::new();
-        }
-        let fair = 1.0 / counts.len() as f64;
-        let mut shares = Vec::new();
-        for (i, c) in &counts {
-            let share = *c as f64 / total as f64;
-            shares.push(format!("{i}: {:.1}%", 100.0 * share));
-            let ratio = share / fair;
-            if e.window_min_fair.is_some_and(|m| ratio < m)
-                || e.window_max_fair.is_some_and(|m| ratio > m)
-            {
-                failures.push(format!(
-                    "agent {i} got {:.1}% of PreRequests after the snapshot, {ratio:.2}x its fair share {:.1}% (expected {}..{}x)",
-                    100.0 * share,
-                    100.0 * fair,
-                    e.window_min_fair.unwrap_or(0.0),
-                    e.window_max_fair.map_or("-".into(), |m| m.to_string()),
-                ));
-            }
-        }
-        vec![format!(
-            "PreRequest shares of the {} ready agents after the snapshot (fair {:.1}%): {}",
-            counts.len(),
-            100.0 * fair,
-            shares.join(", ")
-        )]
+        super::judge::window_shares(&counts, e, failures)
     }
 
     /// Each proxy's `sigsci_proxy_uninspected_total` series (why calls went uninspected), if it

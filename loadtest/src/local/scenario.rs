@@ -22,6 +22,7 @@
 //! `restart-proxy` and `drain-proxy` act on proxy replica `proxy` (default 0). `add` starts
 //! `count` new agents and makes them members; `replace` does what a Deployment rollout does to
 //! one pod (a new agent joins, the oldest member turns terminating, leaves 1 s later and stops);
+//! `scale` sets the serving agents to `count` (surplus ones leave as in a rollout);
 //! `stop-agent` stops a process gracefully (its counters are kept); `snapshot` reads every
 //! agent's counters, the start of the window `window_min_fair`/`window_max_fair` judge;
 //! `burst` drives `rate` more transactions per second for `duration` beside the main drive;
@@ -148,7 +149,8 @@ pub struct Step {
     /// `fault`: the `/fault` query, e.g. `delay=5ms` or `refuse=1`; `bad-clients`: the kinds,
     /// comma-separated, of `invalid`, `slow`, `never-read` (default all).
     pub query: Option<String>,
-    /// `add`: agents to start; `bad-clients`: clients of each kind; `conn-flood`: connections.
+    /// `add`: agents to start; `scale`: agents to end with; `bad-clients`: clients of each
+    /// kind; `conn-flood`: connections.
     pub count: Option<usize>,
     /// `burst`: extra transactions per second.
     pub rate: Option<f64>,
@@ -182,6 +184,10 @@ pub enum Action {
     DrainProxy,
     /// Start `count` (default 1) new agents and add them to the agents file as ready.
     Add,
+    /// Set the serving agents to `count`, as `kubectl scale` does: more are started and added
+    /// (as `add`); the newest surplus ones turn terminating, leave 1 s later and stop. In a
+    /// cluster: the agent Deployment's scale subresource set to `count`.
+    Scale,
     /// A rollout of one pod: a new agent joins, the oldest ready one turns terminating, is
     /// removed 1 s later and stopped.
     Replace,
@@ -261,7 +267,7 @@ impl Scenario {
                         path.display()
                     )
                 }
-                Action::BadClients | Action::ConnFlood if step.count.is_none() => {
+                Action::BadClients | Action::ConnFlood | Action::Scale if step.count.is_none() => {
                     anyhow::bail!(
                         "{}: step {i}: {:?} needs count",
                         path.display(),

@@ -45,6 +45,10 @@ impl Pool {
                 self.write_agents_file()?;
                 return Ok(format!("agents {added:?} started and added as ready"));
             }
+            Action::Scale => {
+                anyhow::ensure!(via == Via::Proxy, "scale only applies via the proxy");
+                return self.scale_to(step.count.expect("checked at load")).await;
+            }
             Action::Replace => {
                 anyhow::ensure!(via == Via::Proxy, "replace only applies via the proxy");
                 let old = self
@@ -95,51 +99,9 @@ impl Pool {
                 self.snapshot = Some(snap);
                 return Ok(line);
             }
-            Action::Burst => {
-                let rate = step
-                    .rate
-                    .or(step.factor.map(|f| f * cx.drive.rate))
-                    .expect("checked at load");
-                let duration = step.duration.expect("checked at load");
-                let d = DriveArgs {
-                    rate,
-                    duration,
-                    concurrency: None,
-                    agents_admin: Vec::new(),
-                    no_progress: true,
-                    ..cx.drive.clone()
-                };
-                let h = tokio::spawn(async move {
-                    match crate::drive::run(d).await {
-                        Ok(r) => (format!("burst {rate} tx/s for {duration:?}"), Some(r)),
-                        Err(e) => (format!("burst failed: {e:#}"), None),
-                    }
-                });
-                cx.background.lock().expect("not poisoned").push(h);
-                return Ok(format!("+{rate} tx/s for {duration:?} started"));
-            }
+            Action::Burst => return Ok(start_burst(step, &cx.drive, &cx.background)),
             Action::BadClients | Action::ConnFlood => {
-                let n = step.count.expect("checked at load");
-                let d = step.duration.expect("checked at load");
-                let (front, action) = (cx.front, step.action);
-                let kinds: Vec<String> = step
-                    .query
-                    .as_deref()
-                    .unwrap_or("")
-                    .split(',')
-                    .filter(|k| !k.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                let h = tokio::spawn(async move {
-                    let summary = if action == Action::BadClients {
-                        super::abuse::bad_clients(front, n, d, &kinds).await
-                    } else {
-                        super::abuse::conn_flood(front, n, d).await
-                    };
-                    (format!("{action:?} x{n} for {d:?}: {summary}"), None)
-                });
-                cx.background.lock().expect("not poisoned").push(h);
-                return Ok(format!("{n} started for {d:?}"));
+                return Ok(start_abuse(step, cx.front, &cx.background));
             }
             Action::StopAgent => {
                 self.stop_agent(step.agent).await?;
@@ -217,6 +179,7 @@ impl Pool {
             Action::RestartProxy
             | Action::DrainProxy
             | Action::Add
+            | Action::Scale
             | Action::Replace
             | Action::Snapshot
             | Action::Burst
@@ -232,6 +195,48 @@ impl Pool {
             tokio::spawn(watch_last_prerequest(admin, what, start, log, marks));
         }
         Ok("agents file updated".into())
+    }
+}
+
+impl Pool {
+    /// `scale`: starts agents up to `want` serving ones, or turns the newest surplus ones
+    /// terminating, removes them 1 s later and stops them.
+    async fn scale_to(&mut self, want: usize) -> anyhow::Result<String> {
+        let members: Vec<usize> = self
+            .agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.state == FileState::Ready && !a.expect_exit)
+            .map(|(i, _)| i)
+            .collect();
+        let have = members.len();
+        if want >= have {
+            let mut added = Vec::new();
+            for _ in have..want {
+                added.push(self.add_agent().await?);
+            }
+            self.write_agents_file()?;
+            return Ok(format!(
+                "{have} → {want}: agents {added:?} started and added as ready"
+            ));
+        }
+        let surplus = members[want..].to_vec();
+        for &i in &surplus {
+            self.agents[i].state = FileState::Terminating;
+        }
+        self.write_agents_file()?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for &i in &surplus {
+            self.agents[i].state = FileState::Removed;
+        }
+        self.write_agents_file()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for &i in &surplus {
+            self.stop_agent(i).await?;
+        }
+        Ok(format!(
+            "{have} → {want}: agents {surplus:?} terminating, removed 1 s later, stopped"
+        ))
     }
 }
 
@@ -312,4 +317,57 @@ async fn watch_last_prerequest(
             start.elapsed() - t0.elapsed() + d,
         ));
     }
+}
+
+/// `burst`: drives `rate` (or `factor` times the drive's rate) more transactions per second for
+/// `duration` beside the main drive, in the background; its report is collected after the
+/// drive. Returns the step's outcome line.
+pub(crate) fn start_burst(step: &Step, drive: &DriveArgs, background: &Background) -> String {
+    let rate = step
+        .rate
+        .or(step.factor.map(|f| f * drive.rate))
+        .expect("checked at load");
+    let duration = step.duration.expect("checked at load");
+    let d = DriveArgs {
+        rate,
+        duration,
+        concurrency: None,
+        agents_admin: Vec::new(),
+        no_progress: true,
+        ..drive.clone()
+    };
+    let h = tokio::spawn(async move {
+        match crate::drive::run(d).await {
+            Ok(r) => (format!("burst {rate} tx/s for {duration:?}"), Some(r)),
+            Err(e) => (format!("burst failed: {e:#}"), None),
+        }
+    });
+    background.lock().expect("not poisoned").push(h);
+    format!("+{rate} tx/s for {duration:?} started")
+}
+
+/// `bad-clients` / `conn-flood` against `front`, in the background; their summaries are
+/// collected after the drive. Returns the step's outcome line.
+pub(crate) fn start_abuse(step: &Step, front: SocketAddr, background: &Background) -> String {
+    let n = step.count.expect("checked at load");
+    let d = step.duration.expect("checked at load");
+    let action = step.action;
+    let kinds: Vec<String> = step
+        .query
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let h = tokio::spawn(async move {
+        let summary = if action == Action::BadClients {
+            super::abuse::bad_clients(front, n, d, &kinds).await
+        } else {
+            super::abuse::conn_flood(front, n, d).await
+        };
+        (format!("{action:?} x{n} for {d:?}: {summary}"), None)
+    });
+    background.lock().expect("not poisoned").push(h);
+    format!("{n} started for {d:?}")
 }

@@ -1,0 +1,504 @@
+//! `loadtest cluster`: the same scenario timeline as `loadtest local`, against a running
+//! cluster. The module emulator drives the proxy Service (`--target`) while the steps act
+//! through the API server: the agent Deployment is scaled through its `scale` subresource, agent
+//! pods are deleted (gracefully, or with grace 0 for `kill`), a proxy pod is deleted to drain
+//! it (its preStop hook runs `sigsci-proxy drain`). The agents' `/stats` and the proxies'
+//! `/metrics` are read through the API server's pod proxy, so the run needs no port-forward and
+//! works the same from a laptop (kubeconfig) and from a Job (its ServiceAccount). The report
+//! is judged by the same checks as `local` (errors, orphaned updates, shares, failed open).
+
+mod api;
+mod counters;
+mod options;
+mod plan;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::addr::RpcAddr;
+use crate::drive::{DriveArgs, DriveReport};
+use crate::local::judge::{self, DriveBounds, uninspected_summary};
+use crate::local::scenario::Scenario;
+use crate::local::steps::{Background, start_abuse, start_burst};
+use crate::local::{Mark, scenario::Action};
+use api::Cluster;
+use counters::{Agents, Proxies};
+pub use options::ClusterArgs;
+use plan::Op;
+
+/// The result of `loadtest cluster`.
+#[derive(Debug, Serialize)]
+pub struct ClusterReport {
+    /// Namespace.
+    pub namespace: String,
+    /// Where the RPCs went.
+    pub target: String,
+    /// Scenario file, if any.
+    pub scenario: Option<String>,
+    /// Agent pods seen, by index (the `agent = i` of the steps).
+    pub agent_pods: Vec<String>,
+    /// The agent Deployment's replicas: as found, as driven, and at the end.
+    pub replicas: Replicas,
+    /// The drive's report, with the agents' counters read through the pod proxy.
+    pub drive: DriveReport,
+    /// Scenario steps executed, with their outcome, then the proxies' counters.
+    pub steps: Vec<String>,
+    /// Failed checks; empty = passed.
+    pub failures: Vec<String>,
+    /// The steps' times, with the errors in calls that ended after each.
+    pub marks: Vec<Mark>,
+}
+
+/// The agent Deployment's `spec.replicas` over the run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Replicas {
+    /// Before the run.
+    pub found: i32,
+    /// When the drive started.
+    pub driven: i32,
+    /// After the run (restored to `found` unless `--keep-scale`).
+    pub end: i32,
+}
+
+/// Runs the scenario against the cluster `client` talks to and judges it.
+pub async fn run(args: ClusterArgs, client: kube::Client) -> anyhow::Result<ClusterReport> {
+    let scenario = match &args.scenario {
+        Some(p) => Scenario::load(p)?,
+        None => Scenario::default(),
+    };
+    let duration = args
+        .duration
+        .or(scenario.duration)
+        .unwrap_or(Duration::from_secs(10));
+    let plan = plan::plan(&scenario, duration)?;
+    let app_time = match (&args.app_time, &scenario.app_time) {
+        (Some(t), _) => *t,
+        (None, Some(t)) => t.parse().map_err(|e| anyhow::anyhow!("app_time: {e}"))?,
+        (None, None) => DriveArgs::default().app_time,
+    };
+    let target = match &args.target {
+        Some(t) => t.clone(),
+        None => RpcAddr::Tcp(format!("sigsci-proxy.{}.svc:9999", args.namespace)),
+    };
+    let drive = DriveArgs {
+        target: target.clone(),
+        rate: args.rate.or(scenario.rate).unwrap_or(1000.0),
+        duration,
+        timeout: args.timeout,
+        app_time,
+        attack_fraction: args
+            .attack_fraction
+            .or(scenario.attack_fraction)
+            .unwrap_or(0.2),
+        anomalous_fraction: args
+            .anomalous_fraction
+            .or(scenario.anomalous_fraction)
+            .unwrap_or(0.0),
+        agents_admin: Vec::new(),
+        no_progress: true,
+        ..DriveArgs::default()
+    };
+    if let Err(errs) = drive.validate() {
+        anyhow::bail!("{}", errs.join("; "));
+    }
+    // Bad clients and floods connect to one address: the Service's, resolved once.
+    let front = if plan.iter().any(|p| p.op == Op::Background) {
+        let RpcAddr::Tcp(t) = &target else {
+            anyhow::bail!("bad-clients, conn-flood: --target must be host:port");
+        };
+        Some(
+            tokio::net::lookup_host(t.as_str())
+                .await?
+                .next()
+                .with_context(|| format!("{t} resolves to no address"))?,
+        )
+    } else {
+        None
+    };
+
+    let cluster = Cluster::new(
+        client,
+        &args.namespace,
+        &args.agent_deployment,
+        &args.agent_selector,
+        &args.proxy_selector,
+    );
+    let mut steps_log = Vec::new();
+    let found = cluster.agent_replicas().await?;
+    let want = args
+        .agents
+        .or(scenario.agents)
+        .map_or(Ok(found), i32::try_from)?;
+    if want != found {
+        cluster.scale_agents(want).await?;
+        steps_log.push(format!("agent Deployment scaled {found} → {want}"));
+    }
+    let result = drive_and_steps(
+        &args,
+        &scenario,
+        &cluster,
+        plan,
+        drive,
+        front,
+        want,
+        &mut steps_log,
+    )
+    .await;
+    // Put the Deployment back however the run ended.
+    let now = cluster.agent_replicas().await.unwrap_or(want);
+    let end = if !args.keep_scale && now != found {
+        match cluster.scale_agents(found).await {
+            Ok(()) => {
+                steps_log.push(format!("agent Deployment restored {now} → {found}"));
+                found
+            }
+            Err(e) => {
+                steps_log.push(format!(
+                    "restoring the agent Deployment to {found} failed: {e:#}"
+                ));
+                now
+            }
+        }
+    } else {
+        now
+    };
+    let (report, agent_pods, mut failures, marks, touched) = result?;
+    steps_log.extend(scenario_notes(&scenario));
+
+    let expect = &scenario.expect;
+    failures.extend(judge::expectations(&report, expect, &touched));
+    let bounds = DriveBounds {
+        max_errors: args
+            .max_errors
+            .or(expect.max_errors)
+            .or(expect.max_error_fraction.is_none().then_some(0)),
+        allow_refused: expect.allow_refused,
+        max_orphaned: args.max_orphaned.or(expect.max_orphaned).or(Some(0)),
+    };
+    failures.extend(bounds.failures(&report, &[]));
+    let marks = marks
+        .into_iter()
+        .map(|(what, at)| {
+            let (errors_after, refused_after) = report.errors_after(at);
+            Mark {
+                what,
+                at_ms: at.as_secs_f64() * 1e3,
+                errors_after,
+                refused_after,
+            }
+        })
+        .collect();
+    Ok(ClusterReport {
+        namespace: args.namespace.clone(),
+        target: target.to_string(),
+        scenario: args.scenario.as_ref().map(|p| p.display().to_string()),
+        agent_pods,
+        replicas: Replicas {
+            found,
+            driven: want,
+            end,
+        },
+        drive: report,
+        steps: steps_log,
+        failures,
+        marks,
+    })
+}
+
+/// What the run produced before judging: the drive's report (agents filled in), the agent
+/// pods by index, failures found on the way, the steps' marks, the agents steps changed.
+type Outcome = (
+    DriveReport,
+    Vec<String>,
+    Vec<String>,
+    Vec<(String, Duration)>,
+    HashSet<usize>,
+);
+
+/// Waits for the pods, reads the counters, drives while the steps run, reads them again.
+#[allow(clippy::too_many_arguments)]
+async fn drive_and_steps(
+    args: &ClusterArgs,
+    scenario: &Scenario,
+    cluster: &Cluster,
+    plan: Vec<plan::Planned>,
+    drive: DriveArgs,
+    front: Option<std::net::SocketAddr>,
+    want: i32,
+    log: &mut Vec<String>,
+) -> anyhow::Result<Outcome> {
+    let took = cluster
+        .wait_serving(
+            &args.agent_selector,
+            want.max(0) as usize,
+            args.ready_timeout,
+        )
+        .await?;
+    log.push(format!("{want} agent pods serving after {took:?}"));
+    let mut agents = Agents::new(cluster.clone(), args.agent_admin_port);
+    agents.discover(true).await?;
+    log.push(format!("agents by index: {}", agents.names().join(", ")));
+    let mut proxies = Proxies::new(cluster.clone(), args.proxy_admin_port);
+    let serving = proxies.discover().await?;
+    let need = scenario.proxies.unwrap_or(1);
+    anyhow::ensure!(
+        serving >= need,
+        "{serving} proxy pods serving (-l {}), the scenario needs {need}",
+        args.proxy_selector
+    );
+    eprintln!(
+        "loadtest cluster: {} agent pod(s), {serving} proxy pod(s) in {}, target {}, {} tx/s for {:?}",
+        agents.pods.len(),
+        args.namespace,
+        drive.target,
+        drive.rate,
+        drive.duration
+    );
+
+    let touched: HashSet<usize> = plan
+        .iter()
+        .filter(|p| p.step.action.changes_agent())
+        .map(|p| p.step.agent)
+        .collect();
+    let steps_log = Arc::new(Mutex::new(Vec::new()));
+    let marks: Arc<Mutex<Vec<(String, Duration)>>> = Default::default();
+    let background: Background = Default::default();
+    let start = Instant::now();
+    let (agents_ref, proxies_ref) = (&mut agents, &mut proxies);
+    let (slog, smarks, sbackground, sdrive) = (
+        steps_log.clone(),
+        marks.clone(),
+        background.clone(),
+        drive.clone(),
+    );
+    let steps = async move {
+        for p in &plan {
+            tokio::time::sleep_until(start + p.step.at).await;
+            let outcome = apply(
+                p,
+                agents_ref,
+                proxies_ref,
+                cluster,
+                &sdrive,
+                front,
+                &sbackground,
+                args,
+            )
+            .await;
+            let who = if p.step.action.is_agent_action() {
+                format!(" agent {}", p.step.agent)
+            } else if p.step.action.is_proxy_action() {
+                format!(" proxy {}", p.step.proxy)
+            } else {
+                String::new()
+            };
+            let line = format!(
+                "t={:?} {:?}{who}: {}",
+                p.step.at,
+                p.step.action,
+                outcome.unwrap_or_else(|e| format!("failed: {e:#}"))
+            );
+            eprintln!("loadtest cluster: {line}");
+            slog.lock().expect("not poisoned").push(line);
+            smarks
+                .lock()
+                .expect("not poisoned")
+                .push((format!("{:?}{who}", p.step.action), p.step.at));
+        }
+        std::future::pending::<()>().await;
+    };
+    let report = tokio::select! {
+        r = crate::drive::run(drive) => r?,
+        _ = steps => unreachable!("steps never finish"),
+    };
+    let mut report = report;
+    let mut lines = std::mem::take(&mut *steps_log.lock().expect("not poisoned"));
+    let pending = std::mem::take(&mut *background.lock().expect("not poisoned"));
+    for h in pending {
+        if let Ok((line, burst)) = h.await {
+            match burst {
+                Some(b) => lines.push(format!("{line}: {}", uninspected_summary(&b))),
+                None => lines.push(line),
+            }
+        }
+    }
+    // Pods the Deployment created during the run (replacements, scale-ups) count too.
+    let added = agents.discover(false).await?;
+    if !added.is_empty() {
+        lines.push(format!(
+            "agent pods created during the run: {}",
+            added.join(", ")
+        ));
+    }
+    agents.read_into(&mut report).await;
+    lines.push(format!("main drive: {}", uninspected_summary(&report)));
+    let mut failures = Vec::new();
+    if let Some(counts) = agents.window_counts().await? {
+        if counts.is_empty() {
+            failures.push("no serving agent after the snapshot".into());
+        } else {
+            lines.extend(judge::window_shares(
+                &counts,
+                &scenario.expect,
+                &mut failures,
+            ));
+        }
+    }
+    proxies.discover().await?;
+    lines.extend(proxies.lines().await);
+    log.extend(lines);
+    let marks = std::mem::take(&mut *marks.lock().expect("not poisoned"));
+    Ok((report, agents.names(), failures, marks, touched))
+}
+
+/// Applies one step; returns what it did.
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    p: &plan::Planned,
+    agents: &mut Agents,
+    proxies: &mut Proxies,
+    cluster: &Cluster,
+    drive: &DriveArgs,
+    front: Option<std::net::SocketAddr>,
+    background: &Background,
+    args: &ClusterArgs,
+) -> anyhow::Result<String> {
+    // Pods the Deployment created since the last step (replacements) are known from here on,
+    // counted from zero, before this step can remove them.
+    agents.discover(false).await?;
+    match &p.op {
+        Op::ScaleUp(n) => {
+            let from = cluster.agent_replicas().await?;
+            let to = from + i32::try_from(*n)?;
+            cluster.scale_agents(to).await?;
+            let took = cluster
+                .wait_serving(&args.agent_selector, to as usize, args.ready_timeout)
+                .await?;
+            let added = agents.discover(false).await?;
+            Ok(format!(
+                "scaled {from} → {to}; serving after {took:?}; new agent pods {added:?}"
+            ))
+        }
+        Op::ScaleTo(n) => {
+            let from = cluster.agent_replicas().await?;
+            let to = i32::try_from(*n)?;
+            // The pods the Deployment removes are its choice: keep every agent's counters
+            // current until it goes.
+            agents.watch_all().await;
+            cluster.scale_agents(to).await?;
+            if to > from {
+                let took = cluster
+                    .wait_serving(&args.agent_selector, *n, args.ready_timeout)
+                    .await?;
+                let added = agents.discover(false).await?;
+                return Ok(format!(
+                    "scaled {from} → {to}; serving after {took:?}; new agent pods {added:?}"
+                ));
+            }
+            Ok(format!("scaled {from} → {to}"))
+        }
+        Op::DeleteAgent { agent, grace } => agents.delete(*agent, *grace).await,
+        Op::ReplaceAgent => {
+            let i = agents.oldest_serving().await?;
+            let what = agents.delete(i, None).await?;
+            Ok(format!("agent {i}: {what}; the Deployment replaces it"))
+        }
+        Op::DeleteProxy(i) => proxies.delete(*i).await,
+        Op::Fault { agent, query } => agents.fault(*agent, query).await,
+        Op::Snapshot => Ok(agents.snapshot().await),
+        Op::Background if p.step.action == Action::Burst => {
+            Ok(start_burst(&p.step, drive, background))
+        }
+        Op::Background => Ok(start_abuse(
+            &p.step,
+            front.expect("resolved when planned"),
+            background,
+        )),
+    }
+}
+
+/// What the scenario asks that a cluster run does not judge.
+fn scenario_notes(scenario: &Scenario) -> Vec<String> {
+    let e = &scenario.expect;
+    let mut notes = Vec::new();
+    if e.max_rss_growth_kib.is_some() || e.max_fd_growth.is_some() {
+        notes.push(
+            "max_rss_growth_kib / max_fd_growth not judged: a cluster run cannot sample the proxies' /proc (watch container_memory_working_set_bytes instead)".to_string(),
+        );
+    }
+    notes
+}
+
+/// `loadtest cluster`: prints the report; exit status 1 if any check failed.
+pub async fn run_cli(args: ClusterArgs) -> anyhow::Result<i32> {
+    let client = match &args.api_server {
+        Some(url) => {
+            let config =
+                kube::Config::new(url.parse().with_context(|| format!("--api-server {url}"))?);
+            kube::Client::try_from(config)?
+        }
+        None => kube::Client::try_default()
+            .await
+            .context("no in-cluster ServiceAccount and no kubeconfig (or pass --api-server)")?,
+    };
+    let json = args.json.clone();
+    let report = run(args, client).await?;
+    println!(
+        "cluster: namespace {}, target {}, agents {} → {} → {}{}",
+        report.namespace,
+        report.target,
+        report.replicas.found,
+        report.replicas.driven,
+        report.replicas.end,
+        report
+            .scenario
+            .as_ref()
+            .map_or(String::new(), |s| format!(", scenario {s}"))
+    );
+    print!("{}", report.drive.to_text());
+    for (i, pod) in report.agent_pods.iter().enumerate() {
+        println!("agent {i}: pod {pod}");
+    }
+    for s in &report.steps {
+        println!("step: {s}");
+    }
+    for m in &report.marks {
+        println!(
+            "mark: t={:.0}ms {} (then {} failed calls, {} of them refused)",
+            m.at_ms, m.what, m.errors_after, m.refused_after
+        );
+    }
+    if let Some(path) = json {
+        crate::drive::write_json(&path, &report)?;
+    }
+    for f in &report.failures {
+        println!("FAIL: {f}");
+    }
+    let d = &report.drive;
+    let shares: Vec<String> = d
+        .agents
+        .iter()
+        .map(|a| format!("{:.1}", 100.0 * a.prerequest_share))
+        .collect();
+    println!(
+        "RESULT {}: cluster {}, {} agent pod(s), {:.0} tx/s, errors {} (refused {}), orphaned+expired {}, shares % [{}]",
+        if report.failures.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        },
+        report.namespace,
+        report.agent_pods.len(),
+        d.achieved_rate,
+        d.total_errors(),
+        d.total_errors() - d.errors_except_refused(),
+        d.updates_orphaned + d.updates_expired,
+        shares.join(" ")
+    );
+    Ok(if report.failures.is_empty() { 0 } else { 1 })
+}

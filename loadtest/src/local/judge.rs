@@ -1,0 +1,208 @@
+//! Judging a finished drive against a scenario's `[expect]`: the bounds every run checks
+//! (errors, orphaned updates, overflow, agents' problems), PreRequest shares, failed-open and
+//! error fractions, and the summary of what went uninspected. Apart from the orchestration so
+//! that every mode that runs a scenario (`local`, `cluster`) judges it the same way.
+
+use std::collections::HashSet;
+
+use super::scenario::Expect;
+use crate::drive::DriveReport;
+
+/// Bounds a drive must respect; what `run` and `--compare` both check.
+pub(crate) struct DriveBounds {
+    /// `None` = unlimited (judged by a fraction or not at all).
+    pub(crate) max_errors: Option<u64>,
+    /// Refused connections do not count toward `max_errors`.
+    pub(crate) allow_refused: bool,
+    /// Most orphaned + expired updates; `None` = unlimited.
+    pub(crate) max_orphaned: Option<u64>,
+}
+
+impl DriveBounds {
+    /// Every bound `report` broke, and its problems except those of agents in `killed`
+    /// (prefixes `agent ADMIN: `; a killed agent's counters cannot be read afterwards).
+    pub(crate) fn failures(&self, report: &DriveReport, killed: &[String]) -> Vec<String> {
+        let mut failures = Vec::new();
+        let max_errors = self.max_errors;
+        let counted = if self.allow_refused {
+            report.errors_except_refused()
+        } else {
+            report.total_errors()
+        };
+        if let Some(max_errors) = max_errors
+            && counted > max_errors
+        {
+            failures.push(format!(
+                "{counted} failed calls{} (at most {max_errors} allowed)",
+                if self.allow_refused {
+                    " other than refused connections"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let lost = report.updates_orphaned + report.updates_expired;
+        if let Some(max) = self.max_orphaned
+            && lost > max
+        {
+            failures.push(format!(
+                "{lost} orphaned/expired updates (at most {max} allowed)"
+            ));
+        }
+        if report.overflow > 0 {
+            failures.push(format!(
+                "{} transactions could not start (concurrency bound reached)",
+                report.overflow
+            ));
+        }
+        failures.extend(
+            report
+                .problems
+                .iter()
+                .filter(|p| !killed.iter().any(|k| p.starts_with(k.as_str())))
+                .cloned(),
+        );
+        failures
+    }
+}
+
+/// The scenario's share and fraction expectations on a finished drive: every agent's
+/// PreRequest share (agents a step changed, `touched`, against `changed_max_share` only),
+/// failed-open transactions (count and fraction) and failed calls as a fraction.
+pub(crate) fn expectations(
+    report: &DriveReport,
+    expect: &Expect,
+    touched: &HashSet<usize>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let e = expect;
+    for (i, a) in report.agents.iter().enumerate() {
+        let share = a.prerequest_share;
+        let (lo, hi) = if touched.contains(&i) {
+            (None, e.changed_max_share)
+        } else {
+            (e.min_share, e.max_share)
+        };
+        if lo.is_some_and(|lo| share < lo) || hi.is_some_and(|hi| share > hi) {
+            failures.push(format!(
+                "agent {i} got {:.1}% of PreRequests (expected {}..{})",
+                100.0 * share,
+                lo.map_or("0".into(), |v| format!("{:.0}%", 100.0 * v)),
+                hi.map_or("100%".into(), |v| format!("{:.0}%", 100.0 * v)),
+            ));
+        }
+    }
+    let t = &report.tally;
+    if let Some(max) = e.max_failed_open
+        && t.failed_open > max
+    {
+        failures.push(format!(
+            "{} transactions failed open (at most {max} allowed)",
+            t.failed_open
+        ));
+    }
+    let fraction = |x: u64, of: u64| if of == 0 { 0.0 } else { x as f64 / of as f64 };
+    if let Some(max) = e.max_failed_open_fraction {
+        let f = fraction(t.failed_open, t.transactions);
+        if f > max {
+            failures.push(format!(
+                "{:.2}% of transactions failed open (at most {:.2}% allowed)",
+                100.0 * f,
+                100.0 * max
+            ));
+        }
+    }
+    if let Some(max) = e.max_error_fraction {
+        let calls: u64 = t.methods.values().map(|m| m.calls).sum();
+        let failed = if e.allow_refused {
+            report.errors_except_refused()
+        } else {
+            report.total_errors()
+        };
+        let f = fraction(failed, calls);
+        if f > max {
+            failures.push(format!(
+                "{:.2}% of calls failed{} (at most {:.2}% allowed)",
+                100.0 * f,
+                if e.allow_refused {
+                    " other than refused connections"
+                } else {
+                    ""
+                },
+                100.0 * max
+            ));
+        }
+    }
+    failures
+}
+
+/// Failed-open transactions and failed calls by method and kind: what went uninspected.
+pub(crate) fn uninspected_summary(r: &DriveReport) -> String {
+    let t = &r.tally;
+    let mut parts = Vec::new();
+    for (m, mr) in &t.methods {
+        let failed: u64 = mr.errors.values().sum();
+        if failed > 0 {
+            let kinds: Vec<String> = mr
+                .errors
+                .iter()
+                .map(|(k, n)| format!("{k:?} {n}"))
+                .collect();
+            parts.push(format!("{m} {failed} ({})", kinds.join(", ")));
+        }
+    }
+    format!(
+        "{} transactions, {} failed open ({:.2}%){}",
+        t.transactions,
+        t.failed_open,
+        if t.transactions == 0 {
+            0.0
+        } else {
+            100.0 * t.failed_open as f64 / t.transactions as f64
+        },
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; failed calls: {}", parts.join("; "))
+        }
+    )
+}
+
+/// Judges `window_min_fair`/`window_max_fair`: PreRequests since the last `snapshot` of each
+/// agent ready at the end, `(index, count)`, against 1 / (agents counted). Returns the lines to
+/// log.
+pub(crate) fn window_shares(
+    counts: &[(usize, u64)],
+    e: &Expect,
+    failures: &mut Vec<String>,
+) -> Vec<String> {
+    let total: u64 = counts.iter().map(|(_, c)| c).sum();
+    if counts.is_empty() || total == 0 {
+        failures.push("no PreRequests after the snapshot".into());
+        return Vec::new();
+    }
+    let fair = 1.0 / counts.len() as f64;
+    let mut shares = Vec::new();
+    for (i, c) in counts {
+        let share = *c as f64 / total as f64;
+        shares.push(format!("{i}: {:.1}%", 100.0 * share));
+        let ratio = share / fair;
+        if e.window_min_fair.is_some_and(|m| ratio < m)
+            || e.window_max_fair.is_some_and(|m| ratio > m)
+        {
+            failures.push(format!(
+                "agent {i} got {:.1}% of PreRequests after the snapshot, {ratio:.2}x its fair share {:.1}% (expected {}..{}x)",
+                100.0 * share,
+                100.0 * fair,
+                e.window_min_fair.unwrap_or(0.0),
+                e.window_max_fair.map_or("-".into(), |m| m.to_string()),
+            ));
+        }
+    }
+    vec![format!(
+        "PreRequest shares of the {} ready agents after the snapshot (fair {:.1}%): {}",
+        counts.len(),
+        100.0 * fair,
+        shares.join(", ")
+    )]
+}

@@ -1,0 +1,146 @@
+//! `loadtest local`'s options: what sits in front of the agents ([`Via`]) and every flag
+//! ([`LocalArgs`]), apart from the orchestration so that `run` reads as the timeline it is.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::procs;
+use crate::units::{ServiceTime, parse_duration};
+
+/// What sits between the emulated modules and the agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The real sigsci-proxy (default).
+    Proxy,
+    /// HAProxy, `mode tcp`, `balance roundrobin`.
+    Haproxy,
+    /// Nothing: straight to the first agent.
+    Direct,
+}
+
+/// `loadtest local` options.
+#[derive(Debug, Clone, Args)]
+pub struct LocalArgs {
+    /// Number of simulated agents [default: 2, or the scenario's].
+    #[arg(long)]
+    pub agents: Option<usize>,
+    /// Proxy replicas [default: 1, or the scenario's]. With 2 or more, PreRequests go to the
+    /// first and UpdateRequests/PostRequests to the second (affinity across replicas).
+    #[arg(long)]
+    pub proxies: Option<usize>,
+    /// Simulated app time between PreRequest and UpdateRequest [default: exp:2ms, or the
+    /// scenario's].
+    #[arg(long)]
+    pub app_time: Option<ServiceTime>,
+    /// Closed loop with this many emulated modules instead of `--rate` (max throughput); with
+    /// `--compare`, the workers of the maximum-rate runs [default there: 16].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Transactions (PreRequests) per second [default: 1000, or the scenario's].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Drive duration [default: 10s, or the scenario's].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Fraction of attack transactions (flagged by the agents) [default: 0.2].
+    #[arg(long)]
+    pub attack_fraction: Option<f64>,
+    /// Fraction of anomalous responses (→ PostRequest) [default: 0].
+    #[arg(long)]
+    pub anomalous_fraction: Option<f64>,
+    /// What to put in front of the agents.
+    #[arg(long, value_enum, default_value = "proxy")]
+    pub via: Via,
+    /// Same as `--via direct`.
+    #[arg(long, conflicts_with = "via")]
+    pub direct: bool,
+    /// Scenario file (TOML, see loadtest/scenarios/).
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+    /// The sigsci-proxy binary [default: next to this executable].
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+    /// Extra argument for the proxy (repeatable), e.g. `--proxy-arg=--upstream-mode=per-call`.
+    #[arg(long = "proxy-arg", allow_hyphen_values = true)]
+    pub proxy_args: Vec<String>,
+    /// The haproxy binary.
+    #[arg(long, default_value = "haproxy")]
+    pub haproxy_bin: PathBuf,
+    /// Agents' service time.
+    #[arg(long, default_value = "200us")]
+    pub service_time: ServiceTime,
+    /// Agents' worker slots.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Agents' flag fraction (allowed requests that still get a RequestID).
+    #[arg(long, default_value_t = 0.0)]
+    pub flag_fraction: f64,
+    /// Extra argument for every agent (repeatable).
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
+    /// Pipeline over persistent connections instead of a connection per call.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Local source addresses for the emulated modules (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<std::net::IpAddr>,
+    /// Most failed calls allowed [default: 0, or the scenario's].
+    #[arg(long)]
+    pub max_errors: Option<u64>,
+    /// Most orphaned + expired updates allowed [default: 0 via proxy/direct, unlimited via
+    /// haproxy, or the scenario's].
+    #[arg(long)]
+    pub max_orphaned: Option<u64>,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also plot the PreRequest latency and the errors over time, with the steps' marks, as SVG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Measure the proxy's overhead: a paired open-loop run alternating transactions between
+    /// agent 0 (direct) and the proxy, then each path's maximum rate in closed loop
+    /// (`--concurrency`, default 16), and the proxy's upstream connects per second. Defaults
+    /// here: `--agents 1 --rate 2000 --duration 10s`.
+    #[arg(long, conflicts_with_all = ["scenario", "direct", "via", "proxies", "plot"])]
+    pub compare: bool,
+    /// With `--compare`: length of each closed-loop (maximum rate) run.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub max_rate_duration: Duration,
+    /// With `--compare`: transactions per block on one path (see `drive --compare-block`).
+    /// 1 pairs single transactions, each path at half `--rate`; e.g. 1000 at 2000 tx/s runs
+    /// each path at the full rate in half-second blocks, the proxy idle during the direct ones.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub compare_block: u64,
+}
+
+impl LocalArgs {
+    pub(crate) fn via(&self) -> Via {
+        if self.direct { Via::Direct } else { self.via }
+    }
+
+    /// Arguments for every `loadtest agent` child.
+    pub(crate) fn agent_process_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--service-time".to_string(),
+            self.service_time.to_string().replace("µs", "us"),
+            "--workers".into(),
+            self.workers.to_string(),
+            "--flag-fraction".into(),
+            self.flag_fraction.to_string(),
+        ];
+        a.extend(self.agent_args.iter().cloned());
+        a
+    }
+
+    /// The sigsci-proxy binary: `--proxy-bin`, else next to `exe`.
+    pub(crate) fn proxy_bin(&self, exe: &std::path::Path) -> anyhow::Result<PathBuf> {
+        match &self.proxy_bin {
+            Some(b) => Ok(b.clone()),
+            None => procs::find_proxy_bin(exe),
+        }
+    }
+}
