@@ -67,38 +67,22 @@ pub struct Replicas {
 
 /// Runs the scenario against the cluster `client` talks to and judges it.
 pub async fn run(args: ClusterArgs, client: kube::Client) -> anyhow::Result<ClusterReport> {
-    let scenario = match &args.scenario {
-        Some(p) => Scenario::load(p)?,
-        None => Scenario::default(),
-    };
-    let duration = args
-        .duration
-        .or(scenario.duration)
-        .unwrap_or(Duration::from_secs(10));
-    let plan = plan::plan(&scenario, duration)?;
-    let app_time = match (&args.app_time, &scenario.app_time) {
-        (Some(t), _) => *t,
-        (None, Some(t)) => t.parse().map_err(|e| anyhow::anyhow!("app_time: {e}"))?,
-        (None, None) => DriveArgs::default().app_time,
-    };
+    let traffic = args.run.traffic()?;
+    let scenario = &traffic.scenario;
+    let duration = traffic.duration;
+    let plan = plan::plan(scenario, duration)?;
     let target = match &args.target {
         Some(t) => t.clone(),
         None => RpcAddr::Tcp(format!("sigsci-proxy.{}.svc:9999", args.namespace)),
     };
     let drive = DriveArgs {
         target: target.clone(),
-        rate: args.rate.or(scenario.rate).unwrap_or(1000.0),
+        rate: traffic.rate,
         duration,
         timeout: args.timeout,
-        app_time,
-        attack_fraction: args
-            .attack_fraction
-            .or(scenario.attack_fraction)
-            .unwrap_or(0.2),
-        anomalous_fraction: args
-            .anomalous_fraction
-            .or(scenario.anomalous_fraction)
-            .unwrap_or(0.0),
+        app_time: traffic.app_time,
+        attack_fraction: traffic.attack_fraction,
+        anomalous_fraction: traffic.anomalous_fraction,
         agents_admin: Vec::new(),
         no_progress: true,
         ..DriveArgs::default()
@@ -140,7 +124,7 @@ pub async fn run(args: ClusterArgs, client: kube::Client) -> anyhow::Result<Clus
     }
     let result = drive_and_steps(
         &args,
-        &scenario,
+        scenario,
         &cluster,
         plan,
         drive,
@@ -168,35 +152,25 @@ pub async fn run(args: ClusterArgs, client: kube::Client) -> anyhow::Result<Clus
         now
     };
     let (report, agent_pods, mut failures, marks, touched) = result?;
-    steps_log.extend(scenario_notes(&scenario));
+    steps_log.extend(scenario_notes(scenario));
 
     let expect = &scenario.expect;
     failures.extend(judge::expectations(&report, expect, &touched));
     let bounds = DriveBounds {
         max_errors: args
+            .run
             .max_errors
             .or(expect.max_errors)
             .or(expect.max_error_fraction.is_none().then_some(0)),
         allow_refused: expect.allow_refused,
-        max_orphaned: args.max_orphaned.or(expect.max_orphaned).or(Some(0)),
+        max_orphaned: args.run.max_orphaned.or(expect.max_orphaned).or(Some(0)),
     };
     failures.extend(bounds.failures(&report, &[]));
-    let marks = marks
-        .into_iter()
-        .map(|(what, at)| {
-            let (errors_after, refused_after) = report.errors_after(at);
-            Mark {
-                what,
-                at_ms: at.as_secs_f64() * 1e3,
-                errors_after,
-                refused_after,
-            }
-        })
-        .collect();
+    let marks = Mark::all(marks, &report);
     Ok(ClusterReport {
         namespace: args.namespace.clone(),
         target: target.to_string(),
-        scenario: args.scenario.as_ref().map(|p| p.display().to_string()),
+        scenario: args.run.scenario_name(),
         agent_pods,
         replicas: Replicas {
             found,
@@ -446,7 +420,7 @@ pub async fn run_cli(args: ClusterArgs) -> anyhow::Result<i32> {
             .await
             .context("no in-cluster ServiceAccount and no kubeconfig (or pass --api-server)")?,
     };
-    let json = args.json.clone();
+    let json = args.run.json.clone();
     let report = run(args, client).await?;
     println!(
         "cluster: namespace {}, target {}, agents {} → {} → {}{}",

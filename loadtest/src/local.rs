@@ -13,6 +13,7 @@ mod options;
 pub(crate) mod procs;
 pub mod procstat;
 mod ramp;
+mod run_args;
 pub mod scenario;
 pub(crate) mod steps;
 
@@ -26,7 +27,7 @@ use crate::drive::{DriveArgs, DriveReport};
 use judge::{DriveBounds, uninspected_summary};
 pub use options::{LocalArgs, Via};
 use procs::Pool;
-use scenario::Scenario;
+pub use run_args::RunArgs;
 
 /// The result of `loadtest local`.
 #[derive(Debug, Serialize)]
@@ -61,6 +62,24 @@ pub struct Mark {
     pub refused_after: u64,
 }
 
+impl Mark {
+    /// The steps' marks (what, time into the drive), each with the failures the drive saw after it.
+    pub(crate) fn all(marks: Vec<(String, Duration)>, report: &DriveReport) -> Vec<Mark> {
+        marks
+            .into_iter()
+            .map(|(what, at)| {
+                let (errors_after, refused_after) = report.errors_after(at);
+                Mark {
+                    what,
+                    at_ms: at.as_secs_f64() * 1e3,
+                    errors_after,
+                    refused_after,
+                }
+            })
+            .collect()
+    }
+}
+
 /// Marks recorded while steps run: (what, time into the drive).
 type Marks = std::sync::Arc<std::sync::Mutex<Vec<(String, Duration)>>>;
 
@@ -70,10 +89,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         !args.compare,
         "--compare runs through compare::run, not run"
     );
-    let scenario = match &args.scenario {
-        Some(p) => Scenario::load(p)?,
-        None => Scenario::default(),
-    };
+    let traffic = args.run.traffic()?;
+    let scenario = &traffic.scenario;
     let via = args.via();
     let n = args.agents.or(scenario.agents).unwrap_or(2);
     anyhow::ensure!(n >= 1, "--agents must be at least 1");
@@ -83,15 +100,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         n_proxies == 1 || via == Via::Proxy,
         "--proxies applies only via the proxy"
     );
-    let app_time = match (&args.app_time, &scenario.app_time) {
-        (Some(t), _) => *t,
-        (None, Some(t)) => t.parse().map_err(|e| anyhow::anyhow!("app_time: {e}"))?,
-        (None, None) => DriveArgs::default().app_time,
-    };
-    let duration = args
-        .duration
-        .or(scenario.duration)
-        .unwrap_or(Duration::from_secs(10));
+    let duration = traffic.duration;
     let exe = std::env::current_exe()?;
     let agent_args = args.agent_process_args();
 
@@ -132,17 +141,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             target: target.into(),
             update_target: (update_target != target).then(|| update_target.into()),
             concurrency: args.concurrency,
-            app_time,
-            rate: args.rate.or(scenario.rate).unwrap_or(1000.0),
+            app_time: traffic.app_time,
+            rate: traffic.rate,
             duration,
-            attack_fraction: args
-                .attack_fraction
-                .or(scenario.attack_fraction)
-                .unwrap_or(0.2),
-            anomalous_fraction: args
-                .anomalous_fraction
-                .or(scenario.anomalous_fraction)
-                .unwrap_or(0.0),
+            attack_fraction: traffic.attack_fraction,
+            anomalous_fraction: traffic.anomalous_fraction,
             persistent: args.persistent,
             sources: args.sources.clone(),
             // The orchestrator reads the agents itself: agents come and go during a scenario.
@@ -259,14 +262,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
 
     failures.extend(judge::expectations(&report, &expect, &touched));
     let bounds = DriveBounds {
-        max_errors: args.max_errors.or(expect.max_errors).or(
+        max_errors: args.run.max_errors.or(expect.max_errors).or(
             match (expect.max_error_fraction, &scenario.ramp) {
                 (None, None) => Some(0),
                 _ => None,
             },
         ),
         allow_refused: expect.allow_refused,
-        max_orphaned: args.max_orphaned.or(expect.max_orphaned).or(match via {
+        max_orphaned: args.run.max_orphaned.or(expect.max_orphaned).or(match via {
             Via::Haproxy => None,
             _ => Some(0),
         }),
@@ -284,22 +287,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         judged.retain(|f| !f.contains("could not start"));
     }
     failures.extend(judged);
-    let marks = std::mem::take(&mut *marks.lock().expect("not poisoned"))
-        .into_iter()
-        .map(|(what, at)| {
-            let (errors_after, refused_after) = report.errors_after(at);
-            Mark {
-                what,
-                at_ms: at.as_secs_f64() * 1e3,
-                errors_after,
-                refused_after,
-            }
-        })
-        .collect();
+    let marks = Mark::all(
+        std::mem::take(&mut *marks.lock().expect("not poisoned")),
+        &report,
+    );
     Ok(LocalReport {
         via,
         agents: pool.agents.len(),
-        scenario: args.scenario.as_ref().map(|p| p.display().to_string()),
+        scenario: args.run.scenario_name(),
         drive: report,
         steps,
         failures,
@@ -312,7 +307,7 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
     if args.compare {
         return compare::run_cli(args).await;
     }
-    let json = args.json.clone();
+    let json = args.run.json.clone();
     let plot = args.plot.clone();
     let report = run(args).await?;
     println!(

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use loadtest::agent::SimAgent;
 use loadtest::cluster::{self, ClusterArgs};
+use loadtest::local::RunArgs;
 use sigsci_proxy::config::{Dur, ListenAddr, Options};
 use sigsci_proxy::{Config, DrainReport, Proxy};
 use tokio::task::JoinHandle;
@@ -265,7 +266,10 @@ async fn fake_cluster(replicas: i32) -> FakeCluster {
 
 fn args(fake: &FakeCluster, scenario: &Path) -> ClusterArgs {
     ClusterArgs {
-        scenario: Some(scenario.to_owned()),
+        run: RunArgs {
+            scenario: Some(scenario.to_owned()),
+            ..RunArgs::default()
+        },
         target: Some(fake.target.into()),
         // Correctness, not speed: a generous deadline so a busy box cannot cause timeouts.
         timeout: Duration::from_secs(2),

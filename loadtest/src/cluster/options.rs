@@ -1,21 +1,21 @@
 //! `loadtest cluster`'s options: where the system runs (namespace, Deployment, selectors,
 //! admin ports, API server), the drive, and the bounds, apart from the run itself.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
 use crate::addr::RpcAddr;
-use crate::units::{ServiceTime, parse_duration};
+use crate::local::RunArgs;
+use crate::units::parse_duration;
 
 /// `loadtest cluster` options.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
-    /// Scenario file (TOML, see loadtest/scenarios/); steps with no cluster equivalent are
-    /// rejected before anything changes.
-    #[arg(long)]
-    pub scenario: Option<PathBuf>,
+    /// Scenario, traffic and bounds, as in `loadtest local`; scenario steps with no cluster
+    /// equivalent are rejected before anything changes.
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Namespace of the agents and proxies.
     #[arg(long, default_value = "sigsci")]
     pub namespace: String,
@@ -45,21 +45,6 @@ pub struct ClusterArgs {
     /// Agents to scale to before the drive [default: the scenario's, else as deployed].
     #[arg(long)]
     pub agents: Option<usize>,
-    /// Transactions (PreRequests) per second [default: 1000, or the scenario's].
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Drive duration [default: 10s, or the scenario's].
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-    /// Fraction of attack transactions [default: 0.2, or the scenario's].
-    #[arg(long)]
-    pub attack_fraction: Option<f64>,
-    /// Fraction of anomalous responses (→ PostRequest) [default: 0, or the scenario's].
-    #[arg(long)]
-    pub anomalous_fraction: Option<f64>,
-    /// App time between PreRequest and UpdateRequest [default: exp:2ms, or the scenario's].
-    #[arg(long)]
-    pub app_time: Option<ServiceTime>,
     /// Whole-call deadline, as in the modules.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -69,15 +54,6 @@ pub struct ClusterArgs {
     /// Leave the agent Deployment at the scale the run ended with (default: restore it).
     #[arg(long)]
     pub keep_scale: bool,
-    /// Most failed calls allowed [default: 0, or the scenario's].
-    #[arg(long)]
-    pub max_errors: Option<u64>,
-    /// Most orphaned + expired updates allowed [default: 0, or the scenario's].
-    #[arg(long)]
-    pub max_orphaned: Option<u64>,
-    /// Also write the result as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
 }
 
 impl ClusterArgs {

@@ -155,9 +155,9 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
     let (direct, proxy, paired, max_rate, upstream) = result?;
 
     let bounds = DriveBounds {
-        max_errors: Some(args.max_errors.unwrap_or(0)),
+        max_errors: Some(args.run.max_errors.unwrap_or(0)),
         allow_refused: false,
-        max_orphaned: Some(args.max_orphaned.unwrap_or(0)),
+        max_orphaned: Some(args.run.max_orphaned.unwrap_or(0)),
     };
     failures.extend(bounds.failures(&paired, &[]));
     for (path, r) in &max_rate.runs {
@@ -256,9 +256,9 @@ async fn measure(
     let direct = pool.agents[0].rpc;
     let base = DriveArgs {
         target: direct.into(),
-        app_time: args.app_time.unwrap_or(DriveArgs::default().app_time),
-        attack_fraction: args.attack_fraction.unwrap_or(0.2),
-        anomalous_fraction: args.anomalous_fraction.unwrap_or(0.0),
+        app_time: args.run.app_time.unwrap_or(DriveArgs::default().app_time),
+        attack_fraction: args.run.attack_fraction.unwrap_or(0.2),
+        anomalous_fraction: args.run.anomalous_fraction.unwrap_or(0.0),
         persistent: args.persistent,
         sources: args.sources.clone(),
         ..DriveArgs::default()
@@ -266,8 +266,8 @@ async fn measure(
     let paired_args = DriveArgs {
         compare_target: Some(proxy.into()),
         compare_block: args.compare_block,
-        rate: args.rate.unwrap_or(2000.0),
-        duration: args.duration.unwrap_or(Duration::from_secs(10)),
+        rate: args.run.rate.unwrap_or(2000.0),
+        duration: args.run.duration.unwrap_or(Duration::from_secs(10)),
         agents_admin: pool.agents.iter().map(|a| a.admin).collect(),
         ..base.clone()
     };
@@ -459,7 +459,7 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
     print!("{}", report.paired.to_text());
     println!();
     print!("{}", report.summary());
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.run.json {
         drive::write_json(path, &report)?;
     }
     for f in &report.failures {

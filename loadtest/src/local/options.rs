@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use super::RunArgs;
 use super::procs;
 use crate::units::{ServiceTime, parse_duration};
 
@@ -25,6 +26,9 @@ pub enum Via {
 /// `loadtest local` options.
 #[derive(Debug, Clone, Args)]
 pub struct LocalArgs {
+    /// Scenario, traffic and bounds, shared with `loadtest cluster`.
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Number of simulated agents [default: 2, or the scenario's].
     #[arg(long)]
     pub agents: Option<usize>,
@@ -32,35 +36,16 @@ pub struct LocalArgs {
     /// first and UpdateRequests/PostRequests to the second (affinity across replicas).
     #[arg(long)]
     pub proxies: Option<usize>,
-    /// Simulated app time between PreRequest and UpdateRequest [default: exp:2ms, or the
-    /// scenario's].
-    #[arg(long)]
-    pub app_time: Option<ServiceTime>,
     /// Closed loop with this many emulated modules instead of `--rate` (max throughput); with
     /// `--compare`, the workers of the maximum-rate runs [default there: 16].
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Transactions (PreRequests) per second [default: 1000, or the scenario's].
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Drive duration [default: 10s, or the scenario's].
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-    /// Fraction of attack transactions (flagged by the agents) [default: 0.2].
-    #[arg(long)]
-    pub attack_fraction: Option<f64>,
-    /// Fraction of anomalous responses (→ PostRequest) [default: 0].
-    #[arg(long)]
-    pub anomalous_fraction: Option<f64>,
     /// What to put in front of the agents.
     #[arg(long, value_enum, default_value = "proxy")]
     pub via: Via,
     /// Same as `--via direct`.
     #[arg(long, conflicts_with = "via")]
     pub direct: bool,
-    /// Scenario file (TOML, see loadtest/scenarios/).
-    #[arg(long)]
-    pub scenario: Option<PathBuf>,
     /// The sigsci-proxy binary [default: next to this executable].
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
@@ -88,16 +73,6 @@ pub struct LocalArgs {
     /// Local source addresses for the emulated modules (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub sources: Vec<std::net::IpAddr>,
-    /// Most failed calls allowed [default: 0, or the scenario's].
-    #[arg(long)]
-    pub max_errors: Option<u64>,
-    /// Most orphaned + expired updates allowed [default: 0 via proxy/direct, unlimited via
-    /// haproxy, or the scenario's].
-    #[arg(long)]
-    pub max_orphaned: Option<u64>,
-    /// Also write the result as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
     /// Also plot the PreRequest latency and the errors over time, with the steps' marks, as SVG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
