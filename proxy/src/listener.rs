@@ -234,6 +234,11 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// How long a new connection at the limit waits for the idle one it displaced to close.
 const EVICTION_WAIT: Duration = Duration::from_millis(5);
 
+/// Longest a closing listener keeps taking connections from its backlog. Under steady load it
+/// is never quiet for 1 ms: without a bound it would keep accepting, and the drain would last
+/// until the load stopped or the drain timeout cut calls off.
+const BACKLOG_DRAIN_MAX: Duration = Duration::from_millis(50);
+
 /// Accepts until `stop` is cancelled, spawning a task per connection on `tracker`.
 pub(crate) async fn accept_loop(
     listener: Listener,
@@ -244,16 +249,24 @@ pub(crate) async fn accept_loop(
 ) {
     let local = listener.local_addr().to_string();
     let mut backoff = Duration::ZERO;
-    let mut closing = false;
+    let mut closing: Option<tokio::time::Instant> = None;
     loop {
-        let accepted = if closing {
+        let accepted = if let Some(since) = closing {
             // Closing a listener resets the connections still waiting in its backlog: take
-            // them first (the module already sent, or is sending, its request).
-            match tokio::time::timeout(Duration::from_millis(1), listener.accept()).await {
-                Ok(r) => r,
-                // Quiet for 1 ms as far as the runtime saw; other tasks may have run since its
-                // last poll, so ask the kernel right before the close.
-                Err(_) => match listener.accept_queued() {
+            // them first (the module already sent, or is sending, its request), for at most
+            // BACKLOG_DRAIN_MAX.
+            let waited = if since.elapsed() < BACKLOG_DRAIN_MAX {
+                tokio::time::timeout(Duration::from_millis(1), listener.accept())
+                    .await
+                    .ok()
+            } else {
+                None
+            };
+            match waited {
+                Some(r) => r,
+                // Quiet for 1 ms as far as the runtime saw, or out of time; other tasks may
+                // have run since its last poll, so ask the kernel right before the close.
+                None => match listener.accept_queued() {
                     Some(r) => r,
                     None => break,
                 },
@@ -262,7 +275,7 @@ pub(crate) async fn accept_loop(
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
-                    closing = true;
+                    closing = Some(tokio::time::Instant::now());
                     continue;
                 }
                 r = listener.accept() => r,
@@ -290,7 +303,7 @@ pub(crate) async fn accept_loop(
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
                 m::accept_error();
-                if closing {
+                if closing.is_some() {
                     break;
                 }
                 tokio::select! {

@@ -124,3 +124,63 @@ async fn a_call_connected_before_the_listeners_close_is_still_answered() {
         .unwrap();
     assert_eq!(report.cut_off, 0);
 }
+
+/// Modules that keep connecting after the drain delay (a node still routing to this replica):
+/// the listener takes what waits in its backlog, then closes anyway, so the drain ends. It
+/// used to keep accepting for as long as it was never quiet for 1 ms.
+#[tokio::test]
+async fn the_listeners_close_under_a_steady_stream_of_connections() {
+    let agent = Agent::start().await;
+    let proxy = start_proxy(Options {
+        drain_delay: Some(Dur(Duration::from_millis(100))),
+        drain_timeout: Some(Dur(Duration::from_secs(10))),
+        ..with_agents(&[&agent])
+    })
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connectors: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            let rpc = proxy.rpc;
+            tokio::spawn(async move {
+                let mut connections = 0u32;
+                // Bounded: 5,000 connections each at most; a reset on close leaves no TIME_WAIT.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && connections < 5_000 {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.set_zero_linger().unwrap();
+                    if socket.connect(rpc).await.is_ok() {
+                        connections += 1;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let drain_asked = std::time::Instant::now();
+    assert_eq!(
+        sigsci_proxy::request_drain(&proxy.control).await.unwrap(),
+        "draining"
+    );
+    let closed = loop {
+        if TcpStream::connect(proxy.rpc).await.is_err() {
+            break drain_asked.elapsed();
+        }
+        if drain_asked.elapsed() > Duration::from_secs(3) {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            panic!("the listener still accepted 3 s after the drain began, under steady load");
+        }
+        tokio::task::yield_now().await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in connectors {
+        c.await.unwrap();
+    }
+    // 100 ms of drain delay, at most 50 ms taking the backlog; the rest is a busy machine.
+    assert!(closed < Duration::from_secs(1), "closed after {closed:?}");
+    let report = tokio::time::timeout(Duration::from_secs(8), proxy.task)
+        .await
+        .expect("run returns")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.cut_off, 0);
+}
