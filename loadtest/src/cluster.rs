@@ -438,15 +438,7 @@ pub async fn run_cli(args: ClusterArgs) -> anyhow::Result<i32> {
     for (i, pod) in report.agent_pods.iter().enumerate() {
         println!("agent {i}: pod {pod}");
     }
-    for s in &report.steps {
-        println!("step: {s}");
-    }
-    for m in &report.marks {
-        println!(
-            "mark: t={:.0}ms {} (then {} failed calls, {} of them refused)",
-            m.at_ms, m.what, m.errors_after, m.refused_after
-        );
-    }
+    crate::local::print_steps(&report.steps, &report.marks);
     if let Some(path) = json {
         crate::drive::write_json(&path, &report)?;
     }

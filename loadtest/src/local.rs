@@ -62,6 +62,19 @@ pub struct Mark {
     pub refused_after: u64,
 }
 
+/// Prints what the steps did and their marks, as `local` and `cluster` report them.
+pub(crate) fn print_steps(steps: &[String], marks: &[Mark]) {
+    for s in steps {
+        println!("step: {s}");
+    }
+    for m in marks {
+        println!(
+            "mark: t={:.0}ms {} (then {} failed calls, {} of them refused)",
+            m.at_ms, m.what, m.errors_after, m.refused_after
+        );
+    }
+}
+
 impl Mark {
     /// The steps' marks (what, time into the drive), each with the failures the drive saw after it.
     pub(crate) fn all(marks: Vec<(String, Duration)>, report: &DriveReport) -> Vec<Mark> {
@@ -320,15 +333,7 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
             .map_or(String::new(), |s| format!(", scenario {s}"))
     );
     print!("{}", report.drive.to_text());
-    for s in &report.steps {
-        println!("step: {s}");
-    }
-    for m in &report.marks {
-        println!(
-            "mark: t={:.0}ms {} (then {} failed calls, {} of them refused)",
-            m.at_ms, m.what, m.errors_after, m.refused_after
-        );
-    }
+    print_steps(&report.steps, &report.marks);
     if let Some(path) = json {
         crate::drive::write_json(&path, &report)?;
     }
