@@ -18,6 +18,9 @@ use crate::{Address, AffinityToken, Endpoint, EndpointId, SourceState};
 pub enum AgentState {
     /// Takes new work.
     Ready,
+    /// Joined moments ago: takes new work only when no ready or terminating agent does, until
+    /// every proxy replica has had time to learn of it (`PoolConfig::join_delay`).
+    Joining,
     /// The source says it is shutting down: no new work, still serves its RequestIDs.
     Terminating,
     /// Passive health ejected it until its backoff ends: no new work.
@@ -79,6 +82,8 @@ pub struct Agent {
     source: AtomicU8,
     /// When it turned gone (nanoseconds since the epoch); meaningful only when gone.
     gone_at: AtomicU64,
+    /// Until when it is joining (nanoseconds since the epoch); 0 when it never was.
+    joining_until: AtomicU64,
     outstanding: AtomicU64,
     ewma: PeakEwma,
     /// Least latency sample of a failed answer (nanoseconds).
@@ -116,6 +121,7 @@ impl Agent {
             budget: params.budget.clone(),
             source: AtomicU8::new(SOURCE_READY),
             gone_at: AtomicU64::new(0),
+            joining_until: AtomicU64::new(0),
             outstanding: AtomicU64::new(0),
             ewma: PeakEwma::new(
                 initial.as_nanos() as f64,
@@ -165,6 +171,7 @@ impl Agent {
             SOURCE_GONE => AgentState::Gone,
             SOURCE_TERMINATING => AgentState::Terminating,
             _ if self.health.is_ejected(self.ns(now)) => AgentState::Ejected,
+            _ if self.is_joining_at(now) => AgentState::Joining,
             _ => AgentState::Ready,
         }
     }
@@ -269,6 +276,43 @@ impl Agent {
 
     pub(crate) fn is_source_terminating(&self) -> bool {
         self.source.load(Relaxed) == SOURCE_TERMINATING
+    }
+
+    /// Keeps it joining (see [`AgentState::Joining`]) until `until`.
+    pub(crate) fn set_joining_until(&self, until: Instant) {
+        self.joining_until.store(self.ns(until).max(1), Relaxed);
+    }
+
+    /// Still joining at `now`: source-ready, and joined less than the join delay ago.
+    pub(crate) fn is_joining_at(&self, now: Instant) -> bool {
+        self.is_source_ready() && self.ns(now) < self.joining_until.load(Relaxed)
+    }
+
+    /// Ends the joining at `now` if its delay is over; true once, when it ends. An agent that
+    /// took no work meanwhile starts at `typical` (its estimate decayed while it waited, which
+    /// would make it the cheapest by far for its first moments).
+    pub(crate) fn end_joining(&self, now: Instant, typical: impl FnOnce() -> Duration) -> bool {
+        let until = self.joining_until.load(Relaxed);
+        if until == 0 || self.ns(now) < until {
+            return false;
+        }
+        if self
+            .joining_until
+            .compare_exchange(until, 0, Relaxed, Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        if self.started.load(Relaxed) == 0 {
+            self.ewma.reset(typical().as_nanos() as f64, self.ns(now));
+        }
+        true
+    }
+
+    /// When it stops joining, if it still is at `now`.
+    pub(crate) fn joining_ends(&self, now: Instant) -> Option<Instant> {
+        self.is_joining_at(now)
+            .then(|| self.epoch + Duration::from_nanos(self.joining_until.load(Relaxed)))
     }
 
     pub(crate) fn is_gone(&self) -> bool {

@@ -27,6 +27,15 @@ pub struct PoolConfig {
     pub ejection: EjectionConfig,
     /// Autoscaling hint.
     pub hints: HintsConfig,
+    /// How long an agent that joins a pool already running takes new work only as the last
+    /// resort. Proxy replicas learn of a new agent at slightly different moments (watch
+    /// events, file polls); a PreRequest answered by it in that window carries a RequestID
+    /// that a replica which has not heard of it yet cannot route, so the UpdateRequest reaches
+    /// a wrong agent. Set it above the skew between replicas' views: a few hundred
+    /// milliseconds for Kubernetes watches, the poll interval for a file. The agents of the
+    /// first membership update take work at once (this replica is the one that is late).
+    /// Default 500 ms; zero turns it off.
+    pub join_delay: Duration,
     /// Latency estimate of an agent with no sample yet when no agent has one either (a new
     /// pool). Default 5 ms. An agent that joins a pool already serving starts at the median
     /// estimate of the agents taking work, so it gets its share at once; outstanding requests
@@ -55,6 +64,7 @@ impl Default for PoolConfig {
             gone_grace: Duration::from_secs(30),
             ejection: EjectionConfig::default(),
             hints: HintsConfig::default(),
+            join_delay: Duration::from_millis(500),
             default_rtt: Duration::from_millis(5),
             failure_penalty: Duration::from_secs(1),
             latency_decay: Duration::from_secs(1),
@@ -166,6 +176,10 @@ struct Inner {
 struct Members {
     agents: HashMap<EndpointId, Arc<Agent>>,
     version: u64,
+    /// Whether the first membership update is in: agents that join after it start joining.
+    seeded: bool,
+    /// When the next joining agent stops joining (the snapshot must be published again then).
+    join_due: Option<Instant>,
 }
 
 /// Locks a mutex, ignoring poisoning: the data behind it stays consistent at every await-free
@@ -185,7 +199,7 @@ impl Pool {
             latency_decay: config.latency_decay,
             budget: Arc::new(EjectionBudget::new(config.ejection.clone())),
         };
-        let empty = Snapshot::new(0, epoch, config.gone_grace, Vec::new());
+        let empty = Snapshot::new(0, epoch, config.gone_grace, Vec::new(), epoch);
         Pool {
             inner: Arc::new(Inner {
                 hints: Mutex::new(HintsState::new(config.hints.clone())),
@@ -234,8 +248,9 @@ impl Pool {
                 _ => {}
             },
         }
+        m.seeded = true;
         self.expire_gone(&mut m, now);
-        self.publish(&mut m);
+        self.publish(&mut m, now);
     }
 
     fn upsert(&self, m: &mut Members, ep: &Endpoint, now: Instant) {
@@ -256,6 +271,10 @@ impl Pool {
                 let initial = typical_latency(m.agents.values(), now)
                     .unwrap_or(self.inner.params.default_rtt);
                 let a = Arc::new(Agent::new(ep, &self.inner.params, initial, now));
+                let delay = self.inner.config.join_delay;
+                if m.seeded && !delay.is_zero() {
+                    a.set_joining_until(now + delay);
+                }
                 m.agents.insert(ep.id.clone(), a);
             }
         }
@@ -270,19 +289,27 @@ impl Pool {
         m.agents.len() != before
     }
 
-    fn publish(&self, m: &mut Members) {
+    fn publish(&self, m: &mut Members, now: Instant) {
         m.version += 1;
+        let default_rtt = self.inner.params.default_rtt;
+        for a in m.agents.values() {
+            a.end_joining(now, || {
+                typical_latency(m.agents.values(), now).unwrap_or(default_rtt)
+            });
+        }
+        m.join_due = m.agents.values().filter_map(|a| a.joining_ends(now)).min();
         let agents = m.agents.values().cloned().collect();
         let snap = Snapshot::new(
             m.version,
             self.inner.params.epoch,
             self.inner.config.gone_grace,
             agents,
+            now,
         );
         self.inner
             .params
             .budget
-            .set_members(snap.ready_agents().len());
+            .set_members(snap.members_taking_work());
         self.inner.current.store(Arc::new(snap));
     }
 
@@ -293,26 +320,43 @@ impl Pool {
         let mut ticks = tokio::time::interval(self.inner.config.hints.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let join_due = lock(&self.inner.members).join_due;
+            let joined = tokio::time::sleep_until(
+                join_due.map_or_else(far_future, tokio::time::Instant::from_std),
+            );
             tokio::select! {
                 biased;
                 update = updates.next() => match update {
                     Some(update) => self.apply(update),
                     None => break,
                 },
+                // Never before the due instant, whatever clock the timer ran on (paused time).
+                _ = joined, if join_due.is_some() => {
+                    self.settle(join_due.map_or_else(Instant::now, |due| due.max(Instant::now())));
+                }
                 _ = ticks.tick() => self.tick(Instant::now()),
             }
         }
         tracing::debug!("Membership stream ended");
     }
 
+    /// Publishes again once joining agents have joined (their join delay is over at `now`).
+    pub(crate) fn settle(&self, now: Instant) {
+        let mut m = lock(&self.inner.members);
+        if m.join_due.is_some_and(|due| due <= now) {
+            self.publish(&mut m, now);
+        }
+    }
+
     /// The periodic maintenance, at time `now` (normally `Instant::now()`; tests pass a later
     /// instant instead of waiting): drops agents gone past the grace period, ends elapsed
-    /// ejections, and computes the hints from the load since the previous tick.
+    /// ejections and join delays, and computes the hints from the load since the previous tick.
     pub fn tick(&self, now: Instant) {
         {
             let mut m = lock(&self.inner.members);
-            if self.expire_gone(&mut m, now) {
-                self.publish(&mut m);
+            let joined = m.join_due.is_some_and(|due| due <= now);
+            if self.expire_gone(&mut m, now) || joined {
+                self.publish(&mut m, now);
             }
         }
         let snap = self.snapshot();
@@ -352,4 +396,9 @@ impl Pool {
     pub fn hints(&self) -> Hints {
         lock(&self.inner.hints).hints().clone()
     }
+}
+
+/// A sleep deadline that never comes (a disabled `select!` branch still needs a future).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
 }

@@ -40,6 +40,10 @@ pub struct Snapshot {
     agents: Vec<Arc<Agent>>,
     /// Source-ready agents, the picker's candidates (some may be ejected right now).
     ready: Vec<Arc<Agent>>,
+    /// Source-ready agents that joined less than the join delay before this snapshot: the
+    /// picker's last resort, so that no RequestID names an agent another replica has not
+    /// heard of yet (its UpdateRequest would reach a wrong agent there).
+    joining: Vec<Arc<Agent>>,
     /// Terminating agents: the picker's fallback when no ready agent takes work, as kube-proxy
     /// falls back to serving-terminating endpoints (better inspected late than not at all).
     terminating: Vec<Arc<Agent>>,
@@ -52,13 +56,14 @@ impl Snapshot {
         epoch: Instant,
         gone_grace: Duration,
         mut agents: Vec<Arc<Agent>>,
+        now: Instant,
     ) -> Self {
         agents.sort_by(|a, b| a.id().cmp(b.id()));
-        let ready: Vec<_> = agents
+        let (joining, ready): (Vec<_>, Vec<_>) = agents
             .iter()
             .filter(|a| a.is_source_ready())
             .cloned()
-            .collect();
+            .partition(|a| a.is_joining_at(now));
         let terminating: Vec<_> = agents
             .iter()
             .filter(|a| a.is_source_terminating())
@@ -80,6 +85,7 @@ impl Snapshot {
             gone_grace,
             agents,
             ready,
+            joining,
             terminating,
             by_token,
         }
@@ -87,8 +93,8 @@ impl Snapshot {
 
     /// Picks an agent for new work: power of two choices among ready agents (not terminating,
     /// not ejected, not gone), the cheaper by peak-EWMA latency × (outstanding + 1); when none
-    /// of them takes work, the same among terminating agents. `None` when no agent can take new
-    /// work. O(1) while a ready agent is usable.
+    /// of them takes work, the same among terminating agents, then among joining ones. `None`
+    /// when no agent can take new work. O(1) while a ready agent is usable.
     #[inline]
     pub fn pick(&self) -> Option<Arc<Agent>> {
         self.pick_with(LazyNow::new(self.epoch), None)
@@ -108,7 +114,8 @@ impl Snapshot {
     #[inline]
     fn pick_with(&self, mut now: LazyNow, exclude: Option<&Agent>) -> Option<Arc<Agent>> {
         let a = picker::pick(&self.ready, &mut now, exclude)
-            .or_else(|| picker::pick(&self.terminating, &mut now, exclude))?;
+            .or_else(|| picker::pick(&self.terminating, &mut now, exclude))
+            .or_else(|| picker::pick(&self.joining, &mut now, exclude))?;
         a.count_pick();
         Some(a.clone())
     }
@@ -133,7 +140,8 @@ impl Snapshot {
         &self.agents
     }
 
-    /// How many agents take new work now (ready and not ejected). O(agents).
+    /// How many agents take new work now (ready and not ejected; joining agents are not
+    /// counted). O(agents).
     pub fn ready_len(&self) -> usize {
         self.ready_len_at(Instant::now())
     }
@@ -158,5 +166,10 @@ impl Snapshot {
 
     pub(crate) fn ready_agents(&self) -> &[Arc<Agent>] {
         &self.ready
+    }
+
+    /// Source-ready agents, joining ones included: the ejection budget's members.
+    pub(crate) fn members_taking_work(&self) -> usize {
+        self.ready.len() + self.joining.len()
     }
 }

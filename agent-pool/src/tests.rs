@@ -214,6 +214,79 @@ fn gone_agents_stay_reachable_for_the_grace_period_then_drop() {
 }
 
 #[test]
+fn a_joining_agent_takes_work_only_after_the_join_delay_but_is_found_by_token_at_once() {
+    let (pool, t0) = pool_of(2, PoolConfig::default());
+    assert!(
+        (0..2).all(|i| agent(&pool, i).state_at(t0) == AgentState::Ready),
+        "the first membership takes work at once"
+    );
+    pool.apply_at(Update::Upsert(ep(2)), t0 + S);
+    let new = agent(&pool, 2);
+    assert_eq!(new.state_at(t0 + S), AgentState::Joining);
+    assert!(!count_picks(&pool, t0 + S, 2_000).contains_key(new.id()));
+    let found = pool.snapshot().by_token_at(new.token(), t0 + S);
+    assert!(found.is_some_and(|a| Arc::ptr_eq(&a, &new)));
+    // Not before the delay is over...
+    pool.tick(t0 + S + 499 * MS);
+    assert!(!count_picks(&pool, t0 + S + 499 * MS, 2_000).contains_key(new.id()));
+    // ...and a candidate like any other after it (its share: the test below).
+    pool.tick(t0 + S + 500 * MS);
+    assert_eq!(new.state_at(t0 + S + 500 * MS), AgentState::Ready);
+    assert_eq!(pool.snapshot().ready_len_at(t0 + S + 500 * MS), 3);
+}
+
+#[test]
+fn joining_agents_take_work_when_no_other_agent_can() {
+    // Scale from zero: better inspected by an agent another replica may not know yet than not
+    // inspected at all.
+    let (pool, t0) = pool_of(0, PoolConfig::default());
+    pool.apply_at(Update::Upsert(ep(0)), t0);
+    assert_eq!(agent(&pool, 0).state_at(t0), AgentState::Joining);
+    assert_eq!(
+        pool.snapshot().pick_at(t0, None).map(|a| a.id().clone()),
+        Some(ep(0).id)
+    );
+    // A terminating agent goes first: a rollout's old agent still serves, and every replica
+    // knows its RequestIDs.
+    let (pool, t0) = pool_of(1, PoolConfig::default());
+    pool.apply_at(Update::Upsert(ep(1)), t0);
+    pool.apply_at(
+        Update::Upsert(ep(0).with_state(SourceState::Terminating)),
+        t0,
+    );
+    assert_eq!(count_picks(&pool, t0, 500).get(&ep(0).id), Some(&500));
+    // A zero delay turns joining off.
+    let config = PoolConfig {
+        join_delay: Duration::ZERO,
+        ..PoolConfig::default()
+    };
+    let (pool, t0) = pool_of(1, config);
+    pool.apply_at(Update::Upsert(ep(1)), t0);
+    assert_eq!(agent(&pool, 1).state_at(t0), AgentState::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_running_pool_ends_the_join_delay_on_time() {
+    let pool = Pool::new(PoolConfig::default());
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let updates = futures::StreamExt::boxed(rx);
+    let runner = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.run(updates).await }
+    });
+    tx.unbounded_send(Update::Reset(vec![ep(0)])).unwrap();
+    tokio::time::sleep(MS).await;
+    tx.unbounded_send(Update::Upsert(ep(1))).unwrap();
+    tokio::time::sleep(MS).await;
+    let version = pool.snapshot().version();
+    assert_eq!(pool.snapshot().ready_len(), 1, "joining");
+    tokio::time::sleep(600 * MS).await;
+    assert!(pool.snapshot().version() > version, "published again");
+    assert_eq!(pool.snapshot().ready_len(), 2, "joined");
+    runner.abort();
+}
+
+#[test]
 fn pick_excluding_never_returns_the_excluded_agent() {
     let (pool, t0) = pool_of(2, PoolConfig::default());
     let snap = pool.snapshot();
@@ -321,7 +394,7 @@ fn concurrent_picks_and_membership_changes_keep_counts_exact() {
 }
 
 #[test]
-fn an_agent_joining_a_serving_pool_takes_its_share_at_once() {
+fn an_agent_joining_a_serving_pool_takes_its_share_as_soon_as_it_has_joined() {
     let (pool, t0) = pool_of(3, PoolConfig::default());
     // Five seconds of 300 µs answers: the estimates have come down from the 5 ms default.
     for i in 0..3 {
@@ -336,12 +409,15 @@ fn an_agent_joining_a_serving_pool_takes_its_share_at_once() {
     }
     let t = t0 + 5 * S;
     pool.apply_at(Update::Upsert(ep(3)), t);
+    pool.tick(t + PoolConfig::default().join_delay);
     let new = agent(&pool, 3);
     assert!(
         new.latency_ewma_at(t) < MS,
         "starts at the pool's median, not 5 ms"
     );
-    let counts = count_picks(&pool, t, 40_000);
+    let joined = t + PoolConfig::default().join_delay;
+    assert!(new.latency_ewma_at(joined) < MS, "at the median again");
+    let counts = count_picks(&pool, joined, 40_000);
     let share = counts[new.id()] as f64 / 40_000.0;
     assert!(
         (0.20..=0.30).contains(&share),

@@ -133,7 +133,12 @@ struct Observed {
 
 impl Observed {
     async fn start(fake: &FakeApiServer) -> Observed {
-        let pool = Pool::new(PoolConfig::default());
+        // The states the source's updates set, without the pool's join delay on top (this
+        // drives `apply` directly, not `Pool::run`, which ends the delays).
+        let pool = Pool::new(PoolConfig {
+            join_delay: Duration::ZERO,
+            ..PoolConfig::default()
+        });
         let mut updates = kubernetes(fake.client(), NS, SERVICE, Some("rpc")).await;
         let (tx, views) = watch::channel(View::new());
         let log = Arc::new(Mutex::new(Vec::new()));

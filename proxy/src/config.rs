@@ -69,6 +69,7 @@ impl Config {
     pub fn pool_config(&self) -> PoolConfig {
         let mut pool = PoolConfig {
             gone_grace: self.gone_grace,
+            join_delay: self.join_delay,
             latency_decay: self.latency_decay,
             ..PoolConfig::default()
         };

@@ -361,6 +361,7 @@ pub(crate) fn draining(on: bool) {
 fn state_label(state: AgentState) -> &'static str {
     match state {
         AgentState::Ready => "ready",
+        AgentState::Joining => "joining",
         AgentState::Terminating => "terminating",
         AgentState::Ejected => "ejected",
         AgentState::Gone => "gone",
@@ -447,12 +448,13 @@ pub(crate) fn render(handle: &PrometheusHandle, pool: &Pool) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP sigsci_proxy_agent_state 1 for the state each known agent is in (ready, terminating, ejected, gone), else 0.\n\
+        "# HELP sigsci_proxy_agent_state 1 for the state each known agent is in (ready, joining, terminating, ejected, gone), else 0.\n\
          # TYPE sigsci_proxy_agent_state gauge"
     );
     for s in &stats {
         for state in [
             AgentState::Ready,
+            AgentState::Joining,
             AgentState::Terminating,
             AgentState::Ejected,
             AgentState::Gone,

@@ -110,14 +110,18 @@ impl Upstreams {
 
     /// Follows the membership: closes the connections of agents no longer in the pool, and in
     /// `mux` mode opens the persistent connections of agents that take work ahead of their
-    /// first RPC (so no module call pays for a connect).
+    /// first RPC (so no module call pays for a connect; a joining agent's are open by the end
+    /// of its join delay).
     pub(crate) fn sync(&self, snapshot: &Snapshot) {
         self.prune(snapshot);
         if self.config.mode != UpstreamMode::Mux {
             return;
         }
         for agent in snapshot.agents() {
-            if matches!(agent.state(), AgentState::Ready | AgentState::Terminating) {
+            if matches!(
+                agent.state(),
+                AgentState::Ready | AgentState::Joining | AgentState::Terminating
+            ) {
                 self.conns(agent).warm();
             }
         }

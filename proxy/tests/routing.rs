@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use sigsci_proxy::config::{Options, UpstreamMode};
+use sigsci_proxy::config::{Dur, Options, UpstreamMode};
 use support::*;
 
 #[tokio::test]
@@ -98,6 +98,46 @@ async fn affinity_holds_across_proxy_replicas_and_restarts() {
     let orphaned: u64 = agents.iter().map(Agent::orphaned).sum();
     assert_eq!((matched, orphaned), (60, 0));
     restarted.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_joining_gets_pre_requests_only_once_every_replica_can_route_its_updates() {
+    // Replica `fast` reads the membership file every 20 ms, replica `slow` every 200 ms: after a
+    // third agent is added, `slow` does not know it for up to 200 ms. Updates for RequestIDs
+    // `fast` obtained from it in that window would reach a wrong agent through `slow`.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agents.json");
+    let (a, b, c) = (
+        Agent::start().await,
+        Agent::start().await,
+        Agent::start().await,
+    );
+    write_agents_file(&file, &[(&a, "ready"), (&b, "ready")]);
+    let replica = |poll_ms| Options {
+        agents_file: Some(file.clone()),
+        agents_file_poll: Some(Dur(Duration::from_millis(poll_ms))),
+        ..options()
+    };
+    let fast = start_proxy(replica(20)).await;
+    let slow = start_proxy(replica(200)).await;
+    write_agents_file(&file, &[(&a, "ready"), (&b, "ready"), (&c, "ready")]);
+    let until = tokio::time::Instant::now() + Duration::from_millis(1_200);
+    let mut calls = 0;
+    while tokio::time::Instant::now() < until {
+        let id = pre(fast.rpc).await;
+        assert_eq!(update(slow.rpc, &id).await, None);
+        calls += 1;
+    }
+    let orphaned = a.orphaned() + b.orphaned() + c.orphaned();
+    assert_eq!(orphaned, 0, "of {calls} updates");
+    assert!(c.pre() > 0, "the new agent took work after its join delay");
+    assert_eq!(
+        c.matched(),
+        c.pre(),
+        "each of its RequestIDs came back to it"
+    );
+    fast.stop().await;
+    slow.stop().await;
 }
 
 #[tokio::test]

@@ -150,6 +150,13 @@ options! {
     #[arg(env = "SIGSCI_PROXY_GONE_GRACE", value_name = "DURATION")]
     gone_grace: Dur => Duration = Dur(pool().gone_grace),
 
+    /// How long an agent that joins takes new work only when no other agent does, so that every
+    /// proxy replica knows it before a RequestID names it (docs/affinity.md). Keep it above
+    /// the skew between replicas' membership views (the file poll, the DNS interval); 0 turns
+    /// it off.
+    #[arg(env = "SIGSCI_PROXY_JOIN_DELAY", value_name = "DURATION")]
+    join_delay: Dur => Duration = Dur(pool().join_delay),
+
     /// Time constant of each agent's latency estimate (a moving mean whose peak fades ten times
     /// faster), which weights the picker; longer remembers slow answers longer.
     #[arg(env = "SIGSCI_PROXY_LATENCY_DECAY", value_name = "DURATION")]
