@@ -102,6 +102,16 @@ impl ProxyProcess {
         self.fields["rpc.addr"].parse().unwrap()
     }
 
+    /// CPU time (user + system) the process has used so far, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let hz = 100; // USER_HZ on Linux
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
     /// Waits for the exit (at most `limit`); returns its status and the whole log.
     pub async fn wait(mut self, limit: Duration) -> (ExitStatus, String) {
         let start = std::time::Instant::now();
