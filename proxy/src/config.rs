@@ -40,22 +40,10 @@ pub enum Membership {
     Static(Vec<String>),
     /// `--agents-file`: a watched JSON/TOML file.
     File(PathBuf),
-    /// `--agents-dns`: a name resolved periodically.
-    Dns {
-        /// The DNS name.
-        name: String,
-        /// The agents' RPC port.
-        port: u16,
-    },
+    /// `--agents-dns`: a name resolved periodically, and the agents' RPC port.
+    Dns(HostPort),
     /// `--agents-k8s`: EndpointSlices of a Service.
-    Kubernetes {
-        /// Namespace of the Service.
-        namespace: String,
-        /// Service name.
-        service: String,
-        /// Named port of the Service, if given.
-        port_name: Option<String>,
-    },
+    Kubernetes(ServiceRef),
 }
 
 impl Default for Config {
@@ -138,20 +126,10 @@ impl Config {
             return Some(Membership::File(path.clone()));
         }
         if let Some(dns) = &self.agents_dns {
-            let HostPort { host, port } = dns.parse().ok()?;
-            return Some(Membership::Dns { name: host, port });
+            return dns.parse().ok().map(Membership::Dns);
         }
         if let Some(k8s) = &self.agents_k8s {
-            let ServiceRef {
-                namespace,
-                service,
-                port_name,
-            } = k8s.parse().ok()?;
-            return Some(Membership::Kubernetes {
-                namespace,
-                service,
-                port_name,
-            });
+            return k8s.parse().ok().map(Membership::Kubernetes);
         }
         None
     }

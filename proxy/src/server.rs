@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_pool::source::kubernetes::ServiceRef;
 use agent_pool::{Address, Endpoint, EndpointId, HostPort, Pool, Updates, source};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -337,12 +338,14 @@ async fn membership(config: &Config) -> anyhow::Result<Updates> {
                 .with_context(|| format!("--agents-file {}", path.display()))?;
             Ok(source::file(path, config.agents_file_poll))
         }
-        Membership::Dns { name, port } => Ok(source::dns(name, port, config.agents_dns_interval)),
-        Membership::Kubernetes {
+        Membership::Dns(HostPort { host, port }) => {
+            Ok(source::dns(host, port, config.agents_dns_interval))
+        }
+        Membership::Kubernetes(ServiceRef {
             namespace,
             service,
             port_name,
-        } => {
+        }) => {
             let client = source::kubernetes::client_from_env()
                 .await
                 .context("--agents-k8s: no Kubernetes client")?;

@@ -129,11 +129,11 @@ fn membership_sources() {
     let c = parse(&["--agents-k8s", "sigsci/agents:rpc"]).unwrap();
     assert_eq!(
         c.membership(),
-        Some(Membership::Kubernetes {
+        Some(Membership::Kubernetes(ServiceRef {
             namespace: "sigsci".into(),
             service: "agents".into(),
             port_name: Some("rpc".into())
-        })
+        }))
     );
     let p = parse(&["--agents", "a:1", "--agents-dns", "agents:9999"]).unwrap_err();
     assert_eq!(p[0].option, "agents");
@@ -151,10 +151,10 @@ fn addresses_and_services_parse_as_agent_pool_parses_them() {
     let c = parse(&["--agents-dns", "agents.sigsci.svc:9999"]).unwrap();
     assert_eq!(
         c.membership(),
-        Some(Membership::Dns {
-            name: "agents.sigsci.svc".into(),
+        Some(Membership::Dns(HostPort {
+            host: "agents.sigsci.svc".into(),
             port: 9999
-        })
+        }))
     );
     let p = parse(&["--agents-dns", "agents:0"]).unwrap_err();
     assert!(p[0].message.contains("port 0"), "{p:?}");
