@@ -6,9 +6,11 @@
 //! Byte tables keep one MessagePack item (header, payload) per line pair, so rustfmt is told to
 //! leave them alone.
 
+use agent_pool::AffinityToken;
 use bytes::{Bytes, BytesMut};
 use loadtest::rpc::{self, Envelope, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
 use serde::de::DeserializeOwned;
+use sigsci_proxy::affinity;
 use sigsci_proxy::codec::{Frame, FrameCodec, FrameKind, Limits, Method, error_response};
 use tokio_util::codec::Decoder;
 
@@ -236,14 +238,15 @@ fn go_pre_response_with_and_without_request_id() {
     let frame = one_frame(&without);
     assert_eq!(frame.request_id(), Some(&b""[..]), "an empty RequestID is still located");
 
-    // Affinity: the proxy appends a token to the ID and gives the module back its own msgid.
-    let mut tokened = UUID.to_vec();
-    tokened.extend_from_slice(b".0123456789abcdef");
+    // Affinity: the proxy appends its 16-byte suffix (docs/affinity.md) to the ID and gives the
+    // module back its own msgid.
+    let tokened = affinity::encode(UUID, AffinityToken(0x0123_4567_89ab_cdef));
+    assert_eq!(tokened.len(), 36 + 16);
     let new = one_frame(&with).rewrite(Some(1), Some(&tokened)).unwrap();
     let expected = cat(&[
         &[0x94, 0x01, 0x01, 0xc0, 0x83],
         &[0xab], b"WAFResponse", &[0xd1, 0x01, 0x96],
-        &[0xa9], b"RequestID", &[0xd9, 53], &tokened,
+        &[0xa9], b"RequestID", &[0xd9, 52], &tokened,
         &[0xae], b"RequestHeaders", &[0x91, 0x92, 0xad], b"X-SigSci-Tags", &[0xa4], b"SQLI",
     ]);
     assert_eq!(new.as_bytes(), &expected[..]);
