@@ -18,6 +18,7 @@ mod values;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use agent_pool::source::kubernetes::ServiceRef;
 use agent_pool::{HostPort, PoolConfig};
@@ -57,7 +58,7 @@ impl Config {
     pub fn pool_config(&self) -> PoolConfig {
         let mut pool = PoolConfig {
             gone_grace: self.gone_grace,
-            join_delay: self.join_delay,
+            join_delay: self.join_delay(),
             latency_decay: self.latency_decay,
             ..PoolConfig::default()
         };
@@ -115,6 +116,22 @@ impl Config {
         let config = Self::from_options(merge(cli, file));
         config.validate()?;
         Ok(config)
+    }
+
+    /// `--join-delay`, but never shorter than the polling interval of a file or DNS
+    /// membership: replicas polling on their own learn of a new agent up to one interval apart,
+    /// and a shorter delay would let one replica hand out RequestIDs another cannot route yet.
+    /// Zero stays zero (turned off).
+    pub fn join_delay(&self) -> Duration {
+        if self.join_delay.is_zero() {
+            return Duration::ZERO;
+        }
+        let refresh = match self.membership() {
+            Some(Membership::File(_)) => self.agents_file_poll,
+            Some(Membership::Dns(_)) => self.agents_dns_interval,
+            _ => Duration::ZERO,
+        };
+        self.join_delay.max(refresh)
     }
 
     /// The membership source (valid only after [`Config::validate`]).

@@ -151,9 +151,8 @@ options! {
     gone_grace: Dur => Duration = Dur(pool().gone_grace),
 
     /// How long an agent that joins takes new work only when no other agent does, so that every
-    /// proxy replica knows it before a RequestID names it (docs/affinity.md). Keep it above
-    /// the skew between replicas' membership views (the file poll, the DNS interval); 0 turns
-    /// it off.
+    /// proxy replica knows it before a RequestID names it (docs/affinity.md). Never shorter
+    /// than the file poll or DNS interval of the membership; 0 turns it off.
     #[arg(env = "SIGSCI_PROXY_JOIN_DELAY", value_name = "DURATION")]
     join_delay: Dur => Duration = Dur(pool().join_delay),
 

@@ -89,6 +89,26 @@ fn pool_and_hint_options_reach_the_pool() {
     );
     assert_eq!(pool.hints.min_agents, 2);
     assert_eq!(pool.ejection.consecutive_failures, 3);
+    // The join delay covers the skew a polled membership allows between replicas.
+    let join = |args: &[&str]| parse(args).unwrap().pool_config().join_delay;
+    assert_eq!(
+        join(&["--agents-dns", "agents:9999"]),
+        Duration::from_secs(5)
+    );
+    let file = ["--agents-file", "agents.json", "--agents-file-poll", "2s"];
+    assert_eq!(join(&file), Duration::from_secs(2));
+    assert_eq!(
+        join(&[&file[..], &["--join-delay", "3s"]].concat()),
+        Duration::from_secs(3)
+    );
+    assert_eq!(
+        join(&[&file[..], &["--join-delay", "0s"]].concat()),
+        Duration::ZERO
+    );
+    assert_eq!(
+        join(&["--agents-k8s", "sigsci/agents"]),
+        Duration::from_millis(500)
+    );
     let defaults = parse(&["--agents", "127.0.0.1:1"]).unwrap().pool_config();
     assert_eq!(
         defaults,
