@@ -25,6 +25,7 @@ mod drain;
 mod error;
 mod in_flight;
 mod listener;
+mod memory;
 mod metrics;
 mod route;
 mod server;

@@ -28,6 +28,7 @@ use crate::downstream::Shared;
 use crate::drain::{DrainReport, Readiness};
 use crate::in_flight::InFlightCount;
 use crate::listener::{self, Listener};
+use crate::memory;
 use crate::metrics as m;
 use crate::route::{RetryBudget, Router};
 use crate::upstream::{UpstreamConfig, Upstreams};
@@ -139,6 +140,10 @@ impl Proxy {
         // Histogram samples wait in the recorder until upkeep folds them into buckets: without
         // it memory grows with every RPC unless something scrapes.
         tokio::spawn(m::upkeep(prometheus.clone(), exit.clone()));
+        tokio::spawn(memory::trim_periodically(
+            config.memory_trim_interval,
+            exit.clone(),
+        ));
         {
             let pool = pool.clone();
             let exit = exit.clone();

@@ -202,6 +202,12 @@ options! {
     #[arg(env = "SIGSCI_PROXY_WORKER_THREADS", value_name = "N")]
     worker_threads: usize => usize = 1,
 
+    /// How often the proxy gives heap pages freed after a burst of connections back to the
+    /// operating system (glibc's `malloc_trim`); 0 = never. Without it RSS stays at the
+    /// highest burst's mark for the life of the process.
+    #[arg(env = "SIGSCI_PROXY_MEMORY_TRIM_INTERVAL", value_name = "DURATION")]
+    memory_trim_interval: Dur => Duration = Dur(Duration::from_secs(10)),
+
     /// Poll sockets without sleeping while RPCs are in flight and for this long after the last
     /// one, instead of parking the thread; 0 = off. Lowers the latency the proxy adds where
     /// waking an idle CPU is slow (virtual machines), at the price of up to one CPU spinning
