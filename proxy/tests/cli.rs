@@ -59,24 +59,10 @@ fn help_documents_defaults() {
     }
 }
 
-/// A proxy process on `:0` ports in front of `agent`, ready.
+/// A proxy process on `:0` ports in front of `agent`, ready, with a short drain.
 async fn start(agent: &Agent, extra: &[&str]) -> ProxyProcess {
-    let agents = agent.addr.to_string();
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--drain-delay",
-        "50ms",
-        "--agents",
-        &agents,
-    ];
-    args.extend_from_slice(extra);
-    match ProxyProcess::spawn(&args, &[]).await {
-        Ok(p) => p,
-        Err(f) => panic!("the proxy exited with {}: {}", f.status, f.log),
-    }
+    let args = [&["--drain-delay", "50ms"][..], extra].concat();
+    ProxyProcess::in_front_of(agent.addr, &args).await
 }
 
 /// `sigsci-proxy drain`, then the exit code and the log.

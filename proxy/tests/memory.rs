@@ -18,22 +18,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_of_a_burst_of_connections_returns_after_they_close() {
     let agent = Agent::start().await;
-    let agents = agent.addr.to_string();
-    let proxy = ProxyProcess::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--agents",
-            &agents,
-            "--memory-trim-interval",
-            "200ms",
-        ],
-        &[],
-    )
-    .await
-    .unwrap_or_else(|f| panic!("exited {}: {}", f.status, f.log));
+    let proxy = ProxyProcess::in_front_of(agent.addr, &["--memory-trim-interval", "200ms"]).await;
     let pid = proxy.child.id();
     // A call first, so the baseline includes the agent connection and the first frames.
     let id = pre(proxy.rpc()).await;

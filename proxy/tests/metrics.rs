@@ -141,22 +141,8 @@ async fn the_alert_rules_and_the_dashboard_use_only_exported_metrics() {
     let agent = Agent::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ctl = dir.path().join("p.ctl");
-    let proxy = ProxyProcess::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--agents",
-            &agent.addr.to_string(),
-            "--control-socket",
-            ctl.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .await
-    .ok()
-    .unwrap();
+    let proxy =
+        ProxyProcess::in_front_of(agent.addr, &["--control-socket", ctl.to_str().unwrap()]).await;
     for _ in 0..5 {
         let id = pre(proxy.rpc()).await;
         assert_eq!(update(proxy.rpc(), &id).await, None);

@@ -92,6 +92,25 @@ impl ProxyProcess {
         Ok(running)
     }
 
+    /// The binary on `:0` loopback ports in front of the agent at `agent`, with `extra` flags;
+    /// panics with its log if it exits instead.
+    pub async fn in_front_of(agent: SocketAddr, extra: &[&str]) -> Self {
+        let agents = agent.to_string();
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--agents",
+            &agents,
+        ];
+        args.extend_from_slice(extra);
+        match Self::spawn(&args, &[]).await {
+            Ok(p) => p,
+            Err(f) => panic!("the proxy exited with {}: {}", f.status, f.log),
+        }
+    }
+
     /// The bound admin address.
     pub fn admin(&self) -> SocketAddr {
         self.fields["admin.addr"].parse().unwrap()
