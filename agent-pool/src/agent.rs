@@ -288,25 +288,19 @@ impl Agent {
         self.is_source_ready() && self.ns(now) < self.joining_until.load(Relaxed)
     }
 
-    /// Ends the joining at `now` if its delay is over; true once, when it ends. An agent that
-    /// took no work meanwhile starts at `typical` (its estimate decayed while it waited, which
-    /// would make it the cheapest by far for its first moments).
-    pub(crate) fn end_joining(&self, now: Instant, typical: impl FnOnce() -> Duration) -> bool {
+    /// Ends the joining at `now` if its delay is over. An agent that took no work meanwhile
+    /// starts at `typical` (its estimate decayed while it waited, which would make it the
+    /// cheapest by far for its first moments).
+    pub(crate) fn end_joining(&self, now: Instant, typical: impl FnOnce() -> Duration) {
         let until = self.joining_until.load(Relaxed);
         if until == 0 || self.ns(now) < until {
-            return false;
+            return;
         }
-        if self
-            .joining_until
-            .compare_exchange(until, 0, Relaxed, Relaxed)
-            .is_err()
-        {
-            return false;
-        }
+        // Only the pool's writer (under its lock) ends joinings: a plain store is enough.
+        self.joining_until.store(0, Relaxed);
         if self.started.load(Relaxed) == 0 {
             self.ewma.reset(typical().as_nanos() as f64, self.ns(now));
         }
-        true
     }
 
     /// When it stops joining, if it still is at `now`.

@@ -38,6 +38,12 @@ pub use token::{AffinityToken, TokenError};
 /// Every membership source yields this stream (docs/style.md #8).
 pub type Updates = futures::stream::BoxStream<'static, Update>;
 
+/// A sleep deadline that never comes: a `select!` branch disabled by its guard still needs a
+/// future to hold.
+pub(crate) fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400)
+}
+
 #[doc(hidden)]
 pub mod __bench {
     //! For the criterion bench only: a uniform random pick, the baseline P2C is measured against.

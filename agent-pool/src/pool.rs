@@ -322,7 +322,7 @@ impl Pool {
         loop {
             let join_due = lock(&self.inner.members).join_due;
             let joined = tokio::time::sleep_until(
-                join_due.map_or_else(far_future, tokio::time::Instant::from_std),
+                join_due.map_or_else(crate::far_future, tokio::time::Instant::from_std),
             );
             tokio::select! {
                 biased;
@@ -396,9 +396,4 @@ impl Pool {
     pub fn hints(&self) -> Hints {
         lock(&self.inner.hints).hints().clone()
     }
-}
-
-/// A sleep deadline that never comes (a disabled `select!` branch still needs a future).
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400)
 }

@@ -179,8 +179,8 @@ impl Merger {
                         tracing::warn!(service = %self.service, %error, retry_in_ms = delay.as_millis(), "EndpointSlice watch failed; keeping the last membership and retrying");
                     }
                 },
-                () = tokio::time::sleep_until(retry_at.unwrap_or_else(far_future)), if retry_at.is_some() => self.retry_at = None,
-                () = tokio::time::sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => self.release(Instant::now()),
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(crate::far_future)), if retry_at.is_some() => self.retry_at = None,
+                () = tokio::time::sleep_until(due.unwrap_or_else(crate::far_future)), if due.is_some() => self.release(Instant::now()),
             }
         }
     }
@@ -255,8 +255,4 @@ fn is_gone(error: &watcher::Error) -> bool {
         | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 410,
         _ => false,
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400)
 }
