@@ -22,7 +22,7 @@ use tracing::debug;
 use crate::admission::{Admitted, Shed};
 use crate::codec::{CodecError, Frame, FrameCodec, Limits, error_response};
 use crate::error::ClientError;
-use crate::metrics::{self as m, Uninspected};
+use crate::metrics::{self as m, ModuleClose, Uninspected};
 use crate::route::Router;
 
 /// While draining, how long a connection that has sent nothing yet may take to start its
@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     pub(crate) frame_read_timeout: Duration,
     /// How long one answer may take to be written to a module that does not read.
     pub(crate) write_timeout: Duration,
+    /// Close with a reset when the module closes a connection with nothing in flight
+    /// (`--reset-closed-idle`).
+    pub(crate) reset_closed_idle: bool,
     /// Cancelled when the listeners close during a drain: finish in-flight work, then close.
     pub(crate) stop: CancellationToken,
 }
@@ -188,8 +191,20 @@ async fn run<S: Conn>(
                 }
             }
             Event::Read(Ok(0)) => {
-                // The module closed its side: answer the complete frames it sent (still in
-                // `buf` if the in-flight limit held them back), then close.
+                // The module closed first, having read every answer it asked for: a FIN back
+                // would leave its host a TIME_WAIT socket (and a conntrack entry) for 60 s per
+                // call, and a module opening a connection per RPC runs out of ephemeral ports
+                // at ~470 RPC/s. A reset ends the connection on both hosts at once; the
+                // module's socket is already closed, so nothing reads it (docs/faults.md).
+                if in_flight.is_empty() && buf.is_empty() && shared.reset_closed_idle {
+                    stream.reset_on_close();
+                    m::module_closed(ModuleClose::Reset);
+                    return Ok(());
+                }
+                // A half-close with calls in flight (the module may still read): answer the
+                // complete frames it sent (still in `buf` if the in-flight limit held them
+                // back), then close with a FIN.
+                m::module_closed(ModuleClose::Fin);
                 reading = false;
                 peer_closed = true;
                 frame_started = None;

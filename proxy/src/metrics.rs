@@ -93,6 +93,10 @@ fn describe() {
         "Module connections closed by the proxy, by reason (malformed, slow_frame, idle, io...)."
     );
     describe_counter!(
+        "sigsci_proxy_module_closes_total",
+        "Module connections the module closed first, by how the proxy closed its side: reset (nothing in flight: no TIME_WAIT left on the module's host) or fin."
+    );
+    describe_counter!(
         "sigsci_proxy_accept_errors_total",
         "accept(2) failures for lack of resources (file descriptors, memory); the listener backs off."
     );
@@ -351,6 +355,26 @@ pub(crate) fn connections_open(delta: f64) {
 /// A downstream connection closed by the proxy: `malformed`, `slow_frame`, `idle`, `io`.
 pub(crate) fn connection_closed(reason: &'static str) {
     counter!("sigsci_proxy_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// How the proxy closed a connection the module closed first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ModuleClose {
+    /// Nothing was in flight or unwritten: a reset, so neither host keeps the connection in
+    /// TIME_WAIT.
+    Reset,
+    /// Calls were still in flight after the module's half-close (or the reset is turned off):
+    /// answered, then a FIN.
+    Fin,
+}
+
+/// A connection the module closed first, closed by the proxy as `how`.
+pub(crate) fn module_closed(how: ModuleClose) {
+    let close = match how {
+        ModuleClose::Reset => "reset",
+        ModuleClose::Fin => "fin",
+    };
+    counter!("sigsci_proxy_module_closes_total", "close" => close).increment(1);
 }
 
 /// 1 while draining.

@@ -215,6 +215,7 @@ impl Proxy {
             idle_timeout: config.idle_timeout,
             frame_read_timeout: config.frame_read_timeout,
             write_timeout: config.write_timeout,
+            reset_closed_idle: config.reset_closed_idle,
             stop: stop.clone(),
         });
 

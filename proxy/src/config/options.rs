@@ -68,6 +68,18 @@ options! {
     #[arg(env = "SIGSCI_PROXY_IDLE_TIMEOUT", value_name = "DURATION")]
     idle_timeout: Dur => Duration = Dur(Duration::from_secs(60)),
 
+    /// When a module closes a connection with nothing in flight and every answer delivered,
+    /// close it with a reset instead of a FIN, so that no TIME_WAIT is left on the module's
+    /// host: a module opens a connection per RPC and closes first, and past ~470 RPC/s per app
+    /// pod its ephemeral ports would all be waiting out TIME_WAIT (docs/faults.md).
+    #[arg(
+        env = "SIGSCI_PROXY_RESET_CLOSED_IDLE",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    reset_closed_idle: bool => bool = true,
+
     /// A frame must arrive completely within this time of its first byte (slow clients).
     #[arg(env = "SIGSCI_PROXY_FRAME_READ_TIMEOUT", value_name = "DURATION")]
     frame_read_timeout: Dur => Duration = Dur(Duration::from_secs(5)),
