@@ -149,7 +149,7 @@ pub async fn run_cli(args: BenchArgs) -> anyhow::Result<i32> {
     let dir = tempfile::Builder::new()
         .prefix("loadtest-bench-")
         .tempdir()?;
-    let mut pool = Pool::new(dir.path().join("agents.json"));
+    let mut pool = Pool::new(dir.path().join("agents.json"), None);
     let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let result = measure(&args, &exe, &mut pool, dir.path()).await;
     let mut problems = pool.check_alive();

@@ -386,7 +386,7 @@ async fn apply(
         Op::Fault { agent, query } => agents.fault(*agent, query).await,
         Op::Snapshot => Ok(agents.snapshot().await),
         Op::Background if p.step.action == Action::Burst => {
-            Ok(start_burst(&p.step, drive, background))
+            Ok(start_burst(&p.step, drive, background, None))
         }
         Op::Background => Ok(start_abuse(
             &p.step,

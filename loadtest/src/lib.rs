@@ -12,5 +12,6 @@ pub mod cluster;
 pub mod drive;
 pub mod http;
 pub mod local;
+pub mod netbed;
 pub mod rpc;
 pub mod units;

@@ -15,6 +15,7 @@ pub mod procstat;
 mod ramp;
 mod run_args;
 pub mod scenario;
+mod sockets;
 pub(crate) mod steps;
 
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::drive::{DriveArgs, DriveReport};
 use judge::{DriveBounds, uninspected_summary};
-pub use options::{LocalArgs, Via};
+pub use options::{BedKind, LocalArgs, Via};
 use procs::Pool;
 pub use run_args::RunArgs;
 
@@ -120,7 +121,21 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     let dir = tempfile::Builder::new()
         .prefix("loadtest-local-")
         .tempdir()?;
-    let mut pool = Pool::new(dir.path().join("agents.json"));
+    let bed = args.netbed.clone();
+    anyhow::ensure!(
+        bed.is_some() == (args.bed == BedKind::Netns),
+        "the netns bed is made by the loadtest binary before its runtime starts"
+    );
+    // On the bed the module emulator is a host of its own: a runtime whose sockets are its.
+    let module = match &bed {
+        Some(b) => {
+            let host = b.host(crate::netbed::Role::Module, 0)?;
+            Some((b.runtime_on(&host)?, host))
+        }
+        None => None,
+    };
+    let modules = module.as_ref().map(|(rt, _)| rt.handle().clone());
+    let mut pool = Pool::new(dir.path().join("agents.json"), bed.clone());
     let mut failures = Vec::new();
     let marks: Marks = Default::default();
     let plan = scenario.expanded_steps(duration);
@@ -143,10 +158,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
                 for _ in 0..n_proxies {
                     addrs.push(pool.spawn_proxy(&bin, &proxy_args).await?);
                 }
-                (addrs[0], addrs[1 % addrs.len()])
+                match &bed {
+                    // One Service: every connection to its VIP, spread by kube-proxy's rules.
+                    Some(b) => (b.vip(), b.vip()),
+                    None => (addrs[0], addrs[1 % addrs.len()]),
+                }
             }
             Via::Haproxy => {
                 let a = pool.spawn_haproxy(&args.haproxy_bin, dir.path()).await?;
+                let a = bed.as_ref().map_or(a, |b| b.vip());
                 (a, a)
             }
         };
@@ -189,6 +209,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             Duration::from_millis(250),
             samples.clone(),
         );
+        let sockets = module
+            .as_ref()
+            .zip(bed.clone())
+            .map(|((_, host), bed)| sockets::sample_every(bed, host.clone()));
         let steps_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let start = Instant::now();
         let cx = steps::StepCtx {
@@ -199,6 +223,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             drive: drive.clone(),
             front: target,
             background: Default::default(),
+            modules: modules.clone(),
         };
         let background = cx.background.clone();
         let pids = pool.front_pids.clone();
@@ -229,10 +254,26 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             }
             std::future::pending::<()>().await;
         };
-        let drives = async {
-            match &scenario.ramp {
-                Some(r) => ramp::run(r, &drive, &pids, &steps_log).await,
-                None => crate::drive::run(drive.clone()).await,
+        let drives = {
+            let (ramp, drive, pids, log) = (
+                scenario.ramp.clone(),
+                drive.clone(),
+                pids.clone(),
+                steps_log.clone(),
+            );
+            let drives = async move {
+                match &ramp {
+                    Some(r) => ramp::run(r, &drive, &pids, &log).await,
+                    None => crate::drive::run(drive).await,
+                }
+            };
+            // On the bed, from the module's host.
+            let on = modules.clone();
+            async move {
+                match on {
+                    Some(h) => h.spawn(drives).await?,
+                    None => drives.await,
+                }
             }
         };
         let report = tokio::select! {
@@ -240,6 +281,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             _ = steps => unreachable!("steps never finish"),
         };
         sampler.abort();
+        let sockets = match sockets {
+            Some(s) => Some(s.finish().await),
+            None => None,
+        };
         let pending = std::mem::take(&mut *background.lock().expect("not poisoned"));
         let mut bursts = Vec::new();
         for h in pending {
@@ -257,6 +302,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             steps.push(format!("{line}: {}", uninspected_summary(b)));
         }
         steps.push(format!("main drive: {}", uninspected_summary(&report)));
+        if let Some(s) = &sockets {
+            steps.push(s.judge(&report, duration, &mut failures));
+        }
         steps.extend(pool.window_shares(&expect, &mut failures).await);
         steps.extend(pool.proxy_uninspected().await);
         anyhow::Ok((report, steps))
@@ -264,6 +312,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     .await;
     failures.extend(pool.check_alive());
     let stop_problems = pool.stop().await;
+    if let Some((rt, _)) = module {
+        rt.shutdown_background();
+    }
     let (report, mut steps) = result?;
     failures.extend(stop_problems);
     steps.extend(procstat::judge_growth(

@@ -10,7 +10,20 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // The netns bed is made before the runtime, and this thread enters its switch namespace,
+    // so that every thread the runtime starts is a host on the bed's bridge.
+    if let Command::Local(l) = &mut cli.command
+        && l.bed == loadtest::local::BedKind::Netns
+    {
+        match loadtest::netbed::Bed::create().and_then(|b| b.enter_switch().map(|()| b)) {
+            Ok(bed) => l.netbed = Some(bed),
+            Err(e) => {
+                eprintln!("error: the netns bed cannot be made here: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {

@@ -100,6 +100,15 @@ fn op(s: &Step) -> Result<Op, &'static str> {
                 "pause stops a process with SIGSTOP; a cluster has no equivalent (use kill or terminate)",
             );
         }
+        Action::CutAgent
+        | Action::HealAgent
+        | Action::CutProxy
+        | Action::UnlistProxy
+        | Action::HealProxy => {
+            return Err(
+                "cutting a host off the network needs the netns bed of loadtest local (a cluster's nodes are not ours to cut)",
+            );
+        }
         Action::Ready => {
             return Err(
                 "ready marks an agent ready again in the agents file; a pod's readiness is its own (delete it and let the Deployment replace it)",

@@ -148,7 +148,7 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
     let dir = tempfile::Builder::new()
         .prefix("loadtest-compare-")
         .tempdir()?;
-    let mut pool = Pool::new(dir.path().join("agents.json"));
+    let mut pool = Pool::new(dir.path().join("agents.json"), None);
     let result = measure(args, &exe, n, concurrency, &mut pool).await;
     let mut failures = pool.check_alive();
     failures.extend(pool.stop().await);

@@ -23,6 +23,18 @@ pub enum Via {
     Direct,
 }
 
+/// Where the processes of a run live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BedKind {
+    /// Every process on this host's loopback interface.
+    Loopback,
+    /// Every agent, proxy replica and the module emulator on a host of its own: network
+    /// namespaces on a bridge, the proxies behind a Service VIP as kube-proxy's nftables mode
+    /// makes it ([`crate::netbed`]). Needs root, iproute2 and nftables.
+    Netns,
+}
+
 /// `loadtest local` options.
 #[derive(Debug, Clone, Args)]
 pub struct LocalArgs {
@@ -70,9 +82,16 @@ pub struct LocalArgs {
     /// Pipeline over persistent connections instead of a connection per call.
     #[arg(long)]
     pub persistent: bool,
-    /// Local source addresses for the emulated modules (comma-separated).
-    #[arg(long, value_delimiter = ',')]
+    /// Local source addresses for the emulated modules (comma-separated). Not on the netns bed,
+    /// where the module connects as a real one does (an ephemeral port).
+    #[arg(long, value_delimiter = ',', conflicts_with = "bed")]
     pub sources: Vec<std::net::IpAddr>,
+    /// Where the processes live: `loopback`, or `netns` (a host each, through a Service VIP).
+    #[arg(long, value_enum, default_value = "loopback")]
+    pub bed: BedKind,
+    /// The netns bed, made by the binary before its runtime started (see [`crate::netbed`]).
+    #[arg(skip)]
+    pub netbed: Option<std::sync::Arc<crate::netbed::Bed>>,
     /// Also plot the PreRequest latency and the errors over time, with the steps' marks, as SVG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -80,7 +99,7 @@ pub struct LocalArgs {
     /// agent 0 (direct) and the proxy, then each path's maximum rate in closed loop
     /// (`--concurrency`, default 16), and the proxy's upstream connects per second. Defaults
     /// here: `--agents 1 --rate 2000 --duration 10s`.
-    #[arg(long, conflicts_with_all = ["scenario", "direct", "via", "proxies", "plot"])]
+    #[arg(long, conflicts_with_all = ["scenario", "direct", "via", "proxies", "plot", "bed"])]
     pub compare: bool,
     /// With `--compare`: length of each closed-loop (maximum rate) run.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]

@@ -1,14 +1,34 @@
 //! Child processes of the orchestrator: simulated agents, the proxy, HAProxy; and the agents
 //! file the proxy watches.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+use crate::netbed::{self, Bed, Role};
+
+/// A command that runs `program` as `role` number `index`: on its own host of the bed, or on
+/// this one; and the address it is to listen on.
+fn placed(
+    bed: Option<&Bed>,
+    role: Role,
+    index: usize,
+    program: &Path,
+) -> anyhow::Result<(Command, IpAddr)> {
+    Ok(match bed {
+        Some(bed) => {
+            let host = bed.host(role, index)?;
+            (bed.command(&host, program), IpAddr::V4(host.ip))
+        }
+        None => (Command::new(program), IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    })
+}
 
 /// How an agent appears in the agents file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +59,12 @@ impl AgentProc {
         exe: &Path,
         index: usize,
         extra: &[String],
+        bed: Option<&Bed>,
     ) -> anyhow::Result<AgentProc> {
-        let mut child = Command::new(exe)
-            .args(["agent", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        let (mut command, ip) = placed(bed, Role::Agent, index, exe)?;
+        let any_port = SocketAddr::new(ip, 0).to_string();
+        let mut child = command
+            .args(["agent", "--listen", &any_port, "--admin", &any_port])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -104,10 +127,12 @@ pub(crate) struct Pool {
     pub(crate) spawn_with: Option<(PathBuf, Vec<String>)>,
     /// PreRequests per agent at the last `snapshot` step.
     pub(crate) snapshot: Option<Vec<Option<u64>>>,
+    /// The multi-host bed every process runs on, if not this host's loopback.
+    pub(crate) bed: Option<Arc<Bed>>,
 }
 
 impl Pool {
-    pub(crate) fn new(agents_file: PathBuf) -> Pool {
+    pub(crate) fn new(agents_file: PathBuf, bed: Option<Arc<Bed>>) -> Pool {
         Pool {
             agents: Vec::new(),
             agents_file,
@@ -115,6 +140,32 @@ impl Pool {
             front_pids: Default::default(),
             spawn_with: None,
             snapshot: None,
+            bed,
+        }
+    }
+
+    /// Where proxy replica (or HAProxy) `i` listens for RPCs and admin calls: its host's
+    /// fixed ports on the bed, free ports on loopback.
+    fn front_addrs(&self, i: usize) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+        Ok(match self.bed {
+            Some(_) => {
+                let ip = IpAddr::V4(netbed::proxy_ip(i));
+                (
+                    SocketAddr::new(ip, netbed::RPC_PORT),
+                    SocketAddr::new(ip, netbed::ADMIN_PORT),
+                )
+            }
+            None => (free_port()?, free_port()?),
+        })
+    }
+
+    /// On the bed, the Service VIP sends new connections to front `i` (ready) or no longer
+    /// does (terminating); without a bed, nothing to do.
+    fn list_front(&self, i: usize, listed: bool) -> anyhow::Result<()> {
+        match &self.bed {
+            Some(bed) if listed => bed.add_endpoint(i),
+            Some(bed) => bed.remove_endpoint(i),
+            None => Ok(()),
         }
     }
 
@@ -127,7 +178,7 @@ impl Pool {
     pub(crate) async fn add_agent(&mut self) -> anyhow::Result<usize> {
         let (exe, extra) = self.spawn_with.clone().context("no agent template")?;
         let i = self.agents.len();
-        let mut a = AgentProc::spawn(&exe, i, &extra).await?;
+        let mut a = AgentProc::spawn(&exe, i, &extra, self.bed.as_deref()).await?;
         a.before = Some(Default::default());
         self.agents.push(a);
         Ok(i)
@@ -155,7 +206,8 @@ impl Pool {
     ) -> anyhow::Result<()> {
         self.spawn_with = Some((exe.to_owned(), extra.to_vec()));
         for i in 0..n {
-            self.agents.push(AgentProc::spawn(exe, i, extra).await?);
+            self.agents
+                .push(AgentProc::spawn(exe, i, extra, self.bed.as_deref()).await?);
         }
         self.write_agents_file()
     }
@@ -186,9 +238,8 @@ impl Pool {
         bin: &Path,
         extra: &[String],
     ) -> anyhow::Result<SocketAddr> {
-        let listen = free_port()?;
-        let admin = free_port()?;
         let i = self.fronts.len();
+        let (listen, admin) = self.front_addrs(i)?;
         // The proxy's log goes to a file beside the agents file, shown if it fails to start.
         let log_path = self.agents_file.with_file_name(format!("proxy-{i}.log"));
         let mut args = extra.to_vec();
@@ -201,7 +252,16 @@ impl Pool {
         if !extra.iter().any(|a| a.starts_with("--agents-file-poll")) {
             args.extend(["--agents-file-poll".into(), "100ms".into()]);
         }
-        let child = start_proxy(bin, listen, admin, &self.agents_file, &args, &log_path).await?;
+        // Its own control socket: on the bed every replica has the same admin port, which
+        // names the default one.
+        if !extra.iter().any(|a| a.starts_with("--control-socket")) {
+            let ctl = self.agents_file.with_file_name(format!("proxy-{i}.ctl"));
+            args.extend(["--control-socket".into(), ctl.display().to_string()]);
+        }
+        let (command, _) = placed(self.bed.as_deref(), Role::Proxy, i, bin)?;
+        let child =
+            start_proxy(command, listen, admin, &self.agents_file, &args, &log_path).await?;
+        self.list_front(i, true)?;
         self.fronts.push(Front {
             name: format!("sigsci-proxy {i}"),
             child,
@@ -227,14 +287,20 @@ impl Pool {
             .with_context(|| format!("no proxy {i}"))?;
         let (bin, args, log) = f.restart.clone().context("only a proxy can restart")?;
         let admin = f.admin.context("proxy without admin address")?;
+        let listen = f.listen;
         let t0 = tokio::time::Instant::now();
+        self.list_front(i, false)?;
+        let f = &mut self.fronts[i];
         sigterm(&f.child).await;
         let status = tokio::time::timeout(Duration::from_secs(30), f.child.wait())
             .await
             .context("proxy did not exit within 30 s of SIGTERM")??;
         let exited = t0.elapsed();
         let log = log.with_extension("restarted.log");
-        f.child = start_proxy(&bin, f.listen, admin, &agents_file, &args, &log).await?;
+        let (command, _) = placed(self.bed.as_deref(), Role::Proxy, i, &bin)?;
+        self.fronts[i].child =
+            start_proxy(command, listen, admin, &agents_file, &args, &log).await?;
+        self.list_front(i, true)?;
         self.note_pids();
         Ok((status, exited, t0.elapsed()))
     }
@@ -245,13 +311,13 @@ impl Pool {
         &mut self,
         i: usize,
     ) -> anyhow::Result<(Option<Duration>, std::process::ExitStatus, Duration)> {
-        let f = self
-            .fronts
-            .get_mut(i)
-            .with_context(|| format!("no proxy {i}"))?;
+        anyhow::ensure!(i < self.fronts.len(), "no proxy {i}");
+        let t0 = tokio::time::Instant::now();
+        // A deleted pod's endpoint turns terminating: no new connections through the VIP.
+        self.list_front(i, false)?;
+        let f = &mut self.fronts[i];
         let admin = f.admin.context("only a proxy drains")?;
         f.expect_exit = true;
-        let t0 = tokio::time::Instant::now();
         sigterm(&f.child).await;
         let mut flipped = None;
         let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -287,7 +353,8 @@ impl Pool {
         dir: &Path,
         balance: &str,
     ) -> anyhow::Result<SocketAddr> {
-        let listen = free_port()?;
+        let i = self.fronts.len();
+        let (listen, _) = self.front_addrs(i)?;
         let mut cfg = format!(
             "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\n\
              frontend rpc\n  bind {listen}\n  default_backend agents\n\nbackend agents\n  balance {balance}\n"
@@ -295,9 +362,10 @@ impl Pool {
         for a in &self.agents {
             cfg.push_str(&format!("  server agent-{} {}\n", a.index, a.rpc));
         }
-        let path = dir.join(format!("haproxy-{}.cfg", self.fronts.len()));
+        let path = dir.join(format!("haproxy-{i}.cfg"));
         std::fs::write(&path, cfg)?;
-        let mut child = Command::new(bin)
+        let (mut command, _) = placed(self.bed.as_deref(), Role::Proxy, i, bin)?;
+        let mut child = command
             .arg("-f")
             .arg(&path)
             .arg("-db")
@@ -326,6 +394,7 @@ impl Pool {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.list_front(i, true)?;
         self.fronts.push(Front {
             name: format!("haproxy ({balance})"),
             child,
@@ -413,7 +482,7 @@ async fn sigterm(child: &Child) {
 
 /// Starts `sigsci-proxy` watching `agents_file` and waits for `GET /readyz` = 200.
 async fn start_proxy(
-    bin: &Path,
+    mut command: Command,
     listen: SocketAddr,
     admin: SocketAddr,
     agents_file: &Path,
@@ -421,7 +490,8 @@ async fn start_proxy(
     log_path: &Path,
 ) -> anyhow::Result<Child> {
     let log = std::fs::File::create(log_path)?;
-    let mut child = Command::new(bin)
+    let bin = command.as_std().get_program().to_owned();
+    let mut child = command
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--admin")
@@ -435,6 +505,7 @@ async fn start_proxy(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
+    let bin = std::path::PathBuf::from(bin);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = child.try_wait()? {

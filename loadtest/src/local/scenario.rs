@@ -28,7 +28,11 @@
 //! `burst` drives `rate` more transactions per second for `duration` beside the main drive;
 //! `bad-clients` runs `count` clients of each bad kind for `duration`; `conn-flood` holds
 //! `count` idle connections for `duration`. `every = "10s"` repeats a step until the drive
-//! ends. `[ramp]` replaces the drive by rising rates until the first failed call.
+//! ends. `[ramp]` replaces the drive by rising rates until the first failed call. On the netns
+//! bed (`--bed netns`) a host can vanish: `cut-agent`/`heal-agent` drop every packet of agent
+//! `agent`'s host and let them through again; `cut-proxy` does it to proxy replica `proxy`'s
+//! host while the Service VIP still lists it, `unlist-proxy` takes it out of the VIP's set (its
+//! node declared NotReady), `heal-proxy` brings it back.
 
 use std::time::Duration;
 
@@ -203,6 +207,19 @@ pub enum Action {
     BadClients,
     /// `count` idle connections to the front, held for `duration`.
     ConnFlood,
+    /// The agent's host vanishes: every packet to or from it dropped, no reset, no ICMP (node
+    /// loss, a partition). Needs the netns bed.
+    CutAgent,
+    /// The agent's host is reachable again.
+    HealAgent,
+    /// Proxy replica `proxy`'s host vanishes while the Service VIP still lists it (kube-proxy
+    /// keeps a lost node's endpoints until the node is declared NotReady). Needs the netns bed.
+    CutProxy,
+    /// The VIP stops sending new connections to proxy replica `proxy` (its node declared
+    /// NotReady, its endpoint removed).
+    UnlistProxy,
+    /// Proxy replica `proxy`'s host is reachable again and back in the VIP's set.
+    HealProxy,
 }
 
 impl Action {
@@ -218,12 +235,21 @@ impl Action {
                 | Action::Fault
                 | Action::Pause
                 | Action::StopAgent
+                | Action::CutAgent
+                | Action::HealAgent
         )
     }
 
     /// Whether it acts on a proxy replica named by `proxy`.
     pub fn is_proxy_action(self) -> bool {
-        matches!(self, Action::RestartProxy | Action::DrainProxy)
+        matches!(
+            self,
+            Action::RestartProxy
+                | Action::DrainProxy
+                | Action::CutProxy
+                | Action::UnlistProxy
+                | Action::HealProxy
+        )
     }
 
     /// Whether it changes the agent for good (a pause is a transient: the agent stays equal).

@@ -29,6 +29,8 @@ pub(crate) struct StepCtx {
     /// Where the good traffic goes (bad clients and floods go there too).
     pub(crate) front: SocketAddr,
     pub(crate) background: Background,
+    /// On the netns bed, the module host's runtime: bursts are its calls too.
+    pub(crate) modules: Option<tokio::runtime::Handle>,
 }
 
 impl Pool {
@@ -99,7 +101,14 @@ impl Pool {
                 self.snapshot = Some(snap);
                 return Ok(line);
             }
-            Action::Burst => return Ok(start_burst(step, &cx.drive, &cx.background)),
+            Action::Burst => {
+                return Ok(start_burst(
+                    step,
+                    &cx.drive,
+                    &cx.background,
+                    cx.modules.as_ref(),
+                ));
+            }
             Action::BadClients | Action::ConnFlood => {
                 return Ok(start_abuse(step, cx.front, &cx.background));
             }
@@ -107,6 +116,11 @@ impl Pool {
                 self.stop_agent(step.agent).await?;
                 return Ok("stopped (POST /shutdown)".into());
             }
+            Action::CutAgent
+            | Action::HealAgent
+            | Action::CutProxy
+            | Action::UnlistProxy
+            | Action::HealProxy => return self.network_fault(step, cx).await,
             _ => {}
         }
         match step.action {
@@ -185,7 +199,12 @@ impl Pool {
             | Action::Burst
             | Action::BadClients
             | Action::ConnFlood
-            | Action::StopAgent => unreachable!("handled above"),
+            | Action::StopAgent
+            | Action::CutAgent
+            | Action::HealAgent
+            | Action::CutProxy
+            | Action::UnlistProxy
+            | Action::HealProxy => unreachable!("handled above"),
         }
         let admin = agent.admin;
         self.write_agents_file()?;
@@ -199,6 +218,57 @@ impl Pool {
 }
 
 impl Pool {
+    /// A host vanishing from the netns bed, or coming back.
+    async fn network_fault(&mut self, step: &Step, cx: &StepCtx) -> anyhow::Result<String> {
+        use crate::netbed::Role;
+        let bed = self.bed.clone().ok_or_else(|| {
+            anyhow::anyhow!("{:?} needs the netns bed (--bed netns)", step.action)
+        })?;
+        let (role, index) = if step.action.is_agent_action() {
+            anyhow::ensure!(step.agent < self.agents.len(), "no agent {}", step.agent);
+            (Role::Agent, step.agent)
+        } else {
+            anyhow::ensure!(step.proxy < self.fronts.len(), "no proxy {}", step.proxy);
+            (Role::Proxy, step.proxy)
+        };
+        let host = bed.host(role, index)?;
+        match step.action {
+            Action::CutAgent => {
+                bed.cut(&host)?;
+                if let Some(admin) = self.fronts.first().and_then(|f| f.admin) {
+                    let id = format!("agent-{}", step.agent);
+                    let (log, marks) = (cx.log.clone(), cx.marks.clone());
+                    tokio::spawn(watch_ejection(admin, id, cx.start, log, marks));
+                }
+                Ok(format!("host {} cut off: every packet dropped", host.ip))
+            }
+            Action::CutProxy => {
+                bed.cut(&host)?;
+                Ok(format!(
+                    "host {} cut off, still in the Service VIP's set",
+                    host.ip
+                ))
+            }
+            Action::UnlistProxy => {
+                bed.remove_endpoint(index)?;
+                Ok("out of the Service VIP's set".into())
+            }
+            Action::HealAgent => {
+                bed.heal(&host)?;
+                Ok(format!("host {} reachable again", host.ip))
+            }
+            Action::HealProxy => {
+                bed.heal(&host)?;
+                bed.add_endpoint(index)?;
+                Ok(format!(
+                    "host {} reachable again, back in the Service VIP's set",
+                    host.ip
+                ))
+            }
+            _ => unreachable!("only network faults"),
+        }
+    }
+
     /// `scale`: starts agents up to `want` serving ones, or turns the newest surplus ones
     /// terminating, removes them 1 s later and stops them.
     async fn scale_to(&mut self, want: usize) -> anyhow::Result<String> {
@@ -322,7 +392,12 @@ async fn watch_last_prerequest(
 /// `burst`: drives `rate` (or `factor` times the drive's rate) more transactions per second for
 /// `duration` beside the main drive, in the background; its report is collected after the
 /// drive. Returns the step's outcome line.
-pub(crate) fn start_burst(step: &Step, drive: &DriveArgs, background: &Background) -> String {
+pub(crate) fn start_burst(
+    step: &Step,
+    drive: &DriveArgs,
+    background: &Background,
+    on: Option<&tokio::runtime::Handle>,
+) -> String {
     let rate = step
         .rate
         .or(step.factor.map(|f| f * drive.rate))
@@ -336,12 +411,16 @@ pub(crate) fn start_burst(step: &Step, drive: &DriveArgs, background: &Backgroun
         no_progress: true,
         ..drive.clone()
     };
-    let h = tokio::spawn(async move {
+    let burst = async move {
         match crate::drive::run(d).await {
             Ok(r) => (format!("burst {rate} tx/s for {duration:?}"), Some(r)),
             Err(e) => (format!("burst failed: {e:#}"), None),
         }
-    });
+    };
+    let h = match on {
+        Some(h) => h.spawn(burst),
+        None => tokio::spawn(burst),
+    };
     background.lock().expect("not poisoned").push(h);
     format!("+{rate} tx/s for {duration:?} started")
 }
