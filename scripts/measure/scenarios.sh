@@ -7,6 +7,9 @@
 #
 #   scripts/measure/scenarios.sh [NAME ...]     (default: all)
 #
+# BED=netns runs them on the multi-host bed (as root: every process on a host of its own, the
+# proxies behind a Service VIP; docs/faults.md). Scenarios that cut hosts off need it.
+#
 # Output folder: $SCENARIO_LOGS or a new temporary one (printed at the end).
 set -uo pipefail
 LT=${LOADTEST:-target/release/loadtest}
@@ -20,7 +23,7 @@ failed=0
 for name in "${names[@]}"; do
     log="$LOGS/$name.log"
     start=$(date +%s)
-    "$LT" local --scenario "loadtest/scenarios/$name.toml" > "$log" 2>&1
+    "$LT" local --bed "${BED:-loopback}" --scenario "loadtest/scenarios/$name.toml" > "$log" 2>&1
     rc=$?
     secs=$(( $(date +%s) - start ))
     echo "== $name (exit $rc, ${secs} s, load average $(cut -d' ' -f1 /proc/loadavg))"

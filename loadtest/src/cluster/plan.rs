@@ -212,7 +212,18 @@ mod tests {
             }
         }
         rejected.sort();
-        // proxy_args (conn-flood, drain-proxy), pause (hiccup), [ramp] (ramp).
-        assert_eq!(rejected, ["conn-flood", "drain-proxy", "hiccup", "ramp"]);
+        // proxy_args (conn-flood, drain-proxy), pause (hiccup), [ramp] (ramp), a host cut off
+        // the network (agent-host-vanishes, proxy-host-vanishes: the netns bed's).
+        assert_eq!(
+            rejected,
+            [
+                "agent-host-vanishes",
+                "conn-flood",
+                "drain-proxy",
+                "hiccup",
+                "proxy-host-vanishes",
+                "ramp"
+            ]
+        );
     }
 }

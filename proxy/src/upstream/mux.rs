@@ -95,6 +95,18 @@ impl AgentConns {
         self.exit.cancel();
     }
 
+    /// Closes the connections that look live: a fresh connect to the agent failed while they
+    /// did, so the path drops packets and they would only hold calls until their deadlines.
+    /// Their calls fail now (a PreRequest may still be retried elsewhere); the slots reconnect
+    /// once the agent answers a connect again.
+    pub(super) fn close_live(&self) {
+        for slot in &self.slots {
+            if let Some(conn) = slot.live() {
+                conn.close();
+            }
+        }
+    }
+
     /// Connects every slot that has no live connection, in the background.
     pub(super) fn warm(self: &Arc<Self>) {
         for index in 0..self.slots.len() {
