@@ -18,7 +18,15 @@
 #    pinned digest in production, PDBs that let drains evict unhealthy pods, the proxy's hard
 #    host spread, zone spread and PriorityClass, the autoscalers on the raw demand summed and
 #    rounded once, the optional NetworkPolicy components, the images (stripped, OCI labels,
-#    Node LTS, multi-arch commands), the load-test Job in its own overlay, the LICENSE.
+#    Node LTS, multi-arch commands), the load-test Job in its own overlay, the LICENSE; and
+#    (issue 20) no autoscaled overlay sets the agents' replicas, every namespaced object names
+#    its namespace, no per-site overlay carries the shared PriorityClass, [::] listeners and
+#    ::/0 beside every 0.0.0.0/0, the node-local DaemonSet.
+# 6. Digest pinning (scripts/manifests/pin_agent_image.py) run twice in a row on a copy of
+#    manifests/: the second run's tag and digest are the ones rendered.
+# 7. promtool: `check rules` on the rendered PrometheusRule and `test rules` with
+#    scripts/manifests/prometheusrule-test.yaml (promtool comes from Debian's prometheus
+#    package, installed here with apt when missing).
 #
 # Tools go into a virtualenv, .venv/manifests (created, and python3-venv installed with apt
 # when missing, on first run; reused after). Output: reports/manifests/.
@@ -30,14 +38,18 @@ REQ="$ROOT/scripts/manifests/requirements.txt"
 OUT="$ROOT/reports/manifests"
 RENDERED="$OUT/rendered"
 K8S_VERSIONS=(1.30.0 1.34.0)
-TARGETS=(base overlays/production overlays/simulated overlays/autoscaling overlays/autoscaling-keda
-         overlays/monitoring overlays/example-app overlays/loadtest overlays/loadtest-cluster)
+TARGETS=(base cluster overlays/production overlays/simulated overlays/autoscaling overlays/autoscaling-keda
+         overlays/monitoring overlays/autoscaling-monitoring overlays/autoscaling-keda-monitoring
+         overlays/node-local overlays/example-app overlays/loadtest overlays/loadtest-cluster)
 # Optional components rendered on top of an overlay: "name overlay component...".
 COMPOSED=("busy-poll simulated busy-poll"
           "netpol-cilium production netpol-cilium"
           "netpol-apiserver-port production apiserver-port"
           "netpol-nodelocal-dns production nodelocal-dns"
-          "netpol-microk8s simulated apiserver-port nodelocal-dns")
+          "netpol-microk8s simulated apiserver-port nodelocal-dns"
+          "monitoring-component production monitoring"
+          "ipv4-only production ipv4-only"
+          "node-local-socket node-local node-local-socket")
 
 declare -a TIMINGS=()
 STEP_START=0
@@ -82,6 +94,17 @@ else
     echo "cached: $(grep -v '^#' "$REQ" | tr '\n' ' ')"
 fi
 done_step "venv (install or cache)"
+
+# --- promtool --------------------------------------------------------------------------
+step "promtool"
+if ! command -v promtool >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || die "promtool not found and this is not root: apt-get install prometheus (or run scripts/setup as root)"
+    echo "promtool not found: installing Debian's prometheus package with apt"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
+promtool --version 2>&1 | head -1
+done_step "promtool (install or cache)"
 
 # --- render ----------------------------------------------------------------------------
 step "kubectl kustomize"
@@ -171,26 +194,39 @@ grep -v '^ok ' "$OUT/operations.txt" || true
 record $rc
 done_step "operations"
 
-echo
-echo "== timings"
-printf '  %s\n' "${TIMINGS[@]}"
-awk -v a="$TOTAL_START" -v b="$(date +%s.%N)" 'BEGIN { printf "  %-34s %6.1fs\n", "total", b - a }'
-echo "  details: reports/manifests/{schemas,checkov-*,consistency,operations}.txt"
-echo
-echo "validate-manifests: $PASSED passed, $FAILED failed"
-[ "$FAILED" = 0 ]
+# --- digest pinning --------------------------------------------------------------------
+step "digest pinning twice in a row (scripts/manifests/pin_agent_image.py on a copy)"
+rc=0
+PIN="$OUT/pin"
+rm -rf "$PIN"; mkdir -p "$PIN"; cp -r "$ROOT/manifests" "$PIN/manifests"
+pin_check() {
+    local tag=$1 digest=$2 t got
+    "$VENV/bin/python" "$ROOT/scripts/manifests/pin_agent_image.py" "$tag" "$digest" "$PIN/manifests" || return 1
+    for t in production autoscaling autoscaling-monitoring; do
+        got=$(kubectl kustomize "$PIN/manifests/overlays/$t" | grep -o 'image: signalsciences/sigsci-agent[^ ]*' | sort -u)
+        if [ "$got" != "image: signalsciences/sigsci-agent:$tag@$digest" ]; then
+            echo "FAIL overlays/$t after pinning $tag@$digest renders: $got"; return 1
+        fi
+    done
+    echo "ok pinned $tag@${digest:0:19}...: production, autoscaling, autoscaling-monitoring render it"
+}
+D1="sha256:$(printf '1%.0s' $(seq 64))"
+D2="sha256:$(printf '2%.0s' $(seq 64))"
+{ pin_check 4.84.0 "$D1" && pin_check 4.85.0 "$D2" \
+    && cp -r "$PIN/manifests" "$PIN/once" && pin_check 4.85.0 "$D2" \
+    && diff -r "$PIN/once" "$PIN/manifests" >/dev/null && echo "ok the same pin again changes no file"; } || rc=1
+record $rc
+done_step "digest pinning"
 
-# === monitoring component: alert rules (issue 11) ==========================================
-# The PrometheusRule rendered with overlays/monitoring goes through `promtool check rules`
-# (Debian's prometheus package; scripts/setup installs it). That every sigsci_proxy_* metric
-# the rules and the dashboard use is exported is checked against a running proxy by
-# `cargo test -p sigsci-proxy --test metrics` (the_alert_rules_and_the_dashboard_use_only_exported_metrics).
-echo
-echo "== promtool check rules (manifests/components/monitoring, rendered)"
-command -v promtool >/dev/null 2>&1 \
-    || die "promtool not found: run scripts/setup (apt-get install prometheus)"
+# --- alert rules (promtool) ------------------------------------------------------------
+# The PrometheusRule rendered with overlays/monitoring goes through `promtool check rules`.
+# That every sigsci_proxy_* metric the rules and the dashboard use is exported is checked
+# against a running proxy by `cargo test -p sigsci-proxy --test metrics`
+# (the_alert_rules_and_the_dashboard_use_only_exported_metrics).
+step "promtool check rules + test rules (manifests/components/monitoring, rendered)"
+rc=0
 RULES="$OUT/prometheusrule-rules.yaml"
-"$VENV/bin/python" - "$RENDERED/monitoring.yaml" "$RULES" <<'PY'
+"$VENV/bin/python" - "$RENDERED/monitoring.yaml" "$RULES" <<'PY' || rc=1
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 rules = [d for d in docs if d.get("kind") == "PrometheusRule"]
@@ -201,24 +237,37 @@ yaml.safe_dump({"groups": groups}, open(sys.argv[2], "w"), sort_keys=False)
 print(f"{len(rules)} PrometheusRule, {len(groups)} groups, "
       f"{sum(len(g['rules']) for g in groups)} rules -> {sys.argv[2]}")
 PY
-promtool check rules "$RULES" || die "promtool check rules failed on the monitoring component's PrometheusRule"
-"$VENV/bin/python" - "$RULES" <<'PY' || die "an alert lacks its summary or runbook annotation"
+[ $rc = 0 ] && { promtool check rules "$RULES" || rc=1; }
+"$VENV/bin/python" - "$RULES" <<'PY' || rc=1
 import sys, yaml
+want = {"summary", "description", "runbook_url"}
 bad = [r["alert"] for g in yaml.safe_load(open(sys.argv[1]))["groups"] for r in g["rules"]
-       if "alert" in r and not {"summary", "runbook"} <= set(r.get("annotations", {}))]
-print("every alert has a summary and a runbook" if not bad else f"missing annotations: {bad}")
+       if "alert" in r and not want <= set(r.get("annotations", {}))]
+print("every alert has a summary, a description and a runbook_url" if not bad else f"FAIL missing annotations: {bad}")
 sys.exit(1 if bad else 0)
 PY
 # Unit tests (scripts/manifests/prometheusrule-test.yaml): alerts fire on the series they are
-# for and not below their thresholds; runbook annotations are left out of the copy they test.
-"$VENV/bin/python" - "$RULES" "$OUT/prometheusrule-rules-summary.yaml" <<'PY'
+# for and not below their thresholds; description and runbook_url are left out of the copy
+# they test.
+"$VENV/bin/python" - "$RULES" "$OUT/prometheusrule-rules-summary.yaml" <<'PY' || rc=1
 import sys, yaml
 rules = yaml.safe_load(open(sys.argv[1]))
 for g in rules["groups"]:
     for r in g["rules"]:
-        r.get("annotations", {}).pop("runbook", None)
+        for k in ("description", "runbook_url"):
+            r.get("annotations", {}).pop(k, None)
 yaml.safe_dump(rules, open(sys.argv[2], "w"), sort_keys=False)
 PY
 cp "$ROOT/scripts/manifests/prometheusrule-test.yaml" "$OUT/prometheusrule-test.yaml"
-promtool test rules "$OUT/prometheusrule-test.yaml" || die "promtool test rules failed (scripts/manifests/prometheusrule-test.yaml)"
-echo "validate-manifests: monitoring rules passed"
+(cd "$OUT" && promtool test rules prometheusrule-test.yaml) || rc=1
+record $rc
+done_step "promtool"
+
+echo
+echo "== timings"
+printf '  %s\n' "${TIMINGS[@]}"
+awk -v a="$TOTAL_START" -v b="$(date +%s.%N)" 'BEGIN { printf "  %-34s %6.1fs\n", "total", b - a }'
+echo "  details: reports/manifests/{schemas,checkov-*,consistency,operations,pin}*, prometheusrule-*"
+echo
+echo "validate-manifests: $PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]

@@ -40,7 +40,11 @@ EXPECTED_PROXY_ENV = [
     "SIGSCI_PROXY_DRAIN_TIMEOUT",
     "SIGSCI_PROXY_LOG_FORMAT",
 ]
-PROXY_TARGETS = ["base", "production", "simulated", "autoscaling", "autoscaling-keda", "monitoring"]
+PROXY_TARGETS = ["base", "production", "simulated", "autoscaling", "autoscaling-keda", "monitoring",
+                 "autoscaling-monitoring", "autoscaling-keda-monitoring", "node-local"]
+# Rendered with components/ipv4-only: listeners on 0.0.0.0 (kernels without IPv6); everywhere
+# else [::], one dual-stack socket.
+IPV4_ONLY_TARGETS = {"ipv4-only"}
 # Rendered with components/busy-poll: that variable too, and a CPU of its own for the spinner.
 BUSY_POLL_TARGET, BUSY_POLL_ENV = "busy-poll", "SIGSCI_PROXY_BUSY_POLL"
 # The proxy's egress ports: agents, DNS, the API server; the NetworkPolicy components change
@@ -171,7 +175,7 @@ def check_rbac(t, docs, verbs, group, resource):
     others = [r["metadata"]["name"] for r in find(docs, "Role") if r is not role]
     R.check(f"{t}: the proxy's Role is the only Role", not others, f"also {others}")
     binding = one(docs, "RoleBinding", "sigsci-proxy-endpointslices")
-    proxy = one(docs, "Deployment", "sigsci-proxy")
+    proxy = proxy_workload(docs)
     sa = pod_spec(proxy).get("serviceAccountName")
     ns = proxy["metadata"]["namespace"]
     ok = (binding is not None and binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -182,9 +186,25 @@ def check_rbac(t, docs, verbs, group, resource):
     R.check(f"{t}: ServiceAccount {sa} exists", one(docs, "ServiceAccount", sa) is not None)
 
 
+def proxy_workload(docs):
+    """The proxy's Deployment, or its DaemonSet (overlays/node-local)."""
+    return one(docs, "Deployment", "sigsci-proxy") or one(docs, "DaemonSet", "sigsci-proxy")
+
+
+def tcp_listen(value):
+    """The TCP entry of a SIGSCI_PROXY_LISTEN list ("[::]:9999,unix:/path" -> "[::]:9999")."""
+    tcp = [a for a in (value or "").split(",") if a and not a.startswith("unix:")]
+    return tcp[0] if len(tcp) == 1 else None
+
+
+def all_addresses(addr, port, t):
+    """[::]:port (one dual-stack socket, issue 20); 0.0.0.0:port only with components/ipv4-only."""
+    return addr == (f"0.0.0.0:{port}" if t in IPV4_ONLY_TARGETS else f"[::]:{port}")
+
+
 def check_proxy(t, docs, source):
-    proxy = one(docs, "Deployment", "sigsci-proxy")
-    if not R.check(f"{t}: Deployment sigsci-proxy exists", proxy is not None):
+    proxy = proxy_workload(docs)
+    if not R.check(f"{t}: Deployment (or node-local DaemonSet) sigsci-proxy exists", proxy is not None):
         return None
     ns = proxy["metadata"]["namespace"]
     spec = pod_spec(proxy)
@@ -205,10 +225,11 @@ def check_proxy(t, docs, source):
         unknown = [n for n in names if n not in source["proxy_env"]]
         R.check(f"{t}: every SIGSCI_PROXY_* variable in the manifest is read by proxy/src",
                 not unknown, f"not in the proxy's sources: {unknown}")
-    listen, admin = env_value(c, "SIGSCI_PROXY_LISTEN"), env_value(c, "SIGSCI_PROXY_ADMIN")
+    listen, admin = tcp_listen(env_value(c, "SIGSCI_PROXY_LISTEN")), env_value(c, "SIGSCI_PROXY_ADMIN")
     rpc_port, admin_port = port_of(listen), port_of(admin)
-    R.check(f"{t}: proxy listens on {RPC_PORT} and serves admin on {ADMIN_PORT} on all addresses",
-            listen == f"0.0.0.0:{RPC_PORT}" and admin == f"0.0.0.0:{ADMIN_PORT}",
+    R.check(f"{t}: proxy listens on {RPC_PORT} and serves admin on {ADMIN_PORT} on all addresses "
+            "(IPv4 and IPv6)",
+            all_addresses(listen, RPC_PORT, t) and all_addresses(admin, ADMIN_PORT, t),
             f"LISTEN={listen} ADMIN={admin}")
     R.check(f"{t}: proxy container ports rpc/admin match LISTEN/ADMIN",
             container_port(c, "rpc") == rpc_port and container_port(c, "admin") == admin_port)
@@ -238,7 +259,8 @@ def check_proxy(t, docs, source):
     pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
     R.check(f"{t}: proxy preStop runs `{source['proxy_entrypoint']} drain` (no shell)",
             pre == [source["proxy_entrypoint"], "drain"], f"preStop is {pre}")
-    R.check(f"{t}: proxy has 2 replicas", proxy["spec"].get("replicas") == 2)
+    if proxy["kind"] == "Deployment":
+        R.check(f"{t}: proxy has 2 replicas", proxy["spec"].get("replicas") == 2)
     R.check(f"{t}: proxy log format is json", env_value(c, "SIGSCI_PROXY_LOG_FORMAT") == "json")
     return {"ns": ns, "rpc_port": rpc_port, "admin_port": admin_port, "service": svc["metadata"]["name"],
             "labels": proxy["spec"]["template"]["metadata"]["labels"], "container": c}
@@ -282,8 +304,10 @@ def check_agents(t, docs, proxy):
                 port_of(listen) == agent_port == sp["port"] == RPC_PORT, f"--listen {listen}")
         R.check(f"{t}: simulated agent admin port matches its container port",
                 port_of(admin) == container_port(ac, "admin"))
-    R.check(f"{t}: SIGSCI_RPC_ADDRESS is TCP 0.0.0.0:{sp['port']} = container port rpc",
-            rpc_addr == f"0.0.0.0:{sp['port']}" and agent_port == sp["port"] == RPC_PORT, f"{rpc_addr}")
+        R.check(f"{t}: simulated agent listens on all addresses (IPv4 and IPv6)",
+                listen == f"[::]:{RPC_PORT}" and admin == f"[::]:{ADMIN_PORT}", f"--listen {listen} --admin {admin}")
+    R.check(f"{t}: SIGSCI_RPC_ADDRESS is TCP [::]:{sp['port']} (0.0.0.0 with ipv4-only) = container port rpc",
+            all_addresses(rpc_addr, sp["port"], t) and agent_port == sp["port"] == RPC_PORT, f"{rpc_addr}")
     probe = ac.get("readinessProbe", {}).get("tcpSocket", {})
     R.check(f"{t}: agent readiness is a tcpSocket probe on the RPC port",
             container_port(ac, probe.get("port")) == agent_port)
@@ -303,8 +327,9 @@ def check_agents(t, docs, proxy):
     spread = spec.get("topologySpreadConstraints", [])
     R.check(f"{t}: agent and proxy pods spread over nodes",
             any(s["topologyKey"] == "kubernetes.io/hostname" for s in spread)
-            and any(s["topologyKey"] == "kubernetes.io/hostname"
-                    for s in pod_spec(one(docs, "Deployment", "sigsci-proxy")).get("topologySpreadConstraints", [])))
+            and (one(docs, "Deployment", "sigsci-proxy") is None  # a DaemonSet: one per node
+                 or any(s["topologyKey"] == "kubernetes.io/hostname"
+                        for s in pod_spec(one(docs, "Deployment", "sigsci-proxy")).get("topologySpreadConstraints", []))))
     secret_refs = [e["name"] for e in ac.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
     R.check(f"{t}: no Secret object is rendered (credentials stay out of the repository)", not find(docs, "Secret"))
     if is_sim:
@@ -320,6 +345,8 @@ def check_agents(t, docs, proxy):
     # PDBs select what they protect.
     for dep in ("sigsci-agent", "sigsci-proxy"):
         pdb, d = one(docs, "PodDisruptionBudget", dep), one(docs, "Deployment", dep)
+        if d is None:  # the node-local DaemonSet: kubectl drain does not evict it
+            continue
         R.check(f"{t}: PodDisruptionBudget {dep} selects the {dep} pods",
                 pdb is not None and labels_match(pdb["spec"]["selector"]["matchLabels"],
                                                  d["spec"]["template"]["metadata"]["labels"]))
@@ -366,7 +393,7 @@ def check_netpol(t, docs, proxy):
 
 def check_security(t, docs):
     for obj in docs:
-        if obj["kind"] not in ("Deployment", "Job"):
+        if obj["kind"] not in ("Deployment", "DaemonSet", "Job"):
             continue
         spec = pod_spec(obj)
         psc = spec.get("securityContext", {})
@@ -551,7 +578,7 @@ def main(argv):
         check_skips(t, docs)
         if t == "loadtest-cluster":
             check_loadtest_cluster(docs)
-        if t in ("example-app", "loadtest", "loadtest-cluster"):
+        if t in ("example-app", "loadtest", "loadtest-cluster", "cluster"):
             continue
         proxy = check_proxy(t, docs, source)
         if proxy is None:

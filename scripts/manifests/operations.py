@@ -22,7 +22,8 @@ from consistency import (  # noqa: E402
 
 STARTUP_PORT = 2024
 STARTUP_PATH = "/startup"
-STARTUP_LISTENER = f"0.0.0.0:{STARTUP_PORT}"
+STARTUP_LISTENER = f"[::]:{STARTUP_PORT}"  # all addresses, IPv4 and IPv6 (issue 20)
+IPV4_ONLY_TARGETS = {"ipv4-only"}  # components/ipv4-only: 0.0.0.0 for kernels without IPv6
 # The agent's startup probe listener exists from 4.51.0; Fastly supports versions for two
 # years. The oldest version accepted here; raise it as releases age out.
 MIN_AGENT_VERSION = (4, 51, 0)
@@ -32,7 +33,13 @@ DEMAND_METRIC = "sigsci_proxy_agent_demand"
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 # Targets with the real agent (not the simulator), and every target with both Deployments.
 REAL_AGENT_TARGETS = ["base", "production", "autoscaling", "autoscaling-keda", "monitoring",
+                      "autoscaling-monitoring", "autoscaling-keda-monitoring", "node-local",
                       "netpol-cilium", "netpol-apiserver-port", "netpol-nodelocal-dns"]
+# Overlays a user applies to an autoscaled install: none may set the agents' replicas.
+AUTOSCALED_TARGETS = ["autoscaling", "autoscaling-keda", "autoscaling-monitoring", "autoscaling-keda-monitoring"]
+AGENT_HPA_NAME = "sigsci-agent"
+PRIORITY_CLASS = "sigsci-proxy"
+NODE_SOCKET = "unix:/sigsci/tmp/sigsci.sock"
 NODELOCAL_ADDRESS = "169.254.20.10/32"
 CLUSTER_SCOPED = {"Namespace", "PriorityClass", "ClusterRole", "ClusterRoleBinding"}
 MICROK8S_API_PORT = 16443
@@ -81,6 +88,7 @@ def check_agent(t, docs):
     agent = one(docs, "Deployment", "sigsci-agent")
     if agent is None:
         return
+    listener_want = f"0.0.0.0:{STARTUP_PORT}" if t in IPV4_ONLY_TARGETS else STARTUP_LISTENER
     c = container(agent, "sigsci-agent")
     simulated = (c.get("args") or [None])[0] == "agent"
     # (1) Start-up: not Ready, and not killed, until the rules are loaded.
@@ -93,11 +101,11 @@ def check_agent(t, docs):
     if simulated:
         args = c["args"]
         listener = args[args.index("--startup-probe") + 1] if "--startup-probe" in args else None
-        R.check(f"{t}: simulated agent serves the startup probe (--startup-probe {STARTUP_LISTENER}) "
-                "after a --startup-delay", listener == STARTUP_LISTENER and "--startup-delay" in args, f"{args}")
+        R.check(f"{t}: simulated agent serves the startup probe (--startup-probe {listener_want}) "
+                "after a --startup-delay", listener == listener_want and "--startup-delay" in args, f"{args}")
     else:
-        R.check(f"{t}: agent SIGSCI_STARTUP_PROBE_LISTENER is {STARTUP_LISTENER}",
-                env_value(c, "SIGSCI_STARTUP_PROBE_LISTENER") == STARTUP_LISTENER,
+        R.check(f"{t}: agent SIGSCI_STARTUP_PROBE_LISTENER is {listener_want}",
+                env_value(c, "SIGSCI_STARTUP_PROBE_LISTENER") == listener_want,
                 env_value(c, "SIGSCI_STARTUP_PROBE_LISTENER"))
     ready, live = c.get("readinessProbe"), c.get("livenessProbe")
     R.check(f"{t}: agent has readiness and liveness probes, neither on the startup endpoint, "
@@ -159,6 +167,11 @@ def check_namespaced(t, docs):
 
 # ---------------------------------------------------------------------------- proxy
 def check_proxy(t, docs):
+    name = None
+    daemonset = one(docs, "DaemonSet", "sigsci-proxy")
+    if daemonset is not None:
+        name = pod_spec(daemonset).get("priorityClassName")
+        R.check(f"{t}: node-local proxy runs with the PriorityClass {PRIORITY_CLASS}", name == PRIORITY_CLASS, f"{name}")
     proxy = one(docs, "Deployment", "sigsci-proxy")
     if proxy is None:
         return
@@ -172,10 +185,7 @@ def check_proxy(t, docs):
     R.check(f"{t}: proxy spread over zones",
             any(s["topologyKey"] == "topology.kubernetes.io/zone" for s in spread), f"{spread}")
     name = spec.get("priorityClassName")
-    pc = one(docs, "PriorityClass", name) if name else None
-    R.check(f"{t}: proxy has a PriorityClass ({name}) rendered with it, above the default and not global",
-            pc is not None and pc.get("value", 0) > 0 and not pc.get("globalDefault", False)
-            and pc.get("value", 0) < 1_000_000_000, f"{pc}")
+    R.check(f"{t}: proxy runs with the PriorityClass {PRIORITY_CLASS} (manifests/cluster)", name == PRIORITY_CLASS, f"{name}")
 
 
 def check_pdbs(t, docs):
@@ -209,6 +219,95 @@ def check_autoscaling(t, docs, proxy_src):
         R.check(f"{t}: KEDA's HPA has the scale-down stabilization window",
                 so["spec"].get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior", {})
                 .get("scaleDown", {}).get("stabilizationWindowSeconds", 0) >= 60)
+
+
+# ---------------------------------------------------------------------------- issue 20: composition
+def agent_replicas(docs):
+    agent = one(docs, "Deployment", "sigsci-agent")
+    return None if agent is None else agent["spec"].get("replicas")
+
+
+def check_composition(targets, rendered):
+    """Overlays that compose: autoscaled overlays leave the agents' replicas alone, components
+    add no replica count, the shared PriorityClass is only in manifests/cluster, KEDA's HPA has
+    the name the alert and dashboard select, its fallback never pulls a larger pool down."""
+    for t in AUTOSCALED_TARGETS:
+        R.check(f"target {t} (autoscaled) was rendered", t in targets)
+    for t in targets:
+        docs = load(rendered, t)
+        scalers = [h for h in find(docs, "HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == "sigsci-agent"] \
+            + [so for so in find(docs, "ScaledObject") if so["spec"]["scaleTargetRef"]["name"] == "sigsci-agent"]
+        if scalers or t in AUTOSCALED_TARGETS:
+            R.check(f"{t}: autoscaled, and the agent Deployment sets no replicas (re-applying it never "
+                    "resets the pool)", bool(scalers) and agent_replicas(docs) is None, f"replicas {agent_replicas(docs)}")
+        pcs = find(docs, "PriorityClass")
+        if t == "cluster":
+            pc = one(docs, "PriorityClass", PRIORITY_CLASS)
+            R.check(f"cluster: PriorityClass {PRIORITY_CLASS}, above the default, below the system classes, not global",
+                    pc is not None and 0 < pc.get("value", 0) < 1_000_000_000 and not pc.get("globalDefault", False)
+                    and len(docs) == 1, f"{docs}")
+        else:
+            R.check(f"{t}: no PriorityClass (cluster-scoped and shared by every site: manifests/cluster only, so "
+                    "`kubectl delete -k` of one site never deletes it)", not pcs)
+        for so in find(docs, "ScaledObject"):
+            hpa_cfg = so["spec"].get("advanced", {}).get("horizontalPodAutoscalerConfig", {})
+            R.check(f"{t}: KEDA names its HPA {AGENT_HPA_NAME} (what SigsciAgentHpaAtMaximum and the dashboard select)",
+                    hpa_cfg.get("name") == AGENT_HPA_NAME, f"{hpa_cfg.get('name')}")
+            R.check(f"{t}: KEDA's fallback never pulls a larger pool down (behavior currentReplicasIfHigher)",
+                    so["spec"].get("fallback", {}).get("behavior") == "currentReplicasIfHigher")
+        for h in find(docs, "HorizontalPodAutoscaler"):
+            R.check(f"{t}: the agent HPA is named {AGENT_HPA_NAME}", h["metadata"]["name"] == AGENT_HPA_NAME)
+        for rule in find(docs, "PrometheusRule"):
+            text = str(rule)
+            R.check(f"{t}: the HPA alert selects horizontalpodautoscaler=\"{AGENT_HPA_NAME}\"",
+                    f'horizontalpodautoscaler="{AGENT_HPA_NAME}"' in text)
+            alerts = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+            R.check(f"{t}: alerts for absent and unscraped proxies (SigsciProxyAbsent, SigsciProxyDown)",
+                    "SigsciProxyAbsent" in alerts and "SigsciProxyDown" in alerts, f"{alerts}")
+        # Dual-stack: every "anywhere" ipBlock has its IPv6 twin in the same peer list.
+        for pol in find(docs, "NetworkPolicy"):
+            for direction, key in (("ingress", "from"), ("egress", "to")):
+                for rule in pol["spec"].get(direction, []):
+                    cidrs = [p.get("ipBlock", {}).get("cidr") for p in rule.get(key, [])]
+                    if "0.0.0.0/0" in cidrs:
+                        R.check(f"{t}: NetworkPolicy {pol['metadata']['name']} {direction}: ::/0 beside 0.0.0.0/0",
+                                "::/0" in cidrs, f"{cidrs}")
+    if "monitoring-component" in targets and "production" in targets:
+        R.check("components/monitoring on production adds no agent replica count of its own",
+                agent_replicas(load(rendered, "monitoring-component")) == agent_replicas(load(rendered, "production")))
+    for t in ("node-local", "node-local-socket"):
+        if not R.check(f"target {t} was rendered", t in targets):
+            continue
+        docs = load(rendered, t)
+        ds = one(docs, "DaemonSet", "sigsci-proxy")
+        if not R.check(f"{t}: the proxy is a DaemonSet, and no proxy Deployment is left",
+                       ds is not None and one(docs, "Deployment", "sigsci-proxy") is None):
+            continue
+        svc = one(docs, "Service", "sigsci-proxy")
+        R.check(f"{t}: Service sigsci-proxy has internalTrafficPolicy Local",
+                svc is not None and svc["spec"].get("internalTrafficPolicy") == "Local")
+        ru = ds["spec"].get("updateStrategy", {}).get("rollingUpdate", {})
+        listen = env_value(container(ds, "sigsci-proxy"), "SIGSCI_PROXY_LISTEN") or ""
+        vols = pod_spec(ds).get("volumes", [])
+        host = [v for v in vols if "hostPath" in v]
+        ns = one(docs, "Namespace", ds["metadata"]["namespace"])
+        level = ns["metadata"]["labels"].get("pod-security.kubernetes.io/enforce") if ns else None
+        if t == "node-local":
+            R.check("node-local: rolls with maxSurge 1, maxUnavailable 0 (no node without a ready proxy)",
+                    ru.get("maxSurge") == 1 and ru.get("maxUnavailable") == 0, f"{ru}")
+            R.check("node-local: TCP only, no hostPath, namespace stays restricted",
+                    NODE_SOCKET not in listen and not host and level == "restricted", f"{listen} {host} {level}")
+        else:
+            R.check(f"node-local-socket: the proxy also listens on {NODE_SOCKET}", NODE_SOCKET in listen.split(","), listen)
+            R.check("node-local-socket: the socket's directory is a hostPath (type Directory) at /sigsci/tmp",
+                    len(host) == 1 and host[0]["hostPath"].get("type") == "Directory"
+                    and any(m["mountPath"] == "/sigsci/tmp" and m["name"] == host[0]["name"]
+                            for m in container(ds, "sigsci-proxy").get("volumeMounts", [])), f"{host}")
+            R.check("node-local-socket: the namespace enforces Pod Security privileged (the only level allowing "
+                    "hostPath), audit and warn restricted",
+                    level == "privileged" and ns["metadata"]["labels"].get("pod-security.kubernetes.io/warn") == "restricted")
+            R.check("node-local-socket: rolls with maxSurge 0 (one live socket per path: a second proxy cannot bind it)",
+                    ru.get("maxSurge") == 0 and ru.get("maxUnavailable") == 1, f"{ru}")
 
 
 def check_signal_sources(root):
@@ -324,6 +423,7 @@ def main(argv):
     if "production" in targets and "base" in targets:
         check_production_digest(load(rendered, "production"), load(rendered, "base"))
     check_netpol_components(targets, rendered)
+    check_composition(targets, rendered)
     check_images_and_docs(root, targets, rendered)
     print(f"operations: {R.passed} passed, {R.failed} failed, {R.warnings} warnings")
     return 1 if R.failed else 0
