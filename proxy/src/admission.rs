@@ -166,21 +166,28 @@ impl Admission {
     }
 
     /// Sheds the largest holders of partly received bytes until the total is within budget.
+    /// Bytes of connections already told to go do not count: they are released as soon as
+    /// those tasks notice, and counting them would shed one more connection on every increase
+    /// elsewhere until they had.
     fn enforce_budget(&self) {
+        let mut holders: Vec<(usize, Arc<Slot>)> = Vec::new();
+        let mut leaving = 0usize;
+        for slot in self.slots().values() {
+            let held = slot.held.load(Relaxed);
+            if slot.shed_reason().is_some() {
+                leaving += held;
+            } else if held > 0 {
+                holders.push((held, slot.clone()));
+            }
+        }
         let mut over = self
             .held_total
             .load(Relaxed)
+            .saturating_sub(leaving)
             .saturating_sub(self.held_budget);
         if over == 0 {
             return;
         }
-        let mut holders: Vec<(usize, Arc<Slot>)> = self
-            .slots()
-            .values()
-            .filter(|s| s.shed_reason().is_none())
-            .map(|s| (s.held.load(Relaxed), s.clone()))
-            .filter(|(held, _)| *held > 0)
-            .collect();
         holders.sort_unstable_by_key(|(held, _)| std::cmp::Reverse(*held));
         for (held, slot) in holders {
             if over == 0 {
@@ -346,8 +353,13 @@ mod tests {
         assert_eq!(large.slot().shed_reason(), Some(Shed::Budget));
         assert_eq!(medium.slot().shed_reason(), None);
         assert_eq!(small.slot().shed_reason(), None);
+        // Until its task notices, the shed connection's bytes still count in the total, but
+        // not toward the excess: growth elsewhere within budget sheds no one else.
+        small.set_held(150); // 1150 held, 550 of it by connections not told to go
+        assert_eq!(medium.slot().shed_reason(), None);
+        assert_eq!(small.slot().shed_reason(), None);
         drop(large);
-        assert_eq!(admission.held_total.load(Relaxed), 500, "released with it");
+        assert_eq!(admission.held_total.load(Relaxed), 550, "released with it");
         medium.set_held(0);
         small.set_held(0);
         assert_eq!(admission.held_total.load(Relaxed), 0);
