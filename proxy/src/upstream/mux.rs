@@ -47,6 +47,9 @@ struct Slot {
     conn: Mutex<Option<Arc<MuxConn>>>,
     /// Held while connecting; guards the reconnect backoff.
     connecting: tokio::sync::Mutex<Backoff>,
+    /// A background reconnect is spawned and has not ended: calls that land on the dead slot
+    /// meanwhile spawn no other.
+    reconnecting: AtomicBool,
 }
 
 #[derive(Default)]
@@ -68,6 +71,7 @@ impl AgentConns {
             .map(|_| Slot {
                 conn: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(Backoff::default()),
+                reconnecting: AtomicBool::new(false),
             })
             .collect();
         Self {
@@ -99,13 +103,29 @@ impl AgentConns {
     pub(super) fn warm(self: &Arc<Self>) {
         for index in 0..self.slots.len() {
             if self.slots[index].live().is_none() {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    let deadline = Instant::now() + this.connect_timeout;
-                    let _ = this.connect_slot(index, deadline, false, false).await;
-                });
+                self.reconnect_in_background(index);
             }
         }
+    }
+
+    /// Spawns a reconnect of slot `index` unless one is already under way.
+    fn reconnect_in_background(self: &Arc<Self>, index: usize) {
+        let slot = &self.slots[index];
+        if slot
+            .reconnecting
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + this.connect_timeout;
+            let _ = this.connect_slot(index, deadline, false, false).await;
+            this.slots[index]
+                .reconnecting
+                .store(false, Ordering::Release);
+        });
     }
 
     /// A live connection, round-robin over the slots. A dead slot is reconnected in the
@@ -121,11 +141,7 @@ impl AgentConns {
         }
         for i in 1..n {
             if let Some(c) = self.slots[(first + i) % n].live() {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    let deadline = Instant::now() + this.connect_timeout;
-                    let _ = this.connect_slot(first, deadline, false, false).await;
-                });
+                self.reconnect_in_background(first);
                 return Ok(c);
             }
         }
@@ -455,10 +471,14 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
+        // Never panic here: a drop may run while unwinding, where a panic aborts the process.
         self.conn
             .pending
             .lock()
-            .expect("pending lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
     }
 }
+
+#[cfg(test)]
+mod tests;
