@@ -146,8 +146,20 @@ async fn run<S: Conn>(
                         reading = false;
                     }
                 }
-                None => break,
+                None => {
+                    // Part of a frame: the module is sending the rest.
+                    if reading {
+                        frame_started.get_or_insert_with(Instant::now);
+                    }
+                    break;
+                }
             }
+        }
+        if in_flight.len() >= shared.max_in_flight {
+            // What is buffered waits on the proxy's own limit, not on the module: no frame is
+            // being read, so no frame-read timer runs (a pipelining module is not a slow
+            // sender). It starts again when the limit lets the next frame be decoded.
+            frame_started = None;
         }
         admitted.set_busy(in_flight.len());
         // Bytes of a frame not complete yet (or held back by the in-flight limit) count

@@ -79,6 +79,16 @@ impl Config {
                 ),
             );
         }
+        if self.rpc_timeout > self.frame_read_timeout {
+            bad(
+                "rpc-timeout",
+                format!(
+                    "{:?} is longer than --frame-read-timeout {:?}: a module pipelining calls \
+                     would be closed as a slow sender while the proxy waited on an agent",
+                    self.rpc_timeout, self.frame_read_timeout
+                ),
+            );
+        }
         if self.rpc_timeout > Duration::from_secs(60) {
             bad(
                 "rpc-timeout",
