@@ -144,7 +144,7 @@ impl Agent {
             cancelled: AtomicU64::new(0),
             rate_mark: AtomicU64::new(0),
         };
-        agent.set_source(endpoint.state, now);
+        agent.set_source(endpoint.state);
         agent
     }
 
@@ -321,7 +321,7 @@ impl Agent {
             .then(|| Duration::from_nanos(self.ns(now).saturating_sub(self.gone_at.load(Relaxed))))
     }
 
-    pub(crate) fn set_source(&self, state: SourceState, _now: Instant) {
+    pub(crate) fn set_source(&self, state: SourceState) {
         let v = match state {
             SourceState::Ready => SOURCE_READY,
             SourceState::Terminating => SOURCE_TERMINATING,

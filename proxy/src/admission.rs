@@ -125,7 +125,7 @@ impl Admission {
                 if !self.evict_longest_idle() {
                     return None;
                 }
-                crate::metrics::connection_closed("evicted_idle");
+                crate::metrics::connection_closed(crate::metrics::ConnectionClose::EvictedIdle);
                 tokio::time::timeout(wait, self.permits.clone().acquire_owned())
                     .await
                     .ok()?

@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::admission::{Admitted, Shed};
-use crate::codec::{CodecError, Frame, FrameCodec, Limits, error_response};
+use crate::codec::{Frame, FrameCodec, Limits, error_response};
 use crate::error::ClientError;
-use crate::metrics::{self as m, ModuleClose, Uninspected};
+use crate::metrics::{self as m, ConnectionClose, ModuleClose, Uninspected};
 use crate::route::Router;
 
 /// While draining, how long a connection that has sent nothing yet may take to start its
@@ -82,25 +82,12 @@ pub(crate) async fn serve<S: Conn>(mut stream: S, shared: Arc<Shared>, admitted:
     let result = run(&mut stream, &shared, &admitted).await;
     m::connections_open(-1.0);
     let Err(e) = result else { return };
-    let (reason, uninspected) = match &e {
-        ClientError::Malformed(CodecError::FrameTooLarge { .. }) => {
-            ("malformed", Some(Uninspected::FrameTooLarge))
-        }
-        ClientError::Malformed(_) | ClientError::NotACall(_) => {
-            ("malformed", Some(Uninspected::InvalidFrame))
-        }
-        ClientError::SlowFrame => ("slow_frame", Some(Uninspected::SlowFrame)),
-        ClientError::WriteTimeout => ("write_timeout", Some(Uninspected::WriteTimeout)),
-        ClientError::Shed(Shed::Budget) => ("frame_budget", Some(Uninspected::FrameBudget)),
-        // Counted when it was chosen; nothing was asked on it.
-        ClientError::Shed(Shed::Idle) => ("evicted_idle", None),
-        ClientError::Io(_) => ("io", None),
-    };
-    if let Some(u) = uninspected {
+    if let Some(u) = e.uninspected() {
         m::uninspected(u);
     }
-    if reason != "evicted_idle" {
-        m::connection_closed(reason);
+    // An evicted idle connection was counted when admission chose it.
+    if e.label() != ConnectionClose::EvictedIdle {
+        m::connection_closed(e.label());
     }
     if !matches!(e, ClientError::Io(_)) {
         stream.reset_on_close();
@@ -231,7 +218,7 @@ async fn run<S: Conn>(
                 if frame_started.is_some() {
                     return Err(ClientError::SlowFrame);
                 }
-                m::connection_closed("idle");
+                m::connection_closed(ConnectionClose::Idle);
                 return Ok(());
             }
             Event::Stop => {

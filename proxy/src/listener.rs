@@ -18,6 +18,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::admission::Admission;
+#[cfg(test)]
+use crate::config::DEFAULT_UNIX_MODE;
 use crate::config::ListenAddr;
 use crate::downstream::{self, Conn, Shared};
 use crate::metrics as m;
@@ -60,13 +62,6 @@ impl Drop for UnixPathGuard {
         }
     }
 }
-
-/// Default permissions of a Unix RPC listener (`--unix-socket-mode`): 0666, read-write for
-/// every user. Modules run inside web servers under their own user (www-data, nginx...), and a
-/// module refused with EACCES fails open, so a stricter default would silently turn inspection
-/// off; the RPC port over TCP is open to anyone who reaches it anyway. Restrict access with the
-/// directory's permissions, or 0660 and a group shared with the web server.
-pub(crate) const DEFAULT_UNIX_MODE: u32 = 0o666;
 
 /// Binds a listening Unix socket at `path` with permissions `mode` (not the umask's).
 ///
@@ -131,11 +126,9 @@ fn in_use(path: &std::path::Path) -> io::Error {
 
 impl Listener {
     /// Binds `addr` with SO_REUSEADDR, the given backlog and optionally SO_REUSEPORT; a Unix
-    /// socket gets [`DEFAULT_UNIX_MODE`].
-    #[allow(
-        dead_code,
-        reason = "kept for existing callers (tests); the server passes its configured mode to bind_with_mode"
-    )]
+    /// socket gets [`DEFAULT_UNIX_MODE`]. The server passes its configured mode to
+    /// [`Listener::bind_with_mode`].
+    #[cfg(test)]
     pub(crate) fn bind(addr: &ListenAddr, backlog: u32, reuse_port: bool) -> io::Result<Self> {
         Self::bind_with_mode(addr, backlog, reuse_port, DEFAULT_UNIX_MODE)
     }

@@ -163,15 +163,15 @@ pub(crate) async fn connect(
     };
     match timeout_at(deadline, attempt).await {
         Ok(Ok(c)) => {
-            m::upstream_connect("ok");
+            m::upstream_connect(m::UpstreamConnect::Ok);
             Ok(c)
         }
         Ok(Err(e)) => {
-            m::upstream_connect("error");
+            m::upstream_connect(m::UpstreamConnect::Error);
             Err(UpstreamError::ConnectFailed(e))
         }
         Err(_) => {
-            m::upstream_connect("timeout");
+            m::upstream_connect(m::UpstreamConnect::Timeout);
             Err(UpstreamError::ConnectTimeout)
         }
     }

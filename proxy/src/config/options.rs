@@ -39,7 +39,7 @@ options! {
     /// Permissions of `unix:` RPC listeners, octal; modules run as another user (the web
     /// server's) and one refused fails open.
     #[arg(env = "SIGSCI_PROXY_UNIX_SOCKET_MODE", value_name = "OCTAL")]
-    unix_socket_mode: Mode => u32 = Mode(crate::listener::DEFAULT_UNIX_MODE),
+    unix_socket_mode: Mode => u32 = Mode(super::DEFAULT_UNIX_MODE),
 
     /// Accept backlog of each listening socket.
     #[arg(env = "SIGSCI_PROXY_BACKLOG", value_name = "N")]
