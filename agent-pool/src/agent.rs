@@ -251,7 +251,7 @@ impl Agent {
     #[inline]
     pub(crate) fn usable(&self, now: &mut LazyNow) -> bool {
         match self.source.load(Relaxed) {
-            SOURCE_READY => self.health.available(|| now.get(), &self.budget),
+            SOURCE_READY => self.health.readmit_if_expired(|| now.get(), &self.budget),
             SOURCE_TERMINATING => true,
             _ => false,
         }
@@ -342,7 +342,8 @@ impl Agent {
     /// Ends the ejection if its backoff is over (the pool's periodic sweep).
     pub(crate) fn sweep(&self, now: Instant) {
         if self.is_source_ready() {
-            self.health.available(|| self.ns(now), &self.budget);
+            self.health
+                .readmit_if_expired(|| self.ns(now), &self.budget);
         } else {
             self.health.clear(&self.budget);
         }

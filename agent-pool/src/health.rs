@@ -1,9 +1,10 @@
 //! Passive health: consecutive failures (anything but a success or a busy queue) eject an agent
 //! for an exponential backoff, never more than a fraction of the pool at once. Ejection ends
 //! lazily: whoever next looks at the agent after its backoff (the picker, or the pool's tick)
-//! puts it back, with one compare-and-swap and no lock. It comes back on trial (half-open): one
-//! more failure before a success ejects it again, with the next, longer backoff. An agent
-//! ejected for being unreachable can also be readmitted early, once a connect succeeds.
+//! puts it back (`Health::readmit_if_expired`), with one compare-and-swap and no lock. It comes
+//! back on trial (half-open): one more failure before a success ejects it again, with the next,
+//! longer backoff. An agent ejected for being unreachable can also be readmitted early, once a
+//! connect succeeds.
 //!
 //! Timeouts are judged against the peers (relative outlier detection, as Envoy's
 //! failure-percentage detector splits local-origin failures): a run of failures made of
@@ -273,10 +274,15 @@ impl Health {
         self.consecutive.load(Relaxed) > 0 || self.ejected_until.load(Acquire) != 0
     }
 
-    /// Whether the agent is not ejected at `now_ns`; ends an expired ejection.
-    #[inline]
+    /// Readmits the agent, on trial, if its ejection has expired by `now_ns`; returns whether it
+    /// is not ejected (the main readmission point: the picker and the pool's sweep call it).
     /// The clock is read only if the agent is or was ejected.
-    pub(crate) fn available(&self, now_ns: impl FnOnce() -> u64, budget: &EjectionBudget) -> bool {
+    #[inline]
+    pub(crate) fn readmit_if_expired(
+        &self,
+        now_ns: impl FnOnce() -> u64,
+        budget: &EjectionBudget,
+    ) -> bool {
         let until = self.ejected_until.load(Acquire);
         if until == 0 {
             return true;

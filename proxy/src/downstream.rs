@@ -116,7 +116,7 @@ async fn run<S: Conn>(
     // registration each, several times per RPC.
     let stop = shared.stop.cancelled();
     tokio::pin!(stop);
-    let shed = admitted.slot().wake.notified();
+    let shed = admitted.entry().wake.notified();
     tokio::pin!(shed);
     let timer = sleep_until(last_activity + shared.idle_timeout);
     tokio::pin!(timer);
@@ -233,7 +233,7 @@ async fn run<S: Conn>(
                 }
             }
             Event::Shed => {
-                let reason = admitted.slot().shed_reason().unwrap_or(Shed::Idle);
+                let reason = admitted.entry().shed_reason().unwrap_or(Shed::Idle);
                 return Err(ClientError::Shed(reason));
             }
         }

@@ -154,7 +154,8 @@ options! {
     #[arg(env = "SIGSCI_PROXY_RETRY_BUDGET", value_name = "RATIO")]
     retry_budget: f64 => f64 = 0.2,
 
-    /// Consecutive connect failures or timeouts that eject an agent.
+    /// Consecutive failed calls that eject an agent: connect failures, error answers, broken
+    /// calls, and timeouts while the other agents answer in time (a full queue does not count).
     #[arg(env = "SIGSCI_PROXY_EJECT_AFTER", value_name = "N")]
     eject_after: u32 => u32 = pool().ejection.consecutive_failures,
 
