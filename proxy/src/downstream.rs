@@ -95,91 +95,168 @@ pub(crate) async fn serve<S: Conn>(mut stream: S, shared: Arc<Shared>, admitted:
     debug!(error = %e, side = ?e.side(), "Closing connection");
 }
 
+/// Where one connection stands between two events.
+struct Progress {
+    codec: FrameCodec,
+    buf: BytesMut,
+    /// Still reading requests (not after the module's half-close, nor once drained).
+    reading: bool,
+    /// The module closed its side.
+    peer_closed: bool,
+    /// The proxy drains.
+    stopping: bool,
+    /// Frames read so far: a connection that has sent none yet is a module's fresh call.
+    served: u64,
+    /// When the frame now partly in `buf` started arriving.
+    frame_started: Option<Instant>,
+    last_activity: Instant,
+}
+
+impl Progress {
+    fn new(limits: Limits) -> Self {
+        Self {
+            codec: FrameCodec::new(limits),
+            buf: BytesMut::with_capacity(4096),
+            reading: true,
+            peer_closed: false,
+            stopping: false,
+            served: 0,
+            frame_started: None,
+            last_activity: Instant::now(),
+        }
+    }
+
+    /// The next complete frame buffered, if any; starts the frame-read timer on a partial one.
+    fn next_frame(&mut self) -> Result<Option<Frame>, ClientError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let Some(frame) = self
+            .codec
+            .decode(&mut self.buf)
+            .map_err(ClientError::Malformed)?
+        else {
+            // Part of a frame: the module is sending the rest.
+            if self.reading {
+                self.frame_started.get_or_insert_with(Instant::now);
+            }
+            return Ok(None);
+        };
+        self.served += 1;
+        self.frame_started = (!self.buf.is_empty()).then(Instant::now);
+        if self.stopping && self.buf.is_empty() {
+            self.reading = false;
+        }
+        Ok(Some(frame))
+    }
+
+    /// When the connection gives up waiting, with `idle` when nothing is in flight.
+    fn deadline(&self, shared: &Shared, idle: bool) -> Option<Instant> {
+        match self.frame_started {
+            Some(t) => Some(t + shared.frame_read_timeout),
+            // Draining: a fresh call's request arrives right after its connect, or never.
+            None if self.stopping && self.reading => Some(self.last_activity + FRESH_CALL_WAIT),
+            None if idle => Some(self.last_activity + shared.idle_timeout),
+            None => None,
+        }
+    }
+
+    /// Something was read or written now.
+    fn active(&mut self, admitted: &Admitted) {
+        self.last_activity = Instant::now();
+        admitted.active(self.last_activity);
+    }
+
+    /// The module closed its side with `in_flight` calls in flight; `true` when the connection
+    /// ends here.
+    fn peer_closed<S: Conn>(&mut self, stream: &S, in_flight: usize, reset: bool) -> bool {
+        // The module closed first, having read every answer it asked for: a FIN back would
+        // leave its host a TIME_WAIT socket (and a conntrack entry) for 60 s per call, and a
+        // module opening a connection per RPC runs out of ephemeral ports at ~470 RPC/s. A
+        // reset ends the connection on both hosts at once; the module's socket is already
+        // closed, so nothing reads it (docs/faults.md).
+        if in_flight == 0 && self.buf.is_empty() && reset {
+            stream.reset_on_close();
+            m::module_closed(ModuleClose::Reset);
+            return true;
+        }
+        // A half-close with calls in flight (the module may still read): answer the complete
+        // frames it sent (still in `buf` if the in-flight limit held them back), then close
+        // with a FIN.
+        m::module_closed(ModuleClose::Fin);
+        self.reading = false;
+        self.peer_closed = true;
+        self.frame_started = None;
+        false
+    }
+
+    /// Draining: answer what is in flight and the frame now arriving, then close. A
+    /// connection idle between requests closes now; a fresh one (a module's call, accepted
+    /// just before the listeners closed) still gets its one answer: a Node module whose
+    /// connection closes without a reply hangs the HTTP request.
+    fn stop(&mut self) {
+        self.stopping = true;
+        self.last_activity = Instant::now();
+        if self.served > 0 && self.buf.is_empty() {
+            self.reading = false;
+        }
+    }
+}
+
 async fn run<S: Conn>(
     stream: &mut S,
     shared: &Shared,
     admitted: &Admitted,
 ) -> Result<(), ClientError> {
-    let router = &shared.router;
-    let mut codec = FrameCodec::new(shared.limits);
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut at = Progress::new(shared.limits);
     let mut in_flight = FuturesUnordered::new();
-    let mut reading = true;
-    let mut peer_closed = false;
-    let mut stopping = false;
-    // Frames read so far: a connection that has sent none yet is a module's fresh call.
-    let mut served = 0u64;
-    // When the frame now partly in `buf` started arriving.
-    let mut frame_started: Option<Instant> = None;
-    let mut last_activity = Instant::now();
     // Made once and re-armed: a fresh timer or cancellation waiter per loop turn costs a
     // registration each, several times per RPC.
     let stop = shared.stop.cancelled();
     tokio::pin!(stop);
     let shed = admitted.entry().wake.notified();
     tokio::pin!(shed);
-    let timer = sleep_until(last_activity + shared.idle_timeout);
+    let timer = sleep_until(at.last_activity + shared.idle_timeout);
     tokio::pin!(timer);
 
     loop {
         // Decode what is buffered, up to the in-flight limit.
-        while in_flight.len() < shared.max_in_flight && !buf.is_empty() {
-            match codec.decode(&mut buf).map_err(ClientError::Malformed)? {
-                Some(frame) => {
-                    served += 1;
-                    frame_started = (!buf.is_empty()).then(Instant::now);
-                    in_flight.push(call(router, frame)?);
-                    if stopping && buf.is_empty() {
-                        reading = false;
-                    }
-                }
-                None => {
-                    // Part of a frame: the module is sending the rest.
-                    if reading {
-                        frame_started.get_or_insert_with(Instant::now);
-                    }
-                    break;
-                }
-            }
+        while in_flight.len() < shared.max_in_flight
+            && let Some(frame) = at.next_frame()?
+        {
+            in_flight.push(call(&shared.router, frame)?);
         }
         if in_flight.len() >= shared.max_in_flight {
             // What is buffered waits on the proxy's own limit, not on the module: no frame is
             // being read, so no frame-read timer runs (a pipelining module is not a slow
             // sender). It starts again when the limit lets the next frame be decoded.
-            frame_started = None;
+            at.frame_started = None;
         }
         admitted.set_busy(in_flight.len());
         // Bytes of a frame not complete yet (or held back by the in-flight limit) count
         // against the proxy-wide budget.
-        admitted.set_held(buf.len());
-        if !reading && in_flight.is_empty() {
+        admitted.set_held(at.buf.len());
+        if !at.reading && in_flight.is_empty() {
             break;
         }
-        let deadline = match frame_started {
-            Some(t) => Some(t + shared.frame_read_timeout),
-            // Draining: a fresh call's request arrives right after its connect, or never.
-            None if stopping && reading => Some(last_activity + FRESH_CALL_WAIT),
-            None if in_flight.is_empty() => Some(last_activity + shared.idle_timeout),
-            None => None,
-        };
-        if let Some(at) = deadline
-            && timer.deadline() != at
+        let deadline = at.deadline(shared, in_flight.is_empty());
+        if let Some(t) = deadline
+            && timer.deadline() != t
         {
-            timer.as_mut().reset(at);
+            timer.as_mut().reset(t);
         }
-        let can_read = reading && in_flight.len() < shared.max_in_flight;
+        let can_read = at.reading && in_flight.len() < shared.max_in_flight;
         let event = tokio::select! {
             biased;
             () = &mut shed => Event::Shed,
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => Event::Answer(answer),
-            r = stream.read_buf(&mut buf), if can_read => Event::Read(r),
+            r = stream.read_buf(&mut at.buf), if can_read => Event::Read(r),
             () = &mut timer, if deadline.is_some() => Event::Timeout,
-            () = &mut stop, if !stopping => Event::Stop,
+            () = &mut stop, if !at.stopping => Event::Stop,
         };
         match event {
             Event::Answer(bytes) => {
-                last_activity = Instant::now();
-                admitted.active(last_activity);
+                at.active(admitted);
                 match timeout(shared.write_timeout, stream.write_all(&bytes)).await {
                     Ok(r) => r.map_err(ClientError::Io)?,
                     Err(_) => {
@@ -190,55 +267,28 @@ async fn run<S: Conn>(
                 }
             }
             Event::Read(Ok(0)) => {
-                // The module closed first, having read every answer it asked for: a FIN back
-                // would leave its host a TIME_WAIT socket (and a conntrack entry) for 60 s per
-                // call, and a module opening a connection per RPC runs out of ephemeral ports
-                // at ~470 RPC/s. A reset ends the connection on both hosts at once; the
-                // module's socket is already closed, so nothing reads it (docs/faults.md).
-                if in_flight.is_empty() && buf.is_empty() && shared.reset_closed_idle {
-                    stream.reset_on_close();
-                    m::module_closed(ModuleClose::Reset);
+                if at.peer_closed(stream, in_flight.len(), shared.reset_closed_idle) {
                     return Ok(());
                 }
-                // A half-close with calls in flight (the module may still read): answer the
-                // complete frames it sent (still in `buf` if the in-flight limit held them
-                // back), then close with a FIN.
-                m::module_closed(ModuleClose::Fin);
-                reading = false;
-                peer_closed = true;
-                frame_started = None;
             }
             Event::Read(Ok(_)) => {
-                last_activity = Instant::now();
-                admitted.active(last_activity);
-                frame_started.get_or_insert(last_activity);
+                at.active(admitted);
+                at.frame_started.get_or_insert(at.last_activity);
             }
             Event::Read(Err(e)) => return Err(ClientError::Io(e)),
+            Event::Timeout if at.frame_started.is_some() => return Err(ClientError::SlowFrame),
             Event::Timeout => {
-                if frame_started.is_some() {
-                    return Err(ClientError::SlowFrame);
-                }
                 m::connection_closed(ConnectionClose::Idle);
                 return Ok(());
             }
-            Event::Stop => {
-                // Draining: answer what is in flight and the frame now arriving, then close. A
-                // connection idle between requests closes now; a fresh one (a module's call,
-                // accepted just before the listeners closed) still gets its one answer: a
-                // Node module whose connection closes without a reply hangs the HTTP request.
-                stopping = true;
-                last_activity = Instant::now();
-                if served > 0 && buf.is_empty() {
-                    reading = false;
-                }
-            }
+            Event::Stop => at.stop(),
             Event::Shed => {
                 let reason = admitted.entry().shed_reason().unwrap_or(Shed::Idle);
                 return Err(ClientError::Shed(reason));
             }
         }
     }
-    if !peer_closed {
+    if !at.peer_closed {
         // Closing the socket (on return) sends the FIN too; a separate shutdown first is
         // only worth its system call when the module may still be reading.
         let _ = stream.shutdown().await;

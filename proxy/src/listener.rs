@@ -243,48 +243,18 @@ pub(crate) async fn accept_loop(
     let local = listener.local_addr().to_string();
     let mut backoff = Duration::ZERO;
     let mut closing: Option<tokio::time::Instant> = None;
-    loop {
-        let accepted = if let Some(since) = closing {
-            // Closing a listener resets the connections still waiting in its backlog: take
-            // them first (the module already sent, or is sending, its request), for at most
-            // BACKLOG_DRAIN_MAX.
-            let waited = if since.elapsed() < BACKLOG_DRAIN_MAX {
-                tokio::time::timeout(Duration::from_millis(1), listener.accept())
-                    .await
-                    .ok()
-            } else {
-                None
-            };
-            match waited {
-                Some(r) => r,
-                // Quiet for 1 ms as far as the runtime saw, or out of time; other tasks may
-                // have run since its last poll, so ask the kernel right before the close.
-                None => match listener.accept_queued() {
-                    Some(r) => r,
-                    None => break,
-                },
-            }
-        } else {
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => {
-                    closing = Some(tokio::time::Instant::now());
-                    continue;
-                }
-                r = listener.accept() => r,
-            }
-        };
-        let accepted = match accepted {
-            Ok(a) => {
+    while let Some(accepted) = next_accepted(&listener, &stop, &mut closing).await {
+        match accepted {
+            Ok(accepted) => {
                 if !backoff.is_zero() {
                     info!(listen.addr = %local, "Accepting again");
                     backoff = Duration::ZERO;
                 }
-                a
+                m::connection_accepted();
+                admit(accepted, &shared, &admission, &tracker).await;
             }
             Err(e) if is_connection_error(&e) => {
                 debug!(error = %e, "Accept failed for one connection");
-                continue;
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning; open
@@ -303,46 +273,71 @@ pub(crate) async fn accept_loop(
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
                 }
-                continue;
-            }
-        };
-        m::connection_accepted();
-        let Some(admitted) = admission.admit(EVICTION_WAIT).await else {
-            // Over the limit with nothing idle to displace: a reset, so the module fails open
-            // at once (some hang on a clean close) rather than wait in a queue.
-            m::connection_rejected();
-            m::uninspected(m::Uninspected::ConnectionLimit);
-            debug!("Connection limit reached, resetting new connection");
-            match &accepted {
-                Accepted::Tcp(stream, _) => stream.reset_on_close(),
-                Accepted::Unix(stream) => stream.reset_on_close(),
-            }
-            drop(accepted);
-            continue;
-        };
-        let shared = shared.clone();
-        match accepted {
-            Accepted::Tcp(stream, peer) => {
-                let span = debug_span!("conn", client.addr = %peer);
-                tracker.spawn(
-                    async move {
-                        downstream::serve(stream, shared, admitted).await;
-                    }
-                    .instrument(span),
-                );
-            }
-            Accepted::Unix(stream) => {
-                let span = debug_span!("conn", client.addr = "unix");
-                tracker.spawn(
-                    async move {
-                        downstream::serve(stream, shared, admitted).await;
-                    }
-                    .instrument(span),
-                );
             }
         }
     }
     debug!(listen.addr = %local, "Listener closed");
+}
+
+/// The next accept's result; `None` once the listener is to close. After `stop` (recorded in
+/// `closing`), the connections still waiting in the backlog are taken first, for at most
+/// BACKLOG_DRAIN_MAX: closing a listener resets them, and the module already sent, or is
+/// sending, its request.
+async fn next_accepted(
+    listener: &Listener,
+    stop: &CancellationToken,
+    closing: &mut Option<tokio::time::Instant>,
+) -> Option<io::Result<Accepted>> {
+    let since = match *closing {
+        Some(since) => since,
+        None => tokio::select! {
+            biased;
+            () = stop.cancelled() => *closing.insert(tokio::time::Instant::now()),
+            r = listener.accept() => return Some(r),
+        },
+    };
+    let waited = if since.elapsed() < BACKLOG_DRAIN_MAX {
+        tokio::time::timeout(Duration::from_millis(1), listener.accept())
+            .await
+            .ok()
+    } else {
+        None
+    };
+    // Quiet for 1 ms as far as the runtime saw, or out of time; other tasks may have run
+    // since its last poll, so ask the kernel right before the close.
+    waited.or_else(|| listener.accept_queued())
+}
+
+/// Gives an accepted connection its slot and its task, or resets it at the limit.
+async fn admit(
+    accepted: Accepted,
+    shared: &Arc<Shared>,
+    admission: &Arc<Admission>,
+    tracker: &TaskTracker,
+) {
+    let Some(admitted) = admission.admit(EVICTION_WAIT).await else {
+        // Over the limit with nothing idle to displace: a reset, so the module fails open
+        // at once (some hang on a clean close) rather than wait in a queue.
+        m::connection_rejected();
+        m::uninspected(m::Uninspected::ConnectionLimit);
+        debug!("Connection limit reached, resetting new connection");
+        match &accepted {
+            Accepted::Tcp(stream, _) => stream.reset_on_close(),
+            Accepted::Unix(stream) => stream.reset_on_close(),
+        }
+        return;
+    };
+    let shared = shared.clone();
+    match accepted {
+        Accepted::Tcp(stream, peer) => {
+            let span = debug_span!("conn", client.addr = %peer);
+            tracker.spawn(downstream::serve(stream, shared, admitted).instrument(span));
+        }
+        Accepted::Unix(stream) => {
+            let span = debug_span!("conn", client.addr = "unix");
+            tracker.spawn(downstream::serve(stream, shared, admitted).instrument(span));
+        }
+    }
 }
 
 #[cfg(test)]
