@@ -161,6 +161,21 @@ impl Progress {
         }
     }
 
+    /// What is buffered waits on the proxy's own in-flight limit, not on the module: no frame
+    /// is being read, so no frame-read timer runs (a pipelining module is not a slow sender).
+    /// It starts again when the limit lets the next frame be decoded.
+    fn held_back(&mut self) {
+        self.frame_started = None;
+    }
+
+    /// Tells admission what the connection holds: calls in flight, and the bytes of a frame not
+    /// complete yet (or held back by the in-flight limit), which count against the proxy-wide
+    /// budget.
+    fn account(&self, admitted: &Admitted, in_flight: usize) {
+        admitted.set_busy(in_flight);
+        admitted.set_held(self.buf.len());
+    }
+
     /// Something was read or written now.
     fn active(&mut self, admitted: &Admitted) {
         self.last_activity = Instant::now();
@@ -212,12 +227,11 @@ async fn run<S: Conn>(
     let mut in_flight = FuturesUnordered::new();
     // Made once and re-armed: a fresh timer or cancellation waiter per loop turn costs a
     // registration each, several times per RPC.
-    let stop = shared.stop.cancelled();
-    tokio::pin!(stop);
-    let shed = admitted.entry().wake.notified();
-    tokio::pin!(shed);
-    let timer = sleep_until(at.last_activity + shared.idle_timeout);
-    tokio::pin!(timer);
+    tokio::pin! {
+        let stop = shared.stop.cancelled();
+        let shed = admitted.entry().wake.notified();
+        let timer = sleep_until(at.last_activity + shared.idle_timeout);
+    }
 
     loop {
         // Decode what is buffered, up to the in-flight limit.
@@ -227,15 +241,9 @@ async fn run<S: Conn>(
             in_flight.push(call(&shared.router, frame)?);
         }
         if in_flight.len() >= shared.max_in_flight {
-            // What is buffered waits on the proxy's own limit, not on the module: no frame is
-            // being read, so no frame-read timer runs (a pipelining module is not a slow
-            // sender). It starts again when the limit lets the next frame be decoded.
-            at.frame_started = None;
+            at.held_back();
         }
-        admitted.set_busy(in_flight.len());
-        // Bytes of a frame not complete yet (or held back by the in-flight limit) count
-        // against the proxy-wide budget.
-        admitted.set_held(at.buf.len());
+        at.account(admitted, in_flight.len());
         if !at.reading && in_flight.is_empty() {
             break;
         }
@@ -257,14 +265,7 @@ async fn run<S: Conn>(
         match event {
             Event::Answer(bytes) => {
                 at.active(admitted);
-                match timeout(shared.write_timeout, stream.write_all(&bytes)).await {
-                    Ok(r) => r.map_err(ClientError::Io)?,
-                    Err(_) => {
-                        // The calls still in flight on it are lost with it.
-                        m::uninspected_n(Uninspected::WriteTimeout, in_flight.len() as u64);
-                        return Err(ClientError::WriteTimeout);
-                    }
-                }
+                write_answer(stream, &bytes, shared.write_timeout, in_flight.len()).await?;
             }
             Event::Read(Ok(0)) => {
                 if at.peer_closed(stream, in_flight.len(), shared.reset_closed_idle) {
@@ -294,6 +295,23 @@ async fn run<S: Conn>(
         let _ = stream.shutdown().await;
     }
     Ok(())
+}
+
+/// Writes one answer within `limit`; on a timeout the `in_flight` calls still on the
+/// connection are lost with it.
+async fn write_answer<S: Conn>(
+    stream: &mut S,
+    answer: &[u8],
+    limit: Duration,
+    in_flight: usize,
+) -> Result<(), ClientError> {
+    match timeout(limit, stream.write_all(answer)).await {
+        Ok(r) => r.map_err(ClientError::Io),
+        Err(_) => {
+            m::uninspected_n(Uninspected::WriteTimeout, in_flight as u64);
+            Err(ClientError::WriteTimeout)
+        }
+    }
 }
 
 /// The work a frame from a module asks for: a call to route, or a call the proxy answers
