@@ -476,7 +476,12 @@ pub(crate) fn render(handle: &PrometheusHandle, pool: &Pool) -> String {
          # TYPE sigsci_proxy_agents_ready gauge\nsigsci_proxy_agents_ready {}",
         snapshot.ready_len()
     );
-    let agents = snapshot.agents();
+    render_agents(&mut out, snapshot.agents());
+    out
+}
+
+/// The per-agent series, labelled by address.
+fn render_agents(out: &mut String, agents: &[std::sync::Arc<agent_pool::Agent>]) {
     type Series = (
         &'static str,
         &'static str,
@@ -544,5 +549,4 @@ pub(crate) fn render(handle: &PrometheusHandle, pool: &Pool) -> String {
             );
         }
     }
-    out
 }
