@@ -12,8 +12,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +23,7 @@ use crate::codec::{Frame, FrameCodec, Limits, error_response};
 use crate::error::ClientError;
 use crate::metrics::{self as m, ConnectionClose, ModuleClose, Uninspected};
 use crate::route::Router;
+use crate::stream::Stream;
 
 /// While draining, how long a connection that has sent nothing yet may take to start its
 /// request (modules write it right after connecting).
@@ -45,23 +45,6 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
 }
 
-/// A module's connection: a stream that can be made to close with a reset.
-pub(crate) trait Conn: AsyncRead + AsyncWrite + Unpin {
-    /// Makes the coming close a reset (TCP RST): every module fails open at once on a reset,
-    /// while some hang on a clean close. A Unix socket has no reset: it just closes.
-    fn reset_on_close(&self);
-}
-
-impl Conn for TcpStream {
-    fn reset_on_close(&self) {
-        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
-    }
-}
-
-impl Conn for UnixStream {
-    fn reset_on_close(&self) {}
-}
-
 /// What woke the connection task, one `select!` round at a time.
 enum Event {
     /// A call in flight finished: its answer (or error frame) to write back.
@@ -77,7 +60,7 @@ enum Event {
 }
 
 /// Serves one connection until it closes.
-pub(crate) async fn serve<S: Conn>(mut stream: S, shared: Arc<Shared>, admitted: Admitted) {
+pub(crate) async fn serve(mut stream: Stream, shared: Arc<Shared>, admitted: Admitted) {
     m::connections_open(1.0);
     let result = run(&mut stream, &shared, &admitted).await;
     m::connections_open(-1.0);
@@ -184,7 +167,7 @@ impl Progress {
 
     /// The module closed its side with `in_flight` calls in flight; `true` when the connection
     /// ends here.
-    fn peer_closed<S: Conn>(&mut self, stream: &S, in_flight: usize, reset: bool) -> bool {
+    fn peer_closed(&mut self, stream: &Stream, in_flight: usize, reset: bool) -> bool {
         // The module closed first, having read every answer it asked for: a FIN back would
         // leave its host a TIME_WAIT socket (and a conntrack entry) for 60 s per call, and a
         // module opening a connection per RPC runs out of ephemeral ports at ~470 RPC/s. A
@@ -218,11 +201,7 @@ impl Progress {
     }
 }
 
-async fn run<S: Conn>(
-    stream: &mut S,
-    shared: &Shared,
-    admitted: &Admitted,
-) -> Result<(), ClientError> {
+async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Result<(), ClientError> {
     let mut at = Progress::new(shared.limits);
     let mut in_flight = FuturesUnordered::new();
     // Made once and re-armed: a fresh timer or cancellation waiter per loop turn costs a
@@ -299,8 +278,8 @@ async fn run<S: Conn>(
 
 /// Writes one answer within `limit`; on a timeout the `in_flight` calls still on the
 /// connection are lost with it.
-async fn write_answer<S: Conn>(
-    stream: &mut S,
+async fn write_answer(
+    stream: &mut Stream,
     answer: &[u8],
     limit: Duration,
     in_flight: usize,

@@ -21,8 +21,9 @@ use crate::admission::Admission;
 #[cfg(test)]
 use crate::config::DEFAULT_UNIX_MODE;
 use crate::config::ListenAddr;
-use crate::downstream::{self, Conn, Shared};
+use crate::downstream::{self, Shared};
 use crate::metrics as m;
+use crate::stream::Stream;
 
 /// A bound listening socket.
 pub(crate) enum Listener {
@@ -175,16 +176,30 @@ impl Listener {
     }
 }
 
-enum Accepted {
-    Tcp(TcpStream, SocketAddr),
-    Unix(UnixStream),
+/// An accepted connection, with the peer's address when it has one (TCP).
+struct Accepted {
+    stream: Stream,
+    peer: Option<SocketAddr>,
+}
+
+impl Accepted {
+    fn tcp((stream, peer): (TcpStream, SocketAddr)) -> Self {
+        let stream = Stream::Tcp(stream);
+        let peer = Some(peer);
+        Self { stream, peer }
+    }
+
+    fn unix(stream: UnixStream) -> Self {
+        let stream = Stream::Unix(stream);
+        Self { stream, peer: None }
+    }
 }
 
 impl Listener {
     async fn accept(&self) -> io::Result<Accepted> {
         match self {
-            Self::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
-            Self::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+            Self::Tcp(l) => l.accept().await.map(Accepted::tcp),
+            Self::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::unix(s)),
         }
     }
 
@@ -205,9 +220,9 @@ impl Listener {
                 let peer = peer
                     .as_socket()
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                TcpStream::from_std(socket.into()).map(|s| Accepted::Tcp(s, peer))
+                TcpStream::from_std(socket.into()).map(|s| Accepted::tcp((s, peer)))
             }
-            Self::Unix(..) => UnixStream::from_std(socket.into()).map(Accepted::Unix),
+            Self::Unix(..) => UnixStream::from_std(socket.into()).map(Accepted::unix),
         });
         Some(registered)
     }
@@ -321,23 +336,15 @@ async fn admit(
         m::connection_rejected();
         m::uninspected(m::Uninspected::ConnectionLimit);
         debug!("Connection limit reached, resetting new connection");
-        match &accepted {
-            Accepted::Tcp(stream, _) => stream.reset_on_close(),
-            Accepted::Unix(stream) => stream.reset_on_close(),
-        }
+        accepted.stream.reset_on_close();
         return;
     };
-    let shared = shared.clone();
-    match accepted {
-        Accepted::Tcp(stream, peer) => {
-            let span = debug_span!("conn", client.addr = %peer);
-            tracker.spawn(downstream::serve(stream, shared, admitted).instrument(span));
-        }
-        Accepted::Unix(stream) => {
-            let span = debug_span!("conn", client.addr = "unix");
-            tracker.spawn(downstream::serve(stream, shared, admitted).instrument(span));
-        }
-    }
+    let span = match accepted.peer {
+        Some(peer) => debug_span!("conn", client.addr = %peer),
+        None => debug_span!("conn", client.addr = "unix"),
+    };
+    let serve = downstream::serve(accepted.stream, shared.clone(), admitted);
+    tracker.spawn(serve.instrument(span));
 }
 
 #[cfg(test)]
@@ -353,7 +360,7 @@ mod tests {
             unreachable!()
         };
         let _client = TcpStream::connect(addr).await.unwrap();
-        let Accepted::Tcp(stream, _) = listener.accept().await.unwrap() else {
+        let Stream::Tcp(stream) = listener.accept().await.unwrap().stream else {
             unreachable!()
         };
         assert!(stream.nodelay().unwrap());
@@ -373,12 +380,12 @@ mod tests {
                 ListenAddr::Unix(p) => (None, Some(UnixStream::connect(p).await.unwrap())),
             };
             let accepted = listener.accept_queued().expect("one queued").unwrap();
-            match (addr, accepted) {
-                (ListenAddr::Tcp(_), Accepted::Tcp(stream, peer)) => {
+            match (addr, accepted.stream, accepted.peer) {
+                (ListenAddr::Tcp(_), Stream::Tcp(stream), Some(peer)) => {
                     assert!(peer.ip().is_loopback());
                     assert!(stream.nodelay().unwrap());
                 }
-                (ListenAddr::Unix(_), Accepted::Unix(_)) => {}
+                (ListenAddr::Unix(_), Stream::Unix(_), None) => {}
                 _ => panic!("accepted the wrong kind of connection"),
             }
             assert!(listener.accept_queued().is_none(), "taken once");

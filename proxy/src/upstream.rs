@@ -26,6 +26,7 @@ use crate::codec::{Frame, Limits};
 use crate::config::UpstreamMode;
 use crate::error::UpstreamError;
 use crate::metrics as m;
+use crate::stream::Stream;
 
 /// Settings of the upstream side.
 #[derive(Debug, Clone)]
@@ -171,25 +172,16 @@ impl Upstreams {
     }
 }
 
-/// A connected stream to an agent.
-pub(crate) enum Connected {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
 /// Connects to `address`, giving up at `deadline`.
-pub(crate) async fn connect(
-    address: &Address,
-    deadline: Instant,
-) -> Result<Connected, UpstreamError> {
+pub(crate) async fn connect(address: &Address, deadline: Instant) -> Result<Stream, UpstreamError> {
     let attempt = async {
         match address {
             Address::Tcp(sa) => {
                 let s = TcpStream::connect(sa).await?;
                 s.set_nodelay(true)?;
-                Ok(Connected::Tcp(s))
+                Ok(Stream::Tcp(s))
             }
-            Address::Unix(path) => UnixStream::connect(path).await.map(Connected::Unix),
+            Address::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
         }
     };
     match timeout_at(deadline, attempt).await {

@@ -13,18 +13,17 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures::StreamExt;
-use tokio::io::AsyncRead;
-use tokio::net::{tcp, unix};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
-use super::{Connected, UpstreamConfig, connect};
+use super::{UpstreamConfig, connect};
 use crate::codec::{Frame, FrameCodec, FrameKind, Limits};
 use crate::error::UpstreamError;
 use crate::metrics as m;
+use crate::stream::{ReadHalf, Stream, WriteHalf};
 use agent_pool::Address;
 
 /// Bytes queued on one connection (the agent reads slower than callers write) before further
@@ -191,16 +190,7 @@ impl AgentConns {
         match connect(&self.address, deadline.min(now + self.connect_timeout)).await {
             Ok(stream) => {
                 *backoff = Backoff::default();
-                let conn = match stream {
-                    Connected::Tcp(s) => {
-                        let (r, w) = s.into_split();
-                        MuxConn::spawn(r, WriteHalf::Tcp(w), self.limits, &self.exit, self.span())
-                    }
-                    Connected::Unix(s) => {
-                        let (r, w) = s.into_split();
-                        MuxConn::spawn(r, WriteHalf::Unix(w), self.limits, &self.exit, self.span())
-                    }
-                };
+                let conn = MuxConn::spawn(stream, self.limits, &self.exit, self.span());
                 *slot.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
                 Ok(conn)
             }
@@ -210,29 +200,6 @@ impl AgentConns {
                 backoff.until = Some(Instant::now() + delay.min(Duration::from_secs(1)));
                 Err(e)
             }
-        }
-    }
-}
-
-/// The write side of an agent connection.
-enum WriteHalf {
-    Tcp(tcp::OwnedWriteHalf),
-    Unix(unix::OwnedWriteHalf),
-}
-
-impl WriteHalf {
-    /// Writes what the socket takes now, without waiting.
-    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
-        match self {
-            Self::Tcp(w) => w.try_write(bytes),
-            Self::Unix(w) => w.try_write(bytes),
-        }
-    }
-
-    async fn writable(&self) -> io::Result<()> {
-        match self {
-            Self::Tcp(w) => w.writable().await,
-            Self::Unix(w) => w.writable().await,
         }
     }
 }
@@ -258,16 +225,13 @@ pub(super) struct MuxConn {
 }
 
 impl MuxConn {
-    fn spawn<R>(
-        reader: R,
-        writer: WriteHalf,
+    fn spawn(
+        stream: Stream,
         limits: Limits,
         exit: &CancellationToken,
         span: tracing::Span,
-    ) -> Arc<Self>
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-    {
+    ) -> Arc<Self> {
+        let (reader, writer) = stream.into_split();
         let conn = Arc::new(Self {
             writer,
             outbox: Mutex::new(Outbox::default()),
@@ -416,10 +380,7 @@ impl MuxConn {
         self.close();
     }
 
-    async fn read_loop<R: AsyncRead + Unpin>(
-        self: Arc<Self>,
-        mut frames: FramedRead<R, FrameCodec>,
-    ) {
+    async fn read_loop(self: Arc<Self>, mut frames: FramedRead<ReadHalf, FrameCodec>) {
         let dead = self.dead.clone().cancelled_owned();
         tokio::pin!(dead);
         loop {

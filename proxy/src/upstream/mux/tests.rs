@@ -23,10 +23,8 @@ fn request(msgid: u64) -> Frame {
 /// A connection whose agent end the test holds.
 fn conn_over_pair() -> (Arc<MuxConn>, UnixStream) {
     let (proxy, agent) = UnixStream::pair().unwrap();
-    let (r, w) = proxy.into_split();
     let conn = MuxConn::spawn(
-        r,
-        WriteHalf::Unix(w),
+        Stream::Unix(proxy),
         Limits::default(),
         &CancellationToken::new(),
         tracing::Span::none(),
