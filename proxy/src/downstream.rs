@@ -317,3 +317,6 @@ fn call(router: &Router, frame: Frame) -> Result<impl Future<Output = Bytes> + '
         }
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -234,7 +234,7 @@ fn spawn_upstream_follower(shared: &Arc<Shared>, exit: CancellationToken) {
 }
 
 /// What every connection task shares, built from the configuration.
-fn shared_state(
+pub(crate) fn shared_state(
     config: &Config,
     pool: &Pool,
     in_flight: &Arc<InFlightCount>,
