@@ -184,13 +184,13 @@ struct Accepted {
 
 impl Accepted {
     fn tcp((stream, peer): (TcpStream, SocketAddr)) -> Self {
-        let stream = Stream::Tcp(stream);
+        let stream = Stream::tcp(stream);
         let peer = Some(peer);
         Self { stream, peer }
     }
 
     fn unix(stream: UnixStream) -> Self {
-        let stream = Stream::Unix(stream);
+        let stream = Stream::unix(stream);
         Self { stream, peer: None }
     }
 }
@@ -349,6 +349,8 @@ async fn admit(
 
 #[cfg(test)]
 mod tests {
+    use tokio_util::either::Either;
+
     use super::*;
 
     #[tokio::test]
@@ -360,7 +362,7 @@ mod tests {
             unreachable!()
         };
         let _client = TcpStream::connect(addr).await.unwrap();
-        let Stream::Tcp(stream) = listener.accept().await.unwrap().stream else {
+        let Either::Left(stream) = &*listener.accept().await.unwrap().stream else {
             unreachable!()
         };
         assert!(stream.nodelay().unwrap());
@@ -380,12 +382,12 @@ mod tests {
                 ListenAddr::Unix(p) => (None, Some(UnixStream::connect(p).await.unwrap())),
             };
             let accepted = listener.accept_queued().expect("one queued").unwrap();
-            match (addr, accepted.stream, accepted.peer) {
-                (ListenAddr::Tcp(_), Stream::Tcp(stream), Some(peer)) => {
+            match (addr, &*accepted.stream, accepted.peer) {
+                (ListenAddr::Tcp(_), Either::Left(stream), Some(peer)) => {
                     assert!(peer.ip().is_loopback());
                     assert!(stream.nodelay().unwrap());
                 }
-                (ListenAddr::Unix(_), Stream::Unix(_), None) => {}
+                (ListenAddr::Unix(_), Either::Right(_), None) => {}
                 _ => panic!("accepted the wrong kind of connection"),
             }
             assert!(listener.accept_queued().is_none(), "taken once");

@@ -4,102 +4,67 @@
 //! connection task, the mux, per-call exchanges) reads and writes a [`Stream`] or its halves.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream, tcp, unix};
+use tokio_util::either::Either;
 
-/// A connected stream of either family.
+/// A connected stream of either family. It reads and writes as tokio-util's `Either` of the two
+/// (which it derefs to), so no forwarding code is written here.
 #[derive(Debug)]
-pub(crate) enum Stream {
-    /// TCP.
-    Tcp(TcpStream),
-    /// Unix domain socket.
-    Unix(UnixStream),
-}
+pub(crate) struct Stream(Either<TcpStream, UnixStream>);
 
 impl Stream {
+    /// A TCP stream.
+    pub(crate) fn tcp(stream: TcpStream) -> Self {
+        Self(Either::Left(stream))
+    }
+
+    /// A Unix domain socket stream.
+    pub(crate) fn unix(stream: UnixStream) -> Self {
+        Self(Either::Right(stream))
+    }
+
     /// Makes the coming close a reset (TCP RST): every module fails open at once on a reset,
     /// while some hang on a clean close. A Unix socket has no reset: it just closes.
     pub(crate) fn reset_on_close(&self) {
-        if let Self::Tcp(s) = self {
+        if let Either::Left(s) = &self.0 {
             let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
         }
     }
 
     /// Splits it into halves each task can own.
     pub(crate) fn into_split(self) -> (ReadHalf, WriteHalf) {
-        match self {
-            Self::Tcp(s) => {
+        match self.0 {
+            Either::Left(s) => {
                 let (r, w) = s.into_split();
-                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+                (Either::Left(r), WriteHalf::Tcp(w))
             }
-            Self::Unix(s) => {
+            Either::Right(s) => {
                 let (r, w) = s.into_split();
-                (ReadHalf::Unix(r), WriteHalf::Unix(w))
+                (Either::Right(r), WriteHalf::Unix(w))
             }
         }
     }
 }
 
-/// Forwards a poll to the variant's own stream.
-macro_rules! each {
-    ($self:expr, $s:ident => $e:expr) => {
-        match $self {
-            Self::Tcp($s) => $e,
-            Self::Unix($s) => $e,
-        }
-    };
-}
+impl Deref for Stream {
+    type Target = Either<TcpStream, UnixStream>;
 
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        each!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+impl DerefMut for Stream {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 
-/// The read side of a split [`Stream`].
-#[derive(Debug)]
-pub(crate) enum ReadHalf {
-    /// TCP.
-    Tcp(tcp::OwnedReadHalf),
-    /// Unix domain socket.
-    Unix(unix::OwnedReadHalf),
-}
-
-impl AsyncRead for ReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
-    }
-}
+/// The read side of a split [`Stream`] (tokio-util's `Either` reads from either family).
+pub(crate) type ReadHalf = Either<tcp::OwnedReadHalf, unix::OwnedReadHalf>;
 
 /// The write side of a split [`Stream`]: written without waiting, by whoever holds a frame.
 #[derive(Debug)]
@@ -113,11 +78,17 @@ pub(crate) enum WriteHalf {
 impl WriteHalf {
     /// Writes what the socket takes now, without waiting.
     pub(crate) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
-        each!(self, w => w.try_write(bytes))
+        match self {
+            Self::Tcp(w) => w.try_write(bytes),
+            Self::Unix(w) => w.try_write(bytes),
+        }
     }
 
     /// Waits until the socket takes more.
     pub(crate) async fn writable(&self) -> io::Result<()> {
-        each!(self, w => w.writable().await)
+        match self {
+            Self::Tcp(w) => w.writable().await,
+            Self::Unix(w) => w.writable().await,
+        }
     }
 }

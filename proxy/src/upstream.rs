@@ -179,9 +179,9 @@ pub(crate) async fn connect(address: &Address, deadline: Instant) -> Result<Stre
             Address::Tcp(sa) => {
                 let s = TcpStream::connect(sa).await?;
                 s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
+                Ok(Stream::tcp(s))
             }
-            Address::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
+            Address::Unix(path) => UnixStream::connect(path).await.map(Stream::unix),
         }
     };
     match timeout_at(deadline, attempt).await {

@@ -35,7 +35,7 @@ async fn served(config: Config) -> Served {
         .await
         .unwrap();
     let (module, proxy) = UnixStream::pair().unwrap();
-    let task = tokio::spawn(serve(Stream::Unix(proxy), shared, admitted));
+    let task = tokio::spawn(serve(Stream::unix(proxy), shared, admitted));
     Served {
         module,
         task,
@@ -67,6 +67,18 @@ async fn answers_until_closed(module: &mut UnixStream) -> Vec<u64> {
     ids
 }
 
+/// Sends `bytes` on a fresh connection and leaves it: the answers' msgids and how long after
+/// the proxy closed it.
+async fn send_and_wait_for_close(bytes: &[u8]) -> (Vec<u64>, Duration) {
+    let mut c = served(config()).await;
+    c.module.write_all(bytes).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let answered = answers_until_closed(&mut c.module).await;
+    let after = started.elapsed();
+    c.task.await.unwrap();
+    (answered, after)
+}
+
 #[tokio::test(start_paused = true)]
 async fn pipelined_calls_each_get_one_answer_with_their_own_msgid() {
     let mut c = served(config()).await;
@@ -92,23 +104,16 @@ async fn a_frame_that_is_not_messagepack_closes_the_connection() {
 
 #[tokio::test(start_paused = true)]
 async fn a_frame_not_completed_within_the_frame_read_timeout_closes_the_connection() {
-    let mut c = served(config()).await;
-    let frame = pre(1);
-    c.module.write_all(&frame[..3]).await.unwrap();
-    let started = tokio::time::Instant::now();
-    assert_eq!(answers_until_closed(&mut c.module).await, Vec::<u64>::new());
-    assert_eq!(started.elapsed(), config().frame_read_timeout);
-    c.task.await.unwrap();
+    let (answered, after) = send_and_wait_for_close(&pre(1)[..3]).await;
+    assert_eq!(answered, Vec::<u64>::new());
+    assert_eq!(after, config().frame_read_timeout);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_closes_after_the_idle_timeout() {
-    let mut c = served(config()).await;
-    c.module.write_all(&pre(1)).await.unwrap();
-    let started = tokio::time::Instant::now();
-    assert_eq!(answers_until_closed(&mut c.module).await, [1]);
-    assert_eq!(started.elapsed(), config().idle_timeout);
-    c.task.await.unwrap();
+    let (answered, after) = send_and_wait_for_close(&pre(1)).await;
+    assert_eq!(answered, [1]);
+    assert_eq!(after, config().idle_timeout);
 }
 
 #[tokio::test(start_paused = true)]

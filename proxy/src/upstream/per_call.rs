@@ -43,7 +43,7 @@ async fn exchange(
         Ok(Err(e)) => return Err(UpstreamError::SentNoAnswer(e)),
         Err(_) => return Err(UpstreamError::Timeout),
     }
-    let mut frames = FramedRead::new(stream, FrameCodec::new(config.limits));
+    let mut frames = FramedRead::new(&mut *stream, FrameCodec::new(config.limits));
     loop {
         match timeout_at(deadline, frames.next()).await {
             Err(_) => return Err(UpstreamError::Timeout),

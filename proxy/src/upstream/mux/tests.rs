@@ -24,7 +24,7 @@ fn request(msgid: u64) -> Frame {
 fn conn_over_pair() -> (Arc<MuxConn>, UnixStream) {
     let (proxy, agent) = UnixStream::pair().unwrap();
     let conn = MuxConn::spawn(
-        Stream::Unix(proxy),
+        Stream::unix(proxy),
         Limits::default(),
         &CancellationToken::new(),
         tracing::Span::none(),
@@ -133,12 +133,23 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+type Answer = Result<Frame, UpstreamError>;
+
+/// Two calls on `conn`, URIs `/first` and `/second`, while `agent_side` plays the agent.
+async fn two_calls<F: Future>(conn: &MuxConn, agent_side: F) -> (Answer, Answer, F::Output) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (first, second) = (request_for("/first"), request_for("/second"));
+    tokio::join!(
+        conn.call(&first, None, deadline),
+        conn.call(&second, None, deadline),
+        agent_side
+    )
+}
+
 #[tokio::test]
 async fn answers_reach_their_callers_by_msgid_in_any_order() {
     use tokio::io::AsyncWriteExt;
     let (conn, mut agent) = conn_over_pair();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (first, second) = (request_for("/first"), request_for("/second"));
     let agent_side = async {
         let requests = read_requests(&mut agent, 2).await;
         // Answered last one first, each with its request's URI.
@@ -153,11 +164,7 @@ async fn answers_reach_their_callers_by_msgid_in_any_order() {
         }
         requests.len()
     };
-    let (a, b, answered) = tokio::join!(
-        conn.call(&first, None, deadline),
-        conn.call(&second, None, deadline),
-        agent_side
-    );
+    let (a, b, answered) = two_calls(&conn, agent_side).await;
     assert_eq!(answered, 2);
     assert!(contains(a.unwrap().as_bytes(), b"/first"));
     assert!(contains(b.unwrap().as_bytes(), b"/second"));
@@ -167,17 +174,11 @@ async fn answers_reach_their_callers_by_msgid_in_any_order() {
 #[tokio::test]
 async fn a_closed_connection_fails_every_waiting_call_at_once() {
     let (conn, mut agent) = conn_over_pair();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (first, second) = (request_for("/first"), request_for("/second"));
     let agent_side = async {
         read_requests(&mut agent, 2).await;
         drop(agent); // the agent goes away with both calls unanswered
     };
-    let (a, b, ()) = tokio::join!(
-        conn.call(&first, None, deadline),
-        conn.call(&second, None, deadline),
-        agent_side
-    );
+    let (a, b, ()) = two_calls(&conn, agent_side).await;
     for result in [a, b] {
         assert!(
             matches!(result, Err(UpstreamError::SentNoAnswer(_))),
@@ -186,7 +187,7 @@ async fn a_closed_connection_fails_every_waiting_call_at_once() {
     }
     assert!(!conn.is_alive());
     // A call after the close sends nothing.
-    let late = conn.call(&first, None, deadline).await;
+    let late = conn.call(&request(1), None, Instant::now()).await;
     assert!(matches!(late, Err(UpstreamError::NotSent(_))), "{late:?}");
 }
 
