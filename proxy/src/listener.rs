@@ -126,15 +126,15 @@ fn in_use(path: &std::path::Path) -> io::Error {
 }
 
 impl Listener {
-    /// Binds `addr` with SO_REUSEADDR, the given backlog and optionally SO_REUSEPORT; a Unix
-    /// socket gets [`DEFAULT_UNIX_MODE`]. The server passes its configured mode to
-    /// [`Listener::bind_with_mode`].
+    /// [`Listener::bind_with_mode`] with [`DEFAULT_UNIX_MODE`], for tests (the server passes
+    /// its configured mode).
     #[cfg(test)]
     pub(crate) fn bind(addr: &ListenAddr, backlog: u32, reuse_port: bool) -> io::Result<Self> {
         Self::bind_with_mode(addr, backlog, reuse_port, DEFAULT_UNIX_MODE)
     }
 
-    /// [`Listener::bind`], a Unix socket getting permissions `unix_mode` (see [`bind_unix`]).
+    /// Binds `addr` with SO_REUSEADDR, the given backlog and optionally SO_REUSEPORT; a Unix
+    /// socket gets permissions `unix_mode` (see [`bind_unix`]).
     pub(crate) fn bind_with_mode(
         addr: &ListenAddr,
         backlog: u32,
