@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::ewma::PeakEwma;
-use crate::health::{EjectionBudget, Health};
+use crate::health::{EjectionBudget, Failure, Health};
 use crate::{Address, AffinityToken, Endpoint, EndpointId, SourceState};
 
 /// An agent's state as the picker sees it.
@@ -43,7 +43,9 @@ pub enum Outcome {
     /// (the agent was unreachable: reachable again is news).
     ConnectFailure,
     /// The agent did not answer within the deadline. Raises the latency estimate to at least
-    /// the elapsed time (or the failure penalty) at once.
+    /// the elapsed time (or the failure penalty) at once. A run of timeouts alone ejects only
+    /// if the other agents answered in time over the same window (every agent timing out at
+    /// once is a shared cause, such as the proxy's own CPU).
     Timeout,
     /// The agent answered with an error frame. A fast failer must not attract work, so the
     /// latency estimate jumps to at least the pool's failure penalty, not the (short) time the
@@ -142,7 +144,7 @@ impl Agent {
             cancelled: AtomicU64::new(0),
             rate_mark: AtomicU64::new(0),
         };
-        agent.set_source(endpoint.state, now);
+        agent.set_source(endpoint.state);
         agent
     }
 
@@ -249,7 +251,7 @@ impl Agent {
     #[inline]
     pub(crate) fn usable(&self, now: &mut LazyNow) -> bool {
         match self.source.load(Relaxed) {
-            SOURCE_READY => self.health.available(|| now.get(), &self.budget),
+            SOURCE_READY => self.health.readmit_if_expired(|| now.get(), &self.budget),
             SOURCE_TERMINATING => true,
             _ => false,
         }
@@ -319,7 +321,7 @@ impl Agent {
             .then(|| Duration::from_nanos(self.ns(now).saturating_sub(self.gone_at.load(Relaxed))))
     }
 
-    pub(crate) fn set_source(&self, state: SourceState, _now: Instant) {
+    pub(crate) fn set_source(&self, state: SourceState) {
         let v = match state {
             SourceState::Ready => SOURCE_READY,
             SourceState::Terminating => SOURCE_TERMINATING,
@@ -340,7 +342,8 @@ impl Agent {
     /// Ends the ejection if its backoff is over (the pool's periodic sweep).
     pub(crate) fn sweep(&self, now: Instant) {
         if self.is_source_ready() {
-            self.health.available(|| self.ns(now), &self.budget);
+            self.health
+                .readmit_if_expired(|| self.ns(now), &self.budget);
         } else {
             self.health.clear(&self.budget);
         }
@@ -357,7 +360,7 @@ impl Agent {
             Outcome::Success => {
                 self.successes.fetch_add(1, Relaxed);
                 self.ewma.observe(sample, now_ns);
-                self.health.on_success();
+                self.health.on_success(&self.budget);
                 return;
             }
             Outcome::Busy => {
@@ -383,9 +386,13 @@ impl Agent {
                     .penalize(sample.max(self.failure_penalty_ns), now_ns);
             }
         }
-        let unreachable = outcome == Outcome::ConnectFailure;
+        let failure = match outcome {
+            Outcome::ConnectFailure => Failure::Unreachable,
+            Outcome::Timeout => Failure::Timeout,
+            _ => Failure::Other,
+        };
         if self.is_source_ready()
-            && let Some(backoff) = self.health.on_failure(now_ns, unreachable, &self.budget)
+            && let Some(backoff) = self.health.on_failure(now_ns, failure, &self.budget)
         {
             tracing::warn!(
                 agent.id = %self.id,

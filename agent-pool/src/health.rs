@@ -1,9 +1,16 @@
 //! Passive health: consecutive failures (anything but a success or a busy queue) eject an agent
 //! for an exponential backoff, never more than a fraction of the pool at once. Ejection ends
 //! lazily: whoever next looks at the agent after its backoff (the picker, or the pool's tick)
-//! puts it back, with one compare-and-swap and no lock. It comes back on trial (half-open): one
-//! more failure before a success ejects it again, with the next, longer backoff. An agent
-//! ejected for being unreachable can also be readmitted early, once a connect succeeds.
+//! puts it back (`Health::readmit_if_expired`), with one compare-and-swap and no lock. It comes
+//! back on trial (half-open): one more failure before a success ejects it again, with the next,
+//! longer backoff. An agent ejected for being unreachable can also be readmitted early, once a
+//! connect succeeds.
+//!
+//! Timeouts are judged against the peers (relative outlier detection, as Envoy's
+//! failure-percentage detector splits local-origin failures): a run of failures made of
+//! timeouts alone ejects only if the other agents answered in time over the same window. When
+//! every agent times out at once, the cause is shared (the proxy's own CPU saturated, the
+//! network, the node), and ejecting one healthy agent would only load the others more.
 
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicUsize,
@@ -15,7 +22,9 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq)]
 pub struct EjectionConfig {
     /// Consecutive failed outcomes (every [`Outcome`](crate::Outcome) but `Success` and `Busy`)
-    /// that eject an agent. Default 5. A success resets the count. 0 disables ejection.
+    /// that eject an agent. Default 5. A success resets the count. 0 disables ejection. A run
+    /// of timeouts alone ejects only if at most one in ten of the other agents' calls over the
+    /// same window timed out.
     pub consecutive_failures: u32,
     /// The first ejection's length; each further ejection without a success in between
     /// doubles it. Default 1 s.
@@ -46,6 +55,21 @@ impl EjectionConfig {
     }
 }
 
+/// A run of timeouts alone ejects only if at most one in this many of the peers' calls over the
+/// same window timed out (and at least one was answered).
+const PEER_TIMEOUT_SHARE: u64 = 10;
+
+/// How a failed call counts toward ejection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// No connection to the agent: the agent's own doing.
+    Unreachable,
+    /// No answer within the deadline: the agent's doing only if its peers answered in time.
+    Timeout,
+    /// An error answer or a broken call: the agent's own doing.
+    Other,
+}
+
 /// Pool-wide ejection bookkeeping, shared by every agent of one pool.
 #[derive(Debug)]
 pub(crate) struct EjectionBudget {
@@ -54,6 +78,10 @@ pub(crate) struct EjectionBudget {
     ejected: AtomicUsize,
     /// Ready agents in the latest snapshot (the denominator of the fraction).
     members: AtomicUsize,
+    /// Calls answered in time (successes) by any agent since the pool started.
+    answered: AtomicU64,
+    /// Calls timed out on any agent since the pool started.
+    timeouts: AtomicU64,
 }
 
 impl EjectionBudget {
@@ -62,6 +90,8 @@ impl EjectionBudget {
             config,
             ejected: AtomicUsize::new(0),
             members: AtomicUsize::new(0),
+            answered: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
         }
     }
 
@@ -89,6 +119,9 @@ impl EjectionBudget {
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     consecutive: AtomicU32,
+    /// The current run of failures (or trial): what it holds, and the pool's counters when it
+    /// began, to judge its timeouts against the peers' calls over the same window.
+    run: Run,
     /// Ejections since the last success: the exponent of the next backoff.
     level: AtomicU32,
     /// End of the current ejection; 0 when not ejected.
@@ -98,23 +131,68 @@ pub(crate) struct Health {
     ejections: AtomicU64,
 }
 
+/// One run of failures (or a trial), for judging its timeouts.
+#[derive(Debug, Default)]
+struct Run {
+    /// The pool's `answered` when it began.
+    pool_answered: AtomicU64,
+    /// The pool's `timeouts` when it began.
+    pool_timeouts: AtomicU64,
+    /// This agent's timeouts in it.
+    own_timeouts: AtomicU64,
+    /// It holds a failure other than a timeout: the agent's own doing, no comparison needed.
+    own_fault: AtomicBool,
+}
+
+impl Run {
+    fn begin(&self, pool_answered: u64, pool_timeouts: u64) {
+        self.pool_answered.store(pool_answered, Relaxed);
+        self.pool_timeouts.store(pool_timeouts, Relaxed);
+        self.own_timeouts.store(0, Relaxed);
+        self.own_fault.store(false, Relaxed);
+    }
+
+    /// Whether this run is the agent's doing: a failure of its own, or timeouts while the
+    /// other agents answered in time since the run began.
+    fn is_own_doing(&self, budget: &EjectionBudget) -> bool {
+        if self.own_fault.load(Relaxed) {
+            return true;
+        }
+        let answered = budget
+            .answered
+            .load(Relaxed)
+            .saturating_sub(self.pool_answered.load(Relaxed));
+        let timeouts = budget
+            .timeouts
+            .load(Relaxed)
+            .saturating_sub(self.pool_timeouts.load(Relaxed))
+            .saturating_sub(self.own_timeouts.load(Relaxed));
+        answered > 0 && timeouts.saturating_mul(PEER_TIMEOUT_SHARE) <= answered + timeouts
+    }
+}
+
 impl Health {
-    pub(crate) fn on_success(&self) {
+    pub(crate) fn on_success(&self, budget: &EjectionBudget) {
+        budget.answered.fetch_add(1, Relaxed);
         self.consecutive.store(0, Relaxed);
         self.level.store(0, Relaxed);
         self.unreachable.store(false, Relaxed);
     }
 
-    /// Counts a failure; returns the backoff if this ejected the agent. `unreachable`: it was a
-    /// connect failure.
+    /// Counts a failure; returns the backoff if this ejected the agent.
     pub(crate) fn on_failure(
         &self,
         now_ns: u64,
-        unreachable: bool,
+        failure: Failure,
         budget: &EjectionBudget,
     ) -> Option<Duration> {
         let threshold = budget.config.consecutive_failures;
-        if unreachable {
+        let pool_timeouts = if failure == Failure::Timeout {
+            budget.timeouts.fetch_add(1, Relaxed)
+        } else {
+            budget.timeouts.load(Relaxed)
+        };
+        if failure == Failure::Unreachable {
             self.unreachable.store(true, Relaxed);
         }
         let until = self.ejected_until.load(Acquire);
@@ -122,8 +200,23 @@ impl Health {
             // Already ejected: calls that were in flight count for nothing.
             return None;
         }
-        let n = self.consecutive.fetch_add(1, Relaxed).saturating_add(1);
+        let before = self.consecutive.fetch_add(1, Relaxed);
+        if before == 0 {
+            self.run.begin(budget.answered.load(Relaxed), pool_timeouts);
+        }
+        match failure {
+            Failure::Timeout => {
+                self.run.own_timeouts.fetch_add(1, Relaxed);
+            }
+            Failure::Unreachable | Failure::Other => self.run.own_fault.store(true, Relaxed),
+        }
+        let n = before.saturating_add(1);
         if threshold == 0 || n < threshold {
+            return None;
+        }
+        if !self.run.is_own_doing(budget) {
+            // Every agent timing out at once: not this one's fault. The run goes on; its next
+            // failure is judged over the longer window.
             return None;
         }
         // An expired ejection nobody noticed yet is still counted in the budget: reuse it.
@@ -152,6 +245,8 @@ impl Health {
     /// Puts it on trial: the next failure before a success ejects it again.
     fn on_trial(&self, budget: &EjectionBudget) {
         let threshold = budget.config.consecutive_failures;
+        self.run
+            .begin(budget.answered.load(Relaxed), budget.timeouts.load(Relaxed));
         self.consecutive.store(threshold.saturating_sub(1), Relaxed);
     }
 
@@ -179,10 +274,15 @@ impl Health {
         self.consecutive.load(Relaxed) > 0 || self.ejected_until.load(Acquire) != 0
     }
 
-    /// Whether the agent is not ejected at `now_ns`; ends an expired ejection.
-    #[inline]
+    /// Readmits the agent, on trial, if its ejection has expired by `now_ns`; returns whether it
+    /// is not ejected (the main readmission point: the picker and the pool's sweep call it).
     /// The clock is read only if the agent is or was ejected.
-    pub(crate) fn available(&self, now_ns: impl FnOnce() -> u64, budget: &EjectionBudget) -> bool {
+    #[inline]
+    pub(crate) fn readmit_if_expired(
+        &self,
+        now_ns: impl FnOnce() -> u64,
+        budget: &EjectionBudget,
+    ) -> bool {
         let until = self.ejected_until.load(Acquire);
         if until == 0 {
             return true;

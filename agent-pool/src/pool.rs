@@ -259,7 +259,7 @@ impl Pool {
                 if a.is_gone() {
                     tracing::info!(agent.id = %ep.id, agent.addr = %ep.address, "Agent returned");
                 }
-                a.set_source(ep.state, now);
+                a.set_source(ep.state);
             }
             old => {
                 if let Some(old) = old {

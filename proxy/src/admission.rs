@@ -10,7 +10,7 @@
 //!   holding the most is shed, so a few hundred slow senders cannot grow memory to the pod's
 //!   limit.
 //!
-//! Every connection task registers a [`Slot`] here for its lifetime.
+//! Every connection task registers an [`Entry`] here for its lifetime.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -32,7 +32,7 @@ pub(crate) enum Shed {
 
 /// One connection's entry: what eviction and the budget look at.
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub(crate) struct Entry {
     id: u64,
     /// Milliseconds since the table's epoch of the last byte read or answer written.
     last_active_ms: AtomicU64,
@@ -45,7 +45,7 @@ pub(crate) struct Slot {
     pub(crate) wake: Notify,
 }
 
-impl Slot {
+impl Entry {
     /// Why it was shed, once it was.
     pub(crate) fn shed_reason(&self) -> Option<Shed> {
         match self.shed.load(Relaxed) {
@@ -74,16 +74,16 @@ pub(crate) struct Admission {
     limit: usize,
     epoch: Instant,
     next_id: AtomicU64,
-    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    entries: Mutex<HashMap<u64, Arc<Entry>>>,
     held_total: AtomicUsize,
     held_budget: usize,
 }
 
-/// A connection's place: its permit and its slot, released on drop.
+/// A connection's place: its permit (a connection slot) and its entry, released on drop.
 #[derive(Debug)]
 pub(crate) struct Admitted {
     admission: Arc<Admission>,
-    slot: Arc<Slot>,
+    entry: Arc<Entry>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -95,7 +95,7 @@ impl Admission {
             limit,
             epoch: Instant::now(),
             next_id: AtomicU64::new(0),
-            slots: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
             held_total: AtomicUsize::new(0),
             held_budget,
         })
@@ -106,9 +106,9 @@ impl Admission {
         self.limit
     }
 
-    fn slots(&self) -> MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
+    fn entries(&self) -> MutexGuard<'_, HashMap<u64, Arc<Entry>>> {
         // Every critical section is a single insert, remove or scan: never half-done.
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn now_ms(&self) -> u64 {
@@ -125,14 +125,14 @@ impl Admission {
                 if !self.evict_longest_idle() {
                     return None;
                 }
-                crate::metrics::connection_closed("evicted_idle");
+                crate::metrics::connection_closed(crate::metrics::ConnectionClose::EvictedIdle);
                 tokio::time::timeout(wait, self.permits.clone().acquire_owned())
                     .await
                     .ok()?
                     .ok()?
             }
         };
-        let slot = Arc::new(Slot {
+        let entry = Arc::new(Entry {
             id: self.next_id.fetch_add(1, Relaxed),
             last_active_ms: AtomicU64::new(self.now_ms()),
             busy: AtomicU32::new(0),
@@ -140,10 +140,10 @@ impl Admission {
             shed: AtomicU8::new(0),
             wake: Notify::new(),
         });
-        self.slots().insert(slot.id, slot.clone());
+        self.entries().insert(entry.id, entry.clone());
         Some(Admitted {
             admission: self.clone(),
-            slot,
+            entry,
             _permit: permit,
         })
     }
@@ -151,7 +151,7 @@ impl Admission {
     /// Tells the connection idle the longest to go; `false` when none is idle.
     fn evict_longest_idle(&self) -> bool {
         let victim = {
-            let slots = self.slots();
+            let slots = self.entries();
             slots
                 .values()
                 .filter(|s| {
@@ -166,21 +166,28 @@ impl Admission {
     }
 
     /// Sheds the largest holders of partly received bytes until the total is within budget.
+    /// Bytes of connections already told to go do not count: they are released as soon as
+    /// those tasks notice, and counting them would shed one more connection on every increase
+    /// elsewhere until they had.
     fn enforce_budget(&self) {
+        let mut holders: Vec<(usize, Arc<Entry>)> = Vec::new();
+        let mut leaving = 0usize;
+        for slot in self.entries().values() {
+            let held = slot.held.load(Relaxed);
+            if slot.shed_reason().is_some() {
+                leaving += held;
+            } else if held > 0 {
+                holders.push((held, slot.clone()));
+            }
+        }
         let mut over = self
             .held_total
             .load(Relaxed)
+            .saturating_sub(leaving)
             .saturating_sub(self.held_budget);
         if over == 0 {
             return;
         }
-        let mut holders: Vec<(usize, Arc<Slot>)> = self
-            .slots()
-            .values()
-            .filter(|s| s.shed_reason().is_none())
-            .map(|s| (s.held.load(Relaxed), s.clone()))
-            .filter(|(held, _)| *held > 0)
-            .collect();
         holders.sort_unstable_by_key(|(held, _)| std::cmp::Reverse(*held));
         for (held, slot) in holders {
             if over == 0 {
@@ -194,9 +201,9 @@ impl Admission {
 }
 
 impl Admitted {
-    /// The connection's slot (its task waits on `slot().wake`).
-    pub(crate) fn slot(&self) -> &Slot {
-        &self.slot
+    /// The connection's entry (its task waits on `entry().wake`).
+    pub(crate) fn entry(&self) -> &Entry {
+        &self.entry
     }
 
     /// Something was read or written at `now` (the caller's clock reading, not another one).
@@ -204,19 +211,19 @@ impl Admitted {
         let ms = now
             .saturating_duration_since(self.admission.epoch)
             .as_millis() as u64;
-        self.slot.last_active_ms.store(ms, Relaxed);
+        self.entry.last_active_ms.store(ms, Relaxed);
     }
 
     /// Calls now in flight on it.
     pub(crate) fn set_busy(&self, calls: usize) {
-        self.slot
+        self.entry
             .busy
             .store(u32::try_from(calls).unwrap_or(u32::MAX), Relaxed);
     }
 
     /// Bytes of a partly received frame it now holds; sheds over the budget.
     pub(crate) fn set_held(&self, bytes: usize) {
-        let before = self.slot.held.swap(bytes, Relaxed);
+        let before = self.entry.held.swap(bytes, Relaxed);
         if bytes > before {
             let total =
                 self.admission.held_total.fetch_add(bytes - before, Relaxed) + bytes - before;
@@ -232,7 +239,7 @@ impl Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.set_held(0);
-        self.admission.slots().remove(&self.slot.id);
+        self.admission.entries().remove(&self.entry.id);
     }
 }
 
@@ -299,9 +306,9 @@ mod tests {
             async move { a.admit(wait).await }
         });
         tokio::task::yield_now().await;
-        assert_eq!(oldest.slot().shed_reason(), Some(Shed::Idle));
-        assert_eq!(busy.slot().shed_reason(), None);
-        assert_eq!(newer.slot().shed_reason(), None);
+        assert_eq!(oldest.entry().shed_reason(), Some(Shed::Idle));
+        assert_eq!(busy.entry().shed_reason(), None);
+        assert_eq!(newer.entry().shed_reason(), None);
         drop(oldest); // its task notices and ends
         let newest = admit
             .await
@@ -323,7 +330,7 @@ mod tests {
         let started = Instant::now();
         assert!(admission.admit(Duration::from_millis(5)).await.is_none());
         assert_eq!(started.elapsed(), Duration::from_millis(5));
-        assert_eq!(stuck.slot().shed_reason(), Some(Shed::Idle));
+        assert_eq!(stuck.entry().shed_reason(), Some(Shed::Idle));
     }
 
     #[tokio::test]
@@ -339,15 +346,20 @@ mod tests {
         assert!(
             [&small, &large, &medium]
                 .iter()
-                .all(|c| c.slot().shed_reason().is_none()),
+                .all(|c| c.entry().shed_reason().is_none()),
             "950 of 1000: within budget"
         );
         medium.set_held(400); // 1100: over by 100, the largest goes
-        assert_eq!(large.slot().shed_reason(), Some(Shed::Budget));
-        assert_eq!(medium.slot().shed_reason(), None);
-        assert_eq!(small.slot().shed_reason(), None);
+        assert_eq!(large.entry().shed_reason(), Some(Shed::Budget));
+        assert_eq!(medium.entry().shed_reason(), None);
+        assert_eq!(small.entry().shed_reason(), None);
+        // Until its task notices, the shed connection's bytes still count in the total, but
+        // not toward the excess: growth elsewhere within budget sheds no one else.
+        small.set_held(150); // 1150 held, 550 of it by connections not told to go
+        assert_eq!(medium.entry().shed_reason(), None);
+        assert_eq!(small.entry().shed_reason(), None);
         drop(large);
-        assert_eq!(admission.held_total.load(Relaxed), 500, "released with it");
+        assert_eq!(admission.held_total.load(Relaxed), 550, "released with it");
         medium.set_held(0);
         small.set_held(0);
         assert_eq!(admission.held_total.load(Relaxed), 0);

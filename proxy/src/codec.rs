@@ -5,7 +5,7 @@
 //! bytes, never deserializing the message), rejects oversized or too deeply nested input as soon as
 //! a header makes that certain, and hands out [`Frame`]s: the original bytes plus the fields the
 //! proxy routes on (kind, msgid, method, RequestID). Forwarding never re-encodes a message; only
-//! [`Frame::rewrite`] edits the msgid and RequestID in place.
+//! [`Frame::rewrite`] changes the msgid and RequestID, into a copy of the frame.
 
 mod error;
 mod frame;

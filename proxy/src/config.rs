@@ -32,6 +32,13 @@ pub use values::{Dur, LogFormat, Mode, UpstreamMode};
 /// `unix:/path`. The same type as the agents' addresses, so both parse alike.
 pub use agent_pool::Address as ListenAddr;
 
+/// Default permissions of a Unix RPC listener (`--unix-socket-mode`): 0666, read-write for
+/// every user. Modules run inside web servers under their own user (www-data, nginx...), and a
+/// module refused with EACCES fails open, so a stricter default would silently turn inspection
+/// off; the RPC port over TCP is open to anyone who reaches it anyway. Restrict access with the
+/// directory's permissions, or 0660 and a group shared with the web server.
+pub(crate) const DEFAULT_UNIX_MODE: u32 = 0o666;
+
 use options::merge;
 
 /// The membership source chosen by the configuration.

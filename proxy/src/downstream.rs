@@ -12,18 +12,18 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::admission::{Admitted, Shed};
-use crate::codec::{CodecError, Frame, FrameCodec, Limits, error_response};
+use crate::codec::{Frame, FrameCodec, Limits, error_response};
 use crate::error::ClientError;
-use crate::metrics::{self as m, ModuleClose, Uninspected};
+use crate::metrics::{self as m, ConnectionClose, ModuleClose, Uninspected};
 use crate::route::Router;
+use crate::stream::Stream;
 
 /// While draining, how long a connection that has sent nothing yet may take to start its
 /// request (modules write it right after connecting).
@@ -45,23 +45,6 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
 }
 
-/// A module's connection: a stream that can be made to close with a reset.
-pub(crate) trait Conn: AsyncRead + AsyncWrite + Unpin {
-    /// Makes the coming close a reset (TCP RST): every module fails open at once on a reset,
-    /// while some hang on a clean close. A Unix socket has no reset: it just closes.
-    fn reset_on_close(&self);
-}
-
-impl Conn for TcpStream {
-    fn reset_on_close(&self) {
-        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
-    }
-}
-
-impl Conn for UnixStream {
-    fn reset_on_close(&self) {}
-}
-
 /// What woke the connection task, one `select!` round at a time.
 enum Event {
     /// A call in flight finished: its answer (or error frame) to write back.
@@ -77,30 +60,17 @@ enum Event {
 }
 
 /// Serves one connection until it closes.
-pub(crate) async fn serve<S: Conn>(mut stream: S, shared: Arc<Shared>, admitted: Admitted) {
+pub(crate) async fn serve(mut stream: Stream, shared: Arc<Shared>, admitted: Admitted) {
     m::connections_open(1.0);
     let result = run(&mut stream, &shared, &admitted).await;
     m::connections_open(-1.0);
     let Err(e) = result else { return };
-    let (reason, uninspected) = match &e {
-        ClientError::Malformed(CodecError::FrameTooLarge { .. }) => {
-            ("malformed", Some(Uninspected::FrameTooLarge))
-        }
-        ClientError::Malformed(_) | ClientError::NotACall(_) => {
-            ("malformed", Some(Uninspected::InvalidFrame))
-        }
-        ClientError::SlowFrame => ("slow_frame", Some(Uninspected::SlowFrame)),
-        ClientError::WriteTimeout => ("write_timeout", Some(Uninspected::WriteTimeout)),
-        ClientError::Shed(Shed::Budget) => ("frame_budget", Some(Uninspected::FrameBudget)),
-        // Counted when it was chosen; nothing was asked on it.
-        ClientError::Shed(Shed::Idle) => ("evicted_idle", None),
-        ClientError::Io(_) => ("io", None),
-    };
-    if let Some(u) = uninspected {
+    if let Some(u) = e.uninspected() {
         m::uninspected(u);
     }
-    if reason != "evicted_idle" {
-        m::connection_closed(reason);
+    // An evicted idle connection was counted when admission chose it.
+    if e.label() != ConnectionClose::EvictedIdle {
+        m::connection_closed(e.label());
     }
     if !matches!(e, ClientError::Io(_)) {
         stream.reset_on_close();
@@ -108,143 +78,219 @@ pub(crate) async fn serve<S: Conn>(mut stream: S, shared: Arc<Shared>, admitted:
     debug!(error = %e, side = ?e.side(), "Closing connection");
 }
 
-async fn run<S: Conn>(
-    stream: &mut S,
-    shared: &Shared,
-    admitted: &Admitted,
-) -> Result<(), ClientError> {
-    let router = &shared.router;
-    let mut codec = FrameCodec::new(shared.limits);
-    let mut buf = BytesMut::with_capacity(4096);
+/// Where one connection stands between two events.
+struct Progress {
+    codec: FrameCodec,
+    buf: BytesMut,
+    /// Still reading requests (not after the module's half-close, nor once drained).
+    reading: bool,
+    /// The module closed its side.
+    peer_closed: bool,
+    /// The proxy drains.
+    stopping: bool,
+    /// Frames read so far: a connection that has sent none yet is a module's fresh call.
+    served: u64,
+    /// When the frame now partly in `buf` started arriving.
+    frame_started: Option<Instant>,
+    last_activity: Instant,
+}
+
+impl Progress {
+    fn new(limits: Limits) -> Self {
+        Self {
+            codec: FrameCodec::new(limits),
+            buf: BytesMut::with_capacity(4096),
+            reading: true,
+            peer_closed: false,
+            stopping: false,
+            served: 0,
+            frame_started: None,
+            last_activity: Instant::now(),
+        }
+    }
+
+    /// The next complete frame buffered, if any; starts the frame-read timer on a partial one.
+    fn next_frame(&mut self) -> Result<Option<Frame>, ClientError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let Some(frame) = self
+            .codec
+            .decode(&mut self.buf)
+            .map_err(ClientError::Malformed)?
+        else {
+            // Part of a frame: the module is sending the rest.
+            if self.reading {
+                self.frame_started.get_or_insert_with(Instant::now);
+            }
+            return Ok(None);
+        };
+        self.served += 1;
+        self.frame_started = (!self.buf.is_empty()).then(Instant::now);
+        if self.stopping && self.buf.is_empty() {
+            self.reading = false;
+        }
+        Ok(Some(frame))
+    }
+
+    /// When the connection gives up waiting, with `idle` when nothing is in flight.
+    fn deadline(&self, shared: &Shared, idle: bool) -> Option<Instant> {
+        match self.frame_started {
+            Some(t) => Some(t + shared.frame_read_timeout),
+            // Draining: a fresh call's request arrives right after its connect, or never.
+            None if self.stopping && self.reading => Some(self.last_activity + FRESH_CALL_WAIT),
+            None if idle => Some(self.last_activity + shared.idle_timeout),
+            None => None,
+        }
+    }
+
+    /// What is buffered waits on the proxy's own in-flight limit, not on the module: no frame
+    /// is being read, so no frame-read timer runs (a pipelining module is not a slow sender).
+    /// It starts again when the limit lets the next frame be decoded.
+    fn held_back(&mut self) {
+        self.frame_started = None;
+    }
+
+    /// Tells admission what the connection holds: calls in flight, and the bytes of a frame not
+    /// complete yet (or held back by the in-flight limit), which count against the proxy-wide
+    /// budget.
+    fn account(&self, admitted: &Admitted, in_flight: usize) {
+        admitted.set_busy(in_flight);
+        admitted.set_held(self.buf.len());
+    }
+
+    /// Something was read or written now.
+    fn active(&mut self, admitted: &Admitted) {
+        self.last_activity = Instant::now();
+        admitted.active(self.last_activity);
+    }
+
+    /// The module closed its side with `in_flight` calls in flight; `true` when the connection
+    /// ends here.
+    fn peer_closed(&mut self, stream: &Stream, in_flight: usize, reset: bool) -> bool {
+        // The module closed first, having read every answer it asked for: a FIN back would
+        // leave its host a TIME_WAIT socket (and a conntrack entry) for 60 s per call, and a
+        // module opening a connection per RPC runs out of ephemeral ports at ~470 RPC/s. A
+        // reset ends the connection on both hosts at once; the module's socket is already
+        // closed, so nothing reads it (docs/faults.md).
+        if in_flight == 0 && self.buf.is_empty() && reset {
+            stream.reset_on_close();
+            m::module_closed(ModuleClose::Reset);
+            return true;
+        }
+        // A half-close with calls in flight (the module may still read): answer the complete
+        // frames it sent (still in `buf` if the in-flight limit held them back), then close
+        // with a FIN.
+        m::module_closed(ModuleClose::Fin);
+        self.reading = false;
+        self.peer_closed = true;
+        self.frame_started = None;
+        false
+    }
+
+    /// Draining: answer what is in flight and the frame now arriving, then close. A
+    /// connection idle between requests closes now; a fresh one (a module's call, accepted
+    /// just before the listeners closed) still gets its one answer: a Node module whose
+    /// connection closes without a reply hangs the HTTP request.
+    fn stop(&mut self) {
+        self.stopping = true;
+        self.last_activity = Instant::now();
+        if self.served > 0 && self.buf.is_empty() {
+            self.reading = false;
+        }
+    }
+}
+
+async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Result<(), ClientError> {
+    let mut at = Progress::new(shared.limits);
     let mut in_flight = FuturesUnordered::new();
-    let mut reading = true;
-    let mut peer_closed = false;
-    let mut stopping = false;
-    // Frames read so far: a connection that has sent none yet is a module's fresh call.
-    let mut served = 0u64;
-    // When the frame now partly in `buf` started arriving.
-    let mut frame_started: Option<Instant> = None;
-    let mut last_activity = Instant::now();
     // Made once and re-armed: a fresh timer or cancellation waiter per loop turn costs a
     // registration each, several times per RPC.
-    let stop = shared.stop.cancelled();
-    tokio::pin!(stop);
-    let shed = admitted.slot().wake.notified();
-    tokio::pin!(shed);
-    let timer = sleep_until(last_activity + shared.idle_timeout);
-    tokio::pin!(timer);
+    tokio::pin! {
+        let stop = shared.stop.cancelled();
+        let shed = admitted.entry().wake.notified();
+        let timer = sleep_until(at.last_activity + shared.idle_timeout);
+    }
 
     loop {
         // Decode what is buffered, up to the in-flight limit.
-        while in_flight.len() < shared.max_in_flight && !buf.is_empty() {
-            match codec.decode(&mut buf).map_err(ClientError::Malformed)? {
-                Some(frame) => {
-                    served += 1;
-                    frame_started = (!buf.is_empty()).then(Instant::now);
-                    in_flight.push(call(router, frame)?);
-                    if stopping && buf.is_empty() {
-                        reading = false;
-                    }
-                }
-                None => break,
-            }
+        while in_flight.len() < shared.max_in_flight
+            && let Some(frame) = at.next_frame()?
+        {
+            in_flight.push(call(&shared.router, frame)?);
         }
-        admitted.set_busy(in_flight.len());
-        // Bytes of a frame not complete yet (or held back by the in-flight limit) count
-        // against the proxy-wide budget.
-        admitted.set_held(buf.len());
-        if !reading && in_flight.is_empty() {
+        if in_flight.len() >= shared.max_in_flight {
+            at.held_back();
+        }
+        at.account(admitted, in_flight.len());
+        if !at.reading && in_flight.is_empty() {
             break;
         }
-        let deadline = match frame_started {
-            Some(t) => Some(t + shared.frame_read_timeout),
-            // Draining: a fresh call's request arrives right after its connect, or never.
-            None if stopping && reading => Some(last_activity + FRESH_CALL_WAIT),
-            None if in_flight.is_empty() => Some(last_activity + shared.idle_timeout),
-            None => None,
-        };
-        if let Some(at) = deadline
-            && timer.deadline() != at
+        let deadline = at.deadline(shared, in_flight.is_empty());
+        if let Some(t) = deadline
+            && timer.deadline() != t
         {
-            timer.as_mut().reset(at);
+            timer.as_mut().reset(t);
         }
-        let can_read = reading && in_flight.len() < shared.max_in_flight;
+        let can_read = at.reading && in_flight.len() < shared.max_in_flight;
         let event = tokio::select! {
             biased;
             () = &mut shed => Event::Shed,
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => Event::Answer(answer),
-            r = stream.read_buf(&mut buf), if can_read => Event::Read(r),
+            r = stream.read_buf(&mut at.buf), if can_read => Event::Read(r),
             () = &mut timer, if deadline.is_some() => Event::Timeout,
-            () = &mut stop, if !stopping => Event::Stop,
+            () = &mut stop, if !at.stopping => Event::Stop,
         };
         match event {
             Event::Answer(bytes) => {
-                last_activity = Instant::now();
-                admitted.active(last_activity);
-                match timeout(shared.write_timeout, stream.write_all(&bytes)).await {
-                    Ok(r) => r.map_err(ClientError::Io)?,
-                    Err(_) => {
-                        // The calls still in flight on it are lost with it.
-                        m::uninspected_n(Uninspected::WriteTimeout, in_flight.len() as u64);
-                        return Err(ClientError::WriteTimeout);
-                    }
-                }
+                at.active(admitted);
+                write_answer(stream, &bytes, shared.write_timeout, in_flight.len()).await?;
             }
             Event::Read(Ok(0)) => {
-                // The module closed first, having read every answer it asked for: a FIN back
-                // would leave its host a TIME_WAIT socket (and a conntrack entry) for 60 s per
-                // call, and a module opening a connection per RPC runs out of ephemeral ports
-                // at ~470 RPC/s. A reset ends the connection on both hosts at once; the
-                // module's socket is already closed, so nothing reads it (docs/faults.md).
-                if in_flight.is_empty() && buf.is_empty() && shared.reset_closed_idle {
-                    stream.reset_on_close();
-                    m::module_closed(ModuleClose::Reset);
+                if at.peer_closed(stream, in_flight.len(), shared.reset_closed_idle) {
                     return Ok(());
                 }
-                // A half-close with calls in flight (the module may still read): answer the
-                // complete frames it sent (still in `buf` if the in-flight limit held them
-                // back), then close with a FIN.
-                m::module_closed(ModuleClose::Fin);
-                reading = false;
-                peer_closed = true;
-                frame_started = None;
             }
             Event::Read(Ok(_)) => {
-                last_activity = Instant::now();
-                admitted.active(last_activity);
-                frame_started.get_or_insert(last_activity);
+                at.active(admitted);
+                at.frame_started.get_or_insert(at.last_activity);
             }
             Event::Read(Err(e)) => return Err(ClientError::Io(e)),
+            Event::Timeout if at.frame_started.is_some() => return Err(ClientError::SlowFrame),
             Event::Timeout => {
-                if frame_started.is_some() {
-                    return Err(ClientError::SlowFrame);
-                }
-                m::connection_closed("idle");
+                m::connection_closed(ConnectionClose::Idle);
                 return Ok(());
             }
-            Event::Stop => {
-                // Draining: answer what is in flight and the frame now arriving, then close. A
-                // connection idle between requests closes now; a fresh one (a module's call,
-                // accepted just before the listeners closed) still gets its one answer: a
-                // Node module whose connection closes without a reply hangs the HTTP request.
-                stopping = true;
-                last_activity = Instant::now();
-                if served > 0 && buf.is_empty() {
-                    reading = false;
-                }
-            }
+            Event::Stop => at.stop(),
             Event::Shed => {
-                let reason = admitted.slot().shed_reason().unwrap_or(Shed::Idle);
+                let reason = admitted.entry().shed_reason().unwrap_or(Shed::Idle);
                 return Err(ClientError::Shed(reason));
             }
         }
     }
-    if !peer_closed {
+    if !at.peer_closed {
         // Closing the socket (on return) sends the FIN too; a separate shutdown first is
         // only worth its system call when the module may still be reading.
         let _ = stream.shutdown().await;
     }
     Ok(())
+}
+
+/// Writes one answer within `limit`; on a timeout the `in_flight` calls still on the
+/// connection are lost with it.
+async fn write_answer(
+    stream: &mut Stream,
+    answer: &[u8],
+    limit: Duration,
+    in_flight: usize,
+) -> Result<(), ClientError> {
+    match timeout(limit, stream.write_all(answer)).await {
+        Ok(r) => r.map_err(ClientError::Io),
+        Err(_) => {
+            m::uninspected_n(Uninspected::WriteTimeout, in_flight as u64);
+            Err(ClientError::WriteTimeout)
+        }
+    }
 }
 
 /// The work a frame from a module asks for: a call to route, or a call the proxy answers
@@ -271,3 +317,6 @@ fn call(router: &Router, frame: Frame) -> Result<impl Future<Output = Bytes> + '
         }
     })
 }
+
+#[cfg(test)]
+mod tests;

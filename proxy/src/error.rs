@@ -6,7 +6,9 @@ use std::io;
 
 use agent_pool::Outcome;
 
+use crate::admission::Shed;
 use crate::codec::{CodecError, Frame};
+use crate::metrics::{ConnectionClose, Uninspected};
 
 /// Which side of the proxy an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +152,7 @@ pub(crate) enum ClientError {
     /// Shed to protect the others: the longest idle at the connection limit, or the largest
     /// holder of partly received bytes over the budget.
     #[error("connection shed: {0:?}")]
-    Shed(crate::admission::Shed),
+    Shed(Shed),
     /// A frame started but did not complete within the frame read timeout.
     #[error("frame not completed in time")]
     SlowFrame,
@@ -163,6 +165,31 @@ impl ClientError {
     /// Always the client.
     pub(crate) fn side(&self) -> Side {
         Side::Client
+    }
+
+    /// The `reason` of `sigsci_proxy_connections_closed_total`.
+    pub(crate) fn label(&self) -> ConnectionClose {
+        match self {
+            Self::Malformed(_) | Self::NotACall(_) => ConnectionClose::Malformed,
+            Self::SlowFrame => ConnectionClose::SlowFrame,
+            Self::WriteTimeout => ConnectionClose::WriteTimeout,
+            Self::Shed(Shed::Budget) => ConnectionClose::FrameBudget,
+            Self::Shed(Shed::Idle) => ConnectionClose::EvictedIdle,
+            Self::Io(_) => ConnectionClose::Io,
+        }
+    }
+
+    /// Why the call on the connection went uninspected, when one did: an evicted idle
+    /// connection had none, and a failed socket is the module's own end (counted nowhere).
+    pub(crate) fn uninspected(&self) -> Option<Uninspected> {
+        match self {
+            Self::Malformed(CodecError::FrameTooLarge { .. }) => Some(Uninspected::FrameTooLarge),
+            Self::Malformed(_) | Self::NotACall(_) => Some(Uninspected::InvalidFrame),
+            Self::SlowFrame => Some(Uninspected::SlowFrame),
+            Self::WriteTimeout => Some(Uninspected::WriteTimeout),
+            Self::Shed(Shed::Budget) => Some(Uninspected::FrameBudget),
+            Self::Shed(Shed::Idle) | Self::Io(_) => None,
+        }
     }
 }
 
@@ -205,5 +232,18 @@ mod tests {
         assert_eq!(UpstreamError::Timeout.side(), Side::Agent);
         assert_eq!(UpstreamError::NoAgent.side(), Side::Proxy);
         assert_eq!(ClientError::SlowFrame.side(), Side::Client);
+    }
+
+    #[test]
+    fn a_closed_connection_counts_its_reason_and_the_call_it_left_uninspected() {
+        let too_large = ClientError::Malformed(CodecError::FrameTooLarge { needed: 2, max: 1 });
+        assert_eq!(too_large.label(), ConnectionClose::Malformed);
+        assert_eq!(too_large.uninspected(), Some(Uninspected::FrameTooLarge));
+        let budget = ClientError::Shed(Shed::Budget);
+        assert_eq!(budget.label(), ConnectionClose::FrameBudget);
+        assert_eq!(budget.uninspected(), Some(Uninspected::FrameBudget));
+        // Nothing was asked on an evicted idle connection; a failed socket is the module's.
+        assert_eq!(ClientError::Shed(Shed::Idle).uninspected(), None);
+        assert_eq!(ClientError::Io(io::Error::other("x")).uninspected(), None);
     }
 }

@@ -35,19 +35,32 @@ impl InFlightCount {
         max_bytes: usize,
     ) -> Option<InFlightGuard<'_>> {
         let bytes = bytes as u64;
+        // Take first, check after, give back if over: two threads entering at once can never
+        // both pass a check made before either took its share.
         if self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > max_bytes as u64 {
             self.bytes.fetch_sub(bytes, Ordering::Relaxed);
             return None;
         }
-        if self.count.load(Ordering::Relaxed) >= max_calls as u64 {
+        let Ok(before) = self
+            .count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max_calls as u64).then_some(n + 1)
+            })
+        else {
             self.bytes.fetch_sub(bytes, Ordering::Relaxed);
             return None;
-        }
-        Some(self.enter(bytes))
+        };
+        Some(self.entered(before, bytes))
     }
 
+    /// Counts one RPC of `bytes`, whatever the limits.
+    #[cfg(test)]
     pub(crate) fn enter(&self, bytes: u64) -> InFlightGuard<'_> {
         let before = self.count.fetch_add(1, Ordering::Relaxed);
+        self.entered(before, bytes)
+    }
+
+    fn entered(&self, before: u64, bytes: u64) -> InFlightGuard<'_> {
         if let (0, Some(activity)) = (before, &self.activity) {
             activity.first_started();
         }
@@ -132,5 +145,36 @@ impl Activity {
     #[cfg(test)]
     pub(crate) fn spins(&self) -> u64 {
         self.spins.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    #[test]
+    fn the_call_limit_holds_with_several_threads_entering_at_once() {
+        let count = InFlightCount::default();
+        let over = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200_000 {
+                        if let Some(_guard) = count.try_enter(1, 1, usize::MAX)
+                            && count.get() > 1
+                        {
+                            over.store(true, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(
+            !over.load(Ordering::Relaxed),
+            "two calls in at a limit of one"
+        );
+        assert_eq!(count.get(), 0);
     }
 }

@@ -29,6 +29,7 @@ mod memory;
 mod metrics;
 mod route;
 mod server;
+mod stream;
 mod upstream;
 
 pub use config::Config;

@@ -18,9 +18,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::admission::Admission;
+#[cfg(test)]
+use crate::config::DEFAULT_UNIX_MODE;
 use crate::config::ListenAddr;
-use crate::downstream::{self, Conn, Shared};
+use crate::downstream::{self, Shared};
 use crate::metrics as m;
+use crate::stream::Stream;
 
 /// A bound listening socket.
 pub(crate) enum Listener {
@@ -60,13 +63,6 @@ impl Drop for UnixPathGuard {
         }
     }
 }
-
-/// Default permissions of a Unix RPC listener (`--unix-socket-mode`): 0666, read-write for
-/// every user. Modules run inside web servers under their own user (www-data, nginx...), and a
-/// module refused with EACCES fails open, so a stricter default would silently turn inspection
-/// off; the RPC port over TCP is open to anyone who reaches it anyway. Restrict access with the
-/// directory's permissions, or 0660 and a group shared with the web server.
-pub(crate) const DEFAULT_UNIX_MODE: u32 = 0o666;
 
 /// Binds a listening Unix socket at `path` with permissions `mode` (not the umask's).
 ///
@@ -130,17 +126,15 @@ fn in_use(path: &std::path::Path) -> io::Error {
 }
 
 impl Listener {
-    /// Binds `addr` with SO_REUSEADDR, the given backlog and optionally SO_REUSEPORT; a Unix
-    /// socket gets [`DEFAULT_UNIX_MODE`].
-    #[allow(
-        dead_code,
-        reason = "kept for existing callers (tests); the server passes its configured mode to bind_with_mode"
-    )]
+    /// [`Listener::bind_with_mode`] with [`DEFAULT_UNIX_MODE`], for tests (the server passes
+    /// its configured mode).
+    #[cfg(test)]
     pub(crate) fn bind(addr: &ListenAddr, backlog: u32, reuse_port: bool) -> io::Result<Self> {
         Self::bind_with_mode(addr, backlog, reuse_port, DEFAULT_UNIX_MODE)
     }
 
-    /// [`Listener::bind`], a Unix socket getting permissions `unix_mode` (see [`bind_unix`]).
+    /// Binds `addr` with SO_REUSEADDR, the given backlog and optionally SO_REUSEPORT; a Unix
+    /// socket gets permissions `unix_mode` (see [`bind_unix`]).
     pub(crate) fn bind_with_mode(
         addr: &ListenAddr,
         backlog: u32,
@@ -182,16 +176,30 @@ impl Listener {
     }
 }
 
-enum Accepted {
-    Tcp(TcpStream, SocketAddr),
-    Unix(UnixStream),
+/// An accepted connection, with the peer's address when it has one (TCP).
+struct Accepted {
+    stream: Stream,
+    peer: Option<SocketAddr>,
+}
+
+impl Accepted {
+    fn tcp((stream, peer): (TcpStream, SocketAddr)) -> Self {
+        let stream = Stream::tcp(stream);
+        let peer = Some(peer);
+        Self { stream, peer }
+    }
+
+    fn unix(stream: UnixStream) -> Self {
+        let stream = Stream::unix(stream);
+        Self { stream, peer: None }
+    }
 }
 
 impl Listener {
     async fn accept(&self) -> io::Result<Accepted> {
         match self {
-            Self::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
-            Self::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+            Self::Tcp(l) => l.accept().await.map(Accepted::tcp),
+            Self::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::unix(s)),
         }
     }
 
@@ -212,9 +220,9 @@ impl Listener {
                 let peer = peer
                     .as_socket()
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                TcpStream::from_std(socket.into()).map(|s| Accepted::Tcp(s, peer))
+                TcpStream::from_std(socket.into()).map(|s| Accepted::tcp((s, peer)))
             }
-            Self::Unix(..) => UnixStream::from_std(socket.into()).map(Accepted::Unix),
+            Self::Unix(..) => UnixStream::from_std(socket.into()).map(Accepted::unix),
         });
         Some(registered)
     }
@@ -250,48 +258,18 @@ pub(crate) async fn accept_loop(
     let local = listener.local_addr().to_string();
     let mut backoff = Duration::ZERO;
     let mut closing: Option<tokio::time::Instant> = None;
-    loop {
-        let accepted = if let Some(since) = closing {
-            // Closing a listener resets the connections still waiting in its backlog: take
-            // them first (the module already sent, or is sending, its request), for at most
-            // BACKLOG_DRAIN_MAX.
-            let waited = if since.elapsed() < BACKLOG_DRAIN_MAX {
-                tokio::time::timeout(Duration::from_millis(1), listener.accept())
-                    .await
-                    .ok()
-            } else {
-                None
-            };
-            match waited {
-                Some(r) => r,
-                // Quiet for 1 ms as far as the runtime saw, or out of time; other tasks may
-                // have run since its last poll, so ask the kernel right before the close.
-                None => match listener.accept_queued() {
-                    Some(r) => r,
-                    None => break,
-                },
-            }
-        } else {
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => {
-                    closing = Some(tokio::time::Instant::now());
-                    continue;
-                }
-                r = listener.accept() => r,
-            }
-        };
-        let accepted = match accepted {
-            Ok(a) => {
+    while let Some(accepted) = next_accepted(&listener, &stop, &mut closing).await {
+        match accepted {
+            Ok(accepted) => {
                 if !backoff.is_zero() {
                     info!(listen.addr = %local, "Accepting again");
                     backoff = Duration::ZERO;
                 }
-                a
+                m::connection_accepted();
+                admit(accepted, &shared, &admission, &tracker).await;
             }
             Err(e) if is_connection_error(&e) => {
                 debug!(error = %e, "Accept failed for one connection");
-                continue;
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning; open
@@ -310,50 +288,69 @@ pub(crate) async fn accept_loop(
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
                 }
-                continue;
-            }
-        };
-        m::connection_accepted();
-        let Some(admitted) = admission.admit(EVICTION_WAIT).await else {
-            // Over the limit with nothing idle to displace: a reset, so the module fails open
-            // at once (some hang on a clean close) rather than wait in a queue.
-            m::connection_rejected();
-            m::uninspected(m::Uninspected::ConnectionLimit);
-            debug!("Connection limit reached, resetting new connection");
-            match &accepted {
-                Accepted::Tcp(stream, _) => stream.reset_on_close(),
-                Accepted::Unix(stream) => stream.reset_on_close(),
-            }
-            drop(accepted);
-            continue;
-        };
-        let shared = shared.clone();
-        match accepted {
-            Accepted::Tcp(stream, peer) => {
-                let span = debug_span!("conn", client.addr = %peer);
-                tracker.spawn(
-                    async move {
-                        downstream::serve(stream, shared, admitted).await;
-                    }
-                    .instrument(span),
-                );
-            }
-            Accepted::Unix(stream) => {
-                let span = debug_span!("conn", client.addr = "unix");
-                tracker.spawn(
-                    async move {
-                        downstream::serve(stream, shared, admitted).await;
-                    }
-                    .instrument(span),
-                );
             }
         }
     }
     debug!(listen.addr = %local, "Listener closed");
 }
 
+/// The next accept's result; `None` once the listener is to close. After `stop` (recorded in
+/// `closing`), the connections still waiting in the backlog are taken first, for at most
+/// BACKLOG_DRAIN_MAX: closing a listener resets them, and the module already sent, or is
+/// sending, its request.
+async fn next_accepted(
+    listener: &Listener,
+    stop: &CancellationToken,
+    closing: &mut Option<tokio::time::Instant>,
+) -> Option<io::Result<Accepted>> {
+    let since = match *closing {
+        Some(since) => since,
+        None => tokio::select! {
+            biased;
+            () = stop.cancelled() => *closing.insert(tokio::time::Instant::now()),
+            r = listener.accept() => return Some(r),
+        },
+    };
+    let waited = if since.elapsed() < BACKLOG_DRAIN_MAX {
+        tokio::time::timeout(Duration::from_millis(1), listener.accept())
+            .await
+            .ok()
+    } else {
+        None
+    };
+    // Quiet for 1 ms as far as the runtime saw, or out of time; other tasks may have run
+    // since its last poll, so ask the kernel right before the close.
+    waited.or_else(|| listener.accept_queued())
+}
+
+/// Gives an accepted connection its slot and its task, or resets it at the limit.
+async fn admit(
+    accepted: Accepted,
+    shared: &Arc<Shared>,
+    admission: &Arc<Admission>,
+    tracker: &TaskTracker,
+) {
+    let Some(admitted) = admission.admit(EVICTION_WAIT).await else {
+        // Over the limit with nothing idle to displace: a reset, so the module fails open
+        // at once (some hang on a clean close) rather than wait in a queue.
+        m::connection_rejected();
+        m::uninspected(m::Uninspected::ConnectionLimit);
+        debug!("Connection limit reached, resetting new connection");
+        accepted.stream.reset_on_close();
+        return;
+    };
+    let span = match accepted.peer {
+        Some(peer) => debug_span!("conn", client.addr = %peer),
+        None => debug_span!("conn", client.addr = "unix"),
+    };
+    let serve = downstream::serve(accepted.stream, shared.clone(), admitted);
+    tracker.spawn(serve.instrument(span));
+}
+
 #[cfg(test)]
 mod tests {
+    use tokio_util::either::Either;
+
     use super::*;
 
     #[tokio::test]
@@ -365,7 +362,7 @@ mod tests {
             unreachable!()
         };
         let _client = TcpStream::connect(addr).await.unwrap();
-        let Accepted::Tcp(stream, _) = listener.accept().await.unwrap() else {
+        let Either::Left(stream) = &*listener.accept().await.unwrap().stream else {
             unreachable!()
         };
         assert!(stream.nodelay().unwrap());
@@ -385,12 +382,12 @@ mod tests {
                 ListenAddr::Unix(p) => (None, Some(UnixStream::connect(p).await.unwrap())),
             };
             let accepted = listener.accept_queued().expect("one queued").unwrap();
-            match (addr, accepted) {
-                (ListenAddr::Tcp(_), Accepted::Tcp(stream, peer)) => {
+            match (addr, &*accepted.stream, accepted.peer) {
+                (ListenAddr::Tcp(_), Either::Left(stream), Some(peer)) => {
                     assert!(peer.ip().is_loopback());
                     assert!(stream.nodelay().unwrap());
                 }
-                (ListenAddr::Unix(_), Accepted::Unix(_)) => {}
+                (ListenAddr::Unix(_), Either::Right(_), None) => {}
                 _ => panic!("accepted the wrong kind of connection"),
             }
             assert!(listener.accept_queued().is_none(), "taken once");

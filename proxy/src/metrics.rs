@@ -90,7 +90,7 @@ fn describe() {
     );
     describe_counter!(
         "sigsci_proxy_connections_closed_total",
-        "Module connections closed by the proxy, by reason (malformed, slow_frame, idle, io...)."
+        "Module connections closed by the proxy, by reason (malformed, slow_frame, write_timeout, frame_budget, evicted_idle, idle, io)."
     );
     describe_counter!(
         "sigsci_proxy_module_closes_total",
@@ -111,10 +111,6 @@ fn describe() {
     describe_counter!(
         "sigsci_proxy_affinity_total",
         "UpdateRequests by routing result: hit (to the agent that issued the RequestID), none (no token), lost (the token names no current member: the agent never hears how the request ended)."
-    );
-    describe_counter!(
-        "sigsci_proxy_notifications_total",
-        "Notifications (PostRequest without answer) forwarded or dropped, by outcome."
     );
     describe_counter!(
         "sigsci_proxy_retries_total",
@@ -138,8 +134,8 @@ fn describe() {
     for result in ["attempted", "budget_exhausted", "no_other_agent"] {
         counter!("sigsci_proxy_retries_total", "result" => result).increment(0);
     }
-    for result in ["ok", "error", "timeout"] {
-        counter!("sigsci_proxy_upstream_connects_total", "result" => result).increment(0);
+    for result in UpstreamConnect::ALL {
+        counter!("sigsci_proxy_upstream_connects_total", "result" => result.label()).increment(0);
     }
     counter!("sigsci_proxy_connections_rejected_total").increment(0);
     counter!("sigsci_proxy_accept_errors_total").increment(0);
@@ -318,9 +314,32 @@ pub(crate) fn retry(result: &'static str) {
     counter!("sigsci_proxy_retries_total", "result" => result).increment(1);
 }
 
-/// A new upstream connection: `ok`, `error`, `timeout`.
-pub(crate) fn upstream_connect(result: &'static str) {
-    counter!("sigsci_proxy_upstream_connects_total", "result" => result).increment(1);
+/// How a new connection to an agent ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UpstreamConnect {
+    /// Connected.
+    Ok,
+    /// Refused or failed.
+    Error,
+    /// Not connected within the connect timeout.
+    Timeout,
+}
+
+impl UpstreamConnect {
+    const ALL: [UpstreamConnect; 3] = [Self::Ok, Self::Error, Self::Timeout];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// A new upstream connection, by result.
+pub(crate) fn upstream_connect(result: UpstreamConnect) {
+    counter!("sigsci_proxy_upstream_connects_total", "result" => result.label()).increment(1);
 }
 
 /// Persistent upstream connections open, up or down.
@@ -352,9 +371,42 @@ pub(crate) fn connections_open(delta: f64) {
     }
 }
 
-/// A downstream connection closed by the proxy: `malformed`, `slow_frame`, `idle`, `io`.
-pub(crate) fn connection_closed(reason: &'static str) {
-    counter!("sigsci_proxy_connections_closed_total", "reason" => reason).increment(1);
+/// Why the proxy closed a module's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectionClose {
+    /// Not a valid frame, or no call to answer.
+    Malformed,
+    /// A frame not complete within `--frame-read-timeout`.
+    SlowFrame,
+    /// An answer not written within `--write-timeout`.
+    WriteTimeout,
+    /// Shed: partly received frames over the proxy-wide byte budget.
+    FrameBudget,
+    /// Shed: the longest idle at the connection limit.
+    EvictedIdle,
+    /// Nothing in flight and no bytes for `--idle-timeout`.
+    Idle,
+    /// Reading or writing the socket failed.
+    Io,
+}
+
+impl ConnectionClose {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::SlowFrame => "slow_frame",
+            Self::WriteTimeout => "write_timeout",
+            Self::FrameBudget => "frame_budget",
+            Self::EvictedIdle => "evicted_idle",
+            Self::Idle => "idle",
+            Self::Io => "io",
+        }
+    }
+}
+
+/// A downstream connection closed by the proxy, by reason.
+pub(crate) fn connection_closed(reason: ConnectionClose) {
+    counter!("sigsci_proxy_connections_closed_total", "reason" => reason.label()).increment(1);
 }
 
 /// How the proxy closed a connection the module closed first.
@@ -424,7 +476,12 @@ pub(crate) fn render(handle: &PrometheusHandle, pool: &Pool) -> String {
          # TYPE sigsci_proxy_agents_ready gauge\nsigsci_proxy_agents_ready {}",
         snapshot.ready_len()
     );
-    let agents = snapshot.agents();
+    render_agents(&mut out, snapshot.agents());
+    out
+}
+
+/// The per-agent series, labelled by address.
+fn render_agents(out: &mut String, agents: &[std::sync::Arc<agent_pool::Agent>]) {
     type Series = (
         &'static str,
         &'static str,
@@ -492,5 +549,4 @@ pub(crate) fn render(handle: &PrometheusHandle, pool: &Pool) -> String {
             );
         }
     }
-    out
 }

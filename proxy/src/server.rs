@@ -1,9 +1,5 @@
-//! The proxy as a whole: bind the sockets, start membership, serve, and drain.
-//!
-//! Drain sequence (SIGTERM, SIGINT or `drain` on the control socket): `/readyz` turns 503 at once; the listeners
-//! keep accepting for the drain delay while Service endpoints converge; then they close,
-//! connections finish their in-flight RPCs and close; `run` returns as soon as nothing is left,
-//! or at the drain timeout with the number of RPCs cut off.
+//! The proxy as a whole: bind the sockets, start membership, serve, and drain (on SIGTERM,
+//! SIGINT or `drain` on the control socket; the sequence is in [`crate::drain`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +8,7 @@ use std::time::Duration;
 use agent_pool::source::kubernetes::ServiceRef;
 use agent_pool::{Address, Endpoint, EndpointId, HostPort, Pool, Updates, source};
 use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +22,7 @@ use crate::codec::Limits;
 use crate::config::{Config, ListenAddr, Membership};
 use crate::control::ControlSocket;
 use crate::downstream::Shared;
-use crate::drain::{DrainReport, Readiness};
+use crate::drain::{Drain, DrainReport, Readiness};
 use crate::in_flight::InFlightCount;
 use crate::listener::{self, Listener};
 use crate::memory;
@@ -36,7 +33,9 @@ use crate::upstream::{UpstreamConfig, Upstreams};
 /// How long start-up waits for the first membership before accepting anyway.
 const MEMBERSHIP_WAIT: Duration = Duration::from_secs(2);
 
-/// Returns once the pool has applied its first membership update, or after `limit`.
+/// Returns once the pool has applied its first membership update, or after `limit`. The proxy
+/// accepts only then: one restarted on the same address would otherwise answer its first calls
+/// "no agent available". Meanwhile connections wait in the listen backlog.
 async fn wait_for_membership(pool: &Pool, limit: Duration) {
     let started = Instant::now();
     while pool.snapshot().version() == 0 {
@@ -127,163 +126,37 @@ impl Proxy {
         let prometheus = m::handle();
         m::draining(false);
         let updates = membership(&config).await?;
-        if config.rpc_timeout >= Duration::from_millis(100) {
-            warn!(
-                rpc_timeout = ?config.rpc_timeout,
-                "RPC deadline not under the modules' default 100 ms timeout: modules may give up first"
-            );
-        }
+        warn_if_deadline_not_under_the_modules(&config);
 
         // Cancelled when `run` returns: membership, admin, upstream connections.
         let exit = CancellationToken::new();
         let _exit_guard = exit.clone().drop_guard();
-        // Histogram samples wait in the recorder until upkeep folds them into buckets: without
-        // it memory grows with every RPC unless something scrapes.
-        tokio::spawn(m::upkeep(prometheus.clone(), exit.clone()));
-        tokio::spawn(memory::trim_periodically(
-            config.memory_trim_interval,
-            exit.clone(),
-        ));
-        {
-            let pool = pool.clone();
-            let exit = exit.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = pool.run(updates) => {}
-                    () = exit.cancelled() => {}
-                }
-            });
-        }
-
+        spawn_housekeeping(&config, &pool, updates, prometheus.clone(), &exit);
         let readiness = Arc::new(Readiness::new());
         let drain_requested = CancellationToken::new();
         let admin_addr = admin.local_addr()?;
         let control_path = control.path().display().to_string();
-        tokio::spawn(
-            control
-                .serve(drain_requested.clone(), exit.clone())
-                .instrument(info_span!("control")),
-        );
-        tokio::spawn(
-            admin::serve(
-                admin,
-                AdminState {
-                    pool: pool.clone(),
-                    readiness: readiness.clone(),
-                    prometheus,
-                },
-                exit.clone(),
-            )
-            .instrument(info_span!("admin")),
-        );
-
-        let in_flight = Arc::new(if config.busy_poll.is_zero() {
-            InFlightCount::default()
-        } else {
-            InFlightCount::with_activity()
-        });
-        tokio::spawn(busy_poll::run(
-            in_flight.clone(),
-            config.busy_poll,
-            exit.clone(),
-        ));
-        let limits = Limits {
-            max_frame_bytes: config.max_frame_bytes,
-            ..Limits::default()
+        let state = AdminState {
+            pool: pool.clone(),
+            readiness: readiness.clone(),
+            prometheus,
         };
+        tokio::spawn(admin::serve(admin, state, exit.clone()).instrument(info_span!("admin")));
+        let control = control.serve(drain_requested.clone(), exit.clone());
+        tokio::spawn(control.instrument(info_span!("control")));
+
+        let in_flight = in_flight_count(&config, &exit);
         let stop = CancellationToken::new();
-        let shared = Arc::new(Shared {
-            router: Router {
-                pool: pool.clone(),
-                upstreams: Upstreams::new(
-                    UpstreamConfig {
-                        mode: config.upstream_mode,
-                        connections: config.upstream_connections,
-                        connect_timeout: config.connect_timeout,
-                        limits,
-                    },
-                    exit.clone(),
-                ),
-                budget: RetryBudget::new(config.retry_budget),
-                rpc_timeout: config.rpc_timeout,
-                in_flight: in_flight.clone(),
-                max_in_flight: config.max_in_flight,
-                max_in_flight_bytes: config.max_in_flight_bytes,
-            },
-            limits,
-            max_in_flight: config.max_in_flight_per_connection,
-            idle_timeout: config.idle_timeout,
-            frame_read_timeout: config.frame_read_timeout,
-            write_timeout: config.write_timeout,
-            reset_closed_idle: config.reset_closed_idle,
-            stop: stop.clone(),
-        });
-
-        // Upstream connections follow the membership: checked every 100 ms, synced when the
-        // snapshot changed and every second (to reopen connections agents closed). Agents in a
-        // run of failures are probed at each check: one found unreachable that accepts a
-        // connection again is readmitted on trial with a fresh latency estimate, within 100 ms
-        // of listening instead of after its backoff and penalty.
-        {
-            let shared = shared.clone();
-            let exit = exit.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_millis(100));
-                let (mut seen, mut synced) = (u64::MAX, Instant::now());
-                loop {
-                    tokio::select! {
-                        () = exit.cancelled() => break,
-                        _ = every.tick() => {}
-                    }
-                    let snapshot = shared.router.pool.snapshot();
-                    if snapshot.version() != seen || synced.elapsed() >= Duration::from_secs(1) {
-                        seen = snapshot.version();
-                        synced = Instant::now();
-                        shared.router.upstreams.sync(&snapshot);
-                    }
-                    let upstreams = &shared.router.upstreams;
-                    let fresh = snapshot.typical_latency();
-                    let probes =
-                        snapshot
-                            .agents()
-                            .iter()
-                            .filter(|a| a.is_suspect())
-                            .map(|a| async move {
-                                a.probed(upstreams.probe(a).await, fresh);
-                            });
-                    futures::future::join_all(probes).await;
-                }
-            });
-        }
-
-        // Accept once the first membership is in (bounded): a proxy restarted on the same
-        // address would otherwise answer its first calls "no agent available". Meanwhile
-        // connections wait in the listen backlog.
+        let shared = shared_state(&config, &pool, &in_flight, &stop, &exit);
+        spawn_upstream_follower(&shared, exit);
         wait_for_membership(&pool, MEMBERSHIP_WAIT).await;
-
         let tracker = TaskTracker::new();
-        let admission = Admission::new(
-            admission::clamp_to_fd_limit(config.max_connections),
-            config.max_partial_bytes,
-        );
-        let rpc_addrs: Vec<String> = listeners
-            .iter()
-            .map(|l| l.local_addr().to_string())
-            .collect();
-        // Tracked too, so the drain waits for the last backlog sweep and the listeners' close.
-        for l in listeners {
-            tracker.spawn(listener::accept_loop(
-                l,
-                shared.clone(),
-                admission.clone(),
-                tracker.clone(),
-                stop.clone(),
-            ));
-        }
+        let (max_connections, rpc_addrs) =
+            start_listeners(listeners, &config, &shared, &tracker, &stop);
         info!(
             rpc.addr = %rpc_addrs.join(","),
             admin.addr = %admin_addr,
-            max_connections = admission.limit(),
+            max_connections,
             control.path = %control_path,
             upstream.mode = ?config.upstream_mode,
             busy_poll = ?config.busy_poll,
@@ -294,33 +167,139 @@ impl Proxy {
             () = shutdown.cancelled() => {}
             () = drain_requested.cancelled() => {}
         }
-        let drain_started = Instant::now();
-        readiness.drain();
-        m::draining(true);
-        info!(delay = ?config.drain_delay, timeout = ?config.drain_timeout, "Draining");
-        tokio::time::sleep(config.drain_delay).await;
-
-        stop.cancel();
-        tracker.close();
-        info!(rpcs.in_flight = in_flight.get(), "Listeners closed");
-        let left = config.drain_timeout.saturating_sub(drain_started.elapsed());
-        let report = match tokio::time::timeout(left, tracker.wait()).await {
-            Ok(()) => {
-                info!(elapsed = ?drain_started.elapsed(), "Drained");
-                DrainReport { cut_off: 0 }
-            }
-            Err(_) => {
-                let cut_off = in_flight.get();
-                m::uninspected_n(m::Uninspected::DrainCutOff, cut_off);
-                warn!(
-                    rpcs.cut_off = cut_off,
-                    "Drain timeout, exiting with RPCs in flight"
-                );
-                DrainReport { cut_off }
-            }
-        };
-        Ok(report)
+        let drain = Drain::new(readiness, stop, tracker, in_flight);
+        Ok(drain.run(config.drain_delay, config.drain_timeout).await)
     }
+}
+
+/// Modules give up on a call after 100 ms by default: a deadline not under it wastes work.
+fn warn_if_deadline_not_under_the_modules(config: &Config) {
+    if config.rpc_timeout >= Duration::from_millis(100) {
+        warn!(
+            rpc_timeout = ?config.rpc_timeout,
+            "RPC deadline not under the modules' default 100 ms timeout: modules may give up first"
+        );
+    }
+}
+
+/// The proxy-wide RPC count, with the busy poller that reads it when `--busy-poll` is on.
+fn in_flight_count(config: &Config, exit: &CancellationToken) -> Arc<InFlightCount> {
+    let in_flight = Arc::new(if config.busy_poll.is_zero() {
+        InFlightCount::default()
+    } else {
+        InFlightCount::with_activity()
+    });
+    tokio::spawn(busy_poll::run(
+        in_flight.clone(),
+        config.busy_poll,
+        exit.clone(),
+    ));
+    in_flight
+}
+
+/// The background tasks that live as long as the proxy: the recorder's upkeep, the heap
+/// trimmer and the membership stream applied to the pool.
+fn spawn_housekeeping(
+    config: &Config,
+    pool: &Pool,
+    updates: Updates,
+    prometheus: PrometheusHandle,
+    exit: &CancellationToken,
+) {
+    // Histogram samples wait in the recorder until upkeep folds them into buckets: without
+    // it memory grows with every RPC unless something scrapes.
+    tokio::spawn(m::upkeep(prometheus, exit.clone()));
+    tokio::spawn(memory::trim_periodically(
+        config.memory_trim_interval,
+        exit.clone(),
+    ));
+    let pool = pool.clone();
+    let exit = exit.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = pool.run(updates) => {}
+            () = exit.cancelled() => {}
+        }
+    });
+}
+
+/// Keeps the upstream connections in step with the pool until `exit` (see
+/// [`Upstreams::follow`]).
+fn spawn_upstream_follower(shared: &Arc<Shared>, exit: CancellationToken) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let router = &shared.router;
+        router.upstreams.follow(&router.pool, exit).await;
+    });
+}
+
+/// What every connection task shares, built from the configuration.
+pub(crate) fn shared_state(
+    config: &Config,
+    pool: &Pool,
+    in_flight: &Arc<InFlightCount>,
+    stop: &CancellationToken,
+    exit: &CancellationToken,
+) -> Arc<Shared> {
+    let limits = Limits {
+        max_frame_bytes: config.max_frame_bytes,
+        ..Limits::default()
+    };
+    Arc::new(Shared {
+        router: Router {
+            pool: pool.clone(),
+            upstreams: Upstreams::new(
+                UpstreamConfig {
+                    mode: config.upstream_mode,
+                    connections: config.upstream_connections,
+                    connect_timeout: config.connect_timeout,
+                    limits,
+                },
+                exit.clone(),
+            ),
+            budget: RetryBudget::new(config.retry_budget),
+            rpc_timeout: config.rpc_timeout,
+            in_flight: in_flight.clone(),
+            max_in_flight: config.max_in_flight,
+            max_in_flight_bytes: config.max_in_flight_bytes,
+        },
+        limits,
+        max_in_flight: config.max_in_flight_per_connection,
+        idle_timeout: config.idle_timeout,
+        frame_read_timeout: config.frame_read_timeout,
+        write_timeout: config.write_timeout,
+        reset_closed_idle: config.reset_closed_idle,
+        stop: stop.clone(),
+    })
+}
+
+/// Starts an accept loop per listener (tracked, so the drain waits for the last backlog sweep
+/// and the listeners' close); returns the connection limit and the addresses.
+fn start_listeners(
+    listeners: Vec<Listener>,
+    config: &Config,
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> (usize, Vec<String>) {
+    let admission = Admission::new(
+        admission::clamp_to_fd_limit(config.max_connections),
+        config.max_partial_bytes,
+    );
+    let rpc_addrs = listeners
+        .iter()
+        .map(|l| l.local_addr().to_string())
+        .collect();
+    for l in listeners {
+        tracker.spawn(listener::accept_loop(
+            l,
+            shared.clone(),
+            admission.clone(),
+            tracker.clone(),
+            stop.clone(),
+        ));
+    }
+    (admission.limit(), rpc_addrs)
 }
 
 /// Binds and runs: what `main` calls.

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use agent_pool::{Address, Agent, AgentState, EndpointId, Snapshot};
+use agent_pool::{Address, Agent, AgentState, EndpointId, Pool, Snapshot};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,7 @@ use crate::codec::{Frame, Limits};
 use crate::config::UpstreamMode;
 use crate::error::UpstreamError;
 use crate::metrics as m;
+use crate::stream::Stream;
 
 /// Settings of the upstream side.
 #[derive(Debug, Clone)]
@@ -147,6 +148,37 @@ impl Upstreams {
         }
     }
 
+    /// Keeps the connections in step with `pool` until `exit`: checked every 100 ms, synced
+    /// when the snapshot changed and every second (to reopen connections agents closed).
+    /// Agents in a run of failures are probed at each check: one found unreachable that
+    /// accepts a connection again is readmitted on trial with a fresh latency estimate, within
+    /// 100 ms of listening instead of after its backoff and penalty.
+    pub(crate) async fn follow(&self, pool: &Pool, exit: CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        let (mut seen, mut synced) = (u64::MAX, Instant::now());
+        loop {
+            tokio::select! {
+                () = exit.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            let snapshot = pool.snapshot();
+            if snapshot.version() != seen || synced.elapsed() >= Duration::from_secs(1) {
+                seen = snapshot.version();
+                synced = Instant::now();
+                self.sync(&snapshot);
+            }
+            let fresh = snapshot.typical_latency();
+            let probes = snapshot
+                .agents()
+                .iter()
+                .filter(|a| a.is_suspect())
+                .map(|a| async move {
+                    a.probed(self.probe(a).await, fresh);
+                });
+            futures::future::join_all(probes).await;
+        }
+    }
+
     /// Closes the connections of agents no longer in the pool.
     fn prune(&self, snapshot: &Snapshot) {
         let mut agents = self.agents.lock().unwrap_or_else(PoisonError::into_inner);
@@ -160,38 +192,29 @@ impl Upstreams {
     }
 }
 
-/// A connected stream to an agent.
-pub(crate) enum Connected {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
 /// Connects to `address`, giving up at `deadline`.
-pub(crate) async fn connect(
-    address: &Address,
-    deadline: Instant,
-) -> Result<Connected, UpstreamError> {
+pub(crate) async fn connect(address: &Address, deadline: Instant) -> Result<Stream, UpstreamError> {
     let attempt = async {
         match address {
             Address::Tcp(sa) => {
                 let s = TcpStream::connect(sa).await?;
                 s.set_nodelay(true)?;
-                Ok(Connected::Tcp(s))
+                Ok(Stream::tcp(s))
             }
-            Address::Unix(path) => UnixStream::connect(path).await.map(Connected::Unix),
+            Address::Unix(path) => UnixStream::connect(path).await.map(Stream::unix),
         }
     };
     match timeout_at(deadline, attempt).await {
         Ok(Ok(c)) => {
-            m::upstream_connect("ok");
+            m::upstream_connect(m::UpstreamConnect::Ok);
             Ok(c)
         }
         Ok(Err(e)) => {
-            m::upstream_connect("error");
+            m::upstream_connect(m::UpstreamConnect::Error);
             Err(UpstreamError::ConnectFailed(e))
         }
         Err(_) => {
-            m::upstream_connect("timeout");
+            m::upstream_connect(m::UpstreamConnect::Timeout);
             Err(UpstreamError::ConnectTimeout)
         }
     }

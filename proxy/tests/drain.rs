@@ -66,6 +66,7 @@ async fn drain_timeout_reports_the_rpcs_it_cut_off() {
         drain_delay: Some(Dur(Duration::from_millis(10))),
         drain_timeout: Some(Dur(Duration::from_millis(300))),
         rpc_timeout: Some(Dur(Duration::from_secs(20))),
+        frame_read_timeout: Some(Dur(Duration::from_secs(20))),
         ..with_agents(&[&agent])
     })
     .await;

@@ -32,6 +32,8 @@ async fn garbage_huge_frames_and_slow_clients_are_closed_others_are_served() {
     let agent = Agent::start().await;
     let proxy = start_proxy(Options {
         frame_read_timeout: Some(Dur(Duration::from_millis(300))),
+        rpc_timeout: Some(Dur(Duration::from_millis(300))),
+        connect_timeout: Some(Dur(Duration::from_millis(300))),
         ..with_agents(&[&agent])
     })
     .await;
@@ -166,4 +168,32 @@ async fn how_it_ends_after_answer(mut s: TcpStream) -> usize {
         .await
         .expect("an answer")
         .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pipelining_module_held_back_by_the_in_flight_limit_is_not_a_slow_sender() {
+    // Each call takes 200 ms, longer than the 100 ms frame-read timeout. `validate` refuses
+    // an --rpc-timeout above --frame-read-timeout; the call outlasting it stands for any wait
+    // of the proxy's own making (in real time an --rpc-timeout equal to it races the timer).
+    let agent = Agent::slow(Duration::from_millis(200)).await;
+    let config = sigsci_proxy::Config::from_options(Options {
+        max_in_flight_per_connection: Some(1),
+        frame_read_timeout: Some(Dur(Duration::from_millis(100))),
+        ..with_agents(&[&agent])
+    });
+    assert!(config.rpc_timeout > Duration::from_millis(200));
+    let proxy = start_config(config).await;
+
+    // Three complete requests in one write: the second and third wait for the first answer.
+    let mut s = TcpStream::connect(proxy.rpc).await.unwrap();
+    let mut pipelined = Vec::new();
+    for msgid in 1..=3 {
+        pipelined.extend(rpc::encode_request(msgid, rpc::PRE_REQUEST, &pre_request()));
+    }
+    s.write_all(&pipelined).await.unwrap();
+    for msgid in 1..=3 {
+        let (answered, error, _) = read_response(&mut s).await;
+        assert_eq!((answered, error), (msgid, None), "answered, not reset");
+    }
+    proxy.stop().await;
 }

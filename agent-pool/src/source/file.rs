@@ -1,8 +1,8 @@
 //! A watched membership file, as the local orchestrator writes it or a Kubernetes ConfigMap
-//! mounts it. Polled (every 250 ms is fine): polling sees ConfigMap symlink swaps, editors'
-//! rename-over and plain rewrites alike, where inotify misses some. The contents are compared,
-//! not just the mtime. A file that cannot be read or parsed keeps the last good membership and
-//! logs why once.
+//! mounts it. Polled (the proxy polls every 100 ms by default): polling sees ConfigMap symlink
+//! swaps, editors' rename-over and plain rewrites alike, where inotify misses some. The contents
+//! are compared, not just the mtime. A file that cannot be read or parsed keeps the last good
+//! membership and logs why once.
 //!
 //! Format: JSON or TOML (by extension `.json`/`.toml`, else JSON is tried first). A list of
 //! entries, each an address string or a table `{ address, state?, id? }` (`state` is `ready`

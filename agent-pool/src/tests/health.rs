@@ -3,6 +3,44 @@
 
 use super::*;
 
+/// `n` timeouts on `a` at `at`, each after a call `peer` answered in time: the timeouts are
+/// `a`'s doing, not shared by the pool.
+fn timeouts_while_peer_answers(a: &Arc<Agent>, peer: &Arc<Agent>, at: Instant, n: usize) {
+    for _ in 0..n {
+        request(peer, at, MS, Outcome::Success);
+        request(a, at, MS, Outcome::Timeout);
+    }
+}
+
+#[test]
+fn timeouts_on_every_agent_at_once_eject_none_timeouts_on_one_alone_do() {
+    let (pool, t0) = pool_of(3, PoolConfig::default());
+    let agents: Vec<_> = (0..3).map(|i| agent(&pool, i)).collect();
+    let mut t = t0;
+    // Every agent slow at once (the proxy's own CPU saturated): ten timeouts each, interleaved.
+    for _ in 0..10 {
+        for a in &agents {
+            request(a, t, 80 * MS, Outcome::Timeout);
+        }
+        t += MS;
+    }
+    for a in &agents {
+        assert_eq!(a.state_at(t), AgentState::Ready, "{}", a.id());
+        assert_eq!(a.stats().ejections, 0);
+    }
+    // All answer again; then one times out while the others answer in time: that is its own.
+    for a in &agents {
+        request(a, t, MS, Outcome::Success);
+    }
+    for _ in 0..5 {
+        request(&agents[1], t, MS, Outcome::Success);
+        request(&agents[2], t, MS, Outcome::Success);
+        request(&agents[0], t, 80 * MS, Outcome::Timeout);
+        t += MS;
+    }
+    assert_eq!(agents[0].state_at(t), AgentState::Ejected);
+}
+
 #[test]
 fn consecutive_failures_eject_with_doubling_backoff() {
     let (pool, t0) = pool_of(4, PoolConfig::default());
@@ -97,15 +135,13 @@ fn a_fast_error_answer_makes_an_agent_dear_not_cheap() {
 #[test]
 fn after_its_backoff_an_agent_is_on_trial_one_failure_ejects_it_again() {
     let (pool, t0) = pool_of(4, PoolConfig::default());
-    let a = agent(&pool, 0);
-    for _ in 0..5 {
-        request(&a, t0, MS, Outcome::Timeout);
-    }
+    let (a, peer) = (agent(&pool, 0), agent(&pool, 1));
+    timeouts_while_peer_answers(&a, &peer, t0, 5);
     assert_eq!(a.state_at(t0 + MS), AgentState::Ejected);
     // The sweep (or a pick) ends the ejection after 1 s: one failure re-ejects, for 2 s.
     pool.tick(t0 + S + MS);
     assert_eq!(a.state_at(t0 + S + MS), AgentState::Ready);
-    request(&a, t0 + S + MS, MS, Outcome::Timeout);
+    timeouts_while_peer_answers(&a, &peer, t0 + S + MS, 1);
     assert_eq!(a.state_at(t0 + S + 3 * MS), AgentState::Ejected);
     assert_eq!(a.state_at(t0 + 3 * S), AgentState::Ejected, "2 s this time");
     // A success on trial clears the record: five failures again before the next ejection.
@@ -142,9 +178,7 @@ fn an_unreachable_agent_is_readmitted_on_a_successful_connect_a_stalling_one_is_
 
     // Timeouts, and every probe connects: nothing new; it waits out its backoff.
     let now = Instant::now();
-    for _ in 0..5 {
-        request(&b, now, MS, Outcome::Timeout);
-    }
+    timeouts_while_peer_answers(&b, &agent(&pool, 3), now, 5);
     assert!(b.is_ejected());
     assert!(!b.probed(true, None));
     assert_eq!(b.state(), AgentState::Ejected);

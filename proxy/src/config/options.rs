@@ -39,7 +39,7 @@ options! {
     /// Permissions of `unix:` RPC listeners, octal; modules run as another user (the web
     /// server's) and one refused fails open.
     #[arg(env = "SIGSCI_PROXY_UNIX_SOCKET_MODE", value_name = "OCTAL")]
-    unix_socket_mode: Mode => u32 = Mode(crate::listener::DEFAULT_UNIX_MODE),
+    unix_socket_mode: Mode => u32 = Mode(super::DEFAULT_UNIX_MODE),
 
     /// Accept backlog of each listening socket.
     #[arg(env = "SIGSCI_PROXY_BACKLOG", value_name = "N")]
@@ -154,7 +154,8 @@ options! {
     #[arg(env = "SIGSCI_PROXY_RETRY_BUDGET", value_name = "RATIO")]
     retry_budget: f64 => f64 = 0.2,
 
-    /// Consecutive connect failures or timeouts that eject an agent.
+    /// Consecutive failed calls that eject an agent: connect failures, error answers, broken
+    /// calls, and timeouts while the other agents answer in time (a full queue does not count).
     #[arg(env = "SIGSCI_PROXY_EJECT_AFTER", value_name = "N")]
     eject_after: u32 => u32 = pool().ejection.consecutive_failures,
 

@@ -52,6 +52,21 @@ fn every_problem_is_reported_with_its_option() {
 }
 
 #[test]
+fn an_rpc_timeout_longer_than_the_frame_read_timeout_is_refused() {
+    let agents = ["--agents", "127.0.0.1:1"];
+    let longer = [&agents[..], &["--rpc-timeout", "6s"]].concat();
+    let problems = parse(&longer).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.option == "rpc-timeout" && p.message.contains("--frame-read-timeout")),
+        "{problems:?}"
+    );
+    let equal = [&agents[..], &["--rpc-timeout", "5s"]].concat();
+    assert!(parse(&equal).is_ok());
+}
+
+#[test]
 fn flags_win_over_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.toml");

@@ -30,6 +30,18 @@ impl Config {
         let mut problems = Vec::new();
         let mut bad =
             |option: &'static str, message: String| problems.push(Problem { option, message });
+        self.check_each_value(&mut bad);
+        self.check_pairs(&mut bad);
+        self.check_membership(&mut bad);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Each value on its own: counts, periods, sizes, ratios.
+    fn check_each_value(&self, bad: &mut impl FnMut(&'static str, String)) {
         if self.listen.is_empty() {
             bad("listen", "at least one address is needed".into());
         }
@@ -70,12 +82,44 @@ impl Config {
                 format!("{} is too small (at least 64)", self.max_frame_bytes),
             );
         }
+        if !(0.0..=1.0).contains(&self.retry_budget) {
+            bad(
+                "retry-budget",
+                format!("{} is not a ratio between 0 and 1", self.retry_budget),
+            );
+        }
+        if self.hints_target_outstanding.is_nan() || self.hints_target_outstanding <= 0.0 {
+            bad(
+                "hints-target-outstanding",
+                format!("{} must be more than 0", self.hints_target_outstanding),
+            );
+        }
+        if self.hints_target_rpc.is_nan() || self.hints_target_rpc < 0.0 {
+            bad(
+                "hints-target-rpc",
+                format!("{} must be 0 (off) or more", self.hints_target_rpc),
+            );
+        }
+    }
+
+    /// Values that bound each other.
+    fn check_pairs(&self, bad: &mut impl FnMut(&'static str, String)) {
         if !self.rpc_timeout.is_zero() && self.connect_timeout > self.rpc_timeout {
             bad(
                 "connect-timeout",
                 format!(
                     "{:?} is longer than --rpc-timeout {:?}, which bounds the whole call",
                     self.connect_timeout, self.rpc_timeout
+                ),
+            );
+        }
+        if self.rpc_timeout > self.frame_read_timeout {
+            bad(
+                "rpc-timeout",
+                format!(
+                    "{:?} is longer than --frame-read-timeout {:?}: a module pipelining calls \
+                     would be closed as a slow sender while the proxy waited on an agent",
+                    self.rpc_timeout, self.frame_read_timeout
                 ),
             );
         }
@@ -103,24 +147,6 @@ impl Config {
                 ),
             );
         }
-        if !(0.0..=1.0).contains(&self.retry_budget) {
-            bad(
-                "retry-budget",
-                format!("{} is not a ratio between 0 and 1", self.retry_budget),
-            );
-        }
-        if self.hints_target_outstanding.is_nan() || self.hints_target_outstanding <= 0.0 {
-            bad(
-                "hints-target-outstanding",
-                format!("{} must be more than 0", self.hints_target_outstanding),
-            );
-        }
-        if self.hints_target_rpc.is_nan() || self.hints_target_rpc < 0.0 {
-            bad(
-                "hints-target-rpc",
-                format!("{} must be 0 (off) or more", self.hints_target_rpc),
-            );
-        }
         if self.hints_min_agents > self.hints_max_agents {
             bad(
                 "hints-min-agents",
@@ -139,6 +165,10 @@ impl Config {
                 ),
             );
         }
+    }
+
+    /// Exactly one membership source, and its addresses.
+    fn check_membership(&self, bad: &mut impl FnMut(&'static str, String)) {
         let sources = [
             !self.agents.is_empty(),
             self.agents_file.is_some(),
@@ -174,11 +204,6 @@ impl Config {
             && let Err(e) = k8s.parse::<ServiceRef>()
         {
             bad("agents-k8s", e.to_string());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
         }
     }
 }

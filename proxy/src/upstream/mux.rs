@@ -13,18 +13,17 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures::StreamExt;
-use tokio::io::AsyncRead;
-use tokio::net::{tcp, unix};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
-use super::{Connected, UpstreamConfig, connect};
+use super::{UpstreamConfig, connect};
 use crate::codec::{Frame, FrameCodec, FrameKind, Limits};
 use crate::error::UpstreamError;
 use crate::metrics as m;
+use crate::stream::{ReadHalf, Stream, WriteHalf};
 use agent_pool::Address;
 
 /// Bytes queued on one connection (the agent reads slower than callers write) before further
@@ -47,6 +46,9 @@ struct Slot {
     conn: Mutex<Option<Arc<MuxConn>>>,
     /// Held while connecting; guards the reconnect backoff.
     connecting: tokio::sync::Mutex<Backoff>,
+    /// A background reconnect is spawned and has not ended: calls that land on the dead slot
+    /// meanwhile spawn no other.
+    reconnecting: AtomicBool,
 }
 
 #[derive(Default)]
@@ -68,6 +70,7 @@ impl AgentConns {
             .map(|_| Slot {
                 conn: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(Backoff::default()),
+                reconnecting: AtomicBool::new(false),
             })
             .collect();
         Self {
@@ -111,13 +114,29 @@ impl AgentConns {
     pub(super) fn warm(self: &Arc<Self>) {
         for index in 0..self.slots.len() {
             if self.slots[index].live().is_none() {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    let deadline = Instant::now() + this.connect_timeout;
-                    let _ = this.connect_slot(index, deadline, false, false).await;
-                });
+                self.reconnect_in_background(index);
             }
         }
+    }
+
+    /// Spawns a reconnect of slot `index` unless one is already under way.
+    fn reconnect_in_background(self: &Arc<Self>, index: usize) {
+        let slot = &self.slots[index];
+        if slot
+            .reconnecting
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + this.connect_timeout;
+            let _ = this.connect_slot(index, deadline, false, false).await;
+            this.slots[index]
+                .reconnecting
+                .store(false, Ordering::Release);
+        });
     }
 
     /// A live connection, round-robin over the slots. A dead slot is reconnected in the
@@ -133,11 +152,7 @@ impl AgentConns {
         }
         for i in 1..n {
             if let Some(c) = self.slots[(first + i) % n].live() {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    let deadline = Instant::now() + this.connect_timeout;
-                    let _ = this.connect_slot(first, deadline, false, false).await;
-                });
+                self.reconnect_in_background(first);
                 return Ok(c);
             }
         }
@@ -187,16 +202,7 @@ impl AgentConns {
         match connect(&self.address, deadline.min(now + self.connect_timeout)).await {
             Ok(stream) => {
                 *backoff = Backoff::default();
-                let conn = match stream {
-                    Connected::Tcp(s) => {
-                        let (r, w) = s.into_split();
-                        MuxConn::spawn(r, WriteHalf::Tcp(w), self.limits, &self.exit, self.span())
-                    }
-                    Connected::Unix(s) => {
-                        let (r, w) = s.into_split();
-                        MuxConn::spawn(r, WriteHalf::Unix(w), self.limits, &self.exit, self.span())
-                    }
-                };
+                let conn = MuxConn::spawn(stream, self.limits, &self.exit, self.span());
                 *slot.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
                 Ok(conn)
             }
@@ -206,29 +212,6 @@ impl AgentConns {
                 backoff.until = Some(Instant::now() + delay.min(Duration::from_secs(1)));
                 Err(e)
             }
-        }
-    }
-}
-
-/// The write side of an agent connection.
-enum WriteHalf {
-    Tcp(tcp::OwnedWriteHalf),
-    Unix(unix::OwnedWriteHalf),
-}
-
-impl WriteHalf {
-    /// Writes what the socket takes now, without waiting.
-    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
-        match self {
-            Self::Tcp(w) => w.try_write(bytes),
-            Self::Unix(w) => w.try_write(bytes),
-        }
-    }
-
-    async fn writable(&self) -> io::Result<()> {
-        match self {
-            Self::Tcp(w) => w.writable().await,
-            Self::Unix(w) => w.writable().await,
         }
     }
 }
@@ -254,16 +237,13 @@ pub(super) struct MuxConn {
 }
 
 impl MuxConn {
-    fn spawn<R>(
-        reader: R,
-        writer: WriteHalf,
+    fn spawn(
+        stream: Stream,
         limits: Limits,
         exit: &CancellationToken,
         span: tracing::Span,
-    ) -> Arc<Self>
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-    {
+    ) -> Arc<Self> {
+        let (reader, writer) = stream.into_split();
         let conn = Arc::new(Self {
             writer,
             outbox: Mutex::new(Outbox::default()),
@@ -412,10 +392,7 @@ impl MuxConn {
         self.close();
     }
 
-    async fn read_loop<R: AsyncRead + Unpin>(
-        self: Arc<Self>,
-        mut frames: FramedRead<R, FrameCodec>,
-    ) {
+    async fn read_loop(self: Arc<Self>, mut frames: FramedRead<ReadHalf, FrameCodec>) {
         let dead = self.dead.clone().cancelled_owned();
         tokio::pin!(dead);
         loop {
@@ -467,10 +444,14 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
+        // Never panic here: a drop may run while unwinding, where a panic aborts the process.
         self.conn
             .pending
             .lock()
-            .expect("pending lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
     }
 }
+
+#[cfg(test)]
+mod tests;

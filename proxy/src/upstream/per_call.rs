@@ -1,13 +1,14 @@
 //! `per-call` mode: a connection per RPC, for agents that would not multiplex.
 
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::codec::FramedRead;
 
-use super::{Connected, UpstreamConfig, connect};
+use super::{UpstreamConfig, connect};
 use crate::codec::{Frame, FrameCodec, FrameKind};
 use crate::error::UpstreamError;
+use crate::stream::Stream;
 use agent_pool::Address;
 
 /// Connect, send, read the one answer, close.
@@ -26,14 +27,12 @@ pub(super) async fn call(
             .into_bytes(),
         None => request.clone().into_bytes(),
     };
-    match connect(address, connect_deadline).await? {
-        Connected::Tcp(s) => exchange(s, config, &bytes, request.msgid(), deadline).await,
-        Connected::Unix(s) => exchange(s, config, &bytes, request.msgid(), deadline).await,
-    }
+    let stream = connect(address, connect_deadline).await?;
+    exchange(stream, config, &bytes, request.msgid(), deadline).await
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+async fn exchange(
+    mut stream: Stream,
     config: &UpstreamConfig,
     bytes: &[u8],
     msgid: Option<u64>,
@@ -44,7 +43,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Err(e)) => return Err(UpstreamError::SentNoAnswer(e)),
         Err(_) => return Err(UpstreamError::Timeout),
     }
-    let mut frames = FramedRead::new(stream, FrameCodec::new(config.limits));
+    let mut frames = FramedRead::new(&mut *stream, FrameCodec::new(config.limits));
     loop {
         match timeout_at(deadline, frames.next()).await {
             Err(_) => return Err(UpstreamError::Timeout),

@@ -146,6 +146,12 @@ pub fn with_agents(agents: &[&Agent]) -> Options {
 pub async fn start_proxy(options: Options) -> RunningProxy {
     let config = Config::from_options(options);
     config.validate().unwrap();
+    start_config(config).await
+}
+
+/// A proxy from `config` as given, valid or not (a test that needs a combination `validate`
+/// refuses to reach a state at all).
+pub async fn start_config(config: Config) -> RunningProxy {
     let proxy = Proxy::bind(config).await.unwrap();
     let rpc = match &proxy.rpc_addrs()[0] {
         ListenAddr::Tcp(a) => *a,
