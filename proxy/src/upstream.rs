@@ -112,12 +112,11 @@ impl Upstreams {
             UpstreamMode::Mux if !agent.is_ejected() => self.conns(agent).probe().await,
             UpstreamMode::Mux | UpstreamMode::PerCall => {
                 match connect(agent.address(), deadline).await {
-                    Ok(Connected::Tcp(s)) => {
+                    Ok(s) => {
                         // Closed with a reset: a probe every 100 ms leaves no TIME_WAIT.
-                        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                        s.reset_on_close();
                         true
                     }
-                    Ok(Connected::Unix(_)) => true,
                     Err(_) => {
                         if self.config.mode == UpstreamMode::Mux {
                             self.conns(agent).close_live();
