@@ -209,6 +209,7 @@ impl Proxy {
                 in_flight: in_flight.clone(),
                 max_in_flight: config.max_in_flight,
                 max_in_flight_bytes: config.max_in_flight_bytes,
+                modules: Default::default(), // issue 19: ModuleInit to every agent
             },
             limits,
             max_in_flight: config.max_in_flight_per_connection,
@@ -255,6 +256,9 @@ impl Proxy {
                 }
             });
         }
+
+        // issue 19: copies of ModuleInit to every agent, replays to agents that join.
+        tokio::spawn(crate::module_init::run(shared.clone(), exit.clone()));
 
         // Accept once the first membership is in (bounded): a proxy restarted on the same
         // address would otherwise answer its first calls "no agent available". Meanwhile
