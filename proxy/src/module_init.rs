@@ -11,7 +11,9 @@
 //!
 //! Each agent gets each ModuleInit once: the memory and the set of agents already given it
 //! change under one lock, so an agent gets a new module either as a copy (it was enrolled) or
-//! in its replay (it was not), never both. Copies are bounded ([`MAX_PENDING_COPIES`] at a time,
+//! in its replay (it was not), never both; a ModuleInit enrols the agents not enrolled yet
+//! (with the modules known before it) before it is copied, so one that arrives before the
+//! first tick is not replayed to the agent that answered it. Copies are bounded ([`MAX_PENDING_COPIES`] at a time,
 //! each within `--rpc-timeout`); what does not fit is dropped and counted, never waited for.
 //! The memory is this process's: a restarted proxy knows no module until modules start again.
 
@@ -38,10 +40,12 @@ pub(crate) const MAX_PENDING_COPIES: usize = 1024;
 /// How often the membership is checked for agents to enrol.
 const TICK: Duration = Duration::from_millis(100);
 
-/// A ModuleInit to copy to `targets`.
-struct Job {
-    frame: Frame,
-    targets: Vec<Arc<Agent>>,
+/// Copies for the worker to send.
+enum Job {
+    /// A module's ModuleInit to every other enrolled agent.
+    FanOut(Frame, Vec<Arc<Agent>>),
+    /// The modules known before an agent was enrolled, to that agent.
+    Replay(Arc<Agent>, Vec<Frame>),
 }
 
 #[derive(Default)]
@@ -94,12 +98,31 @@ fn module_key(frame: &Frame) -> Option<(String, String)> {
     Some((init.ModuleVersion, init.ServerVersion))
 }
 
+impl State {
+    /// Enrols the agents of `snapshot` that take work and are not enrolled yet; returns each
+    /// with the modules to replay to it. Forgets agents no longer in the snapshot.
+    fn enrol(&mut self, snapshot: &Snapshot) -> Vec<(Arc<Agent>, Vec<Frame>)> {
+        self.enrolled
+            .retain(|id| snapshot.agents().iter().any(|a| a.id() == id));
+        let mut new = Vec::new();
+        for a in snapshot.agents().iter().filter(|a| takes_work(a)) {
+            if self.enrolled.insert(a.id().clone()) {
+                let frames = self.modules.iter().map(|(_, f)| f.clone()).collect();
+                new.push((a.clone(), frames));
+            }
+        }
+        new
+    }
+}
+
 impl Modules {
-    /// A module's ModuleInit was answered by `answered` (or by no agent): remember the module,
-    /// and copy the call to every other enrolled agent that takes work.
+    /// A module's ModuleInit was answered by `answered` (or by no agent): enrol the agents not
+    /// enrolled yet (with the modules known before this one), remember the module, and copy the
+    /// call to every other agent that takes work.
     pub(crate) fn announced(&self, frame: &Frame, snapshot: &Snapshot, answered: Option<&Agent>) {
-        let targets = {
+        let (replays, targets) = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let replays = state.enrol(snapshot);
             match module_key(frame) {
                 Some(key) if state.modules.iter().any(|(k, _)| *k == key) => {}
                 Some(key) if state.modules.len() < MAX_MODULES => {
@@ -108,43 +131,43 @@ impl Modules {
                 }
                 _ => counter!("sigsci_proxy_modules_unremembered_total").increment(1),
             }
-            snapshot
+            let targets: Vec<_> = snapshot
                 .agents()
                 .iter()
                 .filter(|a| answered.is_none_or(|x| !std::ptr::eq(Arc::as_ptr(a), x)))
                 .filter(|a| takes_work(a) && state.enrolled.contains(a.id()))
                 .cloned()
-                .collect::<Vec<_>>()
+                .collect();
+            (replays, targets)
         };
-        if targets.is_empty() {
-            return;
+        for (agent, frames) in replays.into_iter().filter(|(_, f)| !f.is_empty()) {
+            self.queue(Job::Replay(agent, frames));
         }
-        let n = targets.len() as u64;
-        let job = Job {
-            frame: frame.clone(),
-            targets,
-        };
-        if self.jobs.try_send(job).is_err() {
-            copied("fan_out", "dropped", n);
+        if !targets.is_empty() {
+            self.queue(Job::FanOut(frame.clone(), targets));
         }
     }
 
-    /// Enrols the agents of `snapshot` that take work and are not enrolled yet; returns each
-    /// with the modules to replay to it. Forgets agents no longer in the snapshot.
-    fn enrol(&self, snapshot: &Snapshot) -> Vec<(Arc<Agent>, Vec<Frame>)> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let state = &mut *state;
-        state
-            .enrolled
-            .retain(|id| snapshot.agents().iter().any(|a| a.id() == id));
-        let mut new = Vec::new();
-        for a in snapshot.agents().iter().filter(|a| takes_work(a)) {
-            if state.enrolled.insert(a.id().clone()) {
-                let frames = state.modules.iter().map(|(_, f)| f.clone()).collect();
-                new.push((a.clone(), frames));
+    /// Hands a job to the worker; counts it dropped when 64 are already queued.
+    fn queue(&self, job: Job) {
+        let Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) =
+            self.jobs.try_send(job)
+        else {
+            return;
+        };
+        match job {
+            Job::FanOut(_, targets) => copied("fan_out", "dropped", targets.len() as u64),
+            Job::Replay(agent, frames) => {
+                copied("replay", "dropped", frames.len() as u64);
+                self.unenrol(&agent);
             }
         }
-        new
+    }
+
+    /// Enrols the new agents of `snapshot` (see [`State::enrol`]).
+    fn enrol(&self, snapshot: &Snapshot) -> Vec<(Arc<Agent>, Vec<Frame>)> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.enrol(snapshot)
     }
 
     /// An agent whose replay failed is enrolled again at a later tick.
@@ -217,7 +240,10 @@ pub(crate) async fn run(shared: Arc<Shared>, exit: CancellationToken) {
     loop {
         tokio::select! {
             () = exit.cancelled() => break,
-            Some(job) = queue.recv() => fan_out(&shared, job),
+            Some(job) = queue.recv() => match job {
+                Job::FanOut(frame, targets) => fan_out(&shared, frame, targets),
+                Job::Replay(agent, frames) => replay(&shared, agent, frames),
+            },
             _ = every.tick() => {
                 for (agent, frames) in modules.enrol(&shared.router.pool.snapshot()) {
                     replay(&shared, agent, frames);
@@ -228,13 +254,13 @@ pub(crate) async fn run(shared: Arc<Shared>, exit: CancellationToken) {
 }
 
 /// Copies a job's frame to each of its targets, each in a task of its own.
-fn fan_out(shared: &Arc<Shared>, job: Job) {
-    for agent in job.targets {
+fn fan_out(shared: &Arc<Shared>, frame: Frame, targets: Vec<Arc<Agent>>) {
+    for agent in targets {
         if !shared.router.modules.reserve(1) {
             copied("fan_out", "dropped", 1);
             continue;
         }
-        let (shared, frame) = (shared.clone(), job.frame.clone());
+        let (shared, frame) = (shared.clone(), frame.clone());
         tokio::spawn(async move {
             let ok = copy(&shared, &agent, &frame).await;
             shared
