@@ -35,6 +35,9 @@ use crate::downstream::Shared;
 
 /// Distinct modules remembered for agents that join later.
 pub(crate) const MAX_MODULES: usize = 256;
+/// The largest ModuleInit copied or remembered: a real one is about 150 bytes, and the bound
+/// keeps the memory (256 × 4 KiB) and the copies small whatever a client sends.
+pub(crate) const MAX_FRAME_BYTES: usize = 4096;
 /// Background copies in flight at once.
 pub(crate) const MAX_PENDING_COPIES: usize = 1024;
 /// How often the membership is checked for agents to enrol.
@@ -120,6 +123,10 @@ impl Modules {
     /// enrolled yet (with the modules known before this one), remember the module, and copy the
     /// call to every other agent that takes work.
     pub(crate) fn announced(&self, frame: &Frame, snapshot: &Snapshot, answered: Option<&Agent>) {
+        if frame.as_bytes().len() > MAX_FRAME_BYTES {
+            counter!("sigsci_proxy_modules_unremembered_total").increment(1);
+            return;
+        }
         let (replays, targets) = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let replays = state.enrol(snapshot);
@@ -204,7 +211,7 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         "sigsci_proxy_modules_unremembered_total",
-        "ModuleInit calls of a new module not remembered: the memory was full or the versions unreadable (copied to current agents all the same)."
+        "ModuleInit calls not remembered: over 4 KiB (neither remembered nor copied), or of a new module with the memory full or the versions unreadable (copied to current agents all the same)."
     );
     for how in ["fan_out", "replay"] {
         for result in ["ok", "error", "dropped"] {
