@@ -33,7 +33,7 @@ pub use health::EjectionConfig;
 pub use hints::{Hints, HintsConfig};
 pub use pool::{ConfigError, Pool, PoolConfig};
 pub use snapshot::Snapshot;
-pub use token::{AffinityToken, TokenError};
+pub use token::{AffinityToken, ShortToken, TokenError};
 
 /// Every membership source yields this stream (docs/style.md #8).
 pub type Updates = futures::stream::BoxStream<'static, Update>;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::agent::LazyNow;
-use crate::{AffinityToken, Agent, picker};
+use crate::{AffinityToken, Agent, ShortToken, picker};
 
 /// Tokens are already hashes: the index uses them as they are.
 #[derive(Default)]
@@ -48,6 +48,31 @@ pub struct Snapshot {
     /// falls back to serving-terminating endpoints (better inspected late than not at all).
     terminating: Vec<Arc<Agent>>,
     by_token: TokenMap,
+    /// Each short token's owner: of the agents sharing it, the one with the smallest full
+    /// token, a rule every replica with the same membership applies alike.
+    by_short: TokenMap,
+}
+
+/// Each short token's owner among `agents`: the smallest full token wins.
+fn short_owners(agents: &[Arc<Agent>]) -> TokenMap {
+    let mut by_short = TokenMap::default();
+    for a in agents {
+        let owner = by_short
+            .entry(u64::from(a.token().short().0))
+            .or_insert_with(|| a.clone());
+        if Arc::ptr_eq(owner, a) {
+            continue;
+        }
+        if a.token() < owner.token() {
+            *owner = a.clone();
+        }
+        tracing::warn!(
+            agent.id = %a.id(),
+            owner.id = %owner.id(),
+            "Two agents share a short affinity token: only the owner's short RequestIDs are tagged"
+        );
+    }
+    by_short
 }
 
 impl Snapshot {
@@ -79,6 +104,7 @@ impl Snapshot {
                 );
             }
         }
+        let by_short = short_owners(&agents);
         Self {
             version,
             epoch,
@@ -88,6 +114,7 @@ impl Snapshot {
             joining,
             terminating,
             by_token,
+            by_short,
         }
     }
 
@@ -133,6 +160,23 @@ impl Snapshot {
             return None;
         }
         Some(a.clone())
+    }
+
+    /// The owner of a short token (of the members sharing it, the one with the smallest full
+    /// token), within the same grace as [`by_token`](Self::by_token).
+    #[inline]
+    pub fn by_short_token(&self, short: ShortToken) -> Option<Arc<Agent>> {
+        let a = self.by_short.get(&u64::from(short.0))?;
+        self.by_token(a.token())
+            .filter(|found| Arc::ptr_eq(found, a))
+    }
+
+    /// Whether `agent` owns its short token, so that a RequestID may name it by that alone.
+    #[inline]
+    pub fn owns_short_token(&self, agent: &Agent) -> bool {
+        self.by_short
+            .get(&u64::from(agent.token().short().0))
+            .is_some_and(|a| std::ptr::eq(Arc::as_ptr(a), agent))
     }
 
     /// Every known agent, sorted by id: ready, terminating, ejected and gone-within-grace.

@@ -424,3 +424,42 @@ fn an_agent_joining_a_serving_pool_takes_its_share_as_soon_as_it_has_joined() {
         "new agent's share {share} (fair: 0.25)"
     );
 }
+
+#[test]
+fn agents_sharing_a_short_token_leave_it_to_the_smaller_full_token() {
+    // Found by a birthday search: FNV-1a 64 0xa1f2b3c4a851eb41 and 0x69495b3060ea03b5, both
+    // folding to 0x09a35885.
+    let (low, high) = ("agent-129406", "agent-18753");
+    let pool = Pool::new(PoolConfig::default());
+    let t0 = Instant::now();
+    let with_id = |i: usize, id: &str| ep(i).with_id(EndpointId::new(id));
+    pool.apply_at(
+        Update::Reset(vec![with_id(0, high), with_id(1, low), ep(2)]),
+        t0,
+    );
+    let snap = pool.snapshot();
+    let find = |id: &str| {
+        snap.agents()
+            .iter()
+            .find(|a| a.id().as_str() == id)
+            .unwrap()
+            .clone()
+    };
+    let (owner, other) = (find(low), find(high));
+    assert_eq!(owner.token().short(), other.token().short());
+    assert!(snap.owns_short_token(&owner));
+    assert!(
+        !snap.owns_short_token(&other),
+        "its short IDs would name the owner"
+    );
+    let found = snap.by_short_token(other.token().short()).unwrap();
+    assert!(Arc::ptr_eq(&found, &owner));
+    // Full tokens still tell them apart.
+    assert!(Arc::ptr_eq(&snap.by_token(other.token()).unwrap(), &other));
+    let third = agent(&pool, 2);
+    assert!(snap.owns_short_token(&third));
+    assert!(Arc::ptr_eq(
+        &snap.by_short_token(third.token().short()).unwrap(),
+        &third
+    ));
+}

@@ -1,4 +1,5 @@
-//! The affinity token: a short name for an agent that every proxy replica computes alike.
+//! The affinity token: a short name for an agent that every proxy replica computes alike, and
+//! its 32-bit fold for RequestIDs with little room to spare (docs/affinity.md).
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,7 +32,18 @@ impl AffinityToken {
         }
         Self(hash)
     }
+
+    /// The 32-bit fold (high half XOR low half: FNV-1a's low bits alone mix worst) that a
+    /// RequestID carries when the full token does not fit in its string header class.
+    pub const fn short(self) -> ShortToken {
+        ShortToken((self.0 ^ (self.0 >> 32)) as u32)
+    }
 }
+
+/// [`AffinityToken::short`]: two agents share one with probability 2^-32, and the pool names
+/// one owner per value ([`crate::Snapshot::by_short_token`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShortToken(pub u32);
 
 impl fmt::Display for AffinityToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -78,6 +90,14 @@ mod tests {
         assert_eq!(AffinityToken::of_bytes(b"foobar").0, 0x8594_4171_f739_67e8);
         let id = EndpointId::from("sigsci-agent-7d9f-abcde");
         assert_eq!(AffinityToken::of(&id), AffinityToken::of(&id.clone()));
+    }
+
+    #[test]
+    fn short_token_folds_both_halves() {
+        assert_eq!(
+            AffinityToken(0x0123_4567_89ab_cdef).short(),
+            ShortToken(0x0123_4567 ^ 0x89ab_cdef)
+        );
     }
 
     #[test]

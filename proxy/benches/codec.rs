@@ -120,11 +120,22 @@ fn bench(c: &mut Criterion) {
     // as the Kubernetes source names it.
     let id: &[u8] = b"0f6b1c2e-8d7a-4b3c-9e1f-2a3b4c5d6e7f";
     let token = AffinityToken::of(&EndpointId::new("default/sigsci-agent-7d9f8b6c5-x2k4q"));
-    let encoded = affinity::encode(id, token);
-    assert_eq!(affinity::decode(&encoded), Some((id, token)));
+    let capacity = affinity::class_capacity(id.len());
+    let encoded = affinity::encode(id, token, capacity, true).unwrap();
+    assert_eq!(
+        affinity::decode(&encoded),
+        Some((id, affinity::Tag::Full(token)))
+    );
     let mut group = c.benchmark_group("affinity");
     group.bench_function("encode", |b| {
-        b.iter(|| black_box(affinity::encode(black_box(id), black_box(token))))
+        b.iter(|| {
+            black_box(affinity::encode(
+                black_box(id),
+                black_box(token),
+                capacity,
+                true,
+            ))
+        })
     });
     group.bench_function("decode_token", |b| {
         b.iter(|| black_box(affinity::decode(black_box(&encoded))))
@@ -154,7 +165,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("rewrite_response_msgid_and_request_id", |b| {
         b.iter(|| {
             let original = response.request_id().unwrap();
-            let encoded = affinity::encode(original, black_box(token));
+            let encoded = affinity::encode(original, black_box(token), capacity, true).unwrap();
             black_box(
                 response
                     .rewrite(Some(black_box(1)), Some(&encoded))

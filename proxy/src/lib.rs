@@ -27,6 +27,7 @@ mod in_flight;
 mod listener;
 mod memory;
 mod metrics;
+mod module_init;
 mod route;
 mod server;
 mod stream;

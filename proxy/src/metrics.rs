@@ -128,6 +128,7 @@ fn describe() {
         "sigsci_proxy_draining",
         "1 while this proxy drains (readiness off), else 0."
     );
+    crate::module_init::describe(); // issue 19
     for result in ["hit", "none", "lost"] {
         counter!("sigsci_proxy_affinity_total", "result" => result).increment(0);
     }

@@ -1,21 +1,23 @@
 //! Per-RPC routing: which agent gets a request, the RequestID affinity rewrite both ways, one
 //! retry on another agent within a budget, and the answer the module gets back (always one
-//! frame with its own msgid: the agent's answer, or an error frame at once).
+//! frame with its own msgid: the agent's answer, an error frame at once, or, for an
+//! UpdateRequest whose token names no agent, the answer an agent gives).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use agent_pool::{Agent, Outcome, Pool};
+use agent_pool::{Agent, Outcome, Pool, Snapshot};
 use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::affinity;
-use crate::codec::{Frame, Method, error_response};
+use crate::affinity::{self, Tag};
+use crate::codec::{Frame, Method, error_response, update_response};
 use crate::error::{RetryType, UpstreamError};
 use crate::in_flight::InFlightCount;
 use crate::metrics as m;
+use crate::module_init::Modules;
 use crate::upstream::Upstreams;
 
 /// Retries allowed as a share of successful first attempts: a token bucket in thousandths of a
@@ -65,6 +67,20 @@ pub(crate) struct Router {
     pub(crate) max_in_flight: usize,
     /// Proxy-wide request bytes in flight before new ones are shed.
     pub(crate) max_in_flight_bytes: usize,
+    /// The modules seen, copied to every agent ([`crate::module_init`]).
+    pub(crate) modules: Modules,
+}
+
+/// Where a call goes.
+enum Target<'f> {
+    /// To the picker's choice (`None`: no agent takes work).
+    Balanced(Option<Arc<Agent>>),
+    /// An UpdateRequest to the agent its token names, with the original RequestID: only that
+    /// agent knows the ID, so a failure is never retried elsewhere.
+    Pinned(Arc<Agent>, &'f [u8]),
+    /// An UpdateRequest whose token names no member: no agent knows its ID, so the proxy
+    /// answers it as an agent would and sends it nowhere.
+    Lost,
 }
 
 impl Router {
@@ -85,96 +101,107 @@ impl Router {
             return error_response(msgid, "sigsci-proxy: too many calls in flight");
         };
         let snapshot = self.pool.snapshot();
-
-        // Target, RequestID to restore, and whether a failed first attempt may go elsewhere.
-        let mut restore: Option<&[u8]> = None;
-        let target = match method {
-            Method::UpdateRequest => match frame.request_id().and_then(affinity::decode) {
-                Some((original, token)) => {
-                    restore = Some(original);
-                    match snapshot.by_token(token) {
-                        Some(agent) => {
-                            m::affinity("hit");
-                            Some(agent)
-                        }
-                        None => {
-                            // Never dial what a client wrote: balance it instead.
-                            m::affinity("lost");
-                            snapshot.pick()
-                        }
-                    }
-                }
-                None => {
-                    m::affinity("none");
-                    snapshot.pick()
-                }
-            },
-            _ => snapshot.pick(),
-        };
-        // A second inspection costs little; a missed one lets a request through unseen.
-        let repeatable = matches!(method, Method::PreRequest | Method::ModuleInit);
-        // An UpdateRequest routed by token has exactly one right agent.
-        let pinned = method == Method::UpdateRequest && restore.is_some();
-
-        let Some(agent) = target else {
-            let e = UpstreamError::NoAgent;
-            m::rpc_finished(method, e.label(), started.elapsed());
-            m::uninspected(e.uninspected());
-            return error_response(msgid, &format!("sigsci-proxy: {e}"));
-        };
-        let mut result = self.attempt(&agent, &frame, restore, deadline).await;
-        let mut answered_by = agent;
-        if let Err(e) = &result {
-            let allowed = match e.retry() {
-                RetryType::Safe => !pinned,
-                RetryType::IfRepeatable => repeatable && !pinned,
-                RetryType::Never => false,
-            };
-            if allowed && Instant::now() < deadline {
-                match snapshot.pick_excluding(&answered_by) {
-                    None => m::retry("no_other_agent"),
-                    Some(_) if !self.budget.withdraw() => m::retry("budget_exhausted"),
-                    Some(other) => {
-                        m::retry("attempted");
-                        debug!(error = %e, agent.addr = %other.address(), "Retrying on another agent");
-                        let second = self.attempt(&other, &frame, restore, deadline).await;
-                        // An agent's error answer beats a failure of the second attempt: the
-                        // module learns what the agent said.
-                        let keep_first = matches!(
-                            (&result, &second),
-                            (Err(UpstreamError::AgentError(_)), Err(e2)) if !matches!(e2, UpstreamError::AgentError(_))
-                        );
-                        if !keep_first {
-                            result = second;
-                            answered_by = other;
-                        }
-                    }
-                }
+        let (agent, restore) = match target(method, &frame, &snapshot) {
+            Target::Balanced(Some(agent)) => (agent, None),
+            Target::Pinned(agent, original) => (agent, Some(original)),
+            Target::Lost => {
+                m::rpc_finished(method, "lost", started.elapsed());
+                return update_response(msgid);
             }
-        } else {
-            self.budget.deposit();
+            Target::Balanced(None) => {
+                if method == Method::ModuleInit {
+                    self.modules.announced(&frame, &snapshot, None);
+                }
+                let e = UpstreamError::NoAgent;
+                m::rpc_finished(method, e.label(), started.elapsed());
+                m::uninspected(e.uninspected());
+                return error_response(msgid, &format!("sigsci-proxy: {e}"));
+            }
+        };
+        let (result, answered_by) = self
+            .attempt_or_retry(&snapshot, agent, &frame, restore, deadline)
+            .await;
+        if method == Method::ModuleInit {
+            let answered = result.as_ref().ok().map(|_| &*answered_by);
+            self.modules.announced(&frame, &snapshot, answered);
         }
-
         match result {
             Ok(response) => {
                 m::rpc_finished(method, "ok", started.elapsed());
-                respond(&response, msgid, &answered_by)
+                respond(&response, msgid, &answered_by, &snapshot)
             }
             Err(e) => {
                 m::rpc_finished(method, e.label(), started.elapsed());
                 m::uninspected(e.uninspected());
                 debug!(error = %e, side = ?e.side(), agent.addr = %answered_by.address(), "RPC failed");
                 match e {
-                    UpstreamError::AgentError(answer) => respond(&answer, msgid, &answered_by),
+                    UpstreamError::AgentError(answer) => {
+                        respond(&answer, msgid, &answered_by, &snapshot)
+                    }
                     e => error_response(msgid, &format!("sigsci-proxy: {e}")),
                 }
             }
         }
     }
 
+    /// A first attempt on `agent` and, if it failed in a way that allows it, one retry on
+    /// another agent within the budget. Returns the result kept and the agent that gave it.
+    async fn attempt_or_retry(
+        &self,
+        snapshot: &Snapshot,
+        agent: Arc<Agent>,
+        frame: &Frame,
+        restore: Option<&[u8]>,
+        deadline: Instant,
+    ) -> (Result<Frame, UpstreamError>, Arc<Agent>) {
+        let result = self.attempt(&agent, frame, restore, deadline).await;
+        let Err(e) = &result else {
+            self.budget.deposit();
+            return (result, agent);
+        };
+        let method = frame.method().unwrap_or(Method::Other);
+        // A second inspection costs little; a missed one lets a request through unseen.
+        let repeatable = matches!(method, Method::PreRequest | Method::ModuleInit);
+        // An UpdateRequest routed by token has exactly one right agent.
+        let pinned = restore.is_some();
+        let allowed = match e.retry() {
+            RetryType::Safe => !pinned,
+            RetryType::IfRepeatable => repeatable && !pinned,
+            RetryType::Never => false,
+        };
+        if !allowed || Instant::now() >= deadline {
+            return (result, agent);
+        }
+        let other = match snapshot.pick_excluding(&agent) {
+            None => {
+                m::retry("no_other_agent");
+                return (result, agent);
+            }
+            Some(_) if !self.budget.withdraw() => {
+                m::retry("budget_exhausted");
+                return (result, agent);
+            }
+            Some(other) => other,
+        };
+        m::retry("attempted");
+        debug!(error = %e, agent.addr = %other.address(), "Retrying on another agent");
+        let second = self.attempt(&other, frame, restore, deadline).await;
+        // An agent's error answer beats a failure of the second attempt: the module learns
+        // what the agent said.
+        let keep_first = matches!(
+            (&result, &second),
+            (Err(UpstreamError::AgentError(_)), Err(e2)) if !matches!(e2, UpstreamError::AgentError(_))
+        );
+        if keep_first {
+            (result, agent)
+        } else {
+            (second, other)
+        }
+    }
+
     /// One try on one agent. An error answer is a failure here: the module that gets it lets
     /// its request through uninspected.
-    async fn attempt(
+    pub(crate) async fn attempt(
         &self,
         agent: &Arc<Agent>,
         frame: &Frame,
@@ -196,13 +223,46 @@ impl Router {
     }
 }
 
+/// Where a call goes: an UpdateRequest by the token in its RequestID, everything else (and an
+/// UpdateRequest without a token) by the picker.
+fn target<'f>(method: Method, frame: &'f Frame, snapshot: &Snapshot) -> Target<'f> {
+    if method != Method::UpdateRequest {
+        return Target::Balanced(snapshot.pick());
+    }
+    let Some((original, tag)) = frame.request_id().and_then(affinity::decode) else {
+        m::affinity("none");
+        return Target::Balanced(snapshot.pick());
+    };
+    let named = match tag {
+        Tag::Full(token) => snapshot.by_token(token),
+        Tag::Short(short) => snapshot.by_short_token(short),
+    };
+    match named {
+        Some(agent) => {
+            m::affinity("hit");
+            Target::Pinned(agent, original)
+        }
+        None => {
+            // Never dial what a client wrote, and never hand the ID to an agent that cannot
+            // know it.
+            m::affinity("lost");
+            Target::Lost
+        }
+    }
+}
+
 /// The agent's answer with the module's msgid, and a non-empty RequestID tagged with the
-/// answering agent's token.
-fn respond(response: &Frame, msgid: u64, agent: &Agent) -> Bytes {
+/// answering agent's token within the string header class the agent used (untagged when no
+/// suffix fits: its UpdateRequest is then balanced).
+fn respond(response: &Frame, msgid: u64, agent: &Agent, snapshot: &Snapshot) -> Bytes {
     let tagged = response
         .request_id()
         .filter(|id| !id.is_empty())
-        .map(|id| affinity::encode(id, agent.token()));
+        .and_then(|id| {
+            let capacity = response.request_id_capacity().unwrap_or(usize::MAX);
+            let short_owned = snapshot.owns_short_token(agent);
+            affinity::encode(id, agent.token(), capacity, short_owned)
+        });
     match response.rewrite(Some(msgid), tagged.as_deref()) {
         Ok(frame) => frame.into_bytes(),
         Err(e) => {

@@ -148,7 +148,13 @@ impl Proxy {
         let in_flight = in_flight_count(&config, &exit);
         let stop = CancellationToken::new();
         let shared = shared_state(&config, &pool, &in_flight, &stop, &exit);
+        // ModuleInit copies to every agent, replays to agents that join (module_init.rs).
+        tokio::spawn(crate::module_init::run(shared.clone(), exit.clone()));
         spawn_upstream_follower(&shared, exit);
+
+        // Accept once the first membership is in (bounded): a proxy restarted on the same
+        // address would otherwise answer its first calls "no agent available". Meanwhile
+        // connections wait in the listen backlog.
         wait_for_membership(&pool, MEMBERSHIP_WAIT).await;
         let tracker = TaskTracker::new();
         let (max_connections, rpc_addrs) =
@@ -262,6 +268,7 @@ pub(crate) fn shared_state(
             in_flight: in_flight.clone(),
             max_in_flight: config.max_in_flight,
             max_in_flight_bytes: config.max_in_flight_bytes,
+            modules: Default::default(),
         },
         limits,
         max_in_flight: config.max_in_flight_per_connection,

@@ -196,14 +196,15 @@ fn go_update_request_view_and_rewrite() {
             HeadersOut: vec![("Content-Type".into(), "text/html".into())],
         }
     );
-    // The proxy strips its affinity token: a 36-byte str8 ID becomes, e.g., a 4-byte fixstr.
+    // The proxy strips its affinity token: a 36-byte str8 ID becomes, e.g., a 4-byte one, still
+    // in the str8 class its sender used.
     let new = frame.rewrite(Some(300), Some(b"abcd")).unwrap();
     let after_uuid = bytes.windows(36).position(|w| w == UUID).unwrap() + 36;
     let expected = cat(&[
         &[0x94, 0x00, 0xcd, 0x01, 0x2c, 0xb1],
         b"RPC.UpdateRequest",
         &[0x91, 0x85],
-        &[0xa9], b"RequestID", &[0xa4], b"abcd",
+        &[0xa9], b"RequestID", &[0xd9, 0x04], b"abcd",
         &bytes[after_uuid..],
     ]);
     assert_eq!(new.as_bytes(), &expected[..]);
@@ -240,7 +241,7 @@ fn go_pre_response_with_and_without_request_id() {
 
     // Affinity: the proxy appends its 16-byte suffix (docs/affinity.md) to the ID and gives the
     // module back its own msgid.
-    let tokened = affinity::encode(UUID, AffinityToken(0x0123_4567_89ab_cdef));
+    let tokened = affinity::encode_full(UUID, AffinityToken(0x0123_4567_89ab_cdef));
     assert_eq!(tokened.len(), 36 + 16);
     let new = one_frame(&with).rewrite(Some(1), Some(&tokened)).unwrap();
     let expected = cat(&[
@@ -358,7 +359,7 @@ fn python_frames() {
     let frame = one_frame(&update);
     assert_eq!(frame.request_id(), Some(&b"xyz"[..]), "str32 header, key not first");
     let new = frame.rewrite(None, Some(b"xyz.t")).unwrap();
-    assert_eq!(&new.as_bytes()[new.as_bytes().len() - 6..], &[0xa5, b'x', b'y', b'z', b'.', b't']);
+    assert_eq!(&new.as_bytes()[new.as_bytes().len() - 10..], &[0xdb, 0, 0, 0, 5, b'x', b'y', b'z', b'.', b't']);
     assert_eq!(new.msgid(), Some(0x1234_5678));
 
     let post = cat(&[

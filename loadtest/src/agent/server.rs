@@ -205,6 +205,9 @@ impl Shared {
             rpc::MODULE_INIT => &c.moduleinits,
             _ => return,
         };
+        if method == rpc::PRE_REQUEST && c.moduleinits.load(Relaxed) == 0 {
+            c.prerequests_before_module_init.fetch_add(1, Relaxed);
+        }
         counter.fetch_add(1, Relaxed);
     }
 

@@ -38,6 +38,9 @@ counters! {
     moduleinits,
     /// `RPC.PreRequest` requests received.
     prerequests,
+    /// `RPC.PreRequest` requests received before the first `RPC.ModuleInit`: work taken by an
+    /// agent that did not know the module yet.
+    prerequests_before_module_init,
     /// `RPC.UpdateRequest` requests received.
     updaterequests,
     /// `RPC.PostRequest` requests received.

@@ -108,6 +108,15 @@ impl Frame {
         self.view.request_id.map(|(_, s, e)| &self.bytes[s..e])
     }
 
+    /// The most bytes a `RequestID` may have and keep the string header class its sender used:
+    /// 31 for a `fixstr`, 255 for a `str8`, 65,535 for a `str16`, `u32::MAX` for a `str32`
+    /// ([`Frame::rewrite`] keeps that class when the new ID fits it). `None` without one.
+    pub fn request_id_capacity(&self) -> Option<usize> {
+        self.view
+            .request_id
+            .map(|(header, _, _)| STR_CAPACITY[str_class(self.bytes[header])])
+    }
+
     /// What is wrong with this frame as a module's call, if anything. The modules send only
     /// requests `[0, msgid, method, [map]]` naming one of the four methods; anything else is
     /// answered by the proxy and never reaches a shared agent connection, where an agent that
@@ -145,7 +154,9 @@ impl Frame {
 
     /// A new frame with the msgid and/or the RequestID string replaced and every other byte copied
     /// verbatim. The msgid is written in its smallest unsigned encoding, the RequestID with the
-    /// smallest string header that fits. `(None, None)` returns a cheap clone.
+    /// string header class its sender used, or the smallest larger one when it does not fit
+    /// (modules whose decoder lacks `str8` get no `str8` where the agent sent none; see
+    /// [`Frame::request_id_capacity`]). `(None, None)` returns a cheap clone.
     ///
     /// Errors with [`CodecError::NotRewritable`] if asked to replace a msgid on a notification or a
     /// RequestID on a frame that has none (see [`Frame::request_id`]).
@@ -193,7 +204,7 @@ impl Frame {
         if let (Some(id), Some((header, _, end))) = (request_id, self.view.request_id) {
             out.extend_from_slice(&src[copied..header]);
             let new_header = out.len();
-            write_str_header(&mut out, id.len());
+            write_str_header_of_class(&mut out, id.len(), str_class(src[header]));
             let start = out.len();
             out.extend_from_slice(id);
             view.request_id = Some((new_header, start, out.len()));
@@ -237,6 +248,16 @@ pub fn error_response(msgid: u64, message: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// What an agent answers an `RPC.UpdateRequest`, `[1, msgid, nil, 0]` (the Go module reads an
+/// int and ignores it): the proxy's answer to one whose token names no agent.
+pub fn update_response(msgid: u64) -> Bytes {
+    let mut out = Vec::with_capacity(12);
+    out.extend_from_slice(&[0x94, 0x01]);
+    write_uint(&mut out, msgid);
+    out.extend_from_slice(&[0xc0, 0x00]);
+    Bytes::from(out)
+}
+
 /// Appends `v` in its smallest unsigned MessagePack encoding.
 pub(crate) fn write_uint(out: &mut Vec<u8>, v: u64) {
     if v < 0x80 {
@@ -252,6 +273,36 @@ pub(crate) fn write_uint(out: &mut Vec<u8>, v: u64) {
     } else {
         out.push(0xcf);
         out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// The most bytes of each string header class: `fixstr`, `str8`, `str16`, `str32`.
+const STR_CAPACITY: [usize; 4] = [31, 255, 65_535, u32::MAX as usize];
+
+/// The class (index into [`STR_CAPACITY`]) of a string header's first byte.
+fn str_class(header: u8) -> usize {
+    match header {
+        0xd9 => 1,
+        0xda => 2,
+        0xdb => 3,
+        _ => 0,
+    }
+}
+
+/// Appends a string header for `len` bytes of class `class` or, if `len` does not fit it, of
+/// the smallest class that fits.
+fn write_str_header_of_class(out: &mut Vec<u8>, len: usize, class: usize) {
+    match class {
+        1 if len <= 255 => out.extend_from_slice(&[0xd9, len as u8]),
+        2 if len <= 65_535 => {
+            out.push(0xda);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        3 => {
+            out.push(0xdb);
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+        _ => write_str_header(out, len),
     }
 }
 

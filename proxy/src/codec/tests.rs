@@ -203,3 +203,36 @@ fn eof_inside_a_frame_is_truncated() {
     ));
     assert_eq!(decode_all(&mut FrameCodec::default(), &bytes).len(), 1);
 }
+
+#[test]
+fn rewrite_keeps_the_request_id_header_class_the_sender_used() {
+    // An agent whose encoder predates str8 sends a 36-byte ID as str16; a 24-byte one as fixstr.
+    let answer = |header: &[u8], id: &[u8]| {
+        let mut f = vec![0x94, 0x01, 0x03, 0xc0, 0x81, 0xa9];
+        f.extend_from_slice(b"RequestID");
+        f.extend_from_slice(header);
+        f.extend_from_slice(id);
+        Frame::parse(Bytes::from(f), &Limits::default()).unwrap()
+    };
+    let uuid = [b'u'; 36];
+    let old_spec = answer(&[0xda, 0x00, 36], &uuid);
+    assert_eq!(old_spec.request_id_capacity(), Some(65_535));
+    let tagged = old_spec.rewrite(None, Some(&[b't'; 52])).unwrap();
+    let at = tagged.as_bytes().len() - 52 - 3;
+    assert_eq!(
+        tagged.as_bytes()[at..at + 3],
+        [0xda, 0x00, 52],
+        "still str16"
+    );
+    let restored = tagged.rewrite(None, Some(&uuid)).unwrap();
+    assert_eq!(restored.as_bytes(), old_spec.as_bytes());
+
+    let hex = answer(&[0xa0 | 24], &[b'h'; 24]);
+    assert_eq!(hex.request_id_capacity(), Some(31));
+    // Within the class: fixstr; beyond it: the smallest class that fits.
+    let fits = hex.rewrite(None, Some(&[b't'; 31])).unwrap();
+    assert_eq!(fits.as_bytes()[fits.as_bytes().len() - 32], 0xbf);
+    let grows = hex.rewrite(None, Some(&[b't'; 40])).unwrap();
+    assert_eq!(grows.as_bytes()[grows.as_bytes().len() - 42], 0xd9);
+    assert_eq!(grows.request_id(), Some(&[b't'; 40][..]));
+}
