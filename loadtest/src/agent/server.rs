@@ -138,6 +138,9 @@ impl Shared {
     async fn serve_time(&self, service: Duration) {
         let faults = self.faults();
         let service = service.mul_f64(faults.slow);
+        self.counters
+            .busy_us
+            .fetch_add(service.as_micros() as u64, Relaxed);
         let now = Instant::now();
         let done = {
             let mut slots = self.slots.lock().expect("not poisoned");
