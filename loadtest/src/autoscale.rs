@@ -156,13 +156,20 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
     agent.workers = spec.workers;
     let smoothing = Duration::from_secs(10).mul_f64(scale);
     let mut proxy_args = traffic.scenario.proxy_args.clone();
-    proxy_args.extend([
-        "--hints-target-rpc".into(),
-        spec.agent_rpc.to_string(),
-        "--hints-smoothing".into(),
-        format!("{}ms", smoothing.as_millis()),
-    ]);
     proxy_args.extend(args.proxy_args.iter().cloned());
+    // The demand target is one agent's worth and the smoothing is scaled, unless set.
+    let given = |flag: &str| proxy_args.iter().any(|a| a.starts_with(flag));
+    let mut defaults = Vec::new();
+    if !given("--hints-target-rpc") {
+        defaults.extend(["--hints-target-rpc".into(), spec.agent_rpc.to_string()]);
+    }
+    if !given("--hints-smoothing") {
+        defaults.extend([
+            "--hints-smoothing".into(),
+            format!("{}ms", smoothing.as_millis()),
+        ]);
+    }
+    proxy_args.extend(defaults);
     let peak_worth = profile.peak() * rpc_per_tx / spec.agent_rpc;
     let setup = run::Setup {
         exe: exe.clone(),
@@ -194,10 +201,10 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
         workers: spec.workers,
         fixed_agents: run::need(peak_worth),
     };
-    let policies = spec
-        .policies
-        .clone()
-        .unwrap_or(vec![Policy::Demand, Policy::Cpu, Policy::Fixed]);
+    let policies =
+        spec.policies
+            .clone()
+            .unwrap_or(vec![Policy::Demand, Policy::Cpu, Policy::Fixed]);
     let name = scenario_path.display().to_string();
     eprintln!(
         "loadtest local: autoscaling scenario {name}: {} proxies, load up to {peak_worth:.1} agents' worth ({:.0} tx/s), time ×{scale}: sync {:?}, startup {:?}, HPA {} ({}..={} replicas), policies {policies:?}",
@@ -258,7 +265,8 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
             setup.sync, setup.startup
         );
         let svg = plot::svg(&title, &runs, setup.duration.as_secs_f64());
-        std::fs::write(path, svg).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        std::fs::write(path, svg)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
     for f in &report.failures {
         println!("FAIL: {f}");
@@ -312,7 +320,11 @@ fn row(p: Policy, f: &Figures) -> String {
         f.direction_changes,
         f.load_changes,
         f.scale_events,
-        if tte.is_empty() { "-".into() } else { tte.join(", ") },
+        if tte.is_empty() {
+            "-".into()
+        } else {
+            tte.join(", ")
+        },
         f.under_provisioned_s,
         f.peak_pods,
     )

@@ -353,7 +353,9 @@ impl Hpa {
             let v = i64::from(p.value);
             let proposed = match (p.kind, up) {
                 (PolicyKind::Pods, true) => start + v,
-                (PolicyKind::Percent, true) => (start as f64 * (1.0 + v as f64 / 100.0)).ceil() as i64,
+                (PolicyKind::Percent, true) => {
+                    (start as f64 * (1.0 + v as f64 / 100.0)).ceil() as i64
+                }
                 (PolicyKind::Pods, false) => start - v,
                 (PolicyKind::Percent, false) => (start as f64 * (1.0 - v as f64 / 100.0)) as i64,
             };
@@ -373,7 +375,11 @@ impl Hpa {
         let (events, rules, change) = if new > prev {
             (&mut self.scale_up_events, &self.spec.scale_up, new - prev)
         } else {
-            (&mut self.scale_down_events, &self.spec.scale_down, prev - new)
+            (
+                &mut self.scale_down_events,
+                &self.spec.scale_down,
+                prev - new,
+            )
         };
         let longest = rules
             .policies
@@ -406,7 +412,12 @@ fn proposal(m: &Metric, obs: &Observation, tolerance: f64) -> Option<u32> {
 
 /// `GetExternalPerPodMetricReplicas`: the proposal of an External `AverageValue` metric.
 /// Quantities are milli-units in the controller; so are they here.
-pub fn external_average_value(usage: f64, target: f64, status_replicas: u32, tolerance: f64) -> u32 {
+pub fn external_average_value(
+    usage: f64,
+    target: f64,
+    status_replicas: u32,
+    tolerance: f64,
+) -> u32 {
     let usage = (usage * 1000.0).round();
     let target = (target * 1000.0).round().max(1.0);
     let ratio = usage / (target * f64::from(status_replicas));
@@ -419,7 +430,12 @@ pub fn external_average_value(usage: f64, target: f64, status_replicas: u32, tol
 
 /// `GetResourceReplicas` for CPU utilization, every pod requesting the same CPU: pods not
 /// ready are ignored, pods without a sample are missing.
-pub fn resource_utilization(pods: &[Pod], target: f64, current: u32, tolerance: f64) -> Option<u32> {
+pub fn resource_utilization(
+    pods: &[Pod],
+    target: f64,
+    current: u32,
+    tolerance: f64,
+) -> Option<u32> {
     let mut samples: Vec<f64> = pods
         .iter()
         .filter(|p| p.ready)

@@ -112,7 +112,11 @@ pub fn figures(setup: &Setup, run: &PolicyRun) -> Figures {
         pre_p99_ms: p99_us as f64 / 1e3,
         agent_seconds,
         ideal_agent_seconds: ideal,
-        cost: if ideal > 0.0 { agent_seconds / ideal } else { 0.0 },
+        cost: if ideal > 0.0 {
+            agent_seconds / ideal
+        } else {
+            0.0
+        },
         direction_changes,
         load_changes: load_changes(setup),
         scale_events: run.events.len(),

@@ -20,7 +20,8 @@ pub const DEFAULT_PATH: &str = "manifests/components/hpa/hpa.yaml";
 
 /// Reads the first `HorizontalPodAutoscaler` in the YAML file at `path`.
 pub fn load(path: &Path) -> anyhow::Result<Spec> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse(&text).with_context(|| format!("{}", path.display()))
 }
 

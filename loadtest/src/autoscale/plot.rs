@@ -135,10 +135,34 @@ pub fn svg(title: &str, runs: &[(String, &PolicyRun)], duration_s: f64) -> Strin
             );
         };
         let s = &run.samples;
-        line(&mut o, "#bbb", 4.0, s.iter().map(|s| (s.t, s.load)).collect(), false);
-        line(&mut o, "#000", 1.0, s.iter().map(|s| (s.t, f64::from(s.need))).collect(), true);
-        line(&mut o, "#1f77b4", 2.0, s.iter().map(|s| (s.t, f64::from(s.pods))).collect(), true);
-        line(&mut o, "#2ca02c", 1.5, s.iter().map(|s| (s.t, f64::from(s.ready))).collect(), true);
+        line(
+            &mut o,
+            "#bbb",
+            4.0,
+            s.iter().map(|s| (s.t, s.load)).collect(),
+            false,
+        );
+        line(
+            &mut o,
+            "#000",
+            1.0,
+            s.iter().map(|s| (s.t, f64::from(s.need))).collect(),
+            true,
+        );
+        line(
+            &mut o,
+            "#1f77b4",
+            2.0,
+            s.iter().map(|s| (s.t, f64::from(s.pods))).collect(),
+            true,
+        );
+        line(
+            &mut o,
+            "#2ca02c",
+            1.5,
+            s.iter().map(|s| (s.t, f64::from(s.ready))).collect(),
+            true,
+        );
     }
     o.push_str("</svg>\n");
     o

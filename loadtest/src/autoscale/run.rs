@@ -153,15 +153,20 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
         .await?;
     let mut listen = Vec::new();
     for _ in &setup.shares {
-        listen.push(pool.spawn_proxy(&setup.proxy_bin, &setup.proxy_args).await?);
+        listen.push(
+            pool.spawn_proxy(&setup.proxy_bin, &setup.proxy_args)
+                .await?,
+        );
     }
     let admins: Vec<_> = pool.fronts.iter().filter_map(|f| f.admin).collect();
     let hpa = match policy {
         Policy::Fixed => None,
         Policy::Demand => Some(Hpa::new(setup.hpa.clone())),
-        Policy::Cpu => Some(Hpa::new(setup.hpa.with_metrics(|m| {
-            matches!(m, hpa::Metric::CpuUtilization { .. })
-        }))),
+        Policy::Cpu => {
+            Some(Hpa::new(setup.hpa.with_metrics(|m| {
+                matches!(m, hpa::Metric::CpuUtilization { .. })
+            })))
+        }
     };
     let record = Arc::new(Mutex::new(Record::default()));
     let start = Instant::now();
@@ -279,9 +284,7 @@ impl Controller<'_> {
                     changed = true;
                 }
                 Phase::Terminating { remove_at } if remove_at <= now => {
-                    p.phase = Phase::Removed {
-                        stop_at: now + 0.2,
-                    };
+                    p.phase = Phase::Removed { stop_at: now + 0.2 };
                     self.pool.agents[p.agent].state = FileState::Removed;
                     changed = true;
                 }
@@ -326,11 +329,7 @@ impl Controller<'_> {
             pods,
             desired: self.spec_replicas,
         };
-        self.record
-            .lock()
-            .expect("not poisoned")
-            .samples
-            .push(s);
+        self.record.lock().expect("not poisoned").samples.push(s);
     }
 
     /// The adapter's value: `ceil(sum(sigsci_proxy_agent_demand))` over every proxy; `None`

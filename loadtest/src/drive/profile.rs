@@ -20,7 +20,10 @@ impl RateProfile {
     /// A profile through `points` (`(time, rate)`); they must be in time order, rates finite and
     /// not negative (rates under [`MIN_RATE`] are scheduled at it).
     pub fn new(points: Vec<(Duration, f64)>) -> anyhow::Result<RateProfile> {
-        anyhow::ensure!(!points.is_empty(), "a rate profile needs at least one point");
+        anyhow::ensure!(
+            !points.is_empty(),
+            "a rate profile needs at least one point"
+        );
         let points: Vec<(f64, f64)> = points
             .into_iter()
             .map(|(t, r)| (t.as_secs_f64(), r))
@@ -89,7 +92,11 @@ mod tests {
         let p = RateProfile::new(vec![(s(0), 100.0), (s(10), 200.0), (s(10), 800.0)]).unwrap();
         assert_eq!(p.rate_at(0.0), 100.0);
         assert_eq!(p.rate_at(5.0), 150.0);
-        assert_eq!(p.rate_at(10.0), 200.0, "the first of two points at one time");
+        assert_eq!(
+            p.rate_at(10.0),
+            200.0,
+            "the first of two points at one time"
+        );
         assert_eq!(p.rate_at(10.5), 800.0, "then the step");
         assert_eq!(p.rate_at(99.0), 800.0);
         assert_eq!(p.peak(), 800.0);

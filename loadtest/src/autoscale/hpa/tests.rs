@@ -75,7 +75,11 @@ fn external_average_value_moves_only_outside_the_tolerance() {
     assert_eq!(external_average_value(4.3, 1.0, 4, TOLERANCE), 4);
     assert_eq!(external_average_value(4.5, 1.0, 4, TOLERANCE), 5);
     assert_eq!(external_average_value(3.7, 1.0, 4, TOLERANCE), 4);
-    assert_eq!(external_average_value(3.5, 1.0, 4, TOLERANCE), 4, "ceil(3.5) is 4");
+    assert_eq!(
+        external_average_value(3.5, 1.0, 4, TOLERANCE),
+        4,
+        "ceil(3.5) is 4"
+    );
     assert_eq!(external_average_value(3.0, 1.0, 4, TOLERANCE), 3);
     // Against the pods that exist, not the ones asked for: 10 exist, 6 wanted.
     assert_eq!(external_average_value(6.0, 1.0, 10, TOLERANCE), 6);
@@ -112,10 +116,12 @@ fn cpu_follows_the_documented_example_and_ignores_unready_pods() {
         };
         3
     ];
-    pods.extend([Pod {
-        ready: false,
-        cpu: None,
-    }; 2]);
+    pods.extend(
+        [Pod {
+            ready: false,
+            cpu: None,
+        }; 2],
+    );
     assert_eq!(resource_utilization(&pods, 0.7, 5, TOLERANCE), Some(5));
     // Only one starting pod: 3 at 100 % + 1 at 0 % is 1.07 of 70 %... within 10 %: no change.
     pods.pop();
@@ -303,5 +309,8 @@ fn time_scaling_scales_every_window_alike() {
         n = d;
         t += Duration::from_millis(1500);
     }
-    assert_eq!(changes, vec![(30_000, 5), (36_000, 4), (42_000, 3), (48_000, 2)]);
+    assert_eq!(
+        changes,
+        vec![(30_000, 5), (36_000, 4), (42_000, 3), (48_000, 2)]
+    );
 }
