@@ -199,6 +199,7 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
         agent_rpc: spec.agent_rpc,
         rpc_per_tx,
         workers: spec.workers,
+        demand_ceil: manifest::adapter_rounds_up(&hpa_path)?,
         fixed_agents: run::need(peak_worth),
     };
     let policies =

@@ -138,9 +138,6 @@ impl Shared {
     async fn serve_time(&self, service: Duration) {
         let faults = self.faults();
         let service = service.mul_f64(faults.slow);
-        self.counters
-            .busy_us
-            .fetch_add(service.as_micros() as u64, Relaxed);
         let now = Instant::now();
         let done = {
             let mut slots = self.slots.lock().expect("not poisoned");
@@ -152,6 +149,10 @@ impl Shared {
         if done > now + Duration::from_millis(1) {
             tokio::time::sleep_until(done).await;
         }
+        // Counted once served: a backlog shows as busy while it drains, as a real agent's CPU.
+        self.counters
+            .busy_us
+            .fetch_add(service.as_micros() as u64, Relaxed);
     }
 
     /// The answer to one request (a whole response frame).

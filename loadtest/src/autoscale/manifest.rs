@@ -25,6 +25,24 @@ pub fn load(path: &Path) -> anyhow::Result<Spec> {
     parse(&text).with_context(|| format!("{}", path.display()))
 }
 
+/// Whether the prometheus-adapter rule documented in the manifest's comments rounds the summed
+/// demand up before the HPA sees it (`metricsQuery: 'ceil(sum(...))'`), as the emulation must
+/// then do; `false` when the rule passes the sum as it is.
+pub fn adapter_rounds_up(path: &Path) -> anyhow::Result<bool> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let rule = text
+        .lines()
+        .find(|l| l.contains("metricsQuery:"))
+        .with_context(|| {
+            format!(
+                "{}: no adapter rule (metricsQuery) in the comments",
+                path.display()
+            )
+        })?;
+    Ok(rule.contains("ceil("))
+}
+
 /// Reads the first `HorizontalPodAutoscaler` in `text`.
 pub fn parse(text: &str) -> anyhow::Result<Spec> {
     let docs = YamlLoader::load_from_str(text).map_err(|e| anyhow::anyhow!("YAML: {e}"))?;

@@ -43,6 +43,8 @@ pub(crate) struct Setup {
     pub(crate) rpc_per_tx: f64,
     /// Worker slots per agent (its CPU request, for utilization).
     pub(crate) workers: usize,
+    /// The adapter rule rounds the summed demand up (else the HPA gets the sum as it is).
+    pub(crate) demand_ceil: bool,
     /// The fixed pool's size.
     pub(crate) fixed_agents: u32,
 }
@@ -90,7 +92,7 @@ pub struct ScaleEvent {
     pub from: u32,
     /// Replicas after.
     pub to: u32,
-    /// Summed demand as the adapter returns it (rounded up), if read.
+    /// Summed demand as the adapter returns it, if read.
     pub demand: Option<f64>,
     /// Mean CPU utilization of the ready agents, if read.
     pub cpu: Option<f64>,
@@ -332,15 +334,20 @@ impl Controller<'_> {
         self.record.lock().expect("not poisoned").samples.push(s);
     }
 
-    /// The adapter's value: `ceil(sum(sigsci_proxy_agent_demand))` over every proxy; `None`
-    /// if a proxy cannot be read (the metric is then unavailable to the HPA).
+    /// The adapter's value: `sum(sigsci_proxy_agent_demand)` over every proxy, rounded up if
+    /// the manifest's rule does; `None` if a proxy cannot be read (the metric is then
+    /// unavailable to the HPA).
     async fn demand(&self) -> Option<f64> {
         let mut sum = 0.0;
         for a in &self.admins {
             let body = crate::http::get(*a, "/metrics").await.ok()?;
             sum += metric_value(&String::from_utf8_lossy(&body), "sigsci_proxy_agent_demand")?;
         }
-        Some((sum - 1e-9).ceil().max(0.0))
+        Some(if self.setup.demand_ceil {
+            (sum - 1e-9).ceil().max(0.0)
+        } else {
+            sum
+        })
     }
 
     /// Each live pod as the resource-metrics path sees it: ready ones with their busy fraction
