@@ -18,6 +18,7 @@
 mod client;
 mod payload;
 pub mod plot;
+pub mod profile;
 mod report;
 mod timetable;
 
@@ -117,6 +118,9 @@ pub struct DriveArgs {
     /// Never show a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Open loop at a rate that moves over time instead of `rate` (autoscaling scenarios).
+    #[arg(skip)]
+    pub profile: Option<Arc<profile::RateProfile>>,
 }
 
 impl Default for DriveArgs {
@@ -401,6 +405,7 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
                 start: std_start,
                 rate: args.rate,
                 duration: args.duration,
+                profile: args.profile.clone(),
             };
             let ctx = ctx.clone();
             timetable

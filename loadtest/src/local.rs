@@ -371,6 +371,9 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
     if args.compare {
         return compare::run_cli(args).await;
     }
+    if let Some(code) = crate::autoscale::run_cli(&args).await? {
+        return Ok(code);
+    }
     let json = args.run.json.clone();
     let plot = args.plot.clone();
     let report = run(args).await?;

@@ -149,6 +149,10 @@ impl Shared {
         if done > now + Duration::from_millis(1) {
             tokio::time::sleep_until(done).await;
         }
+        // Counted once served: a backlog shows as busy while it drains, as a real agent's CPU.
+        self.counters
+            .busy_us
+            .fetch_add(service.as_micros() as u64, Relaxed);
     }
 
     /// The answer to one request (a whole response frame).

@@ -83,6 +83,10 @@ counters! {
     /// Requests received before the startup delay passed (the real agent inspects them with
     /// what it has before its rules are loaded).
     before_startup,
+    /// Worker time spent serving, microseconds (service times as scaled by `slow`, counted as
+    /// each request is served): ÷ (workers × elapsed) is the busy fraction, what CPU
+    /// utilization is to a real, CPU-bound agent.
+    busy_us,
 }
 
 impl AgentStats {

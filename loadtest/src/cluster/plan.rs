@@ -47,6 +47,11 @@ pub(crate) fn plan(scenario: &Scenario, end: Duration) -> anyhow::Result<Vec<Pla
             "[ramp]: not supported in a cluster yet (run the rates one by one with --rate)".into(),
         );
     }
+    if scenario.autoscale.is_some() {
+        problems.push(
+            "[autoscale]: local only (it plays the HPA itself; in a cluster the HPA scales)".into(),
+        );
+    }
     if !scenario.proxy_args.is_empty() {
         problems.push(format!(
             "proxy_args {:?}: a cluster's proxies take their flags from their Deployment (SIGSCI_PROXY_* env)",
@@ -212,12 +217,18 @@ mod tests {
             }
         }
         rejected.sort();
-        // proxy_args (conn-flood, drain-proxy), pause (hiccup), [ramp] (ramp), a host cut off
-        // the network (agent-host-vanishes, proxy-host-vanishes: the netns bed's).
+        // [autoscale] (autoscale-*), proxy_args (conn-flood, drain-proxy), pause (hiccup),
+        // [ramp] (ramp), a host cut off the network (agent-host-vanishes, proxy-host-vanishes:
+        // the netns bed's).
         assert_eq!(
             rejected,
             [
                 "agent-host-vanishes",
+                "autoscale-ci",
+                "autoscale-ramp",
+                "autoscale-step",
+                "autoscale-two-proxies",
+                "autoscale-wave",
                 "conn-flood",
                 "drain-proxy",
                 "hiccup",

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 const MAX_NAP: Duration = Duration::from_millis(20);
 
 /// Evenly spaced instants: `rate` per second from `start` for `duration`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Timetable {
     /// The first instant.
     pub(crate) start: Instant,
@@ -29,6 +29,8 @@ pub(crate) struct Timetable {
     pub(crate) rate: f64,
     /// Instants at or after `start + duration` are not scheduled.
     pub(crate) duration: Duration,
+    /// A rate that moves over time instead of `rate`.
+    pub(crate) profile: Option<Arc<super::profile::RateProfile>>,
 }
 
 impl Timetable {
@@ -37,6 +39,14 @@ impl Timetable {
     fn slot(&self, i: u64) -> Option<Instant> {
         let offset = Duration::from_secs_f64(i as f64 / self.rate);
         (offset < self.duration).then(|| self.start + offset)
+    }
+
+    /// The instant after `prev` seconds into the drive under the profile (the first at 0), as
+    /// seconds, if it falls within the duration.
+    fn profile_slot(&self, prev: Option<f64>) -> Option<f64> {
+        let p = self.profile.as_ref()?;
+        let t = prev.map_or(0.0, |t| p.next_after(t));
+        (t < self.duration.as_secs_f64()).then_some(t)
     }
 
     /// Calls `start_tx(at)` at each instant and spawns the future it returns on the current
@@ -64,7 +74,15 @@ impl Timetable {
                 let sem = Arc::new(Semaphore::new(max_in_flight));
                 let mut skipped = 0u64;
                 let mut i = 0u64;
-                while let Some(at) = self.slot(i) {
+                let mut prev = None;
+                loop {
+                    let at = if self.profile.is_some() {
+                        prev = self.profile_slot(prev);
+                        prev.map(|t| self.start + Duration::from_secs_f64(t))
+                    } else {
+                        self.slot(i)
+                    };
+                    let Some(at) = at else { break };
                     i += 1;
                     if !sleep_until(at, &stop) {
                         break;
@@ -125,6 +143,7 @@ mod tests {
             start,
             rate: 2000.0,
             duration: Duration::from_millis(10),
+            profile: None,
         };
         let slots: Vec<Duration> = (0..)
             .map_while(|i| t.slot(i))
@@ -144,6 +163,7 @@ mod tests {
             start: Instant::now(),
             rate: 1000.0,
             duration: Duration::from_millis(50),
+            profile: None,
         };
         // One in flight at a time and transactions that never finish: all but the first
         // overflow.

@@ -72,6 +72,9 @@ pub struct Scenario {
     pub steps: Vec<Step>,
     /// Rising rates instead of one drive.
     pub ramp: Option<Ramp>,
+    /// A closed autoscaling loop instead of one drive (see [`crate::autoscale`]).
+    #[serde(default)]
+    pub autoscale: Option<crate::autoscale::AutoscaleSpec>,
 }
 
 /// `[ramp]`: drives of `step_duration` each, from `start` tx/s, each `factor` times the last,

@@ -1,0 +1,386 @@
+//! Autoscaling in a closed loop: a scenario's `[autoscale]` table makes `loadtest local` drive
+//! a moving load through real proxies in front of simulated agents of finite capacity, while an
+//! emulation of the Kubernetes HPA controller ([`hpa`]), configured from the shipped manifest
+//! ([`manifest`]), scales the agents from what the proxies export. The same scenario runs once
+//! per policy, side by side: the manifest's HPA (agent demand and CPU), CPU alone (what a plain
+//! Service's users have), and a fixed pool sized for the peak; [`judge`] turns each run into the
+//! figures the issue asks for and [`plot`] draws them.
+//!
+//! Time can be scaled: `time_scale = 0.1` plays the HPA's sync period, stabilization windows
+//! and policy periods, the proxies' demand smoothing and the agents' startup delay at a tenth
+//! of their real length, so a five-minute scale-down window takes 30 s. What happens within
+//! milliseconds (agents queueing, calls timing out) is not scaled.
+//!
+//! ```toml
+//! duration = "120s"
+//! proxies = 1
+//! [autoscale]
+//! time_scale = 0.1
+//! agent_rpc = 250                 # RPC/s per agent: --hints-target-rpc, one agent's worth
+//! service_time = "2.5ms"          # the simulated agent: 1 worker × 2.5 ms = 400 RPC/s
+//! workers = 1
+//! load = [["0s", 1.0], ["10s", 1.0], ["40s", 6.0]]   # agents' worth over the run
+//! policies = ["demand", "cpu", "fixed"]
+//! max_uninspected = 0.001         # exit status 1 if the first policy loses more
+//! ```
+
+pub mod hpa;
+mod judge;
+pub mod manifest;
+mod plot;
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::drive::DriveArgs;
+use crate::drive::profile::RateProfile;
+use crate::local::LocalArgs;
+pub use judge::Figures;
+pub use run::{PolicyRun, Sample, ScaleEvent};
+
+/// How the agents are sized in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// The manifest's HPA as shipped: agent demand from the proxies, and agent CPU.
+    Demand,
+    /// The manifest's HPA with its CPU metric only.
+    Cpu,
+    /// No autoscaler: as many agents as the peak needs, the whole time.
+    Fixed,
+}
+
+/// A scenario's `[autoscale]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleSpec {
+    /// The HPA manifest (default `manifests/components/hpa/hpa.yaml`, found from the working
+    /// directory or above the scenario file).
+    #[serde(default)]
+    pub hpa: Option<PathBuf>,
+    /// Every window's factor (1 = real time).
+    pub time_scale: f64,
+    /// The HPA's sync period before scaling (default 15 s).
+    #[serde(default, with = "opt_duration")]
+    pub sync_period: Option<Duration>,
+    /// From an agent's start until it serves, before scaling (default 20 s).
+    #[serde(default, with = "opt_duration")]
+    pub startup_delay: Option<Duration>,
+    /// RPC/s one agent should carry: the proxies' `--hints-target-rpc`, and one agent's worth
+    /// of load.
+    pub agent_rpc: f64,
+    /// The simulated agents' service time per RPC.
+    pub service_time: String,
+    /// The simulated agents' worker slots.
+    pub workers: usize,
+    /// `[time, agents' worth]` points of the load, linear in between.
+    pub load: Vec<(String, f64)>,
+    /// Each proxy replica's share of the load (default equal).
+    #[serde(default)]
+    pub shares: Option<Vec<f64>>,
+    /// The policies, in order (default all three).
+    #[serde(default)]
+    pub policies: Option<Vec<Policy>>,
+    /// Most failed calls as a fraction of all, for the first policy: the exit status.
+    pub max_uninspected: Option<f64>,
+}
+
+/// The result of an autoscaling scenario.
+#[derive(Debug, Serialize)]
+pub struct AutoscaleReport {
+    /// The scenario file.
+    pub scenario: String,
+    /// Its time scale.
+    pub time_scale: f64,
+    /// Per policy: the figures and the run.
+    pub policies: Vec<PolicyReport>,
+    /// Failed checks.
+    pub failures: Vec<String>,
+}
+
+/// One policy's run and figures.
+#[derive(Debug, Serialize)]
+pub struct PolicyReport {
+    /// The figures.
+    pub figures: Figures,
+    /// The run.
+    pub run: PolicyRun,
+}
+
+/// `loadtest local` with an autoscaling scenario: runs it and returns the exit status, or
+/// `None` if the scenario has no `[autoscale]` table.
+pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
+    let traffic = args.run.traffic()?;
+    let Some(spec) = traffic.scenario.autoscale.clone() else {
+        return Ok(None);
+    };
+    let scenario_path = args.run.scenario.clone().unwrap_or_default();
+    let hpa_path = find_manifest(spec.hpa.as_deref(), &scenario_path)?;
+    let scale = spec.time_scale;
+    anyhow::ensure!(
+        scale > 0.0 && scale <= 1.0,
+        "time_scale must be within (0, 1]"
+    );
+    anyhow::ensure!(spec.agent_rpc > 0.0, "agent_rpc must be positive");
+    let hpa = manifest::load(&hpa_path)?.time_scaled(scale);
+    let n_proxies = args.proxies.or(traffic.scenario.proxies).unwrap_or(1);
+    let shares = spec
+        .shares
+        .clone()
+        .unwrap_or_else(|| vec![1.0 / n_proxies as f64; n_proxies]);
+    anyhow::ensure!(
+        shares.len() == n_proxies && (shares.iter().sum::<f64>() - 1.0).abs() < 1e-6,
+        "shares: one per proxy, summing to 1"
+    );
+    let rpc_per_tx = 1.0
+        + traffic.attack_fraction
+        + (1.0 - traffic.attack_fraction) * traffic.anomalous_fraction;
+    let points = spec
+        .load
+        .iter()
+        .map(|(t, w)| {
+            let t = crate::units::parse_duration(t).map_err(|e| anyhow::anyhow!("load: {e}"))?;
+            Ok((t, w * spec.agent_rpc / rpc_per_tx))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let profile = RateProfile::new(points)?;
+    let exe = std::env::current_exe()?;
+    let mut agent = args.clone();
+    agent.service_time = spec
+        .service_time
+        .parse()
+        .map_err(|e| anyhow::anyhow!("service_time: {e}"))?;
+    agent.workers = spec.workers;
+    let smoothing = Duration::from_secs(10).mul_f64(scale);
+    let mut proxy_args = traffic.scenario.proxy_args.clone();
+    proxy_args.extend(args.proxy_args.iter().cloned());
+    // The demand target is one agent's worth and the smoothing is scaled, unless set.
+    let given = |flag: &str| proxy_args.iter().any(|a| a.starts_with(flag));
+    let mut defaults = Vec::new();
+    if !given("--hints-target-rpc") {
+        defaults.extend(["--hints-target-rpc".into(), spec.agent_rpc.to_string()]);
+    }
+    if !given("--hints-smoothing") {
+        defaults.extend([
+            "--hints-smoothing".into(),
+            format!("{}ms", smoothing.as_millis()),
+        ]);
+    }
+    proxy_args.extend(defaults);
+    let peak_worth = profile.peak() * rpc_per_tx / spec.agent_rpc;
+    let setup = run::Setup {
+        exe: exe.clone(),
+        proxy_bin: args.proxy_bin(&exe)?,
+        agent_args: agent.agent_process_args(),
+        proxy_args,
+        shares,
+        profile,
+        duration: traffic.duration,
+        drive: DriveArgs {
+            app_time: traffic.app_time,
+            attack_fraction: traffic.attack_fraction,
+            anomalous_fraction: traffic.anomalous_fraction,
+            persistent: args.persistent,
+            sources: args.sources.clone(),
+            ..DriveArgs::default()
+        },
+        hpa,
+        sync: spec
+            .sync_period
+            .unwrap_or(Duration::from_secs(15))
+            .mul_f64(scale),
+        startup: spec
+            .startup_delay
+            .unwrap_or(Duration::from_secs(20))
+            .mul_f64(scale),
+        agent_rpc: spec.agent_rpc,
+        rpc_per_tx,
+        workers: spec.workers,
+        demand_ceil: manifest::adapter_rounds_up(&hpa_path)?,
+        fixed_agents: run::need(peak_worth),
+    };
+    let policies =
+        spec.policies
+            .clone()
+            .unwrap_or(vec![Policy::Demand, Policy::Cpu, Policy::Fixed]);
+    let name = scenario_path.display().to_string();
+    eprintln!(
+        "loadtest local: autoscaling scenario {name}: {} proxies, load up to {peak_worth:.1} agents' worth ({:.0} tx/s), time ×{scale}: sync {:?}, startup {:?}, HPA {} ({}..={} replicas), policies {policies:?}",
+        setup.shares.len(),
+        setup.profile.peak(),
+        setup.sync,
+        setup.startup,
+        hpa_path.display(),
+        setup.hpa.min_replicas,
+        setup.hpa.max_replicas,
+    );
+    let mut reports = Vec::new();
+    for &p in &policies {
+        eprintln!("loadtest local: policy {p:?} for {:?}", setup.duration);
+        let run = run::run(&setup, p).await?;
+        let figures = judge::figures(&setup, &run);
+        eprintln!("loadtest local: policy {p:?}: {}", row(p, &figures));
+        reports.push(PolicyReport { figures, run });
+    }
+    let mut failures = Vec::new();
+    if let (Some(max), Some(first)) = (spec.max_uninspected, reports.first())
+        && first.figures.uninspected > max
+    {
+        failures.push(format!(
+            "{:?}: {:.3}% of calls uninspected, more than {:.3}%",
+            first.run.policy,
+            100.0 * first.figures.uninspected,
+            100.0 * max
+        ));
+    }
+    for r in &reports {
+        failures.extend(
+            r.run
+                .problems
+                .iter()
+                .filter(|p| p.contains("exited"))
+                .map(|p| format!("{:?}: {p}", r.run.policy)),
+        );
+    }
+    let report = AutoscaleReport {
+        scenario: name.clone(),
+        time_scale: scale,
+        policies: reports,
+        failures,
+    };
+    print!("{}", table(&report, &setup));
+    if let Some(path) = &args.run.json {
+        crate::drive::write_json(path, &report)?;
+    }
+    if let Some(path) = &args.plot {
+        let runs: Vec<(String, &PolicyRun)> = report
+            .policies
+            .iter()
+            .map(|p| (label(p.run.policy, &p.figures), &p.run))
+            .collect();
+        let title = format!(
+            "{name}: time ×{scale} (sync {:?}, startup {:?})",
+            setup.sync, setup.startup
+        );
+        let svg = plot::svg(&title, &runs, setup.duration.as_secs_f64());
+        std::fs::write(path, svg)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
+    for f in &report.failures {
+        println!("FAIL: {f}");
+    }
+    println!(
+        "RESULT {}: {name}",
+        if report.failures.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
+    Ok(Some(if report.failures.is_empty() { 0 } else { 1 }))
+}
+
+fn label(p: Policy, f: &Figures) -> String {
+    format!(
+        "{}: {:.3}% uninspected, p99 {:.1} ms, {:.2}× ideal agent-seconds, {} direction changes",
+        policy_name(p),
+        100.0 * f.uninspected,
+        f.pre_p99_ms,
+        f.cost,
+        f.direction_changes
+    )
+}
+
+fn policy_name(p: Policy) -> &'static str {
+    match p {
+        Policy::Demand => "HPA: demand + CPU (manifest)",
+        Policy::Cpu => "HPA: CPU 70% only",
+        Policy::Fixed => "fixed pool for the peak",
+    }
+}
+
+fn row(p: Policy, f: &Figures) -> String {
+    let tte: Vec<String> = f
+        .time_to_enough_s
+        .iter()
+        .map(|t| t.map_or("never".into(), |t| format!("{t:.1}")))
+        .collect();
+    format!(
+        "| {} | {:.3}% ({} of {}) | {:.1} | {:.0} / {:.0} = {:.2}× | {} (load {}) | {} | {} | {:.1} | {} |",
+        policy_name(p),
+        100.0 * f.uninspected,
+        f.failed_calls,
+        f.calls,
+        f.pre_p99_ms,
+        f.agent_seconds,
+        f.ideal_agent_seconds,
+        f.cost,
+        f.direction_changes,
+        f.load_changes,
+        f.scale_events,
+        if tte.is_empty() {
+            "-".into()
+        } else {
+            tte.join(", ")
+        },
+        f.under_provisioned_s,
+        f.peak_pods,
+    )
+}
+
+fn table(r: &AutoscaleReport, setup: &run::Setup) -> String {
+    let mut o = format!(
+        "\n{} (time ×{}: sync {:?}, agent startup {:?})\n\n| policy | uninspected calls | PreRequest p99 ms | agent-s / ideal | direction changes | scale events | s to enough agents after each rise | s under-provisioned | peak agents |\n|---|---|---|---|---|---|---|---|---|\n",
+        r.scenario, r.time_scale, setup.sync, setup.startup
+    );
+    for p in &r.policies {
+        o.push_str(&row(p.run.policy, &p.figures));
+        o.push('\n');
+        let goals: Vec<String> = p
+            .figures
+            .goals()
+            .iter()
+            .map(|(g, ok)| format!("{g}: {}", if *ok { "yes" } else { "NO" }))
+            .collect();
+        o.push_str(&format!("  goals — {}\n", goals.join("; ")));
+    }
+    o
+}
+
+/// The manifest: `given` (or the default path) from the working directory, else from the
+/// directories above the scenario file.
+fn find_manifest(given: Option<&Path>, scenario: &Path) -> anyhow::Result<PathBuf> {
+    let rel = given.unwrap_or(Path::new(manifest::DEFAULT_PATH));
+    if rel.is_absolute() || rel.exists() {
+        return Ok(rel.to_owned());
+    }
+    let dir = std::fs::canonicalize(scenario)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned));
+    for d in dir.iter().flat_map(|d| d.ancestors()) {
+        let p = d.join(rel);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!(
+        "{} not found from the working directory or above {}",
+        rel.display(),
+        scenario.display()
+    )
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| crate::units::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
