@@ -146,7 +146,7 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
     let dir = tempfile::Builder::new()
         .prefix("loadtest-autoscale-")
         .tempdir()?;
-    let mut pool = Pool::new(dir.path().join("agents.json"));
+    let mut pool = Pool::new(dir.path().join("agents.json"), None);
     let initial = match policy {
         Policy::Fixed => setup.fixed_agents,
         _ => setup.hpa.min_replicas.max(setup.need_at(0.0)),
