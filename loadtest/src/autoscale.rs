@@ -64,10 +64,10 @@ pub struct AutoscaleSpec {
     /// Every window's factor (1 = real time).
     pub time_scale: f64,
     /// The HPA's sync period before scaling (default 15 s).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "crate::local::scenario::opt_duration")]
     pub sync_period: Option<Duration>,
     /// From an agent's start until it serves, before scaling (default 20 s).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "crate::local::scenario::opt_duration")]
     pub startup_delay: Option<Duration>,
     /// RPC/s one agent should carry: the proxies' `--hints-target-rpc`, and one agent's worth
     /// of load.
@@ -375,16 +375,4 @@ fn find_manifest(given: Option<&Path>, scenario: &Path) -> anyhow::Result<PathBu
         rel.display(),
         scenario.display()
     )
-}
-
-mod opt_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let s = Option::<String>::deserialize(d)?;
-        s.map(|s| crate::units::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }

@@ -97,33 +97,16 @@ impl Upstreams {
         }
     }
 
-    /// Whether `agent` accepts a connection now (readmission probe of an agent ejected as
-    /// unreachable). In `mux` mode a connection made here stays for the calls that follow.
-    ///
-    /// An ejected agent is probed with a fresh connection even when its mux connections look
-    /// live: an agent ejected for timeouts may sit behind a path that drops every packet
-    /// without a reset (its node lost, a partition), where an established connection stays
-    /// "live" for minutes. The fresh connect fails there, which marks the agent unreachable; the
-    /// first one that succeeds after the path heals readmits it on trial at once, instead of
-    /// after its ejection and with a latency estimate still raised by the timeouts.
+    /// Whether `agent` accepts a connection now (readmission probe of a suspect agent: one
+    /// found unreachable is readmitted on trial when a connect succeeds again). In `mux` mode
+    /// see `AgentConns::probe` in mux.rs: live connections are not taken as proof that the
+    /// path works.
     pub(crate) async fn probe(&self, agent: &Agent) -> bool {
-        let deadline = Instant::now() + self.config.connect_timeout;
         match self.config.mode {
-            UpstreamMode::Mux if !agent.is_ejected() => self.conns(agent).probe().await,
-            UpstreamMode::Mux | UpstreamMode::PerCall => {
-                match connect(agent.address(), deadline).await {
-                    Ok(s) => {
-                        // Closed with a reset: a probe every 100 ms leaves no TIME_WAIT.
-                        s.reset_on_close();
-                        true
-                    }
-                    Err(_) => {
-                        if self.config.mode == UpstreamMode::Mux {
-                            self.conns(agent).close_live();
-                        }
-                        false
-                    }
-                }
+            UpstreamMode::Mux => self.conns(agent).probe().await,
+            UpstreamMode::PerCall => {
+                let deadline = Instant::now() + self.config.connect_timeout;
+                connect(agent.address(), deadline).await.is_ok()
             }
         }
     }

@@ -364,10 +364,11 @@ mod duration {
     }
 }
 
-mod opt_duration {
+/// An optional duration in the units' one format (`2s`, `500ms`); the autoscale spec uses it too.
+pub(crate) mod opt_duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         let s = Option::<String>::deserialize(d)?;

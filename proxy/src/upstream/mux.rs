@@ -102,7 +102,7 @@ impl AgentConns {
     /// did, so the path drops packets and they would only hold calls until their deadlines.
     /// Their calls fail now (a PreRequest may still be retried elsewhere); the slots reconnect
     /// once the agent answers a connect again.
-    pub(super) fn close_live(&self) {
+    fn close_live(&self) {
         for slot in &self.slots {
             if let Some(conn) = slot.live() {
                 conn.close();
@@ -159,14 +159,25 @@ impl AgentConns {
         self.connect_slot(first, deadline, true, false).await
     }
 
-    /// Whether the agent accepts a connection now: a live one, or a fresh one made past any
-    /// reconnect backoff (which is kept for the calls' path). The fresh connection stays for
-    /// the calls that follow.
+    /// Whether the agent accepts a connection now. With a live connection, a fresh one is made
+    /// and closed at once (a FIN, as any client's close: at most 600 TIME_WAIT sockets per
+    /// suspect agent at 10 probes a second): a live connection says nothing about the path, since a host
+    /// that vanished without a reset (its node lost, a partition) leaves established
+    /// connections "live" for minutes while every call on them times out. When the fresh
+    /// connect fails, the live ones are closed (their calls fail now; a PreRequest may be
+    /// retried elsewhere). With none live, a fresh one is made past any reconnect backoff
+    /// (which is kept for the calls' path) and stays for the calls that follow.
     pub(super) async fn probe(self: &Arc<Self>) -> bool {
-        if self.slots.iter().any(|s| s.live().is_some()) {
-            return true;
-        }
         let deadline = Instant::now() + self.connect_timeout;
+        if self.slots.iter().any(|s| s.live().is_some()) {
+            return match connect(&self.address, deadline).await {
+                Ok(_) => true,
+                Err(_) => {
+                    self.close_live();
+                    false
+                }
+            };
+        }
         self.connect_slot(0, deadline, false, true).await.is_ok()
     }
 
