@@ -300,19 +300,53 @@ pub(crate) fn in_flight(delta: f64) {
     }
 }
 
+/// How an UpdateRequest's RequestID token routed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Affinity {
+    /// The token named a member: sent to the agent that issued the ID.
+    Hit,
+    /// No token: balanced.
+    None,
+    /// A token naming no member: answered by the proxy, sent to no agent.
+    Lost,
+}
+
 /// An UpdateRequest routed by its token (`hit`), with a token naming no member (`lost`), or
 /// without a token (`none`).
-pub(crate) fn affinity(result: &'static str) {
+pub(crate) fn affinity(result: Affinity) {
     match (HOT.get(), result) {
-        (Some(hot), "hit") => hot.affinity_hit.increment(1),
-        (Some(hot), "none") => hot.affinity_none.increment(1),
-        _ => counter!("sigsci_proxy_affinity_total", "result" => result).increment(1),
+        (Some(hot), Affinity::Hit) => hot.affinity_hit.increment(1),
+        (Some(hot), Affinity::None) => hot.affinity_none.increment(1),
+        (_, result) => {
+            let label = match result {
+                Affinity::Hit => "hit",
+                Affinity::None => "none",
+                Affinity::Lost => "lost",
+            };
+            counter!("sigsci_proxy_affinity_total", "result" => label).increment(1);
+        }
     }
 }
 
-/// A retry on another agent: `attempted`, `budget_exhausted`, `no_other_agent`.
-pub(crate) fn retry(result: &'static str) {
-    counter!("sigsci_proxy_retries_total", "result" => result).increment(1);
+/// What became of a retry on another agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Sent to another agent.
+    Attempted,
+    /// The retry budget had no token.
+    BudgetExhausted,
+    /// No other agent could take it.
+    NoOtherAgent,
+}
+
+/// A retry on another agent, by what became of it.
+pub(crate) fn retry(result: Retry) {
+    let label = match result {
+        Retry::Attempted => "attempted",
+        Retry::BudgetExhausted => "budget_exhausted",
+        Retry::NoOtherAgent => "no_other_agent",
+    };
+    counter!("sigsci_proxy_retries_total", "result" => label).increment(1);
 }
 
 /// How a new connection to an agent ended.

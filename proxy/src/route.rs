@@ -180,16 +180,16 @@ impl Router {
         }
         let other = match snapshot.pick_excluding(&agent) {
             None => {
-                m::retry("no_other_agent");
+                m::retry(m::Retry::NoOtherAgent);
                 return (result, agent);
             }
             Some(_) if !self.budget.withdraw() => {
-                m::retry("budget_exhausted");
+                m::retry(m::Retry::BudgetExhausted);
                 return (result, agent);
             }
             Some(other) => other,
         };
-        m::retry("attempted");
+        m::retry(m::Retry::Attempted);
         debug!(error = %e, agent.addr = %other.address(), "Retrying on another agent");
         let second = self.attempt(&other, frame, restore, deadline).await;
         // An agent's error answer beats a failure of the second attempt: the module learns
@@ -236,7 +236,7 @@ fn target<'f>(method: Method, frame: &'f Frame, snapshot: &Snapshot) -> Target<'
         return Target::Balanced(snapshot.pick());
     }
     let Some((original, tag)) = frame.request_id().and_then(affinity::decode) else {
-        m::affinity("none");
+        m::affinity(m::Affinity::None);
         return Target::Balanced(snapshot.pick());
     };
     let named = match tag {
@@ -245,13 +245,13 @@ fn target<'f>(method: Method, frame: &'f Frame, snapshot: &Snapshot) -> Target<'
     };
     match named {
         Some(agent) => {
-            m::affinity("hit");
+            m::affinity(m::Affinity::Hit);
             Target::Pinned(agent, original)
         }
         None => {
             // Never dial what a client wrote, and never hand the ID to an agent that cannot
             // know it.
-            m::affinity("lost");
+            m::affinity(m::Affinity::Lost);
             Target::Lost
         }
     }
