@@ -148,8 +148,7 @@ impl Proxy {
         let in_flight = in_flight_count(&config, &exit);
         let stop = CancellationToken::new();
         let shared = shared_state(&config, &pool, &in_flight, &stop, &exit);
-        // ModuleInit copies to every agent, replays to agents that join (module_init.rs).
-        tokio::spawn(crate::module_init::run(shared.clone(), exit.clone()));
+        tokio::spawn(crate::module_init::run(shared.clone(), exit.clone())); // to every agent
         spawn_upstream_follower(&shared, exit);
 
         // Accept once the first membership is in (bounded): a proxy restarted on the same
