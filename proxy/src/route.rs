@@ -125,7 +125,7 @@ impl Router {
             }
         };
         let (result, answered_by) = self
-            .attempt_or_retry(&snapshot, agent, &frame, restore, deadline)
+            .attempt_or_retry(&snapshot, method, agent, &frame, restore, deadline)
             .await;
         if method == Method::ModuleInit {
             let answered = result.as_ref().ok().map(|_| &*answered_by);
@@ -155,6 +155,7 @@ impl Router {
     async fn attempt_or_retry(
         &self,
         snapshot: &Snapshot,
+        method: Method,
         agent: Arc<Agent>,
         frame: &Frame,
         restore: Option<&[u8]>,
@@ -165,7 +166,6 @@ impl Router {
             self.budget.deposit();
             return (result, agent);
         };
-        let method = frame.method().unwrap_or(Method::Other);
         // A second inspection costs little; a missed one lets a request through unseen.
         let repeatable = matches!(method, Method::PreRequest | Method::ModuleInit);
         // An UpdateRequest routed by token has exactly one right agent.
