@@ -126,6 +126,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         bed.is_some() == (args.bed == BedKind::Netns),
         "the netns bed is made by the loadtest binary before its runtime starts"
     );
+    anyhow::ensure!(
+        !args.topology.node_local() || (bed.is_some() && via == Via::Proxy),
+        "--topology {:?} places proxies on the netns bed: it needs --bed netns and --via proxy",
+        args.topology
+    );
     // On the bed the module emulator is a host of its own: a runtime whose sockets are its.
     let module = match &bed {
         Some(b) => {
@@ -170,8 +175,13 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
                 (a, a)
             }
         };
+        // Node-local proxies with the socket: the module calls its own node's proxy over it.
+        let module_target = match pool.front_socket(0) {
+            Some(path) if via == Via::Proxy => crate::addr::RpcAddr::Unix(path),
+            _ => target.into(),
+        };
         let drive = DriveArgs {
-            target: target.into(),
+            target: module_target.clone(),
             update_target: (update_target != target).then(|| update_target.into()),
             concurrency: args.concurrency,
             app_time: traffic.app_time,
@@ -187,7 +197,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             ..DriveArgs::default()
         };
         eprintln!(
-            "loadtest local: {n} agent(s) via {via:?}, target {target}{}, {} for {:?}",
+            "loadtest local: {n} agent(s) via {via:?}, target {module_target}{}, {} for {:?}",
             if update_target != target {
                 format!(", updates to {update_target}")
             } else {
@@ -317,6 +327,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     }
     let (report, mut steps) = result?;
     failures.extend(stop_problems);
+    let answered: u64 = report.tally.methods.values().map(|m| m.ok).sum();
+    steps.extend(procstat::cpu_per_rpc(
+        &samples.lock().expect("not poisoned"),
+        answered,
+    ));
     steps.extend(procstat::judge_growth(
         &samples.lock().expect("not poisoned"),
         duration,

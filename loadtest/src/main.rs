@@ -16,7 +16,7 @@ fn main() -> std::process::ExitCode {
     if let Command::Local(l) = &mut cli.command
         && l.bed == loadtest::local::BedKind::Netns
     {
-        match loadtest::netbed::Bed::create().and_then(|b| b.enter_switch().map(|()| b)) {
+        match loadtest::netbed::Bed::create(l.topology).and_then(|b| b.enter_switch().map(|()| b)) {
             Ok(bed) => l.netbed = Some(bed),
             Err(e) => {
                 eprintln!("error: the netns bed cannot be made here: {e:#}");

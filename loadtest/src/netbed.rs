@@ -8,7 +8,10 @@
 //! mode does it: DNAT in the output hook to one ready endpoint chosen at random per new
 //! connection, with conntrack keeping each connection on its endpoint. A proxy that drains
 //! leaves the VIP's set for new connections, as a terminating endpoint of an EndpointSlice
-//! does, while its existing connections keep working.
+//! does, while its existing connections keep working. With node-local proxies
+//! ([`Topology::NodeLocal`], as `overlays/node-local` runs them) proxy replica `i` shares module
+//! host `i`, and each module host's VIP rules list only its own node's proxy
+//! (`internalTrafficPolicy: Local`).
 //!
 //! The orchestrator's own thread enters the bed's switch namespace before its runtime starts
 //! (so every task it runs — steps, admin reads, bad clients — is a host on the bridge too); the
@@ -38,6 +41,31 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// Name prefix of every namespace a bed makes: `ltb<pid>-…`.
 const PREFIX: &str = "ltb";
+
+/// Where the proxies run, as the manifests place them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// `manifests/base`: a Deployment, every proxy replica on a host of its own, the VIP
+    /// spreading each module host's new connections over all the ready ones.
+    #[default]
+    Deployment,
+    /// `overlays/node-local`: proxy replica `i` on module host `i` (a DaemonSet's pod on the app
+    /// node), the VIP sending a host's connections only to its own node's proxy
+    /// (`internalTrafficPolicy: Local`). The module emulator is on module host 0; the other
+    /// replicas are the proxies of nodes whose modules the run does not drive.
+    NodeLocal,
+    /// `overlays/node-local` with `components/node-local-socket`: as `node-local`, and the module
+    /// calls its node's proxy over a Unix socket instead of the VIP.
+    NodeLocalSocket,
+}
+
+impl Topology {
+    /// True when each proxy shares its node with the modules it serves.
+    pub fn node_local(self) -> bool {
+        self != Topology::Deployment
+    }
+}
 
 /// What a host of the bed runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,6 +121,7 @@ pub struct Sockets {
 #[derive(Debug)]
 pub struct Bed {
     id: String,
+    topology: Topology,
     switch: String,
     hosts: Mutex<Vec<Host>>,
     /// Proxy replicas in the VIP's set, by index (ready endpoints).
@@ -102,7 +131,7 @@ pub struct Bed {
 impl Bed {
     /// Makes the switch namespace and its bridge. Needs root, iproute2 and nftables; says so
     /// plainly when they are missing.
-    pub fn create() -> anyhow::Result<Arc<Bed>> {
+    pub fn create(topology: Topology) -> anyhow::Result<Arc<Bed>> {
         anyhow::ensure!(
             rustix::process::geteuid().is_root(),
             "--bed netns needs root (it makes network namespaces); run as root or use the loopback bed"
@@ -123,6 +152,7 @@ impl Bed {
         let switch = format!("{id}-sw");
         let bed = Bed {
             id,
+            topology,
             switch: switch.clone(),
             hosts: Mutex::new(Vec::new()),
             endpoints: Mutex::new(Vec::new()),
@@ -146,8 +176,18 @@ impl Bed {
         enter(&self.switch)
     }
 
-    /// The host for `role` number `index`, made the first time it is asked for.
+    /// Where the proxies run.
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// The host for `role` number `index`, made the first time it is asked for. Node-local
+    /// proxy replica `i` lives on module host `i`.
     pub fn host(&self, role: Role, index: usize) -> anyhow::Result<Host> {
+        let role = match role {
+            Role::Proxy if self.topology.node_local() => Role::Module,
+            r => r,
+        };
         let mut hosts = self.hosts.lock().expect("not poisoned");
         if let Some(h) = hosts.iter().find(|h| h.role == role && h.index == index) {
             return Ok(h.clone());
@@ -181,7 +221,7 @@ impl Bed {
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         if role == Role::Module {
-            nft::apply(ns, &nft::vip_rules(&self.endpoint_addrs()))?;
+            nft::apply(ns, &nft::vip_rules(&self.endpoint_addrs(Some(index))))?;
         }
         Ok(host)
     }
@@ -210,11 +250,10 @@ impl Bed {
     /// The proxy replicas the VIP sends new connections to.
     pub fn set_endpoints(&self, proxies: Vec<usize>) -> anyhow::Result<()> {
         *self.endpoints.lock().expect("not poisoned") = proxies;
-        let rules = nft::vip_rules(&self.endpoint_addrs());
-        nft::apply(&self.switch, &rules)?;
+        nft::apply(&self.switch, &nft::vip_rules(&self.endpoint_addrs(None)))?;
         let hosts = self.hosts.lock().expect("not poisoned").clone();
         for h in hosts.iter().filter(|h| h.role == Role::Module) {
-            nft::apply(&h.ns, &rules)?;
+            nft::apply(&h.ns, &nft::vip_rules(&self.endpoint_addrs(Some(h.index))))?;
         }
         Ok(())
     }
@@ -236,13 +275,30 @@ impl Bed {
         self.set_endpoints(eps)
     }
 
-    fn endpoint_addrs(&self) -> Vec<SocketAddrV4> {
+    /// The endpoints module host `node` sees behind the VIP (every ready one, or with
+    /// node-local proxies its own node's only); `None`: the switch's view, every ready one.
+    fn endpoint_addrs(&self, node: Option<usize>) -> Vec<SocketAddrV4> {
+        let local = |i: usize| match node {
+            Some(n) if self.topology.node_local() => i == n,
+            _ => true,
+        };
         self.endpoints
             .lock()
             .expect("not poisoned")
             .iter()
-            .map(|&i| SocketAddrV4::new(proxy_ip(i), RPC_PORT))
+            .filter(|&&i| local(i))
+            .map(|&i| SocketAddrV4::new(self.proxy_ip(i), RPC_PORT))
             .collect()
+    }
+
+    /// The address of proxy replica `i` (its host's).
+    pub fn proxy_ip(&self, i: usize) -> Ipv4Addr {
+        let role = if self.topology.node_local() {
+            Role::Module
+        } else {
+            Role::Proxy
+        };
+        Ipv4Addr::new(198, 18, role.octet(), i as u8 + 1)
     }
 
     /// The Service address modules connect to.
@@ -295,11 +351,6 @@ impl Bed {
                 .unwrap_or(0),
         })
     }
-}
-
-/// The address of proxy replica `i` (its host's).
-pub fn proxy_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, Role::Proxy.octet(), i as u8 + 1)
 }
 
 impl Drop for Bed {

@@ -89,6 +89,11 @@ pub struct LocalArgs {
     /// Where the processes live: `loopback`, or `netns` (a host each, through a Service VIP).
     #[arg(long, value_enum, default_value = "loopback")]
     pub bed: BedKind,
+    /// On the netns bed, where the proxies run: `deployment` (hosts of their own behind the
+    /// VIP), `node-local` (each on its app node, the VIP sending a node's connections to its
+    /// own proxy), `node-local-socket` (the module calls its node's proxy over a Unix socket).
+    #[arg(long, value_enum, default_value = "deployment")]
+    pub topology: crate::netbed::Topology,
     /// The netns bed, made by the binary before its runtime started (see [`crate::netbed`]).
     #[arg(skip)]
     pub netbed: Option<std::sync::Arc<crate::netbed::Bed>>,

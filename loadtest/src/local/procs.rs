@@ -147,9 +147,9 @@ impl Pool {
     /// Where proxy replica (or HAProxy) `i` listens for RPCs and admin calls: its host's
     /// fixed ports on the bed, free ports on loopback.
     fn front_addrs(&self, i: usize) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-        Ok(match self.bed {
-            Some(_) => {
-                let ip = IpAddr::V4(netbed::proxy_ip(i));
+        Ok(match &self.bed {
+            Some(bed) => {
+                let ip = IpAddr::V4(bed.proxy_ip(i));
                 (
                     SocketAddr::new(ip, netbed::RPC_PORT),
                     SocketAddr::new(ip, netbed::ADMIN_PORT),
@@ -157,6 +157,14 @@ impl Pool {
             }
             None => (free_port()?, free_port()?),
         })
+    }
+
+    /// The Unix socket proxy replica `i` also listens on, where the modules call it over one
+    /// (node-local proxies with `components/node-local-socket`).
+    pub(crate) fn front_socket(&self, i: usize) -> Option<PathBuf> {
+        let bed = self.bed.as_ref()?;
+        (bed.topology() == netbed::Topology::NodeLocalSocket)
+            .then(|| self.agents_file.with_file_name(format!("proxy-{i}.sock")))
     }
 
     /// On the bed, the Service VIP sends new connections to front `i` (ready) or no longer
@@ -257,6 +265,9 @@ impl Pool {
         if !extra.iter().any(|a| a.starts_with("--control-socket")) {
             let ctl = self.agents_file.with_file_name(format!("proxy-{i}.ctl"));
             args.extend(["--control-socket".into(), ctl.display().to_string()]);
+        }
+        if let Some(path) = self.front_socket(i) {
+            args.extend(["--listen".into(), format!("unix:{}", path.display())]);
         }
         let (command, _) = placed(self.bed.as_deref(), Role::Proxy, i, bin)?;
         let child =

@@ -91,6 +91,29 @@ pub fn sample_every(pids: Pids, every: Duration, samples: Samples) -> tokio::tas
     })
 }
 
+/// What the fronts spent on the run's RPCs: the CPU time every front process used between its
+/// first and last sample (a restarted replica counts each of its processes), per RPC answered.
+/// The line `loadtest local` logs for every run (on the bed: the node-local topologies'
+/// proxy CPU per RPC over TCP and over the Unix socket).
+pub fn cpu_per_rpc(samples: &[(Duration, usize, u32, Sample)], rpcs: u64) -> Option<String> {
+    let mut spans: std::collections::BTreeMap<u32, (Duration, Duration)> = Default::default();
+    for (_, _, pid, s) in samples {
+        let e = spans.entry(*pid).or_insert((s.cpu, s.cpu));
+        e.0 = e.0.min(s.cpu);
+        e.1 = e.1.max(s.cpu);
+    }
+    if spans.is_empty() || rpcs == 0 {
+        return None;
+    }
+    let cpu: Duration = spans.values().map(|(lo, hi)| *hi - *lo).sum();
+    Some(format!(
+        "fronts' CPU: {:.2} s for {rpcs} RPCs answered, {:.1} µs per RPC ({} process(es), sampled every 250 ms)",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / rpcs as f64,
+        spans.len()
+    ))
+}
+
 /// RSS and fd growth of every front process that lived through the whole run: the median of
 /// the last quarter's samples minus the median of the quarter after `warmup` (default a quarter
 /// of `duration`). Judged against `max_rss_growth_kib` / `max_fd_growth` when set; returns the
@@ -166,6 +189,29 @@ pub fn judge_growth(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_per_rpc_sums_each_process_from_its_first_to_its_last_sample() {
+        let at = |cpu_ms: u64| Sample {
+            cpu: Duration::from_millis(cpu_ms),
+            ..Sample::default()
+        };
+        let t = Duration::ZERO;
+        // Replica 0 restarted: pid 10 used 300 ms, pid 11 used 100 ms; replica 1 used 600 ms.
+        let samples = [
+            (t, 0, 10, at(1000)),
+            (t, 0, 10, at(1300)),
+            (t, 0, 11, at(50)),
+            (t, 0, 11, at(150)),
+            (t, 1, 12, at(200)),
+            (t, 1, 12, at(800)),
+        ];
+        let line = cpu_per_rpc(&samples, 1000).expect("a line");
+        assert!(line.contains("1.00 s for 1000 RPCs"), "{line}");
+        assert!(line.contains("1000.0 µs per RPC (3 process(es)"), "{line}");
+        assert_eq!(cpu_per_rpc(&samples, 0), None);
+        assert_eq!(cpu_per_rpc(&[], 10), None);
+    }
 
     #[test]
     fn this_process_has_cpu_memory_and_descriptors() {
