@@ -309,7 +309,7 @@ fn call(router: &Router, frame: Frame) -> Result<impl Future<Output = Bytes> + '
                 m::uninspected(Uninspected::InvalidFrame);
                 m::rpc_finished(
                     frame.method().unwrap_or(crate::codec::Method::Other),
-                    "invalid_frame",
+                    m::RpcOutcome::InvalidFrame,
                     Duration::ZERO,
                 );
                 error_response(msgid, &format!("sigsci-proxy: invalid call: {problem}"))

@@ -8,7 +8,7 @@ use agent_pool::Outcome;
 
 use crate::admission::Shed;
 use crate::codec::{CodecError, Frame};
-use crate::metrics::{ConnectionClose, Uninspected};
+use crate::metrics::{ConnectionClose, RpcOutcome, Uninspected};
 
 /// Which side of the proxy an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,18 +121,18 @@ impl UpstreamError {
         }
     }
 
-    /// A metrics label (closed set).
-    pub(crate) fn label(&self) -> &'static str {
+    /// The `outcome` of `sigsci_proxy_rpcs_total`.
+    pub(crate) fn rpc_outcome(&self) -> RpcOutcome {
         match self {
-            Self::NoAgent => "no_agent",
-            Self::ConnectFailed(_) | Self::ConnectTimeout => "connect_failure",
-            Self::NotSent(_) => "not_sent",
-            Self::Backlogged => "backlogged",
-            Self::Unsendable(_) => "unsendable",
-            Self::SentNoAnswer(_) => "upstream_broken",
-            Self::Protocol(_) => "upstream_protocol",
-            Self::AgentError(_) => "agent_error",
-            Self::Timeout => "timeout",
+            Self::NoAgent => RpcOutcome::NoAgent,
+            Self::ConnectFailed(_) | Self::ConnectTimeout => RpcOutcome::ConnectFailure,
+            Self::NotSent(_) => RpcOutcome::NotSent,
+            Self::Backlogged => RpcOutcome::Backlogged,
+            Self::Unsendable(_) => RpcOutcome::Unsendable,
+            Self::SentNoAnswer(_) => RpcOutcome::UpstreamBroken,
+            Self::Protocol(_) => RpcOutcome::UpstreamProtocol,
+            Self::AgentError(_) => RpcOutcome::AgentError,
+            Self::Timeout => RpcOutcome::Timeout,
         }
     }
 }

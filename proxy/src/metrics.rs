@@ -70,7 +70,7 @@ pub(crate) async fn upkeep(handle: PrometheusHandle, exit: tokio_util::sync::Can
 fn describe() {
     describe_counter!(
         "sigsci_proxy_rpcs_total",
-        "RPCs finished, by method and outcome (ok, agent_error, or the failure: no_agent, connect_failure, upstream_broken, upstream_protocol, timeout)."
+        "RPCs finished, by method and outcome (ok, agent_error, lost, or the failure: in_flight_limit, invalid_frame, no_agent, connect_failure, not_sent, backlogged, unsendable, upstream_broken, upstream_protocol, timeout)."
     );
     describe_histogram!(
         "sigsci_proxy_rpc_duration_seconds",
@@ -198,17 +198,65 @@ fn method_index(method: Method) -> usize {
     }
 }
 
-/// One RPC answered (`ok`, `agent_error`) or failed (an [`UpstreamError`] label) after
-/// `elapsed`.
-///
-/// [`UpstreamError`]: crate::error::UpstreamError
-pub(crate) fn rpc_finished(method: Method, outcome: &'static str, elapsed: Duration) {
+/// How an RPC ended: the `outcome` of `sigsci_proxy_rpcs_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RpcOutcome {
+    /// An agent answered.
+    Ok,
+    /// An agent answered with an error (passed on to the module).
+    AgentError,
+    /// An UpdateRequest whose token names no member, answered by the proxy.
+    Lost,
+    /// Shed at the proxy-wide in-flight limit.
+    InFlightLimit,
+    /// A structurally invalid call, answered by the proxy.
+    InvalidFrame,
+    /// No agent could take it.
+    NoAgent,
+    /// Connecting to the agent failed or timed out.
+    ConnectFailure,
+    /// The agent connection failed before the call was written.
+    NotSent,
+    /// The agent connection's write queue was full.
+    Backlogged,
+    /// The call could not be sent (too large for the agent connection).
+    Unsendable,
+    /// The agent connection broke with the call sent and unanswered.
+    UpstreamBroken,
+    /// The agent answered something that is not a valid answer.
+    UpstreamProtocol,
+    /// No answer before the RPC deadline.
+    Timeout,
+}
+
+impl RpcOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::AgentError => "agent_error",
+            Self::Lost => "lost",
+            Self::InFlightLimit => "in_flight_limit",
+            Self::InvalidFrame => "invalid_frame",
+            Self::NoAgent => "no_agent",
+            Self::ConnectFailure => "connect_failure",
+            Self::NotSent => "not_sent",
+            Self::Backlogged => "backlogged",
+            Self::Unsendable => "unsendable",
+            Self::UpstreamBroken => "upstream_broken",
+            Self::UpstreamProtocol => "upstream_protocol",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// One RPC finished with `outcome` after `elapsed`.
+pub(crate) fn rpc_finished(method: Method, outcome: RpcOutcome, elapsed: Duration) {
     let Some(hot) = HOT.get() else { return };
     let i = method_index(method);
-    if outcome == "ok" {
+    if outcome == RpcOutcome::Ok {
         hot.rpcs_ok[i].increment(1);
     } else {
-        counter!("sigsci_proxy_rpcs_total", "method" => METHOD_LABELS[i], "outcome" => outcome)
+        counter!("sigsci_proxy_rpcs_total", "method" => METHOD_LABELS[i], "outcome" => outcome.label())
             .increment(1);
     }
     hot.duration[i].record(elapsed.as_secs_f64());

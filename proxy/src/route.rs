@@ -102,7 +102,7 @@ impl Router {
             self.max_in_flight_bytes,
         ) else {
             // Agents already have more than they can answer in time: fail this one fast.
-            m::rpc_finished(method, "in_flight_limit", started.elapsed());
+            m::rpc_finished(method, m::RpcOutcome::InFlightLimit, started.elapsed());
             m::uninspected(m::Uninspected::InFlightLimit);
             return error_response(msgid, "sigsci-proxy: too many calls in flight");
         };
@@ -111,7 +111,7 @@ impl Router {
             Target::Balanced(Some(agent)) => (agent, None),
             Target::Pinned(agent, original) => (agent, Some(original)),
             Target::Lost => {
-                m::rpc_finished(method, "lost", started.elapsed());
+                m::rpc_finished(method, m::RpcOutcome::Lost, started.elapsed());
                 return update_response(msgid);
             }
             Target::Balanced(None) => {
@@ -119,7 +119,7 @@ impl Router {
                     self.modules.announced(&frame, &snapshot, None);
                 }
                 let e = UpstreamError::NoAgent;
-                m::rpc_finished(method, e.label(), started.elapsed());
+                m::rpc_finished(method, e.rpc_outcome(), started.elapsed());
                 m::uninspected(e.uninspected());
                 return error_response(msgid, &format!("sigsci-proxy: {e}"));
             }
@@ -133,11 +133,11 @@ impl Router {
         }
         match result {
             Ok(response) => {
-                m::rpc_finished(method, "ok", started.elapsed());
+                m::rpc_finished(method, m::RpcOutcome::Ok, started.elapsed());
                 respond(&response, msgid, &answered_by, &snapshot)
             }
             Err(e) => {
-                m::rpc_finished(method, e.label(), started.elapsed());
+                m::rpc_finished(method, e.rpc_outcome(), started.elapsed());
                 m::uninspected(e.uninspected());
                 debug!(error = %e, side = ?e.side(), agent.addr = %answered_by.address(), "RPC failed");
                 match e {
