@@ -15,7 +15,8 @@ the same run):
 - with `--restart`, `restart-proxy.toml`: the calls a node-local proxy's restart costs its node
   (the socket variant rolls maxSurge 0, maxUnavailable 1).
 
-Usage (as root, after `cargo build --release --bins`):
+Usage (as root, after `cargo build --release --bins`; LOADTEST and PROXY_BIN choose other
+binaries):
     scripts/measure/node-local.py [--rounds 3] [--rate 1000] [--duration 20s] [--restart]
 Prints a Markdown table of medians (and every run's figures). Standard library only.
 """
@@ -30,11 +31,15 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 LT = os.environ.get("LOADTEST", os.path.join(TARGET, "release", "loadtest"))
+# The proxy binary [default: the one next to the loadtest].
+PROXY = os.environ.get("PROXY_BIN")
 TOPOLOGIES = ["deployment", "node-local", "node-local-socket"]
 
 
 def run(topology, args):
     cmd = [LT, "local", "--bed", "netns", "--topology", topology] + args
+    if PROXY:
+        cmd += ["--proxy-bin", PROXY]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     text = out.stdout + out.stderr
     if "RESULT" not in text:
