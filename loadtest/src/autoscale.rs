@@ -117,10 +117,6 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
     let Some(spec) = traffic.scenario.autoscale.clone() else {
         return Ok(None);
     };
-    anyhow::ensure!(
-        args.netbed.is_none(),
-        "[autoscale] scenarios run on loopback only (the netns bed is not wired into the autoscaling runner)"
-    );
     let scenario_path = args.run.scenario.clone().unwrap_or_default();
     let hpa_path = find_manifest(spec.hpa.as_deref(), &scenario_path)?;
     let scale = spec.time_scale;
@@ -205,6 +201,7 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
         workers: spec.workers,
         demand_ceil: manifest::adapter_rounds_up(&hpa_path)?,
         fixed_agents: run::need(peak_worth),
+        bed: args.netbed.clone(),
     };
     let policies =
         spec.policies

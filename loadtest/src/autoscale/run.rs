@@ -47,6 +47,10 @@ pub(crate) struct Setup {
     pub(crate) demand_ceil: bool,
     /// The fixed pool's size.
     pub(crate) fixed_agents: u32,
+    /// The multi-host bed, if not loopback: agents and proxies on hosts of their own, the
+    /// module emulator on module host 0, each proxy's share sent to that proxy's address (the
+    /// shares are app nodes whose connections land on one proxy each).
+    pub(crate) bed: Option<Arc<crate::netbed::Bed>>,
 }
 
 impl Setup {
@@ -146,7 +150,11 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
     let dir = tempfile::Builder::new()
         .prefix("loadtest-autoscale-")
         .tempdir()?;
-    let mut pool = Pool::new(dir.path().join("agents.json"), None);
+    let mut pool = Pool::new(dir.path().join("agents.json"), setup.bed.clone());
+    let module = match &setup.bed {
+        Some(bed) => Some(bed.runtime_on(&bed.host(crate::netbed::Role::Module, 0)?)?),
+        None => None,
+    };
     let initial = match policy {
         Policy::Fixed => setup.fixed_agents,
         _ => setup.hpa.min_replicas.max(setup.need_at(0.0)),
@@ -172,9 +180,10 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
     };
     let record = Arc::new(Mutex::new(Record::default()));
     let start = Instant::now();
+    let on = module.as_ref().map(|rt| rt.handle().clone());
     let drives = setup.shares.iter().zip(&listen).map(|(share, addr)| {
         let profile = setup.profile.scaled(*share);
-        crate::drive::run(DriveArgs {
+        let drive = crate::drive::run(DriveArgs {
             target: (*addr).into(),
             update_target: None,
             rate: profile.peak().max(1.0),
@@ -184,7 +193,15 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
             agents_admin: Vec::new(),
             no_progress: true,
             ..setup.drive.clone()
-        })
+        });
+        // On the bed, from the module's host.
+        let on = on.clone();
+        async move {
+            match on {
+                Some(h) => h.spawn(drive).await?,
+                None => drive.await,
+            }
+        }
     });
     let pods = (0..initial as usize)
         .map(|agent| PodState {
@@ -215,6 +232,9 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
     }
     let mut problems = pool.check_alive();
     problems.extend(pool.stop().await);
+    if let Some(rt) = module {
+        rt.shutdown_background();
+    }
     let mut rec = std::mem::take(&mut *record.lock().expect("not poisoned"));
     rec.problems.extend(problems);
     Ok(PolicyRun {
