@@ -64,10 +64,10 @@ pub struct AutoscaleSpec {
     /// Every window's factor (1 = real time).
     pub time_scale: f64,
     /// The HPA's sync period before scaling (default 15 s).
-    #[serde(default, with = "crate::local::scenario::opt_duration")]
+    #[serde(default, with = "crate::scenario::opt_duration")]
     pub sync_period: Option<Duration>,
     /// From an agent's start until it serves, before scaling (default 20 s).
-    #[serde(default, with = "crate::local::scenario::opt_duration")]
+    #[serde(default, with = "crate::scenario::opt_duration")]
     pub startup_delay: Option<Duration>,
     /// RPC/s one agent should carry: the proxies' `--hints-target-rpc`, and one agent's worth
     /// of load.

@@ -13,19 +13,17 @@ mod options;
 mod plan;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
-use tokio::time::Instant;
 
 use crate::addr::RpcAddr;
 use crate::drive::{DriveArgs, DriveReport};
-use crate::local::judge::{self, DriveBounds, uninspected_summary};
-use crate::local::scenario::Scenario;
-use crate::local::steps::{Background, start_abuse, start_burst};
-use crate::local::{Mark, scenario::Action};
+use crate::engine::{Mark, Testbed, Timeline, verdict};
+use crate::judge::{self, DriveBounds, uninspected_summary};
+use crate::scenario::Action;
+use crate::scenario::Scenario;
 use api::Cluster;
 use counters::{Agents, Proxies};
 pub use options::ClusterArgs;
@@ -239,68 +237,22 @@ async fn drive_and_steps(
         .filter(|p| p.step.action.changes_agent())
         .map(|p| p.step.agent)
         .collect();
-    let steps_log = Arc::new(Mutex::new(Vec::new()));
-    let marks: Arc<Mutex<Vec<(String, Duration)>>> = Default::default();
-    let background: Background = Default::default();
-    let start = Instant::now();
-    let (agents_ref, proxies_ref) = (&mut agents, &mut proxies);
-    let (slog, smarks, sbackground, sdrive) = (
-        steps_log.clone(),
-        marks.clone(),
-        background.clone(),
-        drive.clone(),
-    );
-    let steps = async move {
-        for p in &plan {
-            tokio::time::sleep_until(start + p.step.at).await;
-            let outcome = apply(
-                p,
-                agents_ref,
-                proxies_ref,
-                cluster,
-                &sdrive,
-                front,
-                &sbackground,
-                args,
-            )
-            .await;
-            let who = if p.step.action.is_agent_action() {
-                format!(" agent {}", p.step.agent)
-            } else if p.step.action.is_proxy_action() {
-                format!(" proxy {}", p.step.proxy)
-            } else {
-                String::new()
-            };
-            let line = format!(
-                "t={:?} {:?}{who}: {}",
-                p.step.at,
-                p.step.action,
-                outcome.unwrap_or_else(|e| format!("failed: {e:#}"))
-            );
-            eprintln!("loadtest cluster: {line}");
-            slog.lock().expect("not poisoned").push(line);
-            smarks
-                .lock()
-                .expect("not poisoned")
-                .push((format!("{:?}{who}", p.step.action), p.step.at));
-        }
-        std::future::pending::<()>().await;
+    let timeline = Timeline::starting_now();
+    let mut testbed = ClusterBed {
+        agents: &mut agents,
+        proxies: &mut proxies,
+        cluster,
+        drive: &drive,
+        front,
+        timeline: timeline.clone(),
+        args,
     };
     let report = tokio::select! {
-        r = crate::drive::run(drive) => r?,
-        _ = steps => unreachable!("steps never finish"),
+        r = crate::drive::run(drive.clone()) => r?,
+        _ = timeline.play(&mut testbed, &plan, "cluster") => unreachable!("steps never finish"),
     };
     let mut report = report;
-    let mut lines = std::mem::take(&mut *steps_log.lock().expect("not poisoned"));
-    let pending = std::mem::take(&mut *background.lock().expect("not poisoned"));
-    for h in pending {
-        if let Ok((line, burst)) = h.await {
-            match burst {
-                Some(b) => lines.push(format!("{line}: {}", uninspected_summary(&b))),
-                None => lines.push(line),
-            }
-        }
-    }
+    let (mut lines, marks) = timeline.finish().await;
     // Pods the Deployment created during the run (replacements, scale-ups) count too.
     let added = agents.discover(false).await?;
     if !added.is_empty() {
@@ -326,73 +278,76 @@ async fn drive_and_steps(
     proxies.discover().await?;
     lines.extend(proxies.lines().await);
     log.extend(lines);
-    let marks = std::mem::take(&mut *marks.lock().expect("not poisoned"));
     Ok((report, agents.names(), failures, marks, touched))
 }
 
-/// Applies one step; returns what it did.
-#[allow(clippy::too_many_arguments)]
-async fn apply(
-    p: &plan::Planned,
-    agents: &mut Agents,
-    proxies: &mut Proxies,
-    cluster: &Cluster,
-    drive: &DriveArgs,
+/// The cluster as a testbed: steps act through its API server.
+struct ClusterBed<'a> {
+    agents: &'a mut Agents,
+    proxies: &'a mut Proxies,
+    cluster: &'a Cluster,
+    drive: &'a DriveArgs,
+    /// The Service's address, for bad clients and floods.
     front: Option<std::net::SocketAddr>,
-    background: &Background,
-    args: &ClusterArgs,
-) -> anyhow::Result<String> {
-    // Pods the Deployment created since the last step (replacements) are known from here on,
-    // counted from zero, before this step can remove them.
-    agents.discover(false).await?;
-    match &p.op {
-        Op::ScaleUp(n) => {
-            let from = cluster.agent_replicas().await?;
-            let to = from + i32::try_from(*n)?;
-            cluster.scale_agents(to).await?;
-            let took = cluster
-                .wait_serving(&args.agent_selector, to as usize, args.ready_timeout)
-                .await?;
-            let added = agents.discover(false).await?;
-            Ok(format!(
-                "scaled {from} → {to}; serving after {took:?}; new agent pods {added:?}"
-            ))
-        }
-        Op::ScaleTo(n) => {
-            let from = cluster.agent_replicas().await?;
-            let to = i32::try_from(*n)?;
-            // The pods the Deployment removes are its choice: keep every agent's counters
-            // current until it goes.
-            agents.watch_all().await;
-            cluster.scale_agents(to).await?;
-            if to > from {
+    timeline: Timeline,
+    args: &'a ClusterArgs,
+}
+
+impl Testbed for ClusterBed<'_> {
+    type Planned = plan::Planned;
+
+    async fn apply(&mut self, p: &plan::Planned) -> anyhow::Result<String> {
+        let (agents, cluster, args) = (&mut *self.agents, self.cluster, self.args);
+        // Pods the Deployment created since the last step (replacements) are known from here on,
+        // counted from zero, before this step can remove them.
+        agents.discover(false).await?;
+        match &p.op {
+            Op::ScaleUp(n) => {
+                let from = cluster.agent_replicas().await?;
+                let to = from + i32::try_from(*n)?;
+                cluster.scale_agents(to).await?;
                 let took = cluster
-                    .wait_serving(&args.agent_selector, *n, args.ready_timeout)
+                    .wait_serving(&args.agent_selector, to as usize, args.ready_timeout)
                     .await?;
                 let added = agents.discover(false).await?;
-                return Ok(format!(
+                Ok(format!(
                     "scaled {from} → {to}; serving after {took:?}; new agent pods {added:?}"
-                ));
+                ))
             }
-            Ok(format!("scaled {from} → {to}"))
+            Op::ScaleTo(n) => {
+                let from = cluster.agent_replicas().await?;
+                let to = i32::try_from(*n)?;
+                // The pods the Deployment removes are its choice: keep every agent's counters
+                // current until it goes.
+                agents.watch_all().await;
+                cluster.scale_agents(to).await?;
+                if to > from {
+                    let took = cluster
+                        .wait_serving(&args.agent_selector, *n, args.ready_timeout)
+                        .await?;
+                    let added = agents.discover(false).await?;
+                    return Ok(format!(
+                        "scaled {from} → {to}; serving after {took:?}; new agent pods {added:?}"
+                    ));
+                }
+                Ok(format!("scaled {from} → {to}"))
+            }
+            Op::DeleteAgent { agent, grace } => agents.delete(*agent, *grace).await,
+            Op::ReplaceAgent => {
+                let i = agents.oldest_serving().await?;
+                let what = agents.delete(i, None).await?;
+                Ok(format!("agent {i}: {what}; the Deployment replaces it"))
+            }
+            Op::DeleteProxy(i) => self.proxies.delete(*i).await,
+            Op::Fault { agent, query } => agents.fault(*agent, query).await,
+            Op::Snapshot => Ok(agents.snapshot().await),
+            Op::Background if p.step.action == Action::Burst => {
+                Ok(self.timeline.start_burst(&p.step, self.drive, None))
+            }
+            Op::Background => Ok(self
+                .timeline
+                .start_abuse(&p.step, self.front.expect("resolved when planned"))),
         }
-        Op::DeleteAgent { agent, grace } => agents.delete(*agent, *grace).await,
-        Op::ReplaceAgent => {
-            let i = agents.oldest_serving().await?;
-            let what = agents.delete(i, None).await?;
-            Ok(format!("agent {i}: {what}; the Deployment replaces it"))
-        }
-        Op::DeleteProxy(i) => proxies.delete(*i).await,
-        Op::Fault { agent, query } => agents.fault(*agent, query).await,
-        Op::Snapshot => Ok(agents.snapshot().await),
-        Op::Background if p.step.action == Action::Burst => {
-            Ok(start_burst(&p.step, drive, background, None))
-        }
-        Op::Background => Ok(start_abuse(
-            &p.step,
-            front.expect("resolved when planned"),
-            background,
-        )),
     }
 }
 
@@ -453,11 +408,7 @@ pub async fn run_cli(args: ClusterArgs) -> anyhow::Result<i32> {
         .collect();
     println!(
         "RESULT {}: cluster {}, {} agent pod(s), {:.0} tx/s, errors {} (refused {}), orphaned+expired {}, shares % [{}]",
-        if report.failures.is_empty() {
-            "PASS"
-        } else {
-            "FAIL"
-        },
+        verdict(&report.failures),
         report.namespace,
         report.agent_pods.len(),
         d.achieved_rate,

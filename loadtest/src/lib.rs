@@ -4,6 +4,7 @@
 //! its API server ([`cluster`]); [`autoscale`] closes the loop through an HPA emulation.
 #![warn(missing_docs)]
 
+pub(crate) mod abuse;
 pub mod addr;
 pub mod agent;
 pub mod autoscale;
@@ -11,8 +12,11 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod drive;
+pub mod engine;
 pub mod http;
+pub(crate) mod judge;
 pub mod local;
 pub mod netbed;
 pub mod rpc;
+pub mod scenario;
 pub mod units;

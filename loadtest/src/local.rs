@@ -5,16 +5,13 @@
 //! and fails (non-zero) if any check failed. `--compare` measures the proxy's overhead instead
 //! (see [`compare`]).
 
-pub(crate) mod abuse;
 mod accounts;
 pub mod compare;
-pub(crate) mod judge;
 mod options;
 pub(crate) mod procs;
 pub mod procstat;
 mod ramp;
 mod run_args;
-pub mod scenario;
 mod sockets;
 pub(crate) mod steps;
 
@@ -22,10 +19,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::time::Instant;
 
 use crate::drive::{DriveArgs, DriveReport};
-use judge::{DriveBounds, uninspected_summary};
+pub use crate::engine::Mark;
+pub(crate) use crate::engine::print_steps;
+use crate::engine::{Timeline, verdict};
+use crate::judge::{self, DriveBounds, uninspected_summary};
 pub use options::{BedKind, LocalArgs, Via};
 use procs::Pool;
 pub use run_args::RunArgs;
@@ -49,53 +48,6 @@ pub struct LocalReport {
     /// calls that ended after each.
     pub marks: Vec<Mark>,
 }
-
-/// Something a step observed at a time into the drive.
-#[derive(Debug, Clone, Serialize)]
-pub struct Mark {
-    /// What happened.
-    pub what: String,
-    /// When, from the drive's start, milliseconds.
-    pub at_ms: f64,
-    /// Failed calls that ended after it (bucket resolution, 100 ms).
-    pub errors_after: u64,
-    /// Of them, refused connections.
-    pub refused_after: u64,
-}
-
-/// Prints what the steps did and their marks, as `local` and `cluster` report them.
-pub(crate) fn print_steps(steps: &[String], marks: &[Mark]) {
-    for s in steps {
-        println!("step: {s}");
-    }
-    for m in marks {
-        println!(
-            "mark: t={:.0}ms {} (then {} failed calls, {} of them refused)",
-            m.at_ms, m.what, m.errors_after, m.refused_after
-        );
-    }
-}
-
-impl Mark {
-    /// The steps' marks (what, time into the drive), each with the failures the drive saw after it.
-    pub(crate) fn all(marks: Vec<(String, Duration)>, report: &DriveReport) -> Vec<Mark> {
-        marks
-            .into_iter()
-            .map(|(what, at)| {
-                let (errors_after, refused_after) = report.errors_after(at);
-                Mark {
-                    what,
-                    at_ms: at.as_secs_f64() * 1e3,
-                    errors_after,
-                    refused_after,
-                }
-            })
-            .collect()
-    }
-}
-
-/// Marks recorded while steps run: (what, time into the drive).
-type Marks = std::sync::Arc<std::sync::Mutex<Vec<(String, Duration)>>>;
 
 /// Runs the orchestrator and returns its report (with `failures` filled).
 pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
@@ -142,7 +94,6 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     let modules = module.as_ref().map(|(rt, _)| rt.handle().clone());
     let mut pool = Pool::new(dir.path().join("agents.json"), bed.clone());
     let mut failures = Vec::new();
-    let marks: Marks = Default::default();
     let plan = scenario.expanded_steps(duration);
     let touched: std::collections::HashSet<usize> = plan
         .iter()
@@ -223,53 +174,26 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             .as_ref()
             .zip(bed.clone())
             .map(|((_, host), bed)| sockets::sample_every(bed, host.clone()));
-        let steps_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let start = Instant::now();
+        let timeline = Timeline::starting_now();
         let cx = steps::StepCtx {
             via,
-            start,
-            log: steps_log.clone(),
-            marks: marks.clone(),
+            timeline: timeline.clone(),
             drive: drive.clone(),
             front: target,
-            background: Default::default(),
             modules: modules.clone(),
         };
-        let background = cx.background.clone();
         let pids = pool.front_pids.clone();
-        let pool_ref = &mut pool;
-        let steps = async move {
-            for step in &plan {
-                tokio::time::sleep_until(start + step.at).await;
-                let outcome = pool_ref.apply(step, &cx).await;
-                let target = if step.action.is_agent_action() {
-                    format!(" agent {}", step.agent)
-                } else if step.action.is_proxy_action() {
-                    format!(" proxy {}", step.proxy)
-                } else {
-                    String::new()
-                };
-                let line = format!(
-                    "t={:?} {:?}{target}: {}",
-                    step.at,
-                    step.action,
-                    outcome.unwrap_or_else(|e| format!("failed: {e:#}"))
-                );
-                eprintln!("loadtest local: {line}");
-                cx.log.lock().expect("not poisoned").push(line);
-                cx.marks
-                    .lock()
-                    .expect("not poisoned")
-                    .push((format!("{:?}{target}", step.action), step.at));
-            }
-            std::future::pending::<()>().await;
+        let mut testbed = steps::LocalBed {
+            pool: &mut pool,
+            cx,
         };
+        let steps = timeline.play(&mut testbed, &plan, "local");
         let drives = {
             let (ramp, drive, pids, log) = (
                 scenario.ramp.clone(),
                 drive.clone(),
                 pids.clone(),
-                steps_log.clone(),
+                timeline.log.clone(),
             );
             let drives = async move {
                 match &ramp {
@@ -295,29 +219,16 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             Some(s) => Some(s.finish().await),
             None => None,
         };
-        let pending = std::mem::take(&mut *background.lock().expect("not poisoned"));
-        let mut bursts = Vec::new();
-        for h in pending {
-            if let Ok((line, burst)) = h.await {
-                steps_log.lock().expect("not poisoned").push(line.clone());
-                if let Some(b) = burst {
-                    bursts.push((line, b));
-                }
-            }
-        }
         let mut report = report;
         pool.read_agents_into(&mut report).await;
-        let mut steps = std::mem::take(&mut *steps_log.lock().expect("not poisoned"));
-        for (line, b) in &bursts {
-            steps.push(format!("{line}: {}", uninspected_summary(b)));
-        }
+        let (mut steps, marks) = timeline.finish().await;
         steps.push(format!("main drive: {}", uninspected_summary(&report)));
         if let Some(s) = &sockets {
             steps.push(s.judge(&report, duration, &mut failures));
         }
         steps.extend(pool.window_shares(&expect, &mut failures).await);
         steps.extend(pool.proxy_uninspected().await);
-        anyhow::Ok((report, steps))
+        anyhow::Ok((report, steps, marks))
     }
     .await;
     failures.extend(pool.check_alive());
@@ -325,7 +236,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     if let Some((rt, _)) = module {
         rt.shutdown_background();
     }
-    let (report, mut steps) = result?;
+    let (report, mut steps, marks) = result?;
     failures.extend(stop_problems);
     let answered: u64 = report.tally.methods.values().map(|m| m.ok).sum();
     steps.extend(procstat::cpu_per_rpc(
@@ -366,10 +277,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         judged.retain(|f| !f.contains("could not start"));
     }
     failures.extend(judged);
-    let marks = Mark::all(
-        std::mem::take(&mut *marks.lock().expect("not poisoned")),
-        &report,
-    );
+    let marks = Mark::all(marks, &report);
     Ok(LocalReport {
         via,
         agents: pool.agents.len(),
@@ -437,11 +345,7 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
         .collect();
     println!(
         "RESULT {}: via {:?}, {} agent(s), {:.0} tx/s, errors {} (refused {}), orphaned+expired {}, PreRequest p50 {} µs p99 {} µs, shares % [{}]",
-        if report.failures.is_empty() {
-            "PASS"
-        } else {
-            "FAIL"
-        },
+        verdict(&report.failures),
         report.via,
         report.agents,
         d.achieved_rate,

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::local::scenario::{Action, Scenario, Step};
+use crate::scenario::{Action, Scenario, Step};
 
 /// What a step does in the cluster.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +36,12 @@ pub(crate) enum Op {
 pub(crate) struct Planned {
     pub(crate) step: Step,
     pub(crate) op: Op,
+}
+
+impl AsRef<Step> for Planned {
+    fn as_ref(&self) -> &Step {
+        &self.step
+    }
 }
 
 /// The expanded steps of `scenario` (until `end`) as cluster operations, or an error naming

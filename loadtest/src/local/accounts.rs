@@ -4,9 +4,9 @@
 //! count of uninspected calls by reason.
 
 use super::procs::{FileState, Pool};
-use super::scenario::Expect;
 use crate::agent::AgentStats;
 use crate::drive::DriveReport;
+use crate::scenario::Expect;
 
 async fn read_stats(admin: std::net::SocketAddr) -> Result<AgentStats, String> {
     let body = crate::http::get(admin, "/stats")
@@ -67,7 +67,7 @@ impl Pool {
             let base = snap.get(a.index).copied().flatten().unwrap_or(0);
             counts.push((a.index, s.prerequests.saturating_sub(base)));
         }
-        super::judge::window_shares(&counts, e, failures)
+        crate::judge::window_shares(&counts, e, failures)
     }
 
     /// Each proxy's `sigsci_proxy_uninspected_total` series (why calls went uninspected), if it

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::scenario::Expect;
+use crate::scenario::Expect;
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`: 100 on Linux).
 const TICKS_PER_S: f64 = 100.0;

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use super::procstat::{self, Pids};
-use super::scenario::Ramp;
 use crate::drive::{DriveArgs, DriveReport};
+use crate::scenario::Ramp;
 
 /// CPU share of one core used by `pid` between two samples over `secs`.
 fn cpu_share(a: Option<procstat::Sample>, b: Option<procstat::Sample>, secs: f64) -> f64 {

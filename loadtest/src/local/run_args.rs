@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::scenario::Scenario;
 use crate::drive::DriveArgs;
+use crate::scenario::Scenario;
 use crate::units::{ServiceTime, parse_duration};
 
 /// Scenario, traffic and bounds (flattened into `local` and `cluster`).

@@ -1,42 +1,51 @@
-//! Scenario steps applied to the running children: membership changes through the agents file,
-//! faults, process signals, proxy restarts and drains, agents added and replaced, and the
-//! background steps (bursts of extra load, bad clients, connection floods) whose summaries are
-//! collected after the drive.
+//! The local processes as a testbed ([`crate::engine::Testbed`]): scenario steps applied to the
+//! running children — membership changes through the agents file, faults, process signals,
+//! proxy restarts and drains, agents added and replaced, hosts cut off the netns bed. The
+//! background steps (bursts, bad clients, floods) are the engine's.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::Via;
 use super::procs::{self, FileState, Pool};
-use super::scenario::{Action, Step};
-use super::{Marks, Via};
-use crate::drive::{DriveArgs, DriveReport};
-
-/// What a background step hands back: its log line, and the report of a burst.
-pub(crate) type Background = Arc<Mutex<Vec<JoinHandle<(String, Option<DriveReport>)>>>>;
+use crate::drive::DriveArgs;
+use crate::engine::{Marks, Testbed, Timeline};
+use crate::scenario::{Action, Step};
 
 /// Everything a step needs besides the pool.
 pub(crate) struct StepCtx {
     pub(crate) via: Via,
-    pub(crate) start: Instant,
-    pub(crate) log: Arc<Mutex<Vec<String>>>,
-    pub(crate) marks: Marks,
+    /// The run's timeline: its start, log, marks and background steps.
+    pub(crate) timeline: Timeline,
     /// The main drive's configuration (bursts copy it).
     pub(crate) drive: DriveArgs,
     /// Where the good traffic goes (bad clients and floods go there too).
     pub(crate) front: SocketAddr,
-    pub(crate) background: Background,
     /// On the netns bed, the module host's runtime: bursts are its calls too.
     pub(crate) modules: Option<tokio::runtime::Handle>,
+}
+
+/// The local processes as a testbed: the pool, and what its steps need.
+pub(crate) struct LocalBed<'a> {
+    pub(crate) pool: &'a mut Pool,
+    pub(crate) cx: StepCtx,
+}
+
+impl Testbed for LocalBed<'_> {
+    type Planned = Step;
+
+    async fn apply(&mut self, step: &Step) -> anyhow::Result<String> {
+        self.pool.apply(step, &self.cx).await
+    }
 }
 
 impl Pool {
     /// Applies one step; returns what it did.
     pub(crate) async fn apply(&mut self, step: &Step, cx: &StepCtx) -> anyhow::Result<String> {
-        let (via, start, log, marks) = (cx.via, cx.start, &cx.log, &cx.marks);
+        let t = &cx.timeline;
+        let (via, start, log, marks) = (cx.via, t.start, &t.log, &t.marks);
         match step.action {
             Action::Add => {
                 anyhow::ensure!(via == Via::Proxy, "add only applies via the proxy");
@@ -102,15 +111,10 @@ impl Pool {
                 return Ok(line);
             }
             Action::Burst => {
-                return Ok(start_burst(
-                    step,
-                    &cx.drive,
-                    &cx.background,
-                    cx.modules.as_ref(),
-                ));
+                return Ok(t.start_burst(step, &cx.drive, cx.modules.as_ref()));
             }
             Action::BadClients | Action::ConnFlood => {
-                return Ok(start_abuse(step, cx.front, &cx.background));
+                return Ok(t.start_abuse(step, cx.front));
             }
             Action::StopAgent => {
                 self.stop_agent(step.agent).await?;
@@ -237,8 +241,9 @@ impl Pool {
                 bed.cut(&host)?;
                 if let Some(admin) = self.fronts.first().and_then(|f| f.admin) {
                     let id = format!("agent-{}", step.agent);
-                    let (log, marks) = (cx.log.clone(), cx.marks.clone());
-                    tokio::spawn(watch_ejection(admin, id, cx.start, log, marks));
+                    let t = &cx.timeline;
+                    let (log, marks) = (t.log.clone(), t.marks.clone());
+                    tokio::spawn(watch_ejection(admin, id, t.start, log, marks));
                 }
                 Ok(format!("host {} cut off: every packet dropped", host.ip))
             }
@@ -387,66 +392,4 @@ async fn watch_last_prerequest(
             start.elapsed() - t0.elapsed() + d,
         ));
     }
-}
-
-/// `burst`: drives `rate` (or `factor` times the drive's rate) more transactions per second for
-/// `duration` beside the main drive, in the background; its report is collected after the
-/// drive. Returns the step's outcome line.
-pub(crate) fn start_burst(
-    step: &Step,
-    drive: &DriveArgs,
-    background: &Background,
-    on: Option<&tokio::runtime::Handle>,
-) -> String {
-    let rate = step
-        .rate
-        .or(step.factor.map(|f| f * drive.rate))
-        .expect("checked at load");
-    let duration = step.duration.expect("checked at load");
-    let d = DriveArgs {
-        rate,
-        duration,
-        concurrency: None,
-        agents_admin: Vec::new(),
-        no_progress: true,
-        ..drive.clone()
-    };
-    let burst = async move {
-        match crate::drive::run(d).await {
-            Ok(r) => (format!("burst {rate} tx/s for {duration:?}"), Some(r)),
-            Err(e) => (format!("burst failed: {e:#}"), None),
-        }
-    };
-    let h = match on {
-        Some(h) => h.spawn(burst),
-        None => tokio::spawn(burst),
-    };
-    background.lock().expect("not poisoned").push(h);
-    format!("+{rate} tx/s for {duration:?} started")
-}
-
-/// `bad-clients` / `conn-flood` against `front`, in the background; their summaries are
-/// collected after the drive. Returns the step's outcome line.
-pub(crate) fn start_abuse(step: &Step, front: SocketAddr, background: &Background) -> String {
-    let n = step.count.expect("checked at load");
-    let d = step.duration.expect("checked at load");
-    let action = step.action;
-    let kinds: Vec<String> = step
-        .query
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .filter(|k| !k.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let h = tokio::spawn(async move {
-        let summary = if action == Action::BadClients {
-            super::abuse::bad_clients(front, n, d, &kinds).await
-        } else {
-            super::abuse::conn_flood(front, n, d).await
-        };
-        (format!("{action:?} x{n} for {d:?}: {summary}"), None)
-    });
-    background.lock().expect("not poisoned").push(h);
-    format!("{n} started for {d:?}")
 }

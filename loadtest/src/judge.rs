@@ -5,8 +5,8 @@
 
 use std::collections::HashSet;
 
-use super::scenario::Expect;
 use crate::drive::DriveReport;
+use crate::scenario::Expect;
 
 /// Bounds a drive must respect; what `run` and `--compare` both check.
 pub(crate) struct DriveBounds {
