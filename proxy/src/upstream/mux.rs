@@ -30,6 +30,11 @@ use agent_pool::Address;
 /// calls are refused: they go to another agent rather than wait behind a stalled socket.
 const MAX_QUEUED: usize = 8 << 20;
 
+/// Capacity an emptied queue may keep; a larger one is freed. A queue grown to megabytes by an
+/// agent that read slowly once would otherwise hold them for the connection's life, on every
+/// agent connection, outside every budget (docs/faults.md, "Memory").
+const QUEUE_KEEP: usize = 64 << 10;
+
 type Waiter = oneshot::Sender<Result<Frame, UpstreamError>>;
 
 /// One agent's persistent connections.
@@ -396,6 +401,9 @@ impl MuxConn {
                 }
                 if out.queued.is_empty() {
                     out.flushing = false;
+                    if out.queued.capacity() > QUEUE_KEEP {
+                        out.queued = BytesMut::new();
+                    }
                     continue 'idle;
                 }
             }
