@@ -20,13 +20,15 @@
 #
 # Run as root (the cgroup, 20,000 descriptors) from the repository root, after
 # `cargo build -p sigsci-proxy` (debug or --release). Loopback only (127.0.0.0/8), bounded:
-# it stops by itself after DURATION + the time to open the connections (about a minute), and
-# removes its cgroup. Examples:
-#   scripts/measure/memory-limit.sh target/debug/sigsci-proxy       # the defaults, derived
-#   scripts/measure/memory-limit.sh target/debug/sigsci-proxy -- \
-#       --max-connections 20000 --max-partial-bytes 67108864 --max-in-flight-bytes 67108864
-#   (the second is refused at start-up under the limit; the binary of an earlier release took
-#   these as its defaults.)
+# it stops by itself after DURATION plus the time the proxy takes to accept the idle
+# connections (at most 180 s; about a minute in all with a release build), and removes its
+# cgroup. Environment: LIMIT, DURATION, CONNECTIONS, PARTIAL_SENDERS, BIG_SENDERS. Examples:
+#   scripts/measure/memory-limit.sh target/release/sigsci-proxy     # the budget derived
+#   CONNECTIONS=0 BIG_SENDERS=0 scripts/measure/memory-limit.sh target/debug/sigsci-proxy -- \
+#       --max-partial-bytes 31457280                                 # one budget alone
+# The parent commit's binary, which took 20,000 connections, 64 MiB and 64 MiB as its
+# defaults whatever the limit, is the "before" (this code refuses those values under 256 MiB).
+# The proxy's log: /tmp/memory-limit-proxy.PID.log.
 # Not part of CI.
 set -euo pipefail
 PROXY=${1:-target/debug/sigsci-proxy}

@@ -62,6 +62,11 @@ class Cgroup:
             sys.exit("memory-limit: no memory cgroup found")
         self.path = f"{parent}/sigsci-measure-{os.getpid()}"
         os.mkdir(self.path)
+        if self.v2 and not os.path.exists(f"{self.path}/memory.max"):
+            os.rmdir(self.path)
+            sys.exit("memory-limit: the memory controller is not enabled below this cgroup "
+                     f"({parent}: its cgroup.subtree_control lacks memory); run the script from a "
+                     "cgroup that delegates it, or in a container limited to LIMIT")
         if self.v2:
             self.write("memory.max", str(limit))
             self.write("memory.swap.max", "0", optional=True)

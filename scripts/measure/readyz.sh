@@ -28,14 +28,22 @@ timeout --kill-after=10 600 "$LT" local --agents 3 --concurrency "$CONCURRENCY" 
 lt=$!
 trap 'kill "$lt" 2>/dev/null || true; rm -f "$times"' EXIT
 
+# The proxy is a child of this run's loadtest (itself the child of `timeout`): not any other
+# sigsci-proxy on the machine.
 proxy=
 for _ in $(seq 1 1000); do
-    proxy=$(pgrep -f -n '/sigsci-proxy .*--agents-file' || true)
+    for l in $(pgrep -P "$lt" || true); do
+        proxy=$(pgrep -P "$l" -x sigsci-proxy || true)
+    done
     [ -n "$proxy" ] && break
     sleep 0.02
 done
 [ -n "$proxy" ] || { echo "readyz: no sigsci-proxy started" >&2; cat "$log" >&2; exit 1; }
 admin=$(tr '\0' '\n' < "/proc/$proxy/cmdline" | grep -A1 -x -- '--admin' | tail -1)
+case "$admin" in
+    127.*) ;;
+    *) echo "readyz: the proxy's admin address $admin is not on loopback" >&2; exit 1 ;;
+esac
 echo "proxy pid $proxy, admin $admin"
 : > "$times"
 while kill -0 "$proxy" 2>/dev/null && kill -0 "$lt" 2>/dev/null; do
@@ -47,15 +55,13 @@ wait "$lt" || true
 grep -E '^RESULT|tx/s|achieved' "$log" | head -5 || true
 # Only the probes answered 200 while the load ran (the drain at the end answers 503).
 awk '$1 == 200 { print $2 * 1000 }' "$times" | sort -n | awk '
-    { v[NR] = $1 }
+    function at(q,  i) { i = int(NR * q) + 1; return v[i > NR ? NR : i] }
+    { v[NR] = $1; if ($1 > 1000) over++ }
     END {
         if (NR == 0) { print "readyz: no answer"; exit 1 }
-        n = NR; over = 0
-        for (i = 1; i <= n; i++) if (v[i] > 1000) over++
         printf "readyz: %d probes, ms p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f max %.2f, over 1 s: %d\n",
-            n, v[int(n*0.5)+1 > n ? n : int(n*0.5)+1], v[int(n*0.9)+1 > n ? n : int(n*0.9)+1],
-            v[int(n*0.99)+1 > n ? n : int(n*0.99)+1], v[int(n*0.999)+1 > n ? n : int(n*0.999)+1],
-            v[n], over
+            NR, at(0.5), at(0.9), at(0.99), at(0.999), v[NR], over + 0
     }'
-echo "non-200 answers: $(awk '$1 != 200' "$times" | wc -l)"
+# The last answers may be the drain's 503 (loadtest stops the proxy at the end).
+echo "non-200 answers (probe number, status, seconds): $(awk '$1 != 200 { printf "#%d %s %s; ", NR, $1, $2 }' "$times")of $(wc -l < "$times")"
 rm -f "$log"
