@@ -22,7 +22,8 @@
 # `cargo build -p sigsci-proxy` (debug or --release). Loopback only (127.0.0.0/8), bounded:
 # it stops by itself after DURATION plus the time the proxy takes to accept the idle
 # connections (at most 180 s; about a minute in all with a release build), and removes its
-# cgroup. Environment: LIMIT, DURATION, CONNECTIONS, PARTIAL_SENDERS, BIG_SENDERS. Examples:
+# cgroup. Environment: LIMIT, DURATION, CONNECTIONS, PARTIAL_SENDERS, BIG_SENDERS, DEAF_AGENTS
+# (agents that read nothing: the send queues outside every budget). Examples:
 #   scripts/measure/memory-limit.sh target/release/sigsci-proxy     # the budget derived
 #   CONNECTIONS=0 BIG_SENDERS=0 scripts/measure/memory-limit.sh target/debug/sigsci-proxy -- \
 #       --max-partial-bytes 31457280                                 # one budget alone
@@ -39,6 +40,7 @@ DURATION=${DURATION:-30}
 CONNECTIONS=${CONNECTIONS:-20000}
 PARTIAL_SENDERS=${PARTIAL_SENDERS:-24}
 BIG_SENDERS=${BIG_SENDERS:-40}
+DEAF_AGENTS=${DEAF_AGENTS:-0}
 
 [ "$(id -u)" = 0 ] || { echo "memory-limit: run as root (cgroup, file descriptors)" >&2; exit 1; }
 [ -x "$PROXY" ] || { echo "memory-limit: no proxy binary $PROXY (cargo build -p sigsci-proxy)" >&2; exit 1; }
@@ -54,4 +56,5 @@ for a in "${args[@]}"; do proxy_args+=("--proxy-arg=$a"); done
 exec timeout --kill-after=10 $((DURATION + 300)) python3 "$(dirname "$0")/memory_limit.py" \
     --proxy "$PROXY" --limit "$LIMIT" --duration "$DURATION" --connections "$CONNECTIONS" \
     --partial-senders "$PARTIAL_SENDERS" --big-senders "$BIG_SENDERS" \
+    --deaf-agents "$DEAF_AGENTS" \
     "${proxy_args[@]}"

@@ -12,7 +12,8 @@ same time and for --duration:
   partial-frame budget), so the budget stays full;
 - in flight: --big-senders connections each sending complete 3.9 MB PreRequests to agents that
   read and never answer, a new one as soon as the last is answered (error frame), so the
-  in-flight budget stays full.
+  in-flight budget stays full. With --deaf-agents N, N of the 3 agents read nothing at all: the
+  proxy's send queues to them fill (up to 8 MiB per agent connection, outside every budget).
 
 Loopback only: every socket is on 127.0.0.0/8. Standard library only; root for the cgroup and
 the file descriptor limit. Prints one RESULT line (JSON) at the end.
@@ -113,7 +114,9 @@ class Cgroup:
 
 # ---- agents that read everything and never answer ----
 
-def stalled_agent():
+def stalled_agent(deaf=False):
+    """An agent that accepts and never answers; it reads and discards what it gets, or with
+    `deaf` reads nothing, so the proxy's send queue for it fills."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(64)
@@ -121,6 +124,8 @@ def stalled_agent():
 
     def drain(c):
         c.settimeout(0.2)
+        while deaf and not STOP.is_set():
+            time.sleep(0.2)
         while not STOP.is_set():
             try:
                 if not c.recv(1 << 20):
@@ -274,13 +279,14 @@ def main():
     ap.add_argument("--connections", type=int, default=20000)
     ap.add_argument("--partial-senders", type=int, default=24)
     ap.add_argument("--big-senders", type=int, default=40)
+    ap.add_argument("--deaf-agents", type=int, default=0)
     ap.add_argument("--proxy-arg", action="append", default=[])
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("memory-limit: terminated"))
     limit = parse_size(a.limit)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    agents = [stalled_agent() for _ in range(3)]
+    agents = [stalled_agent(deaf=i < a.deaf_agents) for i in range(3)]
     rpc, admin = free_port(), free_port()
     cg = Cgroup(limit)
     procs = cg.procs()
@@ -336,6 +342,7 @@ def main():
     result = {
         "limit_mib": limit / 2**20,
         "proxy_args": a.proxy_arg,
+        "deaf_agents": a.deaf_agents,
         "fd_limit": hard,
         "alive_at_end": alive,
         "exit_code": None if alive else proxy.returncode,
