@@ -12,8 +12,9 @@
 //! ready and the old ones keep serving, where a warning would be read after the OOM kill).
 //!
 //! The worst case ([`worst_case`]) is a measured baseline, a cost per connection and a cost per
-//! budgeted byte (docs/faults.md, "Memory", has the figures). Without a limit ("max") the table
-//! defaults stand.
+//! budgeted byte (docs/faults.md, "Memory", has the figures), the in-flight budget counted twice:
+//! the bytes queued to agents that read slowly are capped at it as well
+//! (`upstream/queued.rs`). Without a limit ("max") the table defaults stand.
 
 use super::{Config, Options, Problem};
 
@@ -62,14 +63,16 @@ impl Budget {
 }
 
 /// The budget for a memory limit of `limit` bytes: 7/8 of it (the rest is margin for what the
-/// estimate does not see) less [`BASELINE`], two fifths to connections and three tenths to each
-/// byte budget, never above the table defaults and each byte budget at least one whole frame
-/// of `max_frame_bytes`.
+/// estimate does not see) less [`BASELINE`], two fifths to connections, three tenths to
+/// partly received frames and three tenths to requests in flight and queued to agents (half
+/// each), never above the table defaults and each byte budget at least one whole frame of
+/// `max_frame_bytes`.
 pub fn derive(limit: u64, max_frame_bytes: usize) -> Budget {
     let table = Budget::table();
     let usable = (limit / 8 * 7).saturating_sub(BASELINE);
     let connections = usable / 5 * 2 / CONNECTION_COST;
     let bytes = usable / 10 * 3 / BYTE_COST;
+    let in_flight = bytes / 2;
     let fit = |share: u64, most: usize, least: usize| {
         usize::try_from(share)
             .map_or(most, |s| s.min(most))
@@ -78,14 +81,16 @@ pub fn derive(limit: u64, max_frame_bytes: usize) -> Budget {
     Budget {
         max_connections: fit(connections, table.max_connections, 1),
         max_partial_bytes: fit(bytes, table.max_partial_bytes, max_frame_bytes),
-        max_in_flight_bytes: fit(bytes, table.max_in_flight_bytes, max_frame_bytes),
+        max_in_flight_bytes: fit(in_flight, table.max_in_flight_bytes, max_frame_bytes),
     }
 }
 
-/// The most memory a budget lets inputs make the proxy use, in bytes.
+/// The most memory a budget lets inputs make the proxy use, in bytes: the in-flight budget
+/// twice, as requests in flight and as bytes queued to agents.
 pub fn worst_case(b: Budget) -> u64 {
     let connections = b.max_connections as u64 * CONNECTION_COST;
-    let bytes = (b.max_partial_bytes as u64).saturating_add(b.max_in_flight_bytes as u64);
+    let in_flight = (b.max_in_flight_bytes as u64).saturating_mul(2);
+    let bytes = (b.max_partial_bytes as u64).saturating_add(in_flight);
     BASELINE
         .saturating_add(connections)
         .saturating_add(bytes.saturating_mul(BYTE_COST))
@@ -134,8 +139,8 @@ pub(super) fn check(c: &Config, given: &Options, limit: Option<u64>) -> Option<P
         option,
         message: format!(
             "--max-connections {} ({} KiB each), --max-partial-bytes {} and \
-             --max-in-flight-bytes {} (each byte up to {BYTE_COST}) and {} MiB to run \
-             need up to {} MiB, more than the memory limit ({} MiB, cgroup): an OOM kill \
+             --max-in-flight-bytes {} (twice: in flight and queued to agents; each byte up to \
+             {BYTE_COST}) and {} MiB to run need up to {} MiB, more than the memory limit ({} MiB, cgroup): an OOM kill \
              would reset every connection. Lower them, or leave them unset to derive them \
              from the limit",
             budget.max_connections,
@@ -190,7 +195,7 @@ mod tests {
             Budget {
                 max_connections: 5_120,
                 max_partial_bytes: 20 << 20,
-                max_in_flight_bytes: 20 << 20,
+                max_in_flight_bytes: 10 << 20,
             }
         );
         assert!(worst_case(b) <= 256 * MIB / 8 * 7, "{}", worst_case(b));
@@ -208,8 +213,11 @@ mod tests {
     }
 
     #[test]
-    fn every_derived_budget_fits_its_limit_down_to_64_mib() {
-        for mib in 64..=4096 {
+    fn every_derived_budget_fits_its_limit_down_to_96_mib() {
+        // Below about 81 MiB two whole 4 MiB frames (three counting the queue) and the
+        // baseline do not fit: the proxy refuses to start, naming --max-frame-bytes.
+        assert!(worst_case(derive(64 * MIB, FRAME)) > 64 * MIB);
+        for mib in 96..=4096 {
             let b = derive(mib * MIB, FRAME);
             assert!(worst_case(b) <= mib * MIB, "{mib} MiB: {b:?}");
             assert!(b.max_partial_bytes >= FRAME && b.max_in_flight_bytes >= FRAME);

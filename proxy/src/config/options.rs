@@ -101,8 +101,9 @@ options! {
     max_in_flight: usize => usize = 10_000,
 
     /// Bytes of requests in flight across the proxy; past it a call is answered with an error
-    /// frame at once. Unset under a memory limit (cgroup), a share of the limit (the shown
-    /// default applies without one).
+    /// frame at once. Also the most bytes queued to agents that read slowly, all connections
+    /// together. Unset under a memory limit (cgroup), a share of the limit (the shown default
+    /// applies without one).
     #[arg(env = "SIGSCI_PROXY_MAX_IN_FLIGHT_BYTES", value_name = "BYTES")]
     max_in_flight_bytes: usize => usize = 64 << 20,
 
