@@ -5,8 +5,12 @@
 //! Layout: `options.rs` is the option table, each option written once (flag, environment
 //! variable, help, type, default), from which `table.rs`'s macro makes [`Options`] and
 //! [`Config`]; `cli.rs` the command line; `file.rs` the TOML file; `validate.rs` the checks;
-//! `values.rs` the value types. Addresses and the Kubernetes service are agent-pool's types.
+//! `values.rs` the value types; `cgroup.rs` reads the memory limit and `budget.rs` derives the
+//! connection and byte limits from it. Addresses and the Kubernetes service are agent-pool's
+//! types.
 
+pub mod budget;
+mod cgroup;
 mod cli;
 mod file;
 mod options;
@@ -23,6 +27,7 @@ use std::time::Duration;
 use agent_pool::source::kubernetes::ServiceRef;
 use agent_pool::{HostPort, PoolConfig};
 
+pub use cgroup::memory_limit;
 pub use cli::{Cli, Command};
 pub use options::{Config, Options};
 pub use validate::Problem;
@@ -117,12 +122,26 @@ impl Config {
     }
 
     /// Parses the command line (and environment), reads `--config` if given, merges, applies
-    /// defaults. Problems reading the file are returned as [`Problem`]s.
+    /// defaults, the memory budget's within this process's cgroup memory limit
+    /// ([`memory_limit`]). Problems reading the file are returned as [`Problem`]s.
     pub fn load(cli: Options) -> Result<Self, Vec<Problem>> {
+        Self::load_within(cli, memory_limit())
+    }
+
+    /// [`Config::load`] under a memory limit of `memory_limit` bytes (`None`: unlimited): the
+    /// connection and byte limits left unset are derived from it, and a configuration whose
+    /// worst case passes it is refused ([`budget`]).
+    pub fn load_within(cli: Options, memory_limit: Option<u64>) -> Result<Self, Vec<Problem>> {
         let file = Self::file_options(&cli)?;
-        let config = Self::from_options(merge(cli, file));
-        config.validate()?;
-        Ok(config)
+        let given = merge(cli, file);
+        let config = Self::from_options(budget::fill(given.clone(), memory_limit));
+        let mut problems = config.validate().err().unwrap_or_default();
+        problems.extend(budget::check(&config, &given, memory_limit));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
     }
 
     /// `--join-delay`, but never shorter than the polling interval of a file or DNS

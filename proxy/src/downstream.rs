@@ -78,10 +78,20 @@ pub(crate) async fn serve(mut stream: Stream, shared: Arc<Shared>, admitted: Adm
     debug!(error = %e, side = ?e.side(), "Closing connection");
 }
 
+/// A connection's read buffer to start with.
+const BUF_CAPACITY: usize = 4096;
+
+/// Capacity an emptied read buffer may keep. One that grew for a large frame (up to
+/// `--max-frame-bytes`, megabytes) is replaced: otherwise every connection that ever sent one
+/// would hold its size while it stays open, counted by no budget (docs/faults.md, "Memory").
+const BUF_KEEP: usize = 64 << 10;
+
 /// Where one connection stands between two events.
 struct Progress {
     codec: FrameCodec,
     buf: BytesMut,
+    /// `buf`'s allocation grew past [`BUF_KEEP`] and frames taken from it share it.
+    large_buf: bool,
     /// Still reading requests (not after the module's half-close, nor once drained).
     reading: bool,
     /// The module closed its side.
@@ -99,7 +109,8 @@ impl Progress {
     fn new(limits: Limits) -> Self {
         Self {
             codec: FrameCodec::new(limits),
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::with_capacity(BUF_CAPACITY),
+            large_buf: false,
             reading: true,
             peer_closed: false,
             stopping: false,
@@ -114,6 +125,7 @@ impl Progress {
         if self.buf.is_empty() {
             return Ok(None);
         }
+        let had = self.buf.capacity();
         let Some(frame) = self
             .codec
             .decode(&mut self.buf)
@@ -127,6 +139,13 @@ impl Progress {
         };
         self.served += 1;
         self.frame_started = (!self.buf.is_empty()).then(Instant::now);
+        self.large_buf |= had > BUF_KEEP;
+        if self.buf.is_empty() && self.large_buf {
+            // The frames taken share the buffer's allocation: a fresh buffer lets it go with
+            // their answers instead of staying with the connection until it closes.
+            self.buf = BytesMut::with_capacity(BUF_CAPACITY);
+            self.large_buf = false;
+        }
         if self.stopping && self.buf.is_empty() {
             self.reading = false;
         }

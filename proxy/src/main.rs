@@ -20,7 +20,8 @@ fn main() -> ExitCode {
     {
         return drain(control_socket, admin, config);
     }
-    let config = match Config::load(cli.options) {
+    let memory_limit = sigsci_proxy::config::memory_limit();
+    let config = match Config::load_within(cli.options, memory_limit) {
         Ok(c) => c,
         Err(problems) => {
             eprintln!("sigsci-proxy: invalid configuration:");
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
     };
     let runtime = runtime(config.worker_threads);
     init_logging(config.log_format);
+    sigsci_proxy::config::budget::log(&config, memory_limit);
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));

@@ -28,7 +28,7 @@ use crate::listener::{self, Listener};
 use crate::memory;
 use crate::metrics as m;
 use crate::route::{RetryBudget, Router};
-use crate::upstream::{UpstreamConfig, Upstreams};
+use crate::upstream::{QueuedBytes, UpstreamConfig, Upstreams};
 
 /// How long start-up waits for the first membership before accepting anyway.
 const MEMBERSHIP_WAIT: Duration = Duration::from_secs(2);
@@ -259,6 +259,7 @@ pub(crate) fn shared_state(
                     connections: config.upstream_connections,
                     connect_timeout: config.connect_timeout,
                     limits,
+                    queued: QueuedBytes::new(config.max_in_flight_bytes),
                 },
                 exit.clone(),
             ),

@@ -12,6 +12,9 @@
 
 mod mux;
 mod per_call;
+mod queued;
+
+pub(crate) use queued::QueuedBytes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,6 +42,8 @@ pub(crate) struct UpstreamConfig {
     pub(crate) connect_timeout: Duration,
     /// Frame limits for what agents send.
     pub(crate) limits: Limits,
+    /// Bytes queued to agents, every connection together (mux).
+    pub(crate) queued: Arc<QueuedBytes>,
 }
 
 /// Every agent's connections.

@@ -56,7 +56,8 @@ options! {
 
     /// Maximum open downstream connections, lowered at start-up to leave file descriptors for
     /// agents and the admin port. At the limit the longest-idle connection makes room; with
-    /// none idle a new connection is reset.
+    /// none idle a new connection is reset. Unset under a memory limit (cgroup), a share of the
+    /// limit (the shown default applies without one; docs/faults.md, "Memory").
     #[arg(env = "SIGSCI_PROXY_MAX_CONNECTIONS", value_name = "N")]
     max_connections: usize => usize = 20_000,
 
@@ -90,7 +91,8 @@ options! {
     max_frame_bytes: usize => usize = 4 << 20,
 
     /// Bytes all connections together may hold in partly received frames; past it the
-    /// connection holding the most is reset.
+    /// connection holding the most is reset. Unset under a memory limit (cgroup), a share of
+    /// the limit (the shown default applies without one).
     #[arg(env = "SIGSCI_PROXY_MAX_PARTIAL_BYTES", value_name = "BYTES")]
     max_partial_bytes: usize => usize = 64 << 20,
 
@@ -99,7 +101,9 @@ options! {
     max_in_flight: usize => usize = 10_000,
 
     /// Bytes of requests in flight across the proxy; past it a call is answered with an error
-    /// frame at once.
+    /// frame at once. Also the most bytes queued to agents that read slowly, all connections
+    /// together. Unset under a memory limit (cgroup), a share of the limit (the shown default
+    /// applies without one).
     #[arg(env = "SIGSCI_PROXY_MAX_IN_FLIGHT_BYTES", value_name = "BYTES")]
     max_in_flight_bytes: usize => usize = 64 << 20,
 

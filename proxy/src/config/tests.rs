@@ -8,7 +8,8 @@ fn parse(args: &[&str]) -> Result<Config, Vec<Problem>> {
     let mut argv = vec!["sigsci-proxy"];
     argv.extend_from_slice(args);
     let cli = Cli::try_parse_from(argv).expect("clap parses");
-    Config::load(cli.options)
+    // No memory limit, whatever the machine running the tests has: the table's defaults.
+    Config::load_within(cli.options, None)
 }
 
 #[test]
@@ -293,4 +294,64 @@ fn zero_counts_and_periods_are_refused_by_name() {
             "{option}: {problems:?}"
         );
     }
+}
+
+fn parse_within(limit: Option<u64>, args: &[&str]) -> Result<Config, Vec<Problem>> {
+    let mut argv = vec!["sigsci-proxy", "--agents", "127.0.0.1:1"];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).expect("clap parses");
+    Config::load_within(cli.options, limit)
+}
+
+#[test]
+fn under_a_memory_limit_the_unset_budget_options_are_derived_from_it() {
+    let c = parse_within(Some(256 << 20), &[]).unwrap();
+    assert_eq!(
+        budget::Budget::of(&c),
+        budget::derive(256 << 20, c.max_frame_bytes)
+    );
+    assert!(c.max_connections < 20_000);
+    // Unlimited: the table's.
+    let c = parse_within(None, &[]).unwrap();
+    assert_eq!(
+        (
+            c.max_connections,
+            c.max_partial_bytes,
+            c.max_in_flight_bytes
+        ),
+        (20_000, 64 << 20, 64 << 20)
+    );
+}
+
+#[test]
+fn an_explicit_budget_option_that_fits_wins_over_the_derived_one() {
+    let c = parse_within(Some(256 << 20), &["--max-connections", "1000"]).unwrap();
+    assert_eq!(c.max_connections, 1000);
+    let derived = budget::derive(256 << 20, c.max_frame_bytes);
+    assert_eq!(c.max_partial_bytes, derived.max_partial_bytes);
+    // A larger frame limit raises the byte budgets' floor with it.
+    let c = parse_within(Some(64 << 20), &["--max-frame-bytes", "8388608"]);
+    let problems = c.unwrap_err();
+    assert_eq!(problems[0].option, "max-frame-bytes", "{problems:?}");
+}
+
+#[test]
+fn explicit_budget_options_past_the_memory_limit_are_refused_by_name() {
+    let problems = parse_within(Some(256 << 20), &["--max-connections", "20000"]).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].option, "max-connections");
+    assert!(problems[0].message.contains("256 MiB"), "{}", problems[0]);
+    let problems = parse_within(
+        Some(256 << 20),
+        &[
+            "--max-in-flight-bytes",
+            "67108864",
+            "--max-partial-bytes",
+            "67108864",
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(problems[0].option, "max-partial-bytes", "{problems:?}");
+    // The same settings with no limit are fine.
+    assert!(parse_within(None, &["--max-connections", "20000"]).is_ok());
 }

@@ -137,3 +137,41 @@ async fn a_drain_closes_a_served_connection_at_once_and_answers_a_fresh_one() {
     fresh.module.write_all(&pre(2)).await.unwrap();
     assert_eq!(answers_until_closed(&mut fresh.module).await, [2]);
 }
+
+fn pre_with_body(msgid: u64, body: usize) -> Vec<u8> {
+    let msg = RPCMsgIn {
+        PostBody: "x".repeat(body),
+        ..Default::default()
+    };
+    rpc::encode_request(msgid, rpc::PRE_REQUEST, &msg)
+}
+
+/// A frame shares the read buffer's allocation. After a large one the connection starts a fresh
+/// buffer, so that the megabytes go with the frame (answered, dropped) instead of staying with
+/// the connection while it is open, outside every budget; a small one keeps the buffer.
+#[test]
+fn a_large_frame_does_not_leave_its_allocation_with_the_connection() {
+    let mut at = Progress::new(Limits::default());
+    at.buf.extend_from_slice(&pre(1));
+    let small = at.buf.capacity();
+    assert!(at.next_frame().unwrap().is_some());
+    assert!(at.buf.capacity() + pre(1).len() >= small, "kept");
+
+    for pipelined in [false, true] {
+        let mut at = Progress::new(Limits::default());
+        at.buf.extend_from_slice(&pre_with_body(2, 1 << 20));
+        if pipelined {
+            // A small frame arrives behind the large one: the buffer is replaced once empty.
+            at.buf.extend_from_slice(&pre(3));
+        }
+        let large = at.next_frame().unwrap().expect("a frame");
+        if pipelined {
+            assert!(at.next_frame().unwrap().is_some());
+        }
+        assert!(at.buf.is_empty());
+        assert!(at.buf.capacity() <= BUF_KEEP, "{}", at.buf.capacity());
+        // The large frame is whole and still readable: it owns the allocation now.
+        assert!(large.as_bytes().len() > 1 << 20);
+        assert_eq!(large.msgid(), Some(2));
+    }
+}

@@ -19,7 +19,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
-use super::{UpstreamConfig, connect};
+use super::{QueuedBytes, UpstreamConfig, connect};
 use crate::codec::{Frame, FrameCodec, FrameKind, Limits};
 use crate::error::UpstreamError;
 use crate::metrics as m;
@@ -30,6 +30,11 @@ use agent_pool::Address;
 /// calls are refused: they go to another agent rather than wait behind a stalled socket.
 const MAX_QUEUED: usize = 8 << 20;
 
+/// Capacity an emptied queue may keep; a larger one is freed. A queue grown to megabytes by an
+/// agent that read slowly once would otherwise hold them for the connection's life, on every
+/// agent connection, outside every budget (docs/faults.md, "Memory").
+const QUEUE_KEEP: usize = 64 << 10;
+
 type Waiter = oneshot::Sender<Result<Frame, UpstreamError>>;
 
 /// One agent's persistent connections.
@@ -39,6 +44,7 @@ pub(super) struct AgentConns {
     next: AtomicUsize,
     connect_timeout: Duration,
     limits: Limits,
+    queued: Arc<QueuedBytes>,
     exit: CancellationToken,
 }
 
@@ -79,6 +85,7 @@ impl AgentConns {
             next: AtomicUsize::new(0),
             connect_timeout: config.connect_timeout,
             limits: config.limits,
+            queued: config.queued.clone(),
             exit: exit.child_token(),
         }
     }
@@ -213,7 +220,7 @@ impl AgentConns {
         match connect(&self.address, deadline.min(now + self.connect_timeout)).await {
             Ok(stream) => {
                 *backoff = Backoff::default();
-                let conn = MuxConn::spawn(stream, self.limits, &self.exit, self.span());
+                let conn = MuxConn::spawn(stream, self, self.span());
                 *slot.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
                 Ok(conn)
             }
@@ -239,6 +246,9 @@ struct Outbox {
 pub(super) struct MuxConn {
     writer: WriteHalf,
     outbox: Mutex<Outbox>,
+    /// The proxy-wide count of queued bytes; this connection's share is `outbox.queued`'s
+    /// length whenever the outbox is unlocked.
+    queued_total: Arc<QueuedBytes>,
     /// Wakes the flusher when something was queued.
     flush: Notify,
     pending: Mutex<HashMap<u32, Waiter>>,
@@ -248,16 +258,13 @@ pub(super) struct MuxConn {
 }
 
 impl MuxConn {
-    fn spawn(
-        stream: Stream,
-        limits: Limits,
-        exit: &CancellationToken,
-        span: tracing::Span,
-    ) -> Arc<Self> {
+    fn spawn(stream: Stream, agent: &AgentConns, span: tracing::Span) -> Arc<Self> {
         let (reader, writer) = stream.into_split();
+        let (limits, exit) = (agent.limits, &agent.exit);
         let conn = Arc::new(Self {
             writer,
             outbox: Mutex::new(Outbox::default()),
+            queued_total: agent.queued.clone(),
             flush: Notify::new(),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
@@ -285,6 +292,11 @@ impl MuxConn {
         }
         m::upstream_open(-1.0);
         self.dead.cancel();
+        // What is queued will never be written: free it, and its share of the proxy's cap.
+        let mut out = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        self.queued_total.give(out.queued.len());
+        out.queued = BytesMut::new();
+        drop(out);
         let waiters: Vec<_> = self
             .pending
             .lock()
@@ -338,7 +350,9 @@ impl MuxConn {
     fn send(&self, bytes: &[u8]) -> Result<(), UpstreamError> {
         let mut out = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
         if out.flushing {
-            if out.queued.len() + bytes.len() > MAX_QUEUED {
+            if out.queued.len() + bytes.len() > MAX_QUEUED
+                || !self.queued_total.try_take(bytes.len())
+            {
                 return Err(UpstreamError::Backlogged);
             }
             out.queued.extend_from_slice(bytes);
@@ -359,6 +373,7 @@ impl MuxConn {
             }
         };
         // The socket is full: the rest goes to the flusher, and later frames behind it.
+        self.queued_total.take(bytes.len() - written);
         out.queued.extend_from_slice(&bytes[written..]);
         out.flushing = true;
         self.flush.notify_one();
@@ -387,7 +402,10 @@ impl MuxConn {
                 // loop takes them out.
                 let mut out = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                 match self.writer.try_write(&out.queued) {
-                    Ok(n) if n > 0 => out.queued.advance(n),
+                    Ok(n) if n > 0 => {
+                        out.queued.advance(n);
+                        self.queued_total.give(n);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Ok(_) | Err(_) => {
                         debug!("Agent connection write failed");
@@ -396,6 +414,9 @@ impl MuxConn {
                 }
                 if out.queued.is_empty() {
                     out.flushing = false;
+                    if out.queued.capacity() > QUEUE_KEEP {
+                        out.queued = BytesMut::new();
+                    }
                     continue 'idle;
                 }
             }
@@ -444,6 +465,12 @@ impl MuxConn {
 impl Drop for MuxConn {
     fn drop(&mut self) {
         self.close();
+        // Queued by a caller after the close: its share goes back too.
+        let out = self
+            .outbox
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.queued_total.give(out.queued.len());
     }
 }
 

@@ -22,14 +22,28 @@ fn request(msgid: u64) -> Frame {
 
 /// A connection whose agent end the test holds.
 fn conn_over_pair() -> (Arc<MuxConn>, UnixStream) {
-    let (proxy, agent) = UnixStream::pair().unwrap();
-    let conn = MuxConn::spawn(
-        Stream::unix(proxy),
-        Limits::default(),
-        &CancellationToken::new(),
-        tracing::Span::none(),
-    );
+    let (conn, agent, _) = conn_over_pair_queuing(usize::MAX);
     (conn, agent)
+}
+
+/// A connection whose agent connections may queue `cap` bytes together.
+fn conn_over_pair_queuing(cap: usize) -> (Arc<MuxConn>, UnixStream, Arc<QueuedBytes>) {
+    let (proxy, agent) = UnixStream::pair().unwrap();
+    let queued = QueuedBytes::new(cap);
+    let config = UpstreamConfig {
+        mode: UpstreamMode::Mux,
+        connections: 1,
+        connect_timeout: Duration::from_secs(1),
+        limits: Limits::default(),
+        queued: queued.clone(),
+    };
+    let owner = AgentConns::new(
+        Address::Unix("/unused".into()),
+        &config,
+        &CancellationToken::new(),
+    );
+    let conn = MuxConn::spawn(Stream::unix(proxy), &owner, tracing::Span::none());
+    (conn, agent, queued)
 }
 
 #[tokio::test]
@@ -61,6 +75,7 @@ async fn calls_landing_on_a_dead_slot_start_one_reconnect() {
         connections: 2,
         connect_timeout: Duration::from_secs(1),
         limits: Limits::default(),
+        queued: QueuedBytes::new(usize::MAX),
     };
     let exit = CancellationToken::new();
     let conns = Arc::new(AgentConns::new(
@@ -214,4 +229,34 @@ async fn frames_the_socket_could_not_take_at_once_arrive_whole_and_in_order() {
     };
     let (answers, ()) = tokio::join!(calls, agent_side);
     assert!(answers.iter().all(Result::is_ok));
+}
+
+/// An agent that reads nothing fills the connection's queue only up to the proxy-wide cap:
+/// past it a call fails at once, unsent (backlogged), and a closed connection gives its share
+/// back (and frees it).
+#[tokio::test]
+async fn queued_bytes_stop_at_the_proxy_wide_cap_and_go_back_on_close() {
+    let cap = 1 << 20;
+    let (conn, _agent, queued) = conn_over_pair_queuing(cap);
+    let frame = request_for(&"/".repeat(64 << 10));
+    let len = frame.as_bytes().len();
+    let mut backlogged = 0;
+    for _ in 0..64 {
+        // A deadline in the past: each call sends (or fails to) and gives up at once.
+        match conn.call(&frame, None, Instant::now()).await {
+            Err(UpstreamError::Backlogged) => backlogged += 1,
+            Err(UpstreamError::Timeout) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        backlogged > 0,
+        "the socket pair and the cap took 64 frames of {len} bytes"
+    );
+    // Within the cap, plus the rest of one frame partly written when the socket filled.
+    assert!(queued.get() <= cap + len, "{} queued", queued.get());
+    assert!(queued.get() > 0);
+    conn.close();
+    assert_eq!(queued.get(), 0);
+    assert_eq!(conn.outbox.lock().unwrap().queued.capacity(), 0);
 }
