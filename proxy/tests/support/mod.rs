@@ -1,7 +1,7 @@
-//! Test fixtures: agents (the loadtest simulator, in-process, so that the proxy is tested against
-//! an implementation of the protocol that shares none of its code), a module-like client built on
-//! the simulator's own independent wire module, and a proxy started in-process with a shutdown
-//! the test owns.
+//! Test fixtures: agents (the agent simulator, `sigsci-simulator`, in-process, so that the proxy
+//! is tested against an implementation of the protocol that shares none of its code), a
+//! module-like client built on the simulator's own independent wire module, and a proxy started
+//! in-process with a shutdown the test owns.
 #![allow(dead_code)]
 
 pub mod process;
@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use loadtest::agent::{AgentConfig, AgentStats, Faults, SimAgent};
-pub use loadtest::rpc::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
 use serde::Serialize;
 use sigsci_proxy::config::{Dur, ListenAddr, Options};
 use sigsci_proxy::{Config, DrainReport, Proxy};
+pub use simulator::agent::{AgentConfig, AgentStats, Faults, SimAgent};
+pub use simulator::rpc::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
