@@ -4,13 +4,11 @@
 //! port left. With nothing in flight the proxy resets instead; a module that half-closes with a
 //! call in flight still gets its answer.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use sigsci_proxy::config::Options;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -66,11 +64,13 @@ const FINS: &str = "sigsci_proxy_module_closes_total{close=\"fin\"}";
 // checks the counters' increase.
 #[tokio::test]
 async fn closes_a_module_closed_first_with_a_reset_unless_a_call_is_in_flight() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::start().await;
     let slow = Agent::slow(Duration::from_millis(200)).await;
 
     // Nothing in flight when the module closes: a reset, so no TIME_WAIT on its side.
-    let proxy = start_proxy(with_agents(&[&agent])).await;
+    let proxy = alone.start_proxy(with_agents(&[&agent])).await;
     for _ in 0..3 {
         assert_eq!(call_and_close(proxy.rpc).await, None, "no TIME_WAIT");
     }
@@ -78,11 +78,12 @@ async fn closes_a_module_closed_first_with_a_reset_unless_a_call_is_in_flight() 
     proxy.stop().await;
 
     // The reset turned off: a FIN answers the module's FIN, and it waits out TIME_WAIT.
-    let proxy = start_proxy(Options {
-        reset_closed_idle: Some(false),
-        ..with_agents(&[&agent])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            reset_closed_idle: Some(false),
+            ..with_agents(&[&agent])
+        })
+        .await;
     let fins = counter(proxy.admin, FINS).await;
     assert_eq!(call_and_close(proxy.rpc).await.as_deref(), Some(TIME_WAIT));
     assert_eq!(counter(proxy.admin, FINS).await, fins + 1);
@@ -90,7 +91,7 @@ async fn closes_a_module_closed_first_with_a_reset_unless_a_call_is_in_flight() 
 
     // A half-close while the call is in flight (the agent takes 200 ms): the module may still
     // read, so it gets its answer, then a FIN, not a reset.
-    let proxy = start_proxy(with_agents(&[&slow])).await;
+    let proxy = alone.start_proxy(with_agents(&[&slow])).await;
     let fins = counter(proxy.admin, FINS).await;
     let mut s = TcpStream::connect(proxy.rpc).await.unwrap();
     s.write_all(&rpc::encode_request(5, rpc::PRE_REQUEST, &pre_request()))

@@ -1,12 +1,10 @@
 //! Fault containment, judged as the modules judge it: how many calls go uninspected (an error
 //! frame, a reset or no answer) when one agent or one client misbehaves.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use sigsci_proxy::config::{Dur, Options};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -37,13 +35,17 @@ async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
 
 #[tokio::test]
 async fn an_agent_answering_errors_fast_gets_little_work_and_its_calls_are_retried() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let good = [Agent::start().await, Agent::start().await];
     let bad = Agent::with_faults(Faults {
         error: true,
         ..no_faults()
     })
     .await;
-    let proxy = start_proxy(with_agents(&[&good[0], &good[1], &bad])).await;
+    let proxy = alone
+        .start_proxy(with_agents(&[&good[0], &good[1], &bad]))
+        .await;
     let failed = pre_requests(proxy.rpc, 400).await;
     let to_bad = bad.pre();
     // Before: the error agent drew 36–42 % of PreRequests and every one failed open.
@@ -67,18 +69,21 @@ async fn an_agent_answering_errors_fast_gets_little_work_and_its_calls_are_retri
 
 #[tokio::test(start_paused = true)]
 async fn an_agent_that_never_answers_costs_a_handful_of_calls() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let good = [Agent::start().await, Agent::start().await];
     let stalled = Agent::with_faults(Faults {
         stall: true,
         ..no_faults()
     })
     .await;
-    let proxy = start_proxy(Options {
-        rpc_timeout: Some(Dur(Duration::from_millis(80))),
-        connect_timeout: Some(Dur(Duration::from_millis(20))),
-        ..with_agents(&[&good[0], &good[1], &stalled])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            rpc_timeout: Some(Dur(Duration::from_millis(80))),
+            connect_timeout: Some(Dur(Duration::from_millis(20))),
+            ..with_agents(&[&good[0], &good[1], &stalled])
+        })
+        .await;
     let failed = pre_requests(proxy.rpc, 400).await;
     let agents = http(proxy.admin, "GET", "/agents").await.1;
     assert!(
@@ -125,8 +130,10 @@ async fn an_agent_restarted_on_its_address_is_back_within_a_second() {
 
 #[tokio::test]
 async fn invalid_calls_are_answered_by_the_proxy_and_never_reach_an_agent() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::start().await;
-    let proxy = start_proxy(with_agents(&[&agent])).await;
+    let proxy = alone.start_proxy(with_agents(&[&agent])).await;
     let map = std::collections::BTreeMap::from([("URI", "/")]);
     let bad_params: Vec<Vec<u8>> = vec![
         rmp_serde::to_vec(&(0u8, 1u32, "RPC.PreRequest", ())).unwrap(), // params nil
@@ -232,13 +239,16 @@ async fn raw_bytes_and_large_requests_are_forwarded_not_judged() {
 
 #[tokio::test]
 async fn partly_received_frames_past_the_budget_shed_the_largest_holders() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::start().await;
-    let proxy = start_proxy(Options {
-        max_frame_bytes: Some(1 << 20),
-        max_partial_bytes: Some(2 << 20),
-        ..with_agents(&[&agent])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            max_frame_bytes: Some(1 << 20),
+            max_partial_bytes: Some(2 << 20),
+            ..with_agents(&[&agent])
+        })
+        .await;
     // Ten connections each send 90 % of a 1 MiB frame and stall: 9 MiB against a 2 MiB budget.
     let frame = raw_pre_request(1, b"/", (1 << 20) - 200);
     let mut holders = Vec::new();
@@ -275,12 +285,15 @@ async fn partly_received_frames_past_the_budget_shed_the_largest_holders() {
 
 #[tokio::test(start_paused = true)]
 async fn a_module_that_does_not_read_is_reset_after_the_write_timeout() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::spawn(agent_config().answer_padding(256 << 10)).await;
-    let proxy = start_proxy(Options {
-        write_timeout: Some(Dur(Duration::from_millis(200))),
-        ..with_agents(&[&agent])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            write_timeout: Some(Dur(Duration::from_millis(200))),
+            ..with_agents(&[&agent])
+        })
+        .await;
     // Pipelined PreRequests whose 256 KiB answers it never reads, through a small receive
     // buffer: the answers fill both socket buffers.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

@@ -1,11 +1,10 @@
 //! Issue 19 point 2: every agent learns every module. A module's one `RPC.ModuleInit` reaches
 //! every agent once, and an agent that joins later gets it before it takes work.
-mod support;
 
 use std::time::Duration;
 
+use crate::support::*;
 use serde::Serialize;
-use support::*;
 
 /// `RPC.ModuleInit`'s params as the Go module sends them.
 #[derive(Serialize)]
@@ -40,6 +39,8 @@ async fn metric(proxy: &RunningProxy, series: &str) -> f64 {
 
 #[tokio::test]
 async fn one_module_init_reaches_every_agent_once_and_an_agent_joining_later() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agents.json");
     let (a, b, c) = (
@@ -48,12 +49,13 @@ async fn one_module_init_reaches_every_agent_once_and_an_agent_joining_later() {
         Agent::start().await,
     );
     write_agents_file(&file, &[(&a, "ready"), (&b, "ready"), (&c, "ready")]);
-    let proxy = start_proxy(sigsci_proxy::config::Options {
-        agents_file: Some(file.clone()),
-        agents_file_poll: Some(sigsci_proxy::config::Dur(Duration::from_millis(20))),
-        ..options()
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(sigsci_proxy::config::Options {
+            agents_file: Some(file.clone()),
+            agents_file_poll: Some(sigsci_proxy::config::Dur(Duration::from_millis(20))),
+            ..options()
+        })
+        .await;
     // At once: the agents need not have been enrolled by the proxy's 100 ms tick yet.
     let (msgid, err, reply) = call(proxy.rpc, 3, rpc::MODULE_INIT, &INIT).await;
     assert_eq!((msgid, err), (3, None));

@@ -2,9 +2,9 @@
 //! is tested against an implementation of the protocol that shares none of its code), a
 //! module-like client built on the simulator's own independent wire module, and a proxy started
 //! in-process with a shutdown the test owns.
-#![allow(dead_code)]
 
 pub mod process;
+pub mod recorder;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,14 +144,31 @@ pub fn with_agents(agents: &[&Agent]) -> Options {
 }
 
 pub async fn start_proxy(options: Options) -> RunningProxy {
+    start_config(valid(options)).await
+}
+
+fn valid(options: Options) -> Config {
     let config = Config::from_options(options);
     config.validate().unwrap();
-    start_config(config).await
+    config
 }
 
 /// A proxy from `config` as given, valid or not (a test that needs a combination `validate`
 /// refuses to reach a state at all).
 pub async fn start_config(config: Config) -> RunningProxy {
+    let claim = recorder::shared().await;
+    start_claimed(config, Some(claim)).await
+}
+
+impl recorder::Alone {
+    /// A proxy of the test that holds the recorder alone: its counters are this test's.
+    pub async fn start_proxy(&self, options: Options) -> RunningProxy {
+        start_claimed(valid(options), None).await
+    }
+}
+
+/// Starts the proxy; the task running it holds `claim` (the recorder shared) until it ends.
+async fn start_claimed(config: Config, claim: Option<recorder::Shared>) -> RunningProxy {
     let proxy = Proxy::bind(config).await.unwrap();
     let rpc = match &proxy.rpc_addrs()[0] {
         ListenAddr::Tcp(a) => *a,
@@ -160,7 +177,11 @@ pub async fn start_config(config: Config) -> RunningProxy {
     let admin = proxy.admin_addr();
     let control = proxy.control_path().to_owned();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(proxy.run(shutdown.clone()));
+    let run = proxy.run(shutdown.clone());
+    let task = tokio::spawn(async move {
+        let _claim = claim;
+        run.await
+    });
     let running = RunningProxy {
         rpc,
         admin,

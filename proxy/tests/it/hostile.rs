@@ -1,11 +1,9 @@
 //! Malformed and hostile clients are closed without affecting anyone else.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use sigsci_proxy::config::{Dur, Options};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,14 +27,17 @@ async fn closed_by_proxy(mut s: TcpStream) {
 
 #[tokio::test(start_paused = true)]
 async fn garbage_huge_frames_and_slow_clients_are_closed_others_are_served() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::start().await;
-    let proxy = start_proxy(Options {
-        frame_read_timeout: Some(Dur(Duration::from_millis(300))),
-        rpc_timeout: Some(Dur(Duration::from_millis(300))),
-        connect_timeout: Some(Dur(Duration::from_millis(300))),
-        ..with_agents(&[&agent])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            frame_read_timeout: Some(Dur(Duration::from_millis(300))),
+            rpc_timeout: Some(Dur(Duration::from_millis(300))),
+            connect_timeout: Some(Dur(Duration::from_millis(300))),
+            ..with_agents(&[&agent])
+        })
+        .await;
 
     // Slowloris: the start of a frame, then nothing.
     let mut slow = TcpStream::connect(proxy.rpc).await.unwrap();
@@ -91,12 +92,15 @@ async fn how_it_ends(mut s: TcpStream) -> std::io::Result<usize> {
 
 #[tokio::test]
 async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::start().await;
-    let proxy = start_proxy(Options {
-        max_connections: Some(2),
-        ..with_agents(&[&agent])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            max_connections: Some(2),
+            ..with_agents(&[&agent])
+        })
+        .await;
     let oldest = TcpStream::connect(proxy.rpc).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let newer = TcpStream::connect(proxy.rpc).await.unwrap();
@@ -121,12 +125,15 @@ async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
 
 #[tokio::test]
 async fn at_the_connection_limit_with_every_connection_busy_a_new_one_is_reset_at_once() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::slow(Duration::from_millis(300)).await;
-    let proxy = start_proxy(Options {
-        max_connections: Some(2),
-        ..with_agents(&[&agent])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            max_connections: Some(2),
+            ..with_agents(&[&agent])
+        })
+        .await;
     let mut busy = Vec::new();
     for id in 0..2 {
         let mut s = TcpStream::connect(proxy.rpc).await.unwrap();
