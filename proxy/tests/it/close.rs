@@ -48,15 +48,6 @@ async fn call_and_close(rpc: SocketAddr) -> Option<String> {
     }
 }
 
-/// The value of one counter series in the proxy's /metrics (0 while absent).
-async fn counter(admin: SocketAddr, series: &str) -> u64 {
-    let (_, metrics) = http(admin, "GET", "/metrics").await;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 const RESETS: &str = "sigsci_proxy_module_closes_total{close=\"reset\"}";
 const FINS: &str = "sigsci_proxy_module_closes_total{close=\"fin\"}";
 
@@ -71,10 +62,11 @@ async fn closes_a_module_closed_first_with_a_reset_unless_a_call_is_in_flight() 
 
     // Nothing in flight when the module closes: a reset, so no TIME_WAIT on its side.
     let proxy = alone.start_proxy(with_agents(&[&agent])).await;
+    let resets = metric(proxy.admin, RESETS).await;
     for _ in 0..3 {
         assert_eq!(call_and_close(proxy.rpc).await, None, "no TIME_WAIT");
     }
-    assert_eq!(counter(proxy.admin, RESETS).await, 3);
+    assert_eq!(metric(proxy.admin, RESETS).await, resets + 3.0);
     proxy.stop().await;
 
     // The reset turned off: a FIN answers the module's FIN, and it waits out TIME_WAIT.
@@ -84,15 +76,15 @@ async fn closes_a_module_closed_first_with_a_reset_unless_a_call_is_in_flight() 
             ..with_agents(&[&agent])
         })
         .await;
-    let fins = counter(proxy.admin, FINS).await;
+    let fins = metric(proxy.admin, FINS).await;
     assert_eq!(call_and_close(proxy.rpc).await.as_deref(), Some(TIME_WAIT));
-    assert_eq!(counter(proxy.admin, FINS).await, fins + 1);
+    assert_eq!(metric(proxy.admin, FINS).await, fins + 1.0);
     proxy.stop().await;
 
     // A half-close while the call is in flight (the agent takes 200 ms): the module may still
     // read, so it gets its answer, then a FIN, not a reset.
     let proxy = alone.start_proxy(with_agents(&[&slow])).await;
-    let fins = counter(proxy.admin, FINS).await;
+    let fins = metric(proxy.admin, FINS).await;
     let mut s = TcpStream::connect(proxy.rpc).await.unwrap();
     s.write_all(&rpc::encode_request(5, rpc::PRE_REQUEST, &pre_request()))
         .await
@@ -108,6 +100,6 @@ async fn closes_a_module_closed_first_with_a_reset_unless_a_call_is_in_flight() 
         0,
         "then the proxy closes"
     );
-    assert_eq!(counter(proxy.admin, FINS).await, fins + 1);
+    assert_eq!(metric(proxy.admin, FINS).await, fins + 1.0);
     proxy.stop().await;
 }

@@ -285,6 +285,8 @@ async fn an_update_whose_token_names_no_agent_is_answered_by_the_proxy_and_sent_
     // token names an agent this proxy has never had: gone past --gone-grace, or forged.
     let (a, b) = (Agent::start().await, Agent::start().await);
     let proxy = alone.start_proxy(with_agents(&[&a, &b])).await;
+    let lost = r#"sigsci_proxy_affinity_total{result="lost"}"#;
+    let lost_before = metric(proxy.admin, lost).await;
     let stranger = agent_pool::AffinityToken::of(&agent_pool::EndpointId::new("gone-agent"));
     for tagged in [
         affinity::encode_full(b"0123456789abcdef01234567", stranger),
@@ -298,11 +300,7 @@ async fn an_update_whose_token_names_no_agent_is_answered_by_the_proxy_and_sent_
         );
     }
     assert_eq!(a.stats().updaterequests + b.stats().updaterequests, 0);
-    let (_, metrics) = http(proxy.admin, "GET", "/metrics").await;
-    assert!(
-        metrics.contains(r#"sigsci_proxy_affinity_total{result="lost"} 2"#),
-        "{metrics}"
-    );
+    assert_eq!(metric(proxy.admin, lost).await - lost_before, 2.0);
     // An UpdateRequest without a token still goes to an agent (it may have come from one
     // directly).
     assert_eq!(update(proxy.rpc, "plain-id").await, None);

@@ -39,6 +39,13 @@ async fn garbage_huge_frames_and_slow_clients_are_closed_others_are_served() {
         })
         .await;
 
+    let malformed = r#"sigsci_proxy_connections_closed_total{reason="malformed"}"#;
+    let slow_frame = r#"sigsci_proxy_connections_closed_total{reason="slow_frame"}"#;
+    let before = (
+        metric(proxy.admin, malformed).await,
+        metric(proxy.admin, slow_frame).await,
+    );
+
     // Slowloris: the start of a frame, then nothing.
     let mut slow = TcpStream::connect(proxy.rpc).await.unwrap();
     slow.write_all(&[0x94, 0x00, 0x01]).await.unwrap();
@@ -60,9 +67,8 @@ async fn garbage_huge_frames_and_slow_clients_are_closed_others_are_served() {
     closed_by_proxy(huge).await;
     closed_by_proxy(slow).await;
     assert!(!pre(proxy.rpc).await.is_empty());
-    let (_, metrics) = http(proxy.admin, "GET", "/metrics").await;
-    assert!(metrics.contains("reason=\"malformed\""), "{metrics}");
-    assert!(metrics.contains("reason=\"slow_frame\""), "{metrics}");
+    assert!(metric(proxy.admin, malformed).await > before.0);
+    assert!(metric(proxy.admin, slow_frame).await > before.1);
     proxy.stop().await;
 }
 
@@ -101,6 +107,8 @@ async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
             ..with_agents(&[&agent])
         })
         .await;
+    let evicted = r#"sigsci_proxy_connections_closed_total{reason="evicted_idle"}"#;
+    let evicted_before = metric(proxy.admin, evicted).await;
     let oldest = TcpStream::connect(proxy.rpc).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let newer = TcpStream::connect(proxy.rpc).await.unwrap();
@@ -114,11 +122,7 @@ async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
         ended.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::ConnectionReset)
     );
-    let (_, metrics) = http(proxy.admin, "GET", "/metrics").await;
-    assert!(
-        metrics.contains("sigsci_proxy_connections_closed_total{reason=\"evicted_idle\"} 1"),
-        "{metrics}"
-    );
+    assert_eq!(metric(proxy.admin, evicted).await - evicted_before, 1.0);
     drop(newer);
     proxy.stop().await;
 }
@@ -134,6 +138,8 @@ async fn at_the_connection_limit_with_every_connection_busy_a_new_one_is_reset_a
             ..with_agents(&[&agent])
         })
         .await;
+    let limit = r#"sigsci_proxy_uninspected_total{reason="connection_limit"}"#;
+    let limit_before = metric(proxy.admin, limit).await;
     let mut busy = Vec::new();
     for id in 0..2 {
         let mut s = TcpStream::connect(proxy.rpc).await.unwrap();
@@ -160,11 +166,7 @@ async fn at_the_connection_limit_with_every_connection_busy_a_new_one_is_reset_a
     for s in busy {
         assert!(how_it_ends_after_answer(s).await > 0);
     }
-    let (_, metrics) = http(proxy.admin, "GET", "/metrics").await;
-    assert!(
-        metrics.contains("sigsci_proxy_uninspected_total{reason=\"connection_limit\"} 1"),
-        "{metrics}"
-    );
+    assert_eq!(metric(proxy.admin, limit).await - limit_before, 1.0);
     proxy.stop().await;
 }
 

@@ -286,6 +286,16 @@ pub async fn update(addr: SocketAddr, request_id: &str) -> Option<String> {
     call(addr, 8, rpc::UPDATE_REQUEST, &params).await.1
 }
 
+/// The value of one series on the proxy's `/metrics` (0 while absent). The counters are the
+/// process's, not the proxy's: a test compares two readings taken while it runs
+/// [`recorder::alone`].
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let (_, text) = http(admin, "GET", "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A minimal HTTP/1.1 client for the admin port: (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(addr).await else {

@@ -1,7 +1,8 @@
 //! The metrics recorder is the process's: every proxy this test binary runs in-process counts
-//! into the same `sigsci_proxy_*` series, which carry no label naming the proxy. A test that
-//! asserts how much a counter rose runs its proxies [`alone`]: no other in-process proxy runs
-//! meanwhile. Every other in-process proxy holds a [`shared`] claim while it runs. Proxies run as
+//! into the same `sigsci_proxy_*` series, which carry no label naming the proxy, and counts of
+//! earlier tests stay in them. A test that asserts how much a counter rose runs its proxies
+//! [`alone`] (no other in-process proxy runs meanwhile) and compares a reading before with one
+//! after. Every other in-process proxy holds a [`shared`] claim while it runs. Proxies run as
 //! processes (`process.rs`) have recorders of their own and need neither.
 //!
 //! Shared claims never wait for each other (a test may run several proxies), only for a test
