@@ -221,7 +221,7 @@ done_step "digest pinning"
 # --- alert rules (promtool) ------------------------------------------------------------
 # The PrometheusRule rendered with overlays/monitoring goes through `promtool check rules`.
 # That every sigsci_proxy_* metric the rules and the dashboard use is exported is checked
-# against a running proxy by `cargo test -p sigsci-proxy --test metrics`
+# against a running proxy by `cargo test -p sigsci-proxy --test it metrics::`
 # (the_alert_rules_and_the_dashboard_use_only_exported_metrics).
 step "promtool check rules + test rules (manifests/components/monitoring, rendered)"
 rc=0

@@ -2,7 +2,7 @@
 //! against rmp-serde deserializing the same frame into a typed message (the cost the proxy
 //! avoids); the affinity suffix (`affinity::encode` on every PreRequest answer with a
 //! RequestID, `affinity::decode` on every UpdateRequest); and the response rewrite that carries
-//! the encoded ID. Frames are built with the loadtest's encoder, not the proxy's.
+//! the encoded ID. Frames are built with the simulator's encoder, not the proxy's.
 //!
 //! `cargo bench -p sigsci-proxy --bench codec -- --measurement-time 3 --warm-up-time 1`
 
@@ -11,9 +11,9 @@ use std::hint::black_box;
 use agent_pool::{AffinityToken, EndpointId};
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use loadtest::rpc::{self, Envelope, RPCMsgIn, RPCMsgOut};
 use sigsci_proxy::affinity;
 use sigsci_proxy::codec::{Frame, FrameCodec, Limits};
+use simulator::rpc::{self, Envelope, RPCMsgIn, RPCMsgOut};
 use tokio_util::codec::Decoder;
 
 /// Frames per decoder iteration: the decoder is measured in steady state on one read buffer

@@ -10,7 +10,7 @@
 //! Every `--memory-trim-interval` (10 s by default) the proxy calls `malloc_trim(0)`, which
 //! also releases whole free pages inside the heap. The figures, with and without it, are in
 //! docs/metrics.md. This is the workspace's only `unsafe` (the lint is `deny`, and
-//! proxy/tests/layout.rs checks that no other file allows it).
+//! proxy/tests/it/layout.rs checks that no other file allows it).
 #![allow(unsafe_code)]
 
 use std::time::Duration;

@@ -1,12 +1,12 @@
-//! Unit tests of the walker, the view and rewrite on frames built with the loadtest's typed
-//! encoder (`loadtest::rpc`, an implementation independent of this crate).
+//! Unit tests of the walker, the view and rewrite on frames built with the simulator's typed
+//! encoder (`simulator::rpc`, an implementation independent of this crate).
 //! Wire-exact frames of the real modules and property tests live in `proxy/tests/codec_*.rs`.
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::*;
-use loadtest::rpc::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
+use simulator::rpc::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
 
 fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Vec<Frame> {
     let mut buf = BytesMut::from(bytes);

@@ -1,5 +1,5 @@
 //! Unit tests of the connection state machine over a socket pair: the module's end is driven
-//! by hand, frames are built with the loadtest's encoder, and the pool is empty, so every call
+//! by hand, frames are built with the simulator's encoder, and the pool is empty, so every call
 //! is answered at once with the proxy's own error frame (what happens to a call is the
 //! router's business, tested elsewhere; here it is what happens to the connection).
 
@@ -15,7 +15,7 @@ use super::*;
 use crate::admission::Admission;
 use crate::config::{Config, Options};
 use crate::in_flight::InFlightCount;
-use loadtest::rpc::{self, RPCMsgIn};
+use simulator::rpc::{self, RPCMsgIn};
 
 /// A connection served over a socket pair; the test holds the module's end.
 struct Served {

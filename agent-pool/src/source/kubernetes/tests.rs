@@ -1,5 +1,5 @@
 //! The merge rules, on hand-written slices (the watch itself is tested against a fake API
-//! server in `tests/kubernetes.rs`).
+//! server in `tests/it/kubernetes.rs`).
 
 use std::sync::Arc;
 

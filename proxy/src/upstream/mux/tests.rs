@@ -1,5 +1,5 @@
 //! Unit tests of the multiplexed connection over a socket pair (the agent's end driven by
-//! hand, frames built with the loadtest's encoder, an implementation independent of this
+//! hand, frames built with the simulator's encoder, an implementation independent of this
 //! crate).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, UnixStream};
 
 use super::*;
 use crate::config::UpstreamMode;
-use loadtest::rpc::{self, RPCMsgIn};
+use simulator::rpc::{self, RPCMsgIn};
 
 fn request(msgid: u64) -> Frame {
     let params = RPCMsgIn {

@@ -1,12 +1,10 @@
 //! Fault containment, judged as the modules judge it: how many calls go uninspected (an error
 //! frame, a reset or no answer) when one agent or one client misbehaves.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use sigsci_proxy::config::{Dur, Options};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,23 +25,26 @@ async fn pre_requests(addr: std::net::SocketAddr, n: usize) -> usize {
     failed
 }
 
-/// The value of one `/metrics` series (0 when absent).
-async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
-    let (_, text) = http(admin, "GET", "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
+const RETRIES: &str = "sigsci_proxy_retries_total{result=\"attempted\"}";
+const DEADLINE: &str = "sigsci_proxy_uninspected_total{reason=\"deadline\"}";
+const INVALID: &str = "sigsci_proxy_uninspected_total{reason=\"invalid_frame\"}";
+const FRAME_BUDGET: &str = "sigsci_proxy_uninspected_total{reason=\"frame_budget\"}";
+const WRITE_TIMEOUT: &str = "sigsci_proxy_connections_closed_total{reason=\"write_timeout\"}";
 
 #[tokio::test]
 async fn an_agent_answering_errors_fast_gets_little_work_and_its_calls_are_retried() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let good = [Agent::start().await, Agent::start().await];
     let bad = Agent::with_faults(Faults {
         error: true,
         ..no_faults()
     })
     .await;
-    let proxy = start_proxy(with_agents(&[&good[0], &good[1], &bad])).await;
+    let proxy = alone
+        .start_proxy(with_agents(&[&good[0], &good[1], &bad]))
+        .await;
+    let retries = metric(proxy.admin, RETRIES).await;
     let failed = pre_requests(proxy.rpc, 400).await;
     let to_bad = bad.pre();
     // Before: the error agent drew 36–42 % of PreRequests and every one failed open.
@@ -54,31 +55,28 @@ async fn an_agent_answering_errors_fast_gets_little_work_and_its_calls_are_retri
     );
     let agents = http(proxy.admin, "GET", "/agents").await.1;
     assert!(agents.contains("\"error_answers\""), "{agents}");
-    assert!(
-        metric(
-            proxy.admin,
-            "sigsci_proxy_retries_total{result=\"attempted\"}"
-        )
-        .await
-            >= 1.0
-    );
+    assert!(metric(proxy.admin, RETRIES).await - retries >= 1.0);
     proxy.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_agent_that_never_answers_costs_a_handful_of_calls() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let good = [Agent::start().await, Agent::start().await];
     let stalled = Agent::with_faults(Faults {
         stall: true,
         ..no_faults()
     })
     .await;
-    let proxy = start_proxy(Options {
-        rpc_timeout: Some(Dur(Duration::from_millis(80))),
-        connect_timeout: Some(Dur(Duration::from_millis(20))),
-        ..with_agents(&[&good[0], &good[1], &stalled])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            rpc_timeout: Some(Dur(Duration::from_millis(80))),
+            connect_timeout: Some(Dur(Duration::from_millis(20))),
+            ..with_agents(&[&good[0], &good[1], &stalled])
+        })
+        .await;
+    let deadline = metric(proxy.admin, DEADLINE).await;
     let failed = pre_requests(proxy.rpc, 400).await;
     let agents = http(proxy.admin, "GET", "/agents").await.1;
     assert!(
@@ -86,11 +84,7 @@ async fn an_agent_that_never_answers_costs_a_handful_of_calls() {
         "{failed} of 400 lost to the stalled agent: {agents}"
     );
     assert_eq!(
-        metric(
-            proxy.admin,
-            "sigsci_proxy_uninspected_total{reason=\"deadline\"}"
-        )
-        .await as usize,
+        (metric(proxy.admin, DEADLINE).await - deadline) as usize,
         failed,
         "every lost call is counted by reason"
     );
@@ -125,8 +119,11 @@ async fn an_agent_restarted_on_its_address_is_back_within_a_second() {
 
 #[tokio::test]
 async fn invalid_calls_are_answered_by_the_proxy_and_never_reach_an_agent() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::start().await;
-    let proxy = start_proxy(with_agents(&[&agent])).await;
+    let proxy = alone.start_proxy(with_agents(&[&agent])).await;
+    let invalid = metric(proxy.admin, INVALID).await;
     let map = std::collections::BTreeMap::from([("URI", "/")]);
     let bad_params: Vec<Vec<u8>> = vec![
         rmp_serde::to_vec(&(0u8, 1u32, "RPC.PreRequest", ())).unwrap(), // params nil
@@ -171,14 +168,7 @@ async fn invalid_calls_are_answered_by_the_proxy_and_never_reach_an_agent() {
         "nothing invalid reached the agent"
     );
     assert_eq!(agent.pre(), 1);
-    assert!(
-        metric(
-            proxy.admin,
-            "sigsci_proxy_uninspected_total{reason=\"invalid_frame\"}"
-        )
-        .await
-            >= 6.0
-    );
+    assert!(metric(proxy.admin, INVALID).await - invalid >= 6.0);
     proxy.stop().await;
 }
 
@@ -232,13 +222,17 @@ async fn raw_bytes_and_large_requests_are_forwarded_not_judged() {
 
 #[tokio::test]
 async fn partly_received_frames_past_the_budget_shed_the_largest_holders() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::start().await;
-    let proxy = start_proxy(Options {
-        max_frame_bytes: Some(1 << 20),
-        max_partial_bytes: Some(2 << 20),
-        ..with_agents(&[&agent])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            max_frame_bytes: Some(1 << 20),
+            max_partial_bytes: Some(2 << 20),
+            ..with_agents(&[&agent])
+        })
+        .await;
+    let budget_shed = metric(proxy.admin, FRAME_BUDGET).await;
     // Ten connections each send 90 % of a 1 MiB frame and stall: 9 MiB against a 2 MiB budget.
     let frame = raw_pre_request(1, b"/", (1 << 20) - 200);
     let mut holders = Vec::new();
@@ -262,25 +256,22 @@ async fn partly_received_frames_past_the_budget_shed_the_largest_holders() {
         "at most two 0.9 MB holders fit in 2 MiB: {shed} of 10 shed"
     );
     assert!(!pre(proxy.rpc).await.is_empty(), "good traffic beside them");
-    assert!(
-        metric(
-            proxy.admin,
-            "sigsci_proxy_uninspected_total{reason=\"frame_budget\"}"
-        )
-        .await
-            >= 8.0
-    );
+    assert!(metric(proxy.admin, FRAME_BUDGET).await - budget_shed >= 8.0);
     proxy.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_module_that_does_not_read_is_reset_after_the_write_timeout() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::spawn(agent_config().answer_padding(256 << 10)).await;
-    let proxy = start_proxy(Options {
-        write_timeout: Some(Dur(Duration::from_millis(200))),
-        ..with_agents(&[&agent])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            write_timeout: Some(Dur(Duration::from_millis(200))),
+            ..with_agents(&[&agent])
+        })
+        .await;
+    let write_timeouts = metric(proxy.admin, WRITE_TIMEOUT).await;
     // Pipelined PreRequests whose 256 KiB answers it never reads, through a small receive
     // buffer: the answers fill both socket buffers.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -298,13 +289,7 @@ async fn a_module_that_does_not_read_is_reset_after_the_write_timeout() {
     });
     let started = Instant::now();
     loop {
-        if metric(
-            proxy.admin,
-            "sigsci_proxy_connections_closed_total{reason=\"write_timeout\"}",
-        )
-        .await
-            >= 1.0
-        {
+        if metric(proxy.admin, WRITE_TIMEOUT).await - write_timeouts >= 1.0 {
             break;
         }
         assert!(

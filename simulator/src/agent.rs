@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # async fn f() -> anyhow::Result<()> {
-//! let agent = loadtest::agent::SimAgent::builder()
+//! let agent = simulator::agent::SimAgent::builder()
 //!     .listen("127.0.0.1:0".parse().unwrap())
 //!     .flag_fraction(0.1)
 //!     .spawn()

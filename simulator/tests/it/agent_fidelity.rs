@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use loadtest::addr::RpcAddr;
-use loadtest::agent::{Faults, INJECTED_ERROR, SimAgent};
-use loadtest::rpc::{self, RPCMsgIn, Reply};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use simulator::addr::RpcAddr;
+use simulator::agent::{Faults, INJECTED_ERROR, SimAgent};
+use simulator::rpc::{self, RPCMsgIn, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn connect(agent: &SimAgent) -> TcpStream {
@@ -154,7 +154,7 @@ async fn invalid_utf8_is_inspected_as_bytes_never_answered_with_an_error() {
 async fn error_fault_answers_every_call_at_once_with_an_error_frame() {
     let agent = SimAgent::builder()
         .admin("127.0.0.1:0".parse().unwrap())
-        .service_time(loadtest::units::ServiceTime::Fixed(Duration::from_millis(
+        .service_time(simulator::units::ServiceTime::Fixed(Duration::from_millis(
             50,
         )))
         .faults(Faults {
@@ -181,7 +181,9 @@ async fn error_fault_answers_every_call_at_once_with_an_error_frame() {
     assert_eq!((id, err.as_deref()), (9, Some(INJECTED_ERROR)));
     // Off through the admin endpoint.
     let admin = agent.admin_addr().unwrap();
-    loadtest::http::post(admin, "/fault?error=0").await.unwrap();
+    simulator::http::post(admin, "/fault?error=0")
+        .await
+        .unwrap();
     let (_, err, r) = call(&agent, &pre("/")).await;
     assert_eq!((err, waf(r)), (None, 200));
     let s = agent.shutdown().await;
@@ -196,10 +198,14 @@ async fn stall_fault_reads_and_never_answers_switched_by_the_admin_endpoint() {
         .await
         .unwrap();
     let admin = agent.admin_addr().unwrap();
-    loadtest::http::post(admin, "/fault?stall=1").await.unwrap();
+    simulator::http::post(admin, "/fault?stall=1")
+        .await
+        .unwrap();
     let none = call_within(&agent, &pre("/"), Duration::from_millis(300)).await;
     assert!(none.is_none(), "a stalled agent never answers");
-    loadtest::http::post(admin, "/fault?stall=0").await.unwrap();
+    simulator::http::post(admin, "/fault?stall=0")
+        .await
+        .unwrap();
     let (_, err, r) = call(&agent, &pre("/")).await;
     assert_eq!((err, waf(r)), (None, 200));
     let s = agent.shutdown_within(Duration::from_secs(2)).await;
@@ -207,7 +213,7 @@ async fn stall_fault_reads_and_never_answers_switched_by_the_admin_endpoint() {
 }
 
 async fn startup_status(probe: SocketAddr) -> u16 {
-    loadtest::http::call(
+    simulator::http::call(
         probe,
         hyper::Method::GET,
         "/startup",
@@ -239,52 +245,4 @@ async fn startup_probe_answers_503_until_the_delay_has_passed_while_rpcs_are_ser
     assert!(agent.started());
     let s = agent.shutdown().await;
     assert_eq!(s.before_startup, 1);
-}
-
-/// The two flag names the Kubernetes manifests use, on the real binary.
-#[tokio::test]
-async fn startup_delay_and_probe_flags_on_the_binary() {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--startup-delay",
-            "700ms",
-            "--startup-probe",
-            "127.0.0.1:0",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let probe: SocketAddr = line
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("startup="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(startup_status(probe).await, 503);
-    // The delay runs from the process's start, which a loaded machine puts some time after
-    // `t0`: wait for the 200 (bounded), and check it did not come before the delay.
-    while startup_status(probe).await != 200 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "probe never turned 200"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        t0.elapsed() >= Duration::from_millis(700),
-        "200 before the delay"
-    );
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
 }

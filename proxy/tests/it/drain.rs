@@ -1,12 +1,10 @@
 //! Drain: readiness flips at once, in-flight RPCs complete, idle connections close, `run`
 //! returns as soon as nothing is left (or reports what the drain timeout cut off).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use sigsci_proxy::config::{Dur, Options};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,7 +29,7 @@ async fn drain_flips_readiness_finishes_in_flight_rpcs_and_exits() {
     // An RPC in flight when the drain starts.
     let rpc = proxy.rpc;
     let in_flight = tokio::spawn(async move {
-        let (_, err, reply) = call(rpc, 5, support::rpc::PRE_REQUEST, &pre_request()).await;
+        let (_, err, reply) = call(rpc, 5, crate::support::rpc::PRE_REQUEST, &pre_request()).await;
         (err, reply)
     });
     wait_until("the agent got the call", async || agent.pre() > 0).await;

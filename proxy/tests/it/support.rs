@@ -1,20 +1,20 @@
-//! Test fixtures: agents (the loadtest simulator, in-process, so that the proxy is tested against
-//! an implementation of the protocol that shares none of its code), a module-like client built on
-//! the simulator's own independent wire module, and a proxy started in-process with a shutdown
-//! the test owns.
-#![allow(dead_code)]
+//! Test fixtures: agents (the agent simulator, `sigsci-simulator`, in-process, so that the proxy
+//! is tested against an implementation of the protocol that shares none of its code), a
+//! module-like client built on the simulator's own independent wire module, and a proxy started
+//! in-process with a shutdown the test owns.
 
 pub mod process;
+pub mod recorder;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use loadtest::agent::{AgentConfig, AgentStats, Faults, SimAgent};
-pub use loadtest::rpc::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
 use serde::Serialize;
 use sigsci_proxy::config::{Dur, ListenAddr, Options};
 use sigsci_proxy::{Config, DrainReport, Proxy};
+pub use simulator::agent::{AgentConfig, AgentStats, Faults, SimAgent};
+pub use simulator::rpc::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -144,14 +144,31 @@ pub fn with_agents(agents: &[&Agent]) -> Options {
 }
 
 pub async fn start_proxy(options: Options) -> RunningProxy {
+    start_config(valid(options)).await
+}
+
+fn valid(options: Options) -> Config {
     let config = Config::from_options(options);
     config.validate().unwrap();
-    start_config(config).await
+    config
 }
 
 /// A proxy from `config` as given, valid or not (a test that needs a combination `validate`
 /// refuses to reach a state at all).
 pub async fn start_config(config: Config) -> RunningProxy {
+    let claim = recorder::shared().await;
+    start_claimed(config, Some(claim)).await
+}
+
+impl recorder::Alone {
+    /// A proxy of the test that holds the recorder alone: its counters are this test's.
+    pub async fn start_proxy(&self, options: Options) -> RunningProxy {
+        start_claimed(valid(options), None).await
+    }
+}
+
+/// Starts the proxy; the task running it holds `claim` (the recorder shared) until it ends.
+async fn start_claimed(config: Config, claim: Option<recorder::Shared>) -> RunningProxy {
     let proxy = Proxy::bind(config).await.unwrap();
     let rpc = match &proxy.rpc_addrs()[0] {
         ListenAddr::Tcp(a) => *a,
@@ -160,7 +177,11 @@ pub async fn start_config(config: Config) -> RunningProxy {
     let admin = proxy.admin_addr();
     let control = proxy.control_path().to_owned();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(proxy.run(shutdown.clone()));
+    let run = proxy.run(shutdown.clone());
+    let task = tokio::spawn(async move {
+        let _claim = claim;
+        run.await
+    });
     let running = RunningProxy {
         rpc,
         admin,
@@ -263,6 +284,16 @@ pub async fn update(addr: SocketAddr, request_id: &str) -> Option<String> {
         ..Default::default()
     };
     call(addr, 8, rpc::UPDATE_REQUEST, &params).await.1
+}
+
+/// The value of one series on the proxy's `/metrics` (0 while absent). The counters are the
+/// process's, not the proxy's: a test compares two readings taken while it runs
+/// [`recorder::alone`].
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let (_, text) = http(admin, "GET", "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A minimal HTTP/1.1 client for the admin port: (status, body).

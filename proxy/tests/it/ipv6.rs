@@ -8,12 +8,10 @@
 //! Skipped, saying so, where the machine has no IPv6 loopback at all (a kernel booted with
 //! `ipv6.disable=1`): there is nothing to test there.
 
-mod support;
-
 use std::net::{Ipv6Addr, SocketAddr, TcpListener};
 
-use support::process::ProxyProcess;
-use support::*;
+use crate::support::process::ProxyProcess;
+use crate::support::*;
 
 /// Whether this machine can bind `[::1]` (false where the kernel has no IPv6).
 fn ipv6_loopback() -> bool {

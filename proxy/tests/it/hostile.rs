@@ -1,11 +1,9 @@
 //! Malformed and hostile clients are closed without affecting anyone else.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use sigsci_proxy::config::{Dur, Options};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,14 +27,24 @@ async fn closed_by_proxy(mut s: TcpStream) {
 
 #[tokio::test(start_paused = true)]
 async fn garbage_huge_frames_and_slow_clients_are_closed_others_are_served() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::start().await;
-    let proxy = start_proxy(Options {
-        frame_read_timeout: Some(Dur(Duration::from_millis(300))),
-        rpc_timeout: Some(Dur(Duration::from_millis(300))),
-        connect_timeout: Some(Dur(Duration::from_millis(300))),
-        ..with_agents(&[&agent])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            frame_read_timeout: Some(Dur(Duration::from_millis(300))),
+            rpc_timeout: Some(Dur(Duration::from_millis(300))),
+            connect_timeout: Some(Dur(Duration::from_millis(300))),
+            ..with_agents(&[&agent])
+        })
+        .await;
+
+    let malformed = r#"sigsci_proxy_connections_closed_total{reason="malformed"}"#;
+    let slow_frame = r#"sigsci_proxy_connections_closed_total{reason="slow_frame"}"#;
+    let before = (
+        metric(proxy.admin, malformed).await,
+        metric(proxy.admin, slow_frame).await,
+    );
 
     // Slowloris: the start of a frame, then nothing.
     let mut slow = TcpStream::connect(proxy.rpc).await.unwrap();
@@ -59,9 +67,8 @@ async fn garbage_huge_frames_and_slow_clients_are_closed_others_are_served() {
     closed_by_proxy(huge).await;
     closed_by_proxy(slow).await;
     assert!(!pre(proxy.rpc).await.is_empty());
-    let (_, metrics) = http(proxy.admin, "GET", "/metrics").await;
-    assert!(metrics.contains("reason=\"malformed\""), "{metrics}");
-    assert!(metrics.contains("reason=\"slow_frame\""), "{metrics}");
+    assert!(metric(proxy.admin, malformed).await > before.0);
+    assert!(metric(proxy.admin, slow_frame).await > before.1);
     proxy.stop().await;
 }
 
@@ -91,12 +98,17 @@ async fn how_it_ends(mut s: TcpStream) -> std::io::Result<usize> {
 
 #[tokio::test]
 async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::start().await;
-    let proxy = start_proxy(Options {
-        max_connections: Some(2),
-        ..with_agents(&[&agent])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            max_connections: Some(2),
+            ..with_agents(&[&agent])
+        })
+        .await;
+    let evicted = r#"sigsci_proxy_connections_closed_total{reason="evicted_idle"}"#;
+    let evicted_before = metric(proxy.admin, evicted).await;
     let oldest = TcpStream::connect(proxy.rpc).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let newer = TcpStream::connect(proxy.rpc).await.unwrap();
@@ -110,23 +122,24 @@ async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
         ended.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::ConnectionReset)
     );
-    let (_, metrics) = http(proxy.admin, "GET", "/metrics").await;
-    assert!(
-        metrics.contains("sigsci_proxy_connections_closed_total{reason=\"evicted_idle\"} 1"),
-        "{metrics}"
-    );
+    assert_eq!(metric(proxy.admin, evicted).await - evicted_before, 1.0);
     drop(newer);
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn at_the_connection_limit_with_every_connection_busy_a_new_one_is_reset_at_once() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::slow(Duration::from_millis(300)).await;
-    let proxy = start_proxy(Options {
-        max_connections: Some(2),
-        ..with_agents(&[&agent])
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(Options {
+            max_connections: Some(2),
+            ..with_agents(&[&agent])
+        })
+        .await;
+    let limit = r#"sigsci_proxy_uninspected_total{reason="connection_limit"}"#;
+    let limit_before = metric(proxy.admin, limit).await;
     let mut busy = Vec::new();
     for id in 0..2 {
         let mut s = TcpStream::connect(proxy.rpc).await.unwrap();
@@ -153,11 +166,7 @@ async fn at_the_connection_limit_with_every_connection_busy_a_new_one_is_reset_a
     for s in busy {
         assert!(how_it_ends_after_answer(s).await > 0);
     }
-    let (_, metrics) = http(proxy.admin, "GET", "/metrics").await;
-    assert!(
-        metrics.contains("sigsci_proxy_uninspected_total{reason=\"connection_limit\"} 1"),
-        "{metrics}"
-    );
+    assert_eq!(metric(proxy.admin, limit).await - limit_before, 1.0);
     proxy.stop().await;
 }
 

@@ -15,11 +15,11 @@ use fake_apiserver::{Event, FakeApiServer};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use loadtest::agent::SimAgent;
 use loadtest::cluster::{self, ClusterArgs};
 use loadtest::local::RunArgs;
 use sigsci_proxy::config::{Dur, ListenAddr, Options};
 use sigsci_proxy::{Config, DrainReport, Proxy};
+use simulator::agent::SimAgent;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

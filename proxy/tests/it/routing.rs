@@ -1,12 +1,10 @@
 //! Routing through a real proxy to simulated agents: per-RPC balancing, RequestID affinity
 //! (across proxy replicas and restarts), terminating agents, retries, no agents.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use sigsci_proxy::config::{Dur, Options, UpstreamMode};
-use support::*;
 
 #[tokio::test]
 async fn pre_requests_are_balanced_per_rpc_across_three_agents() {

@@ -1,11 +1,10 @@
 //! Issue 19 point 2: every agent learns every module. A module's one `RPC.ModuleInit` reaches
 //! every agent once, and an agent that joins later gets it before it takes work.
-mod support;
 
 use std::time::Duration;
 
+use crate::support::*;
 use serde::Serialize;
-use support::*;
 
 /// `RPC.ModuleInit`'s params as the Go module sends them.
 #[derive(Serialize)]
@@ -30,16 +29,13 @@ fn inits(agents: &[&Agent]) -> Vec<u64> {
     agents.iter().map(|a| a.stats().moduleinits).collect()
 }
 
-/// A metric's value on the proxy's /metrics (0 when absent).
-async fn metric(proxy: &RunningProxy, series: &str) -> f64 {
-    let (_, text) = http(proxy.admin, "GET", "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
+const COPIES: &str = r#"sigsci_proxy_module_init_copies_total{how="fan_out",result="ok"}"#;
+const REPLAYS: &str = r#"sigsci_proxy_module_init_copies_total{how="replay",result="ok"}"#;
 
 #[tokio::test]
 async fn one_module_init_reaches_every_agent_once_and_an_agent_joining_later() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agents.json");
     let (a, b, c) = (
@@ -48,12 +44,15 @@ async fn one_module_init_reaches_every_agent_once_and_an_agent_joining_later() {
         Agent::start().await,
     );
     write_agents_file(&file, &[(&a, "ready"), (&b, "ready"), (&c, "ready")]);
-    let proxy = start_proxy(sigsci_proxy::config::Options {
-        agents_file: Some(file.clone()),
-        agents_file_poll: Some(sigsci_proxy::config::Dur(Duration::from_millis(20))),
-        ..options()
-    })
-    .await;
+    let proxy = alone
+        .start_proxy(sigsci_proxy::config::Options {
+            agents_file: Some(file.clone()),
+            agents_file_poll: Some(sigsci_proxy::config::Dur(Duration::from_millis(20))),
+            ..options()
+        })
+        .await;
+    let copies = metric(proxy.admin, COPIES).await;
+    let replays = metric(proxy.admin, REPLAYS).await;
     // At once: the agents need not have been enrolled by the proxy's 100 ms tick yet.
     let (msgid, err, reply) = call(proxy.rpc, 3, rpc::MODULE_INIT, &INIT).await;
     assert_eq!((msgid, err), (3, None));
@@ -65,8 +64,7 @@ async fn one_module_init_reaches_every_agent_once_and_an_agent_joining_later() {
     // Several ticks later, still once each: no replay to agents that were copied.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(inits(&[&a, &b, &c]), [1, 1, 1]);
-    let copies = r#"sigsci_proxy_module_init_copies_total{how="fan_out",result="ok"}"#;
-    assert!(metric(&proxy, copies).await >= 2.0);
+    assert!(metric(proxy.admin, COPIES).await - copies >= 2.0);
 
     // A fourth agent joins: it gets the module before it takes work.
     let d = Agent::start().await;
@@ -86,8 +84,7 @@ async fn one_module_init_reaches_every_agent_once_and_an_agent_joining_later() {
         "no work before the replay"
     );
     assert_eq!(inits(&[&a, &b, &c]), [1, 1, 1], "nothing twice");
-    let replays = r#"sigsci_proxy_module_init_copies_total{how="replay",result="ok"}"#;
-    assert!(metric(&proxy, replays).await >= 1.0);
+    assert!(metric(proxy.admin, REPLAYS).await - replays >= 1.0);
 
     // The same module again (another instance starting): copied to every agent again, but
     // remembered once.
@@ -97,6 +94,6 @@ async fn one_module_init_reaches_every_agent_once_and_an_agent_joining_later() {
         inits(&[&a, &b, &c, &d]) == [2, 2, 2, 2]
     })
     .await;
-    assert_eq!(metric(&proxy, "sigsci_proxy_modules_known").await, 1.0);
+    assert_eq!(metric(proxy.admin, "sigsci_proxy_modules_known").await, 1.0);
     proxy.stop().await;
 }

@@ -2,15 +2,13 @@
 //! (never the admin port), Unix listeners that never take over a live socket nor remove one
 //! that is not theirs, and socket permissions.
 
-mod support;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::process::{BIN, ProxyProcess, free_port};
-use support::*;
+use crate::support::process::{BIN, ProxyProcess, free_port};
+use crate::support::*;
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777

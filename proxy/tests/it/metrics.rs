@@ -2,13 +2,11 @@
 //! calls with no agent are counted as uninspected, and every metric the monitoring component's
 //! alert rules and dashboard use is one the proxy exports.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use support::process::ProxyProcess;
-use support::*;
+use crate::support::process::ProxyProcess;
+use crate::support::*;
 
 /// `# TYPE` of each `sigsci_proxy_*` family on the page, and the families with a `# HELP`.
 fn families(page: &str) -> (BTreeMap<String, String>, BTreeSet<String>) {

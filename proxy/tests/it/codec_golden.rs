@@ -1,17 +1,17 @@
 //! Golden frames: bytes written by hand from docs/protocol.md and the modules' encoders (Go msgp
 //! map-encoded structs with uint32 msgids and signed ints, Node msgpack5 with the smallest unsigned
 //! widths and msgid 1, Python umsgpack with random 31-bit msgids), never produced by this crate's
-//! encoder or rmp. Each must decode to the right view and, read by the loadtest's independent
+//! encoder or rmp. Each must decode to the right view and, read by the simulator's independent
 //! decoder, to the right typed message; rewrite must produce the exact bytes a hand-edit would.
 //! Byte tables keep one MessagePack item (header, payload) per line pair, so rustfmt is told to
 //! leave them alone.
 
 use agent_pool::AffinityToken;
 use bytes::{Bytes, BytesMut};
-use loadtest::rpc::{self, Envelope, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
 use serde::de::DeserializeOwned;
 use sigsci_proxy::affinity;
 use sigsci_proxy::codec::{Frame, FrameCodec, FrameKind, Limits, Method, error_response};
+use simulator::rpc::{self, Envelope, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
 use tokio_util::codec::Decoder;
 
 const UUID: &[u8; 36] = b"7f0c6b2e-3d1a-4c55-9b8e-2a6f1d0c9e42";
@@ -20,7 +20,7 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
 
-/// `(msgid, method, params[0])` of a request, read by the loadtest's decoder (not the proxy's).
+/// `(msgid, method, params[0])` of a request, read by the simulator's decoder (not the proxy's).
 fn decode_request<T: DeserializeOwned>(frame: &[u8]) -> (u64, String, T) {
     match rpc::envelope(frame).unwrap() {
         Envelope::Request {
@@ -36,7 +36,7 @@ fn decode_request<T: DeserializeOwned>(frame: &[u8]) -> (u64, String, T) {
     }
 }
 
-/// `(msgid, error, result map)` of a response, read by the loadtest's decoder.
+/// `(msgid, error, result map)` of a response, read by the simulator's decoder.
 fn decode_response(frame: &[u8]) -> (u64, Option<String>, Option<RPCMsgOut>) {
     let (msgid, error, reply) = rpc::decode_response(frame).unwrap();
     let result = match reply {

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use loadtest::addr::RpcAddr;
-use loadtest::agent::{SERVICE_TIME_HEADER, SimAgent};
-use loadtest::rpc::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
+use simulator::addr::RpcAddr;
+use simulator::agent::{SERVICE_TIME_HEADER, SimAgent};
+use simulator::rpc::{self, RPCMsgIn, RPCMsgIn2, RPCMsgOut, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -243,7 +243,7 @@ async fn malformed_input_is_counted_and_does_not_stop_the_server() {
 
 #[tokio::test]
 async fn faults_refuse_and_reset_connections_on_command() {
-    use loadtest::agent::Faults;
+    use simulator::agent::Faults;
     let agent = SimAgent::builder().spawn().await.unwrap();
     let RpcAddr::Tcp(addr) = agent.rpc_addr().clone() else {
         panic!()
@@ -299,7 +299,7 @@ async fn faults_refuse_and_reset_connections_on_command() {
 
 #[tokio::test]
 async fn padded_answers_and_a_kill_that_frees_the_address_at_once() {
-    use loadtest::agent::PADDING_HEADER;
+    use simulator::agent::PADDING_HEADER;
     let agent = SimAgent::builder()
         .answer_padding(100_000)
         .spawn()
@@ -313,7 +313,7 @@ async fn padded_answers_and_a_kill_that_frees_the_address_at_once() {
     assert_eq!(pad.map(|(_, v)| v.len()), Some(100_000));
 
     // A connection held open with a request that never gets its answer (5 s of delay).
-    agent.set_faults(loadtest::agent::Faults {
+    agent.set_faults(simulator::agent::Faults {
         delay: Duration::from_secs(5),
         slow: 1.0,
         ..Default::default()

@@ -1,13 +1,11 @@
 //! The binary: configuration errors exit 2 naming every bad option; `--help` shows defaults;
 //! a real process serves on `:0` ports it logs, and `sigsci-proxy drain` stops it cleanly.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::process::{BIN, ProxyProcess};
-use support::*;
+use crate::support::process::{BIN, ProxyProcess};
+use crate::support::*;
 
 #[test]
 fn invalid_configuration_exits_2_naming_every_problem() {

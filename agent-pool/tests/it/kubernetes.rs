@@ -2,7 +2,7 @@
 //! protocol (the `fake-apiserver` crate), with kube-runtime's real watcher, feeding a real
 //! `Pool`. Each test follows one story a cluster operator would see and checks that the pool's
 //! membership follows each change. Event → membership latencies are printed
-//! (`cargo test -p agent-pool --test kubernetes -- --nocapture`) as `latency ...` lines; the
+//! (`cargo test -p agent-pool --test it kubernetes:: -- --nocapture`) as `latency ...` lines; the
 //! assertions only bound them generously (`FOLLOW`), they are not performance tests.
 
 use std::collections::BTreeMap;

@@ -4,13 +4,11 @@
 //! port left. With nothing in flight the proxy resets instead; a module that half-closes with a
 //! call in flight still gets its answer.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use sigsci_proxy::config::Options;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -50,15 +48,6 @@ async fn call_and_close(rpc: SocketAddr) -> Option<String> {
     }
 }
 
-/// The value of one counter series in the proxy's /metrics (0 while absent).
-async fn counter(admin: SocketAddr, series: &str) -> u64 {
-    let (_, metrics) = http(admin, "GET", "/metrics").await;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 const RESETS: &str = "sigsci_proxy_module_closes_total{close=\"reset\"}";
 const FINS: &str = "sigsci_proxy_module_closes_total{close=\"fin\"}";
 
@@ -66,32 +55,36 @@ const FINS: &str = "sigsci_proxy_module_closes_total{close=\"fin\"}";
 // checks the counters' increase.
 #[tokio::test]
 async fn closes_a_module_closed_first_with_a_reset_unless_a_call_is_in_flight() {
+    // Asserts counters: no other in-process proxy may count meanwhile.
+    let alone = recorder::alone().await;
     let agent = Agent::start().await;
     let slow = Agent::slow(Duration::from_millis(200)).await;
 
     // Nothing in flight when the module closes: a reset, so no TIME_WAIT on its side.
-    let proxy = start_proxy(with_agents(&[&agent])).await;
+    let proxy = alone.start_proxy(with_agents(&[&agent])).await;
+    let resets = metric(proxy.admin, RESETS).await;
     for _ in 0..3 {
         assert_eq!(call_and_close(proxy.rpc).await, None, "no TIME_WAIT");
     }
-    assert_eq!(counter(proxy.admin, RESETS).await, 3);
+    assert_eq!(metric(proxy.admin, RESETS).await, resets + 3.0);
     proxy.stop().await;
 
     // The reset turned off: a FIN answers the module's FIN, and it waits out TIME_WAIT.
-    let proxy = start_proxy(Options {
-        reset_closed_idle: Some(false),
-        ..with_agents(&[&agent])
-    })
-    .await;
-    let fins = counter(proxy.admin, FINS).await;
+    let proxy = alone
+        .start_proxy(Options {
+            reset_closed_idle: Some(false),
+            ..with_agents(&[&agent])
+        })
+        .await;
+    let fins = metric(proxy.admin, FINS).await;
     assert_eq!(call_and_close(proxy.rpc).await.as_deref(), Some(TIME_WAIT));
-    assert_eq!(counter(proxy.admin, FINS).await, fins + 1);
+    assert_eq!(metric(proxy.admin, FINS).await, fins + 1.0);
     proxy.stop().await;
 
     // A half-close while the call is in flight (the agent takes 200 ms): the module may still
     // read, so it gets its answer, then a FIN, not a reset.
-    let proxy = start_proxy(with_agents(&[&slow])).await;
-    let fins = counter(proxy.admin, FINS).await;
+    let proxy = alone.start_proxy(with_agents(&[&slow])).await;
+    let fins = metric(proxy.admin, FINS).await;
     let mut s = TcpStream::connect(proxy.rpc).await.unwrap();
     s.write_all(&rpc::encode_request(5, rpc::PRE_REQUEST, &pre_request()))
         .await
@@ -107,6 +100,6 @@ async fn closes_a_module_closed_first_with_a_reset_unless_a_call_is_in_flight() 
         0,
         "then the proxy closes"
     );
-    assert_eq!(counter(proxy.admin, FINS).await, fins + 1);
+    assert_eq!(metric(proxy.admin, FINS).await, fins + 1.0);
     proxy.stop().await;
 }

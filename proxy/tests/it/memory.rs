@@ -2,12 +2,10 @@
 //! (`--memory-trim-interval`, proxy/src/memory.rs). Without it the ~4 MiB the burst below
 //! allocates stay resident for the life of the process.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::process::ProxyProcess;
-use support::*;
+use crate::support::process::ProxyProcess;
+use crate::support::*;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -1,12 +1,15 @@
 //! The module emulator against the simulator: no errors, every flagged request's update
-//! reaches the agent that issued it; and the binaries work as processes.
+//! reaches the agent that issued it; and the binaries work as processes (`loadtest agent` with the
+//! flags the manifests give it).
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use loadtest::agent::SimAgent;
 use loadtest::drive::{self, DriveArgs};
+use simulator::agent::SimAgent;
+use tokio::io::AsyncBufReadExt;
 
 async fn drive_once(persistent: bool) {
     let agent = SimAgent::builder()
@@ -250,4 +253,57 @@ fn local_compare_rejects_options_it_cannot_honour_with_usage_status() {
             .unwrap();
         assert_eq!(status.code(), Some(2), "local --compare {extra:?}");
     }
+}
+
+/// The two flag names the Kubernetes manifests use, on the real binary.
+#[tokio::test]
+async fn startup_delay_and_probe_flags_on_the_binary() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--startup-delay",
+            "700ms",
+            "--startup-probe",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let probe: SocketAddr = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("startup="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let startup_status = async || {
+        let get = hyper::Method::GET;
+        let answer = simulator::http::call(probe, get, "/startup", Duration::from_secs(2)).await;
+        answer.unwrap().0.as_u16()
+    };
+    assert_eq!(startup_status().await, 503);
+    // The delay runs from the process's start, which a loaded machine puts some time after
+    // `t0`: wait for the 200 (bounded), and check it did not come before the delay.
+    while startup_status().await != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "probe never turned 200"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "200 before the delay"
+    );
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
 }

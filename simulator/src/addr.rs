@@ -1,6 +1,6 @@
 //! RPC addresses as modules and agents write them: `host:port` for TCP, or a Unix socket path
 //! (`unix:/path` or any text containing a `/`). The text is parsed by agent-pool's `Address`
-//! and `HostPort`, the proxy's own parsers, so the loadtest accepts what the proxy accepts.
+//! and `HostPort`, the proxy's own parsers, so the simulator and the loadtest accept what the proxy accepts.
 
 use std::fmt;
 use std::io;
