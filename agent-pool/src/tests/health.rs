@@ -202,6 +202,32 @@ fn an_unreachable_agent_is_readmitted_on_a_successful_connect_a_stalling_one_is_
 }
 
 #[test]
+fn an_agent_back_from_unreachable_starts_cheaper_than_the_agents_that_carried_its_load() {
+    let (pool, t0) = pool_of(3, PoolConfig::default());
+    let a = agent(&pool, 0);
+    for _ in 0..5 {
+        request(&a, t0, MS, Outcome::ConnectFailure);
+    }
+    assert!(!a.probed(false, None), "still unreachable");
+    // The others' estimate while they carried its load.
+    let typical = 3 * MS;
+    assert!(a.probed(true, Some(typical)));
+    let fresh = a.latency_ewma();
+    // Cheaper than them by more than the picker's tie margin (1.25): P2C takes it at once.
+    assert!(
+        fresh.as_secs_f64() * 1.25 < typical.as_secs_f64(),
+        "{fresh:?}: at the others' estimate the picker would try it slowly; below it, at once"
+    );
+    // Its first answer lifts the estimate to that answer's latency at least.
+    request(&a, Instant::now(), 4 * MS, Outcome::Success);
+    assert!(
+        a.latency_ewma() >= 4 * MS - MS / 10,
+        "{:?}",
+        a.latency_ewma()
+    );
+}
+
+#[test]
 fn when_every_agent_terminates_new_work_goes_to_the_terminating_ones() {
     let (pool, t0) = pool_of(2, PoolConfig::default());
     let terminating = |i| Endpoint {
