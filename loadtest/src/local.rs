@@ -84,13 +84,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         args.topology
     );
     // On the bed the module emulator is a host of its own: a runtime whose sockets are its.
-    let module = match &bed {
-        Some(b) => {
-            let host = b.host(crate::netbed::Role::Module, 0)?;
-            Some((b.runtime_on(&host)?, host))
-        }
-        None => None,
-    };
+    let module = bed.as_ref().map(|b| b.module_host()).transpose()?;
     let modules = module.as_ref().map(|(rt, _)| rt.handle().clone());
     let mut pool = Pool::new(dir.path().join("agents.json"), bed.clone());
     let mut failures = Vec::new();
@@ -202,13 +196,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
                 }
             };
             // On the bed, from the module's host.
-            let on = modules.clone();
-            async move {
-                match on {
-                    Some(h) => h.spawn(drives).await?,
-                    None => drives.await,
-                }
-            }
+            crate::netbed::on_module_host(modules.clone(), drives)
         };
         let report = tokio::select! {
             r = drives => r?,

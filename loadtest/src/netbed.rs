@@ -86,6 +86,10 @@ impl Role {
             Role::Module => 3,
         }
     }
+    /// The address of host `index` of this role.
+    fn ip(self, index: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.octet(), index as u8 + 1)
+    }
     fn letter(self) -> char {
         match self {
             Role::Agent => 'a',
@@ -181,11 +185,20 @@ impl Bed {
         self.topology
     }
 
+    /// Whose hosts the proxies run on: their own, or (node-local) the app nodes'.
+    fn proxy_hosts(&self) -> Role {
+        if self.topology.node_local() {
+            Role::Module
+        } else {
+            Role::Proxy
+        }
+    }
+
     /// The host for `role` number `index`, made the first time it is asked for. Node-local
     /// proxy replica `i` lives on module host `i`.
     pub fn host(&self, role: Role, index: usize) -> anyhow::Result<Host> {
         let role = match role {
-            Role::Proxy if self.topology.node_local() => Role::Module,
+            Role::Proxy => self.proxy_hosts(),
             r => r,
         };
         let mut hosts = self.hosts.lock().expect("not poisoned");
@@ -196,7 +209,7 @@ impl Bed {
         let name = format!("{}{index}", role.letter());
         let host = Host {
             ns: format!("{}-{name}", self.id),
-            ip: Ipv4Addr::new(198, 18, role.octet(), index as u8 + 1),
+            ip: role.ip(index),
             role,
             index,
         };
@@ -247,6 +260,12 @@ impl Bed {
             .context("building a runtime")
     }
 
+    /// Module host 0, where the module emulator runs, and a runtime whose threads live there.
+    pub fn module_host(&self) -> anyhow::Result<(tokio::runtime::Runtime, Host)> {
+        let host = self.host(Role::Module, 0)?;
+        Ok((self.runtime_on(&host)?, host))
+    }
+
     /// The proxy replicas the VIP sends new connections to.
     pub fn set_endpoints(&self, proxies: Vec<usize>) -> anyhow::Result<()> {
         *self.endpoints.lock().expect("not poisoned") = proxies;
@@ -293,12 +312,7 @@ impl Bed {
 
     /// The address of proxy replica `i` (its host's).
     pub fn proxy_ip(&self, i: usize) -> Ipv4Addr {
-        let role = if self.topology.node_local() {
-            Role::Module
-        } else {
-            Role::Proxy
-        };
-        Ipv4Addr::new(198, 18, role.octet(), i as u8 + 1)
+        self.proxy_hosts().ip(i)
     }
 
     /// The Service address modules connect to.
@@ -408,4 +422,16 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
+}
+
+/// Runs `work` on the module host's runtime `on` (so every socket it opens is that host's), or
+/// here without a bed.
+pub(crate) async fn on_module_host<T: Send + 'static>(
+    on: Option<tokio::runtime::Handle>,
+    work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    match on {
+        Some(h) => h.spawn(work).await?,
+        None => work.await,
+    }
 }

@@ -151,10 +151,7 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
         .prefix("loadtest-autoscale-")
         .tempdir()?;
     let mut pool = Pool::new(dir.path().join("agents.json"), setup.bed.clone());
-    let module = match &setup.bed {
-        Some(bed) => Some(bed.runtime_on(&bed.host(crate::netbed::Role::Module, 0)?)?),
-        None => None,
-    };
+    let module = setup.bed.as_ref().map(|b| b.module_host()).transpose()?;
     let initial = match policy {
         Policy::Fixed => setup.fixed_agents,
         _ => setup.hpa.min_replicas.max(setup.need_at(0.0)),
@@ -180,7 +177,7 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
     };
     let record = Arc::new(Mutex::new(Record::default()));
     let start = Instant::now();
-    let on = module.as_ref().map(|rt| rt.handle().clone());
+    let on = module.as_ref().map(|(rt, _)| rt.handle().clone());
     let drives = setup.shares.iter().zip(&listen).map(|(share, addr)| {
         let profile = setup.profile.scaled(*share);
         let drive = crate::drive::run(DriveArgs {
@@ -195,13 +192,7 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
             ..setup.drive.clone()
         });
         // On the bed, from the module's host.
-        let on = on.clone();
-        async move {
-            match on {
-                Some(h) => h.spawn(drive).await?,
-                None => drive.await,
-            }
-        }
+        crate::netbed::on_module_host(on.clone(), drive)
     });
     let pods = (0..initial as usize)
         .map(|agent| PodState {
@@ -232,7 +223,7 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
     }
     let mut problems = pool.check_alive();
     problems.extend(pool.stop().await);
-    if let Some(rt) = module {
+    if let Some((rt, _)) = module {
         rt.shutdown_background();
     }
     let mut rec = std::mem::take(&mut *record.lock().expect("not poisoned"));
