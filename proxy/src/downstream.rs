@@ -15,6 +15,7 @@ use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::Decoder;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -22,6 +23,7 @@ use crate::admission::{Admitted, Shed};
 use crate::codec::{Frame, FrameCodec, Limits, error_response};
 use crate::error::ClientError;
 use crate::metrics::{self as m, ConnectionClose, ModuleClose, Uninspected};
+use crate::overload::Flow;
 use crate::route::Router;
 use crate::stream::Stream;
 
@@ -222,6 +224,7 @@ impl Progress {
 
 async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Result<(), ClientError> {
     let mut at = Progress::new(shared.limits);
+    let flow = flow_of(stream);
     let mut in_flight = FuturesUnordered::new();
     // Made once and re-armed: a fresh timer or cancellation waiter per loop turn costs a
     // registration each, several times per RPC.
@@ -236,7 +239,7 @@ async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Resul
         while in_flight.len() < shared.max_in_flight
             && let Some(frame) = at.next_frame()?
         {
-            in_flight.push(call(&shared.router, frame)?);
+            in_flight.push(call(&shared.router, frame, &flow)?);
         }
         if in_flight.len() >= shared.max_in_flight {
             at.held_back();
@@ -295,6 +298,18 @@ async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Resul
     Ok(())
 }
 
+/// Whose calls these are, for the overload queue's fairness: the peer's address (one app pod),
+/// or on a Unix socket the peer process.
+fn flow_of(stream: &Stream) -> Flow {
+    match &**stream {
+        Either::Left(tcp) => tcp.peer_addr().map_or(Flow::Unknown, |a| Flow::ip(a.ip())),
+        Either::Right(unix) => unix.peer_cred().map_or(Flow::Unknown, |c| Flow::Process {
+            pid: c.pid().unwrap_or_default(),
+            uid: c.uid(),
+        }),
+    }
+}
+
 /// Writes one answer within `limit`; on a timeout the `in_flight` calls still on the
 /// connection are lost with it.
 async fn write_answer(
@@ -315,7 +330,11 @@ async fn write_answer(
 /// The work a frame from a module asks for: a call to route, or a call the proxy answers
 /// itself because it is not one a module makes (never forwarded to a shared agent
 /// connection). A frame without a msgid to answer closes the connection.
-fn call(router: &Router, frame: Frame) -> Result<impl Future<Output = Bytes> + '_, ClientError> {
+fn call<'a>(
+    router: &'a Router,
+    frame: Frame,
+    flow: &'a Flow,
+) -> Result<impl Future<Output = Bytes> + 'a, ClientError> {
     let problem = frame.call_problem();
     let msgid = match (problem, frame.msgid()) {
         (Some(problem), None) => return Err(ClientError::NotACall(problem)),
@@ -323,7 +342,7 @@ fn call(router: &Router, frame: Frame) -> Result<impl Future<Output = Bytes> + '
     };
     Ok(async move {
         match problem {
-            None => router.request(frame).await,
+            None => router.request(frame, flow).await,
             Some(problem) => {
                 m::uninspected(Uninspected::InvalidFrame);
                 m::rpc_finished(

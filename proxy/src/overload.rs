@@ -1,0 +1,462 @@
+//! The overload queue: calls wait here, not in the agents, when every agent is at its learned
+//! concurrency limit ([`agent_pool::Agent::has_free_slot`]). Waiting in the proxy costs the
+//! agents nothing and dropping a call here is free; a call an agent queues costs its CPU even
+//! after the module gave up, and once its queue is longer than the deadline every call misses
+//! it (docs/overload.md).
+//!
+//! - A call takes a slot of an agent ([`Slot`]); freeing a slot hands it to the next waiter:
+//!   first the UpdateRequests waiting for that very agent (affinity: they never move), then the
+//!   balanced calls, served fairly between flows ([`fair`]).
+//! - A call waits only while an answer can still come in time. How long depends on whether the
+//!   queue is a burst or a standing queue (CoDel's observation, as "Fail at Scale" applies it
+//!   to request queues): while it has emptied within the last 100 ms a call may wait up to
+//!   `--queue-timeout` (20 ms); once it has stood for 100 ms, only as long as a few slots take
+//!   to free (at least 4 ms), so served calls stay fast and the rest fail open at once.
+//! - A call that would wait longer than the queue drains in that time is shed on arrival with
+//!   an error frame (the module fails open in a millisecond); when there is no room, the call
+//!   shed is the newest of the flow with the most waiting, never one of a lighter flow.
+
+pub(crate) mod fair;
+pub(crate) mod flows;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use agent_pool::{Agent, InFlight, Outcome, Pool, Snapshot};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+pub(crate) use fair::Flow;
+use fair::FairQueue;
+
+use crate::metrics as m;
+
+/// How the queue behaves.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueueConfig {
+    /// Longest wait while the queue is a burst (`--queue-timeout`, default 20 ms).
+    pub(crate) burst_wait: Duration,
+    /// Least wait once the queue stands (default 4 ms).
+    pub(crate) standing_wait: Duration,
+    /// How long the queue must stay non-empty to count as standing (default 100 ms).
+    pub(crate) interval: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            burst_wait: Duration::from_millis(20),
+            standing_wait: Duration::from_millis(4),
+            interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why a call got no agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// No agent takes work at all.
+    NoAgent,
+    /// Shed by the queue.
+    Shed(Shed),
+}
+
+/// Why the queue shed a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shed {
+    /// On arrival: every agent at its limit and the queue as long as it may be.
+    Full,
+    /// Waiting: pushed out by a call of a flow with fewer waiting.
+    Evicted,
+    /// Waiting: no slot freed while an answer could still come in time.
+    Expired,
+}
+
+/// A call's place on an agent: counted in the agent's load until finished or dropped, and
+/// handed to the next waiting call then.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    in_flight: Option<InFlight>,
+    queue: Arc<OverloadQueue>,
+}
+
+impl Slot {
+    /// The agent the slot is on.
+    pub(crate) fn agent(&self) -> &Arc<Agent> {
+        self.in_flight.as_ref().expect("live slot").agent()
+    }
+
+    /// Ends the call with its outcome and frees the slot.
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        if let Some(f) = self.in_flight.take() {
+            let agent = f.agent().clone();
+            f.finish(outcome);
+            self.queue.released(&agent);
+        }
+    }
+
+    /// The in-flight record without freeing the slot to a waiter (used under the queue's lock).
+    fn disarm(mut self) -> InFlight {
+        self.in_flight.take().expect("live slot")
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(f) = self.in_flight.take() {
+            let agent = f.agent().clone();
+            drop(f);
+            self.queue.released(&agent);
+        }
+    }
+}
+
+type Grant = Result<Slot, Shed>;
+
+#[derive(Debug)]
+struct Waiter {
+    tx: oneshot::Sender<Grant>,
+    queued_at: Instant,
+}
+
+/// Waiting UpdateRequests of one agent, by the agent's address in memory.
+type Pinned = HashMap<usize, VecDeque<(u64, Waiter)>>;
+
+#[derive(Debug, Default)]
+struct State {
+    fair: FairQueue<Waiter>,
+    pinned: Pinned,
+    pinned_len: usize,
+    /// Since when the queue has had waiters (`None`: empty).
+    nonempty_since: Option<Instant>,
+    /// The pool's throughput estimate and when it was computed (cached for 10 ms).
+    throughput: Option<(Instant, f64)>,
+    flows: flows::FlowStats,
+}
+
+/// The proxy-wide queue of calls waiting for an agent's slot.
+#[derive(Debug)]
+pub(crate) struct OverloadQueue {
+    pool: Pool,
+    config: QueueConfig,
+    /// Waiters in all queues; read without the lock on every freed slot.
+    queued: AtomicUsize,
+    next_id: AtomicU64,
+    state: Mutex<State>,
+}
+
+impl OverloadQueue {
+    pub(crate) fn new(pool: Pool, config: QueueConfig) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            config,
+            queued: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes the number waiting (under the lock, after a change).
+    fn waiting_changed(&self, st: &State) {
+        let n = st.fair.len() + st.pinned_len;
+        m::queued(n);
+        self.pool.set_waiting(n);
+    }
+
+    /// A slot on `agent` now, whatever its limit: a retry on an agent picked with a free slot,
+    /// and ModuleInit copies (rare, and every agent must have them).
+    pub(crate) fn start_on(self: &Arc<Self>, agent: &Arc<Agent>) -> Slot {
+        self.slot(agent.start())
+    }
+
+    fn slot(self: &Arc<Self>, in_flight: InFlight) -> Slot {
+        Slot {
+            in_flight: Some(in_flight),
+            queue: self.clone(),
+        }
+    }
+
+    /// A slot on the agent the picker chooses among those below their limit, waiting in the
+    /// fair queue for one when all are at it.
+    pub(crate) async fn balanced(
+        self: &Arc<Self>,
+        snapshot: &Snapshot,
+        flow: &Flow,
+        deadline: Instant,
+    ) -> Result<Slot, Refused> {
+        if self.queued.load(Ordering::SeqCst) == 0
+            && let Some(agent) = snapshot.pick_free(None)
+        {
+            return Ok(self.slot(agent.start()));
+        }
+        let (rx, shard, id, expires) = {
+            let mut st = self.lock();
+            // Announce the waiter before looking again: a slot freed since the look above
+            // either shows now or its release sees the count and serves the queue.
+            self.queued.fetch_add(1, Ordering::SeqCst);
+            if st.fair.len() == 0
+                && let Some(agent) = snapshot.pick_free(None)
+            {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                return Ok(self.slot(agent.start()));
+            }
+            if !snapshot.takes_work() {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                return Err(Refused::NoAgent);
+            }
+            let now = Instant::now();
+            let admitted = self.admit(&mut st, snapshot, flow, deadline, now);
+            st.flows.offered(flow, admitted.is_err(), std::time::Instant::now());
+            match admitted {
+                Ok(entry) => entry,
+                Err(shed) => {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    return Err(Refused::Shed(shed));
+                }
+            }
+        };
+        let place = Place::Fair(shard);
+        self.wait(rx, place, id, expires).await
+    }
+
+    /// A slot on `agent` itself (an UpdateRequest its token names), waiting for one ahead of
+    /// every balanced call when it is at its limit.
+    pub(crate) async fn pinned(
+        self: &Arc<Self>,
+        agent: &Arc<Agent>,
+        deadline: Instant,
+    ) -> Result<Slot, Refused> {
+        let key = Arc::as_ptr(agent) as usize;
+        let (rx, id, expires) = {
+            let mut st = self.lock();
+            self.queued.fetch_add(1, Ordering::SeqCst);
+            let waiting = st.pinned.get(&key).is_some_and(|q| !q.is_empty());
+            if !waiting && agent.has_free_slot() {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                return Ok(self.slot(agent.start()));
+            }
+            let now = Instant::now();
+            let expires = deadline.checked_sub(agent.latency_ewma()).unwrap_or(now);
+            if expires <= now {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                return Err(Refused::Shed(Shed::Expired));
+            }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            st.pinned.entry(key).or_default().push_back((
+                id,
+                Waiter {
+                    tx,
+                    queued_at: now,
+                },
+            ));
+            st.pinned_len += 1;
+            st.nonempty_since.get_or_insert(now);
+            self.waiting_changed(&st);
+            (rx, id, expires)
+        };
+        self.wait(rx, Place::Pinned(key), id, expires).await
+    }
+
+    /// Decides on a balanced call that found every agent at its limit: its entry in the fair
+    /// queue, or why it is shed now.
+    #[allow(clippy::type_complexity)]
+    fn admit(
+        &self,
+        st: &mut State,
+        snapshot: &Snapshot,
+        flow: &Flow,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<(oneshot::Receiver<Grant>, usize, u64, Instant), Shed> {
+        let throughput = match st.throughput {
+            Some((at, t)) if now.duration_since(at) < Duration::from_millis(10) => t,
+            _ => {
+                let t = snapshot.throughput().max(1.0);
+                st.throughput = Some((now, t));
+                t
+            }
+        };
+        let standing = st
+            .nonempty_since
+            .is_some_and(|since| now.duration_since(since) >= self.config.interval);
+        let wait = if standing {
+            self.config
+                .standing_wait
+                .max(Duration::from_secs_f64(2.0 / throughput))
+                .min(self.config.burst_wait)
+        } else {
+            self.config.burst_wait
+        };
+        let typical = snapshot.typical_latency().unwrap_or(Duration::ZERO);
+        let expires = (now + wait).min(deadline.checked_sub(typical).unwrap_or(now));
+        if expires <= now {
+            return Err(Shed::Expired);
+        }
+        // Room for what drains in half the wait: a call admitted last should still be served
+        // in time even when the estimate is off by two.
+        let room = (throughput * wait.as_secs_f64() / 2.0).floor() as usize;
+        let shard = st.fair.shard_for(flow);
+        let mine = st.fair.shard_len(shard);
+        if mine > 0 && st.fair.len() >= room {
+            match st.fair.heaviest() {
+                Some(h) if st.fair.shard_len(h) > mine + 1 => {
+                    if let Some((_, w)) = st.fair.pop_newest(h) {
+                        self.queued.fetch_sub(1, Ordering::SeqCst);
+                        let _ = w.tx.send(Err(Shed::Evicted));
+                    }
+                }
+                _ => return Err(Shed::Full),
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        st.fair.push(shard, id, Waiter { tx, queued_at: now });
+        st.nonempty_since.get_or_insert(now);
+        self.waiting_changed(st);
+        Ok((rx, shard, id, expires))
+    }
+
+    async fn wait(
+        self: &Arc<Self>,
+        rx: oneshot::Receiver<Grant>,
+        place: Place,
+        id: u64,
+        expires: Instant,
+    ) -> Result<Slot, Refused> {
+        // Takes the entry out if this call stops waiting for any reason (expiry, or the
+        // module's connection went away and the call with it).
+        let _waiting = Waiting {
+            queue: self,
+            place,
+            id,
+        };
+        tokio::select! {
+            grant = rx => match grant {
+                Ok(Ok(slot)) => Ok(slot),
+                Ok(Err(shed)) => Err(Refused::Shed(shed)),
+                Err(_) => Err(Refused::Shed(Shed::Expired)),
+            },
+            () = tokio::time::sleep_until(expires) => Err(Refused::Shed(Shed::Expired)),
+        }
+    }
+
+    /// A slot of `agent` was freed: hands it, and any other free slot, to waiting calls.
+    fn released(self: &Arc<Self>, agent: &Arc<Agent>) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let snapshot = self.pool.snapshot();
+        let mut st = self.lock();
+        self.dispatch(&mut st, &snapshot, agent);
+    }
+
+    fn dispatch(self: &Arc<Self>, st: &mut State, snapshot: &Snapshot, freed: &Arc<Agent>) {
+        let key = Arc::as_ptr(freed) as usize;
+        loop {
+            if freed.has_free_slot()
+                && let Some(w) = pop_pinned(st, key)
+            {
+                self.grant(w, freed);
+                continue;
+            }
+            if st.fair.len() == 0 {
+                break;
+            }
+            let to = if freed.has_free_slot() && snapshot.takes_new_work(freed) {
+                freed.clone()
+            } else if let Some(other) = snapshot.pick_free(None) {
+                other
+            } else {
+                break;
+            };
+            let Some((_, w)) = st.fair.pop() else { break };
+            self.grant(w, &to);
+        }
+        if st.fair.len() == 0 && st.pinned_len == 0 {
+            st.nonempty_since = None;
+        }
+        self.queued
+            .store(st.fair.len() + st.pinned_len, Ordering::SeqCst);
+        self.waiting_changed(st);
+    }
+
+    /// Gives `w` a slot on `to`; a waiter that stopped waiting meanwhile gives it back.
+    fn grant(self: &Arc<Self>, w: Waiter, to: &Arc<Agent>) {
+        m::queue_wait(w.queued_at.elapsed());
+        if w.tx.is_closed() {
+            return;
+        }
+        if let Err(Ok(slot)) = w.tx.send(Ok(self.slot(to.start()))) {
+            // Not through `Slot::drop`: that would hand the slot back under this lock.
+            drop(slot.disarm());
+        }
+    }
+
+    /// The flows that sent the most calls into the queue lately (for `/flows`).
+    pub(crate) fn heaviest_flows(&self, n: usize) -> Vec<flows::FlowRow> {
+        self.lock().flows.heaviest(n, std::time::Instant::now())
+    }
+}
+
+fn pop_pinned(st: &mut State, key: usize) -> Option<Waiter> {
+    let q = st.pinned.get_mut(&key)?;
+    let (_, w) = q.pop_front()?;
+    if q.is_empty() {
+        st.pinned.remove(&key);
+    }
+    st.pinned_len -= 1;
+    Some(w)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    Fair(usize),
+    Pinned(usize),
+}
+
+/// A waiting call's entry; dropping it takes the entry out of the queue if it is still there.
+struct Waiting<'q> {
+    queue: &'q Arc<OverloadQueue>,
+    place: Place,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut st = self.queue.lock();
+        let removed = match self.place {
+            Place::Fair(shard) => st.fair.remove(shard, self.id).is_some(),
+            Place::Pinned(key) => {
+                let removed = st.pinned.get_mut(&key).and_then(|q| {
+                    let at = q.iter().position(|(i, _)| *i == self.id)?;
+                    q.remove(at)
+                });
+                if st.pinned.get(&key).is_some_and(VecDeque::is_empty) {
+                    st.pinned.remove(&key);
+                }
+                if removed.is_some() {
+                    st.pinned_len -= 1;
+                }
+                removed.is_some()
+            }
+        };
+        if removed {
+            self.queue.queued.fetch_sub(1, Ordering::SeqCst);
+            if st.fair.len() == 0 && st.pinned_len == 0 {
+                st.nonempty_since = None;
+            }
+            self.queue.waiting_changed(&st);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
