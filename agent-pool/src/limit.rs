@@ -174,7 +174,10 @@ impl ConcurrencyLimit {
     }
 
     fn set(&self, s: &mut State) {
-        let (min, max) = (f64::from(self.config.min.max(1)), f64::from(self.config.max));
+        let (min, max) = (
+            f64::from(self.config.min.max(1)),
+            f64::from(self.config.max),
+        );
         s.limit = s.limit.clamp(min, max.max(min));
         self.slots.store(s.limit.floor() as u32, Relaxed);
     }
@@ -212,7 +215,13 @@ mod tests {
     /// Plays an agent with `workers` FIFO workers of `service` ms each, kept saturated by one
     /// replica that holds `slots()` calls in flight: every answer takes
     /// `max(1, in_flight / workers) × service`.
-    fn saturate(limit: &ConcurrencyLimit, workers: u32, service_ms: f64, from: u64, ms: u64) -> u64 {
+    fn saturate(
+        limit: &ConcurrencyLimit,
+        workers: u32,
+        service_ms: f64,
+        from: u64,
+        ms: u64,
+    ) -> u64 {
         let mut now = quiet(limit, service_ms, from);
         let end = from + ms * MS;
         while now < end {
@@ -253,7 +262,11 @@ mod tests {
             limit.started(1);
             limit.answered(0.3 * MS as f64, i * 20 * MS);
         }
-        assert_eq!(limit.slots(), 16, "never reached: no growth, fast: no decrease");
+        assert_eq!(
+            limit.slots(),
+            16,
+            "never reached: no growth, fast: no decrease"
+        );
     }
 
     #[test]

@@ -198,9 +198,9 @@ impl Snapshot {
             match picker::pick(list, now, exclude, need_slot) {
                 Some(a) => Ok(Some(a.clone())),
                 None if need_slot
-                    && list
-                        .iter()
-                        .any(|a| exclude.is_none_or(|x| !std::ptr::eq(&**a, x)) && a.usable(now)) =>
+                    && list.iter().any(|a| {
+                        exclude.is_none_or(|x| !std::ptr::eq(&**a, x)) && a.usable(now)
+                    }) =>
                 {
                     Ok(None)
                 }

@@ -104,9 +104,9 @@ pub(crate) fn route<B>(state: &AdminState, req: &Request<B>) -> Response<Full<By
             json(serde_json::to_vec_pretty(&stats))
         }
         (&Method::GET, "/hints") => json(serde_json::to_vec_pretty(&state.pool.hints())),
-        (&Method::GET, "/flows") => {
-            json(serde_json::to_vec_pretty(&state.overload.heaviest_flows(20)))
-        }
+        (&Method::GET, "/flows") => json(serde_json::to_vec_pretty(
+            &state.overload.heaviest_flows(20),
+        )),
         (_, "/healthz" | "/readyz" | "/metrics" | "/agents" | "/hints" | "/flows") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }

@@ -28,8 +28,8 @@ use agent_pool::{Agent, InFlight, Outcome, Pool, Snapshot};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-pub(crate) use fair::Flow;
 use fair::FairQueue;
+pub(crate) use fair::Flow;
 
 use crate::metrics as m;
 
@@ -131,8 +131,8 @@ struct State {
     pinned_len: usize,
     /// Since when the queue has had waiters (`None`: empty).
     nonempty_since: Option<Instant>,
-    /// The pool's throughput estimate and when it was computed (cached for 10 ms).
-    throughput: Option<(Instant, f64)>,
+    /// The rate slots are freed at, measured: what the queue drains at while it has waiters.
+    drain_rate: DrainRate,
     flows: flows::FlowStats,
 }
 
@@ -143,6 +143,8 @@ pub(crate) struct OverloadQueue {
     config: QueueConfig,
     /// Waiters in all queues; read without the lock on every freed slot.
     queued: AtomicUsize,
+    /// Slots freed, ever.
+    releases: AtomicU64,
     next_id: AtomicU64,
     state: Mutex<State>,
 }
@@ -153,6 +155,7 @@ impl OverloadQueue {
             pool,
             config,
             queued: AtomicUsize::new(0),
+            releases: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             state: Mutex::new(State::default()),
         })
@@ -212,7 +215,8 @@ impl OverloadQueue {
             }
             let now = Instant::now();
             let admitted = self.admit(&mut st, snapshot, flow, deadline, now);
-            st.flows.offered(flow, admitted.is_err(), std::time::Instant::now());
+            st.flows
+                .offered(flow, admitted.is_err(), std::time::Instant::now());
             match admitted {
                 Ok(entry) => entry,
                 Err(shed) => {
@@ -249,13 +253,10 @@ impl OverloadQueue {
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
-            st.pinned.entry(key).or_default().push_back((
-                id,
-                Waiter {
-                    tx,
-                    queued_at: now,
-                },
-            ));
+            st.pinned
+                .entry(key)
+                .or_default()
+                .push_back((id, Waiter { tx, queued_at: now }));
             st.pinned_len += 1;
             st.nonempty_since.get_or_insert(now);
             self.waiting_changed(&st);
@@ -275,14 +276,12 @@ impl OverloadQueue {
         deadline: Instant,
         now: Instant,
     ) -> Result<(oneshot::Receiver<Grant>, usize, u64, Instant), Shed> {
-        let throughput = match st.throughput {
-            Some((at, t)) if now.duration_since(at) < Duration::from_millis(10) => t,
-            _ => {
-                let t = snapshot.throughput().max(1.0);
-                st.throughput = Some((now, t));
-                t
-            }
-        };
+        // The measured rate is the truth while every agent is busy; the agents' limits over
+        // their latency estimates (peak-biased, so low) cover a queue that just began.
+        let measured = st
+            .drain_rate
+            .update(now, self.releases.load(Ordering::Relaxed));
+        let throughput = measured.max(snapshot.throughput()).max(1.0);
         let standing = st
             .nonempty_since
             .is_some_and(|since| now.duration_since(since) >= self.config.interval);
@@ -305,7 +304,7 @@ impl OverloadQueue {
         let shard = st.fair.shard_for(flow);
         let mine = st.fair.shard_len(shard);
         if mine > 0 && st.fair.len() >= room {
-            match st.fair.heaviest() {
+            match st.fair.heaviest_but(flow) {
                 Some(h) if st.fair.shard_len(h) > mine + 1 => {
                     if let Some((_, w)) = st.fair.pop_newest(h) {
                         self.queued.fetch_sub(1, Ordering::SeqCst);
@@ -349,6 +348,7 @@ impl OverloadQueue {
 
     /// A slot of `agent` was freed: hands it, and any other free slot, to waiting calls.
     fn released(self: &Arc<Self>, agent: &Arc<Agent>) {
+        self.releases.fetch_add(1, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.queued.load(Ordering::SeqCst) == 0 {
             return;
@@ -403,6 +403,31 @@ impl OverloadQueue {
     /// The flows that sent the most calls into the queue lately (for `/flows`).
     pub(crate) fn heaviest_flows(&self, n: usize) -> Vec<flows::FlowRow> {
         self.lock().flows.heaviest(n, std::time::Instant::now())
+    }
+}
+
+/// Slots freed per second: an exponential moving average over about 100 ms, updated at most
+/// every 10 ms.
+#[derive(Debug, Default)]
+struct DrainRate {
+    at: Option<(Instant, u64)>,
+    per_s: f64,
+}
+
+impl DrainRate {
+    fn update(&mut self, now: Instant, count: u64) -> f64 {
+        match self.at {
+            None => self.at = Some((now, count)),
+            Some((at, before)) => {
+                let dt = now.duration_since(at).as_secs_f64();
+                if dt >= 0.01 {
+                    let rate = count.saturating_sub(before) as f64 / dt;
+                    self.per_s += (1.0 - (-dt / 0.1).exp()) * (rate - self.per_s);
+                    self.at = Some((now, count));
+                }
+            }
+        }
+        self.per_s
     }
 }
 

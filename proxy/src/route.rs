@@ -112,7 +112,10 @@ impl Router {
         };
         let snapshot = self.pool.snapshot();
         let (slot, restore) = match target(method, &frame, &snapshot) {
-            Target::Balanced => (self.overload.balanced(&snapshot, flow, deadline).await, None),
+            Target::Balanced => (
+                self.overload.balanced(&snapshot, flow, deadline).await,
+                None,
+            ),
             Target::Pinned(agent, original) => {
                 (self.overload.pinned(&agent, deadline).await, Some(original))
             }

@@ -2,7 +2,9 @@
 //! source (an app pod's address; on a Unix socket, the peer process). A flood from one app must
 //! not switch inspection off for the others, so waiting calls sit in 64 queues, served round
 //! robin one call at a time (deficit round robin with equal costs: every call is one inspection),
-//! and when there is no room the call shed is the newest of the longest queue.
+//! and when there is no room the call shed is the newest of the longest queue. As in FQ-CoDel,
+//! a queue that was empty goes ahead of the queues that stayed busy: a light flow's call waits
+//! for one freed slot, not for a turn behind every flooding queue.
 //!
 //! A flow is hashed to a hand of two queues and joins the shorter (shuffle sharding, as in
 //! Kubernetes API Priority and Fairness): two flows share both their queues only by a 1 in ~2,000
@@ -63,7 +65,9 @@ fn hash_of(flow: &Flow) -> u64 {
 #[derive(Debug)]
 pub(crate) struct FairQueue<T> {
     shards: Vec<VecDeque<(u64, T)>>,
-    /// Queues with entries, in serving order; a queue is in it at most once.
+    /// Queues that were empty when their entry came, served first.
+    fresh: VecDeque<usize>,
+    /// Queues that stayed busy, in serving order. A queue is in one ring at most once.
     ring: VecDeque<usize>,
     in_ring: [bool; SHARDS],
     len: usize,
@@ -73,6 +77,7 @@ impl<T> Default for FairQueue<T> {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| VecDeque::new()).collect(),
+            fresh: VecDeque::new(),
             ring: VecDeque::new(),
             in_ring: [false; SHARDS],
             len: 0,
@@ -101,10 +106,11 @@ impl<T> FairQueue<T> {
         self.shards[shard].len()
     }
 
-    /// The longest queue (the first of equals), if any has entries.
-    pub(crate) fn heaviest(&self) -> Option<usize> {
+    /// The longest queue (the first of equals) outside `flow`'s hand, if any has entries.
+    pub(crate) fn heaviest_but(&self, flow: &Flow) -> Option<usize> {
+        let (a, b) = flow.hand();
         (0..SHARDS)
-            .filter(|&i| !self.shards[i].is_empty())
+            .filter(|&i| i != a && i != b && !self.shards[i].is_empty())
             .max_by_key(|&i| (self.shards[i].len(), std::cmp::Reverse(i)))
     }
 
@@ -114,13 +120,14 @@ impl<T> FairQueue<T> {
         self.len += 1;
         if !self.in_ring[shard] {
             self.in_ring[shard] = true;
-            self.ring.push_back(shard);
+            self.fresh.push_back(shard);
         }
     }
 
-    /// The next entry in round-robin order: the oldest of the next queue with entries.
+    /// The next entry: the oldest of the next fresh queue, else of the next busy queue in
+    /// round-robin order.
     pub(crate) fn pop(&mut self) -> Option<(u64, T)> {
-        while let Some(shard) = self.ring.pop_front() {
+        while let Some(shard) = self.fresh.pop_front().or_else(|| self.ring.pop_front()) {
             let Some(entry) = self.shards[shard].pop_front() else {
                 self.in_ring[shard] = false;
                 continue;
@@ -171,15 +178,24 @@ mod tests {
     }
 
     #[test]
-    fn queues_are_served_round_robin_so_a_long_one_cannot_starve_a_short_one() {
+    fn a_queue_that_was_empty_goes_before_the_busy_ones() {
         let mut q = FairQueue::default();
         for id in 0..100 {
             q.push(3, id, "flood");
+            q.push(4, 1000 + id, "flood");
         }
-        q.push(9, 1000, "light");
-        let first_two: Vec<_> = (0..2).map(|_| q.pop().unwrap().1).collect();
-        assert!(first_two.contains(&"light"), "{first_two:?}");
-        assert_eq!(q.len(), 99);
+        assert_eq!(q.pop().unwrap().0, 0);
+        assert_eq!(q.pop().unwrap().0, 1000);
+        q.push(9, 5000, "light");
+        assert_eq!(
+            q.pop().unwrap().1,
+            "light",
+            "the light queue's call is served next"
+        );
+        // The busy queues alternate.
+        let next: Vec<_> = (0..4).map(|_| q.pop().unwrap().0).collect();
+        assert_eq!(next, [1, 1001, 2, 1002]);
+        assert_eq!(q.len(), 194);
     }
 
     #[test]
@@ -188,7 +204,17 @@ mod tests {
         q.push(1, 1, ());
         q.push(2, 2, ());
         q.push(2, 3, ());
-        assert_eq!(q.heaviest(), Some(2));
+        let f = flow(1);
+        let (a, b) = f.hand();
+        let other = (0..SHARDS).find(|i| ![a, b, 2].contains(i)).unwrap();
+        assert_eq!(q.heaviest_but(&f), (a != 2 && b != 2).then_some(2));
+        q.push(other, 9, ());
+        q.push(other, 10, ());
+        q.push(other, 11, ());
+        assert_eq!(q.heaviest_but(&f), Some(other));
+        assert_eq!(q.pop_newest(other).map(|e| e.0), Some(11));
+        assert_eq!(q.pop_newest(other).map(|e| e.0), Some(10));
+        assert_eq!(q.pop_newest(other).map(|e| e.0), Some(9));
         assert_eq!(q.pop_newest(2).map(|e| e.0), Some(3));
         assert_eq!(q.len(), 2);
         assert_eq!(q.remove(1, 1), Some(()));

@@ -92,7 +92,7 @@ impl FlowStats {
                 shed_on_arrival: self.other.shed,
             });
         }
-        rows.sort_by(|a, b| b.offered_while_saturated.cmp(&a.offered_while_saturated));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.offered_while_saturated));
         rows.truncate(n);
         rows
     }
@@ -114,7 +114,10 @@ mod tests {
         stats.offered(&light, false, t0);
         let rows = stats.heaviest(10, t0 + Duration::from_secs(11));
         assert_eq!(rows[0].flow, "10.0.0.1");
-        assert_eq!((rows[0].offered_while_saturated, rows[0].shed_on_arrival), (50, 50));
+        assert_eq!(
+            (rows[0].offered_while_saturated, rows[0].shed_on_arrival),
+            (50, 50)
+        );
         assert_eq!(rows[1].flow, "10.0.0.2");
         assert!(stats.heaviest(10, t0 + Duration::from_secs(40)).is_empty());
     }

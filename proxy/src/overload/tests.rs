@@ -1,0 +1,251 @@
+//! The overload queue on paused tokio time: agents of one fixed slot each, so who gets a freed
+//! slot, who waits and who is shed is decided by the queue alone.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_pool::{Endpoint, LimitConfig, Pool, PoolConfig, Update};
+use tokio::time::Instant;
+
+use super::*;
+
+/// A pool of `n` agents whose limit is fixed at one call each.
+fn pool(n: usize) -> Pool {
+    let pool = Pool::new(PoolConfig {
+        limit: LimitConfig {
+            initial: 1,
+            min: 1,
+            max: 1,
+            ..LimitConfig::default()
+        },
+        ..PoolConfig::default()
+    });
+    pool.apply(Update::Reset(
+        (0..n)
+            .map(|i| Endpoint::new(format!("10.0.0.{}:736", i + 1).parse().unwrap()))
+            .collect(),
+    ));
+    pool
+}
+
+fn queue(pool: &Pool, burst_wait_ms: u64) -> Arc<OverloadQueue> {
+    OverloadQueue::new(
+        pool.clone(),
+        QueueConfig {
+            burst_wait: Duration::from_millis(burst_wait_ms),
+            ..QueueConfig::default()
+        },
+    )
+}
+
+fn flow(last: u8) -> Flow {
+    Flow::ip(IpAddr::from([192, 0, 2, last]))
+}
+
+fn deadline() -> Instant {
+    Instant::now() + Duration::from_millis(80)
+}
+
+/// Starts a balanced call that waits in the background; its result comes back on the handle.
+fn waiting(
+    q: &Arc<OverloadQueue>,
+    pool: &Pool,
+    f: Flow,
+) -> tokio::task::JoinHandle<Result<Slot, Refused>> {
+    let (q, pool) = (q.clone(), pool.clone());
+    tokio::spawn(async move { q.balanced(&pool.snapshot(), &f, deadline()).await })
+}
+
+/// Lets spawned waiters run up to their first wait.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_freed_slot_goes_to_the_waiting_call() {
+    let pool = pool(1);
+    let q = queue(&pool, 20);
+    let first = q
+        .balanced(&pool.snapshot(), &flow(1), deadline())
+        .await
+        .unwrap();
+    let second = waiting(&q, &pool, flow(1));
+    settle().await;
+    assert!(
+        !second.is_finished(),
+        "the only slot is taken: the call waits"
+    );
+    first.finish(agent_pool::Outcome::Success);
+    let slot = second.await.unwrap().expect("the freed slot");
+    assert_eq!(slot.agent().address().to_string(), "10.0.0.1:736");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_waits_no_longer_than_the_queue_timeout() {
+    let pool = pool(1);
+    let q = queue(&pool, 20);
+    let _held = q
+        .balanced(&pool.snapshot(), &flow(1), deadline())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = q.balanced(&pool.snapshot(), &flow(1), deadline()).await;
+    assert_eq!(r.unwrap_err(), Refused::Shed(Shed::Expired));
+    assert_eq!(started.elapsed(), Duration::from_millis(20));
+    assert_eq!(
+        q.queued.load(Ordering::SeqCst),
+        0,
+        "the expired call left the queue"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_room_the_arrival_is_shed_at_once() {
+    let pool = pool(1);
+    // Room for what drains in half the wait: 200 calls/s (1 slot, 5 ms) × 10 ms = 2.
+    let q = queue(&pool, 20);
+    let _held = q
+        .balanced(&pool.snapshot(), &flow(1), deadline())
+        .await
+        .unwrap();
+    let waiters: Vec<_> = (0..2).map(|_| waiting(&q, &pool, flow(1))).collect();
+    settle().await;
+    let started = Instant::now();
+    let r = q.balanced(&pool.snapshot(), &flow(1), deadline()).await;
+    assert_eq!(r.unwrap_err(), Refused::Shed(Shed::Full));
+    assert_eq!(started.elapsed(), Duration::ZERO, "shed without waiting");
+    drop(waiters);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_light_flow_is_served_before_the_rest_of_a_flood() {
+    let pool = pool(1);
+    let q = queue(&pool, 20);
+    let held = q
+        .balanced(&pool.snapshot(), &flow(1), deadline())
+        .await
+        .unwrap();
+    let flood: Vec<_> = (0..2).map(|_| waiting(&q, &pool, flow(1))).collect();
+    settle().await;
+    // The queue is full for the flood, not for a flow with nothing waiting.
+    let light = waiting(&q, &pool, flow(2));
+    settle().await;
+    assert_eq!(q.queued.load(Ordering::SeqCst), 3);
+    // Free the slot twice: the light call is among the first two served.
+    held.finish(agent_pool::Outcome::Success);
+    settle().await;
+    let served_first =
+        flood.iter().filter(|h| h.is_finished()).count() + usize::from(light.is_finished());
+    assert_eq!(served_first, 1);
+    let mut done = Vec::new();
+    for h in flood.into_iter().chain([light]) {
+        if h.is_finished() {
+            done.push(h.await.unwrap().unwrap());
+        } else {
+            drop(h);
+        }
+    }
+    drop(done);
+    settle().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_loses_its_newest_call_to_a_lighter_flow() {
+    let pool = pool(1);
+    // Room 10 (200 calls/s × 50 ms).
+    let q = queue(&pool, 100);
+    let _held = q
+        .balanced(&pool.snapshot(), &flow(1), deadline())
+        .await
+        .unwrap();
+    let flood: Vec<_> = (0..10).map(|_| waiting(&q, &pool, flow(1))).collect();
+    settle().await;
+    assert_eq!(
+        q.balanced(&pool.snapshot(), &flow(1), deadline())
+            .await
+            .unwrap_err(),
+        Refused::Shed(Shed::Full),
+        "the flood itself finds no room"
+    );
+    // A flow spreads over two queues: its first two calls find an empty one, its third needs
+    // room.
+    let light: Vec<_> = (0..3).map(|_| waiting(&q, &pool, flow(2))).collect();
+    settle().await;
+    let evicted = flood
+        .into_iter()
+        .filter(|h| h.is_finished())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        evicted.len(),
+        1,
+        "one flood call made room for the light flow's third"
+    );
+    for h in evicted {
+        assert_eq!(h.await.unwrap().unwrap_err(), Refused::Shed(Shed::Evicted));
+    }
+    assert!(
+        light.iter().all(|h| !h.is_finished()),
+        "the light flow's calls wait"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_for_an_agent_goes_before_the_balanced_calls() {
+    let pool = pool(1);
+    let q = queue(&pool, 20);
+    let held = q
+        .balanced(&pool.snapshot(), &flow(1), deadline())
+        .await
+        .unwrap();
+    let agent = held.agent().clone();
+    let balanced = waiting(&q, &pool, flow(1));
+    settle().await;
+    let pinned = {
+        let (q, agent) = (q.clone(), agent.clone());
+        tokio::spawn(async move { q.pinned(&agent, deadline()).await })
+    };
+    settle().await;
+    held.finish(agent_pool::Outcome::Success);
+    settle().await;
+    assert!(pinned.is_finished() && !balanced.is_finished());
+    let slot = pinned.await.unwrap().unwrap();
+    assert!(Arc::ptr_eq(slot.agent(), &agent));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_agent_taking_work_the_call_is_refused_not_queued() {
+    let pool = pool(0);
+    let q = queue(&pool, 20);
+    let r = q.balanced(&pool.snapshot(), &flow(1), deadline()).await;
+    assert_eq!(r.unwrap_err(), Refused::NoAgent);
+    assert_eq!(q.queued.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standing_queue_shortens_the_wait() {
+    let pool = pool(1);
+    let q = queue(&pool, 20);
+    let _held = q
+        .balanced(&pool.snapshot(), &flow(1), deadline())
+        .await
+        .unwrap();
+    // Keep one call waiting for over 100 ms: each expires after 20 ms, the next takes its place
+    // before the queue ever empties.
+    let mut keep = waiting(&q, &pool, flow(1));
+    settle().await;
+    for _ in 0..6 {
+        tokio::time::advance(Duration::from_millis(19)).await;
+        let next = waiting(&q, &pool, flow(1));
+        settle().await;
+        drop(std::mem::replace(&mut keep, next));
+    }
+    settle().await;
+    let started = Instant::now();
+    let r = q.balanced(&pool.snapshot(), &flow(2), deadline()).await;
+    assert_eq!(r.unwrap_err(), Refused::Shed(Shed::Expired));
+    // 2 ÷ 200 calls/s = 10 ms, above the 4 ms floor, below the 20 ms of a burst.
+    assert_eq!(started.elapsed(), Duration::from_millis(10));
+}
