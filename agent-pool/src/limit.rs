@@ -25,7 +25,9 @@ use std::time::Duration;
 /// How the per-agent concurrency limit learns. Every field has a default.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LimitConfig {
-    /// The limit of an agent with no sample yet. Default 16.
+    /// The limit of an agent with no sample yet. Default 16: a new agent's (or a new proxy's)
+    /// first burst is served as before the limit existed; an agent that cannot take it has the
+    /// limit halved at its first timeout and cut by a fifth every 100 ms it stays above target.
     pub initial: u32,
     /// The least limit. Default 1.
     pub min: u32,
@@ -271,7 +273,11 @@ mod tests {
 
     #[test]
     fn a_timeout_halves_the_limit_once_per_window() {
-        let limit = ConcurrencyLimit::new(LimitConfig::default(), 0);
+        let config = LimitConfig {
+            initial: 16,
+            ..LimitConfig::default()
+        };
+        let limit = ConcurrencyLimit::new(config, 0);
         limit.timed_out(10 * MS);
         limit.timed_out(20 * MS);
         assert_eq!(limit.slots(), 8);
@@ -286,6 +292,7 @@ mod tests {
         saturate(&limit, 1, 5.0, 0, 60_000);
         let (_, target) = limit.view();
         assert!(target <= Duration::from_millis(20), "{target:?}");
-        assert!(limit.slots() <= 4, "{} slots", limit.slots());
+        // The sawtooth around the cap: 4 answers at 20 ms, one more for a window before it backs off.
+        assert!(limit.slots() <= 5, "{} slots", limit.slots());
     }
 }

@@ -162,22 +162,28 @@ impl Snapshot {
             .any(|list| list.iter().any(|a| a.usable(&mut now)))
     }
 
-    /// The calls per second the agents taking work answer at their limits: the sum over them of
-    /// limit ÷ latency estimate (what the proxy's queue drains at).
-    pub fn throughput(&self) -> f64 {
+    /// What the agents taking work can hold: calls per second at their limits (the sum over
+    /// them of limit ÷ latency estimate, which the peak-biased estimate keeps on the low side)
+    /// and their slots (the sum of their limits).
+    pub fn capacity(&self) -> (f64, u64) {
         let mut now = LazyNow::new(self.epoch);
-        let sum = |list: &[Arc<Agent>], now: &mut LazyNow| -> f64 {
+        let sum = |list: &[Arc<Agent>], now: &mut LazyNow| -> (f64, u64) {
             list.iter()
                 .filter(|a| a.usable(now))
-                .map(|a| a.slots() as f64 / (a.latency_ewma().as_secs_f64().max(1e-5)))
-                .sum()
+                .fold((0.0, 0), |(rate, slots), a| {
+                    let latency = a.latency_ewma().as_secs_f64().max(1e-5);
+                    (rate + a.slots() as f64 / latency, slots + a.slots())
+                })
         };
         let ready = sum(&self.ready, &mut now);
-        if ready > 0.0 {
-            ready
-        } else {
-            sum(&self.terminating, &mut now) + sum(&self.joining, &mut now)
+        if ready.1 > 0 {
+            return ready;
         }
+        let (t, j) = (
+            sum(&self.terminating, &mut now),
+            sum(&self.joining, &mut now),
+        );
+        (t.0 + j.0, t.1 + j.1)
     }
 
     #[cfg(test)]

@@ -10,8 +10,9 @@
 //! - A call waits only while an answer can still come in time. How long depends on whether the
 //!   queue is a burst or a standing queue (CoDel's observation, as "Fail at Scale" applies it
 //!   to request queues): while it has emptied within the last 100 ms a call may wait up to
-//!   `--queue-timeout` (20 ms); once it has stood for 100 ms, only as long as a few slots take
-//!   to free (at least 4 ms), so served calls stay fast and the rest fail open at once.
+//!   `--queue-timeout` (20 ms); once it has stood for 100 ms, only as long as two slots take
+//!   to free (at least 10 ms), and the queue holds only what drains in half that, so served
+//!   calls stay fast and the rest fail open at once.
 //! - A call that would wait longer than the queue drains in that time is shed on arrival with
 //!   an error frame (the module fails open in a millisecond); when there is no room, the call
 //!   shed is the newest of the flow with the most waiting, never one of a lighter flow.
@@ -38,18 +39,24 @@ use crate::metrics as m;
 pub(crate) struct QueueConfig {
     /// Longest wait while the queue is a burst (`--queue-timeout`, default 20 ms).
     pub(crate) burst_wait: Duration,
-    /// Least wait once the queue stands (default 4 ms).
+    /// Least wait once the queue stands (default 10 ms: CoDel's 5 ms target sojourn, twice over,
+    /// as a call admitted to a standing queue waits about half of it).
     pub(crate) standing_wait: Duration,
     /// How long the queue must stay non-empty to count as standing (default 100 ms).
     pub(crate) interval: Duration,
+    /// What an agent's answer may take once the call has its slot: a call waits only until its
+    /// deadline less this (default 20 ms, a quarter of `--rpc-timeout`: the cap of every
+    /// agent's learned latency target).
+    pub(crate) answer_budget: Duration,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             burst_wait: Duration::from_millis(20),
-            standing_wait: Duration::from_millis(4),
+            standing_wait: Duration::from_millis(10),
             interval: Duration::from_millis(100),
+            answer_budget: Duration::from_millis(20),
         }
     }
 }
@@ -246,7 +253,7 @@ impl OverloadQueue {
                 return Ok(self.slot(agent.start()));
             }
             let now = Instant::now();
-            let expires = deadline.checked_sub(agent.latency_ewma()).unwrap_or(now);
+            let expires = self.latest_start(deadline, now);
             if expires <= now {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 return Err(Refused::Shed(Shed::Expired));
@@ -281,7 +288,8 @@ impl OverloadQueue {
         let measured = st
             .drain_rate
             .update(now, self.releases.load(Ordering::Relaxed));
-        let throughput = measured.max(snapshot.throughput()).max(1.0);
+        let (estimated, slots) = snapshot.capacity();
+        let throughput = measured.max(estimated).max(1.0);
         let standing = st
             .nonempty_since
             .is_some_and(|since| now.duration_since(since) >= self.config.interval);
@@ -293,14 +301,20 @@ impl OverloadQueue {
         } else {
             self.config.burst_wait
         };
-        let typical = snapshot.typical_latency().unwrap_or(Duration::ZERO);
-        let expires = (now + wait).min(deadline.checked_sub(typical).unwrap_or(now));
+        let expires = (now + wait).min(self.latest_start(deadline, now));
         if expires <= now {
             return Err(Shed::Expired);
         }
-        // Room for what drains in half the wait: a call admitted last should still be served
-        // in time even when the estimate is off by two.
-        let room = (throughput * wait.as_secs_f64() / 2.0).floor() as usize;
+        // A standing queue holds what drains in half the wait: a call admitted last is still
+        // served in time when the (measured) rate is off by two. A burst may hold what drains in
+        // the whole wait, and at least every agent's slots twice over: the estimate of a queue
+        // that just began is low, and shedding on it would fail open calls the agents were
+        // about to serve; expiry is the backstop.
+        let room = if standing {
+            (throughput * wait.as_secs_f64() / 2.0).floor() as usize
+        } else {
+            ((throughput * wait.as_secs_f64()).floor() as usize).max(2 * slots as usize)
+        };
         let shard = st.fair.shard_for(flow);
         let mine = st.fair.shard_len(shard);
         if mine > 0 && st.fair.len() >= room {
@@ -320,6 +334,13 @@ impl OverloadQueue {
         st.nonempty_since.get_or_insert(now);
         self.waiting_changed(st);
         Ok((rx, shard, id, expires))
+    }
+
+    /// The last moment a call with `deadline` may still start on an agent.
+    fn latest_start(&self, deadline: Instant, now: Instant) -> Instant {
+        deadline
+            .checked_sub(self.config.answer_budget)
+            .unwrap_or(now)
     }
 
     async fn wait(

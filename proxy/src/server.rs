@@ -141,6 +141,7 @@ impl Proxy {
             pool.clone(),
             QueueConfig {
                 burst_wait: config.queue_timeout,
+                answer_budget: config.rpc_timeout / 4,
                 ..QueueConfig::default()
             },
         );
