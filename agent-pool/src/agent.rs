@@ -199,6 +199,13 @@ impl Agent {
         self.outstanding.load(Relaxed) < u64::from(self.limit.slots())
     }
 
+    /// Whether an UpdateRequest for it may start now: below its limit, a probe of its latency
+    /// without queueing notwithstanding (the update has no other agent to wait for).
+    #[inline]
+    pub fn has_free_slot_for_pinned(&self) -> bool {
+        self.outstanding.load(Relaxed) < u64::from(self.limit.limit_slots())
+    }
+
     /// The peak-EWMA latency estimate now (decayed toward zero since the last sample).
     pub fn latency_ewma(&self) -> Duration {
         self.latency_ewma_at(Instant::now())

@@ -10,13 +10,16 @@
 //! never above `max_target` (a quarter of the RPC deadline by default). Above target the limit
 //! shrinks by a fifth (multiplicative decrease), and by half after a timeout; at or below target,
 //! if the limit was reached in the window, it grows by a tenth, at least one (Netflix's
-//! concurrency-limits: Vegas and Gradient2 queue-size growth; Envoy's adaptive concurrency
-//! samples the minimum the same way). Several replicas sharing an agent each see the latency
+//! concurrency-limits, AIMD against a latency gradient; Envoy's adaptive concurrency filter
+//! samples the minimum against the current one the same way). Several replicas sharing an agent each see the latency
 //! all of them cause, so together they settle where it stays at target.
 //!
-//! Under sustained saturation the least answer time is itself a queued one, so the baseline
-//! can rise window after window; `max_target` bounds where that ends (answers within a quarter
-//! of the deadline), and the first quiet moment brings it back down.
+//! Under sustained saturation every answer has queued behind others, so the least answer time
+//! would rise window after window. So a saturated agent is probed every 5 s (±20 %), as Envoy's
+//! filter does: its limit drops to the minimum until the calls in flight have drained and two
+//! more have answered, and their least answer time is the new baseline. Another replica's calls
+//! still queue in the agent meanwhile; `max_target` bounds where that can lead (answers within a
+//! quarter of the deadline).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
@@ -47,6 +50,10 @@ pub struct LimitConfig {
     /// The target never exceeds this. Default 20 ms (the proxy sets a quarter of
     /// `--rpc-timeout`).
     pub max_target: Duration,
+    /// How often a saturated agent is probed for its latency without queueing: its limit drops
+    /// to `min` until the calls in flight have drained and two more have answered. Default 5 s
+    /// (±20 %).
+    pub probe_every: Duration,
 }
 
 impl Default for LimitConfig {
@@ -61,6 +68,7 @@ impl Default for LimitConfig {
             tolerance: 2.0,
             slack: Duration::from_millis(2),
             max_target: Duration::from_millis(20),
+            probe_every: Duration::from_secs(5),
         }
     }
 }
@@ -70,6 +78,8 @@ impl Default for LimitConfig {
 #[derive(Debug)]
 pub(crate) struct ConcurrencyLimit {
     slots: AtomicU32,
+    /// The limit's integer part, probe or not.
+    limit_floor: AtomicU32,
     /// Whether the calls in flight reached the limit since the last window ended.
     reached: AtomicBool,
     config: LimitConfig,
@@ -88,6 +98,18 @@ struct State {
     bucket_start_ns: u64,
     /// When the last decrease after a timeout happened (one per window).
     last_cut_ns: u64,
+    /// A probe for the latency without queueing, while it runs.
+    probe: Option<Probe>,
+    next_probe_ns: u64,
+}
+
+/// A probe: the limit held at its minimum until `needed` answers came (the calls that were in
+/// flight, then two at the minimum); their least answer time is the new baseline.
+#[derive(Debug)]
+struct Probe {
+    needed: u32,
+    answers: u32,
+    least: f64,
 }
 
 impl ConcurrencyLimit {
@@ -95,6 +117,7 @@ impl ConcurrencyLimit {
         let initial = config.initial.clamp(config.min.max(1), config.max.max(1));
         Self {
             slots: AtomicU32::new(initial),
+            limit_floor: AtomicU32::new(initial),
             reached: AtomicBool::new(false),
             config,
             state: Mutex::new(State {
@@ -106,6 +129,8 @@ impl ConcurrencyLimit {
                 min_before: f64::INFINITY,
                 bucket_start_ns: now_ns,
                 last_cut_ns: 0,
+                probe: None,
+                next_probe_ns: now_ns + jittered(config.probe_every, now_ns),
             }),
         }
     }
@@ -114,6 +139,13 @@ impl ConcurrencyLimit {
     #[inline]
     pub(crate) fn slots(&self) -> u32 {
         self.slots.load(Relaxed)
+    }
+
+    /// Calls in flight allowed by the limit itself, even while a probe holds `slots()` at the
+    /// minimum (an UpdateRequest has no other agent to go to, and a probe must not hold it).
+    #[inline]
+    pub(crate) fn limit_slots(&self) -> u32 {
+        self.limit_floor.load(Relaxed)
     }
 
     /// A call started with `in_flight` calls (itself included) on the agent.
@@ -127,6 +159,10 @@ impl ConcurrencyLimit {
     /// An answer after `rtt_ns`, at `now_ns`.
     pub(crate) fn answered(&self, rtt_ns: f64, now_ns: u64) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.probe.is_some() {
+            self.probed(&mut s, rtt_ns, now_ns);
+            return;
+        }
         s.count += 1;
         s.sum_ns += rtt_ns;
         let half = self.config.baseline_window.as_nanos() as u64 / 2;
@@ -144,6 +180,18 @@ impl ConcurrencyLimit {
         let mean = s.sum_ns / f64::from(s.count);
         let target = self.target(s.min_now.min(s.min_before));
         let reached = self.reached.swap(false, Relaxed);
+        if reached && now_ns >= s.next_probe_ns {
+            // Saturated for long enough that every recent answer may have queued.
+            s.probe = Some(Probe {
+                needed: self.slots() + 2,
+                answers: 0,
+                least: f64::INFINITY,
+            });
+            self.slots.store(self.config.min.max(1), Relaxed);
+            s.count = 0;
+            s.sum_ns = 0.0;
+            return;
+        }
         if mean > target {
             s.limit *= 0.8;
         } else if reached {
@@ -153,6 +201,23 @@ impl ConcurrencyLimit {
         s.window_start_ns = now_ns;
         s.count = 0;
         s.sum_ns = 0.0;
+    }
+
+    /// An answer while probing; the last one needed ends the probe.
+    fn probed(&self, s: &mut State, rtt_ns: f64, now_ns: u64) {
+        let Some(p) = s.probe.as_mut() else { return };
+        p.answers += 1;
+        p.least = p.least.min(rtt_ns);
+        if p.answers < p.needed {
+            return;
+        }
+        let least = p.least;
+        s.probe = None;
+        (s.min_now, s.min_before, s.bucket_start_ns) = (least, least, now_ns);
+        s.next_probe_ns = now_ns + jittered(self.config.probe_every, now_ns);
+        s.window_start_ns = now_ns;
+        self.reached.store(false, Relaxed);
+        self.set(s);
     }
 
     /// A call that got no answer within its deadline: the agent is far behind. Halves the
@@ -195,6 +260,12 @@ impl ConcurrencyLimit {
         };
         (s.limit, target)
     }
+}
+
+/// `every` ±20 %, drawn from the clock (agents probe at different moments).
+fn jittered(every: Duration, now_ns: u64) -> u64 {
+    let frac = (now_ns.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    (every.as_nanos() as f64 * (0.8 + 0.4 * frac)) as u64
 }
 
 #[cfg(test)]
@@ -286,8 +357,23 @@ mod tests {
     }
 
     #[test]
-    fn the_target_is_capped_so_a_standing_queue_cannot_raise_it_forever() {
+    fn probes_keep_the_target_at_the_latency_without_queueing_under_sustained_saturation() {
         let limit = ConcurrencyLimit::new(LimitConfig::default(), 0);
+        // 60 s saturated with one worker of 5 ms: without probes every answer after the first
+        // seconds has queued, and the target would climb to its cap.
+        saturate(&limit, 1, 5.0, 0, 60_000);
+        let (_, target) = limit.view();
+        assert!(target <= Duration::from_millis(12), "{target:?}");
+        assert!(limit.slots() <= 3, "{} slots", limit.slots());
+    }
+
+    #[test]
+    fn the_target_is_capped_so_a_standing_queue_cannot_raise_it_forever() {
+        let config = LimitConfig {
+            probe_every: Duration::from_secs(3600),
+            ..LimitConfig::default()
+        };
+        let limit = ConcurrencyLimit::new(config, 0);
         // 60 s saturated with one worker of 5 ms: each baseline bucket sees only queued answers.
         saturate(&limit, 1, 5.0, 0, 60_000);
         let (_, target) = limit.view();

@@ -7,12 +7,13 @@
 //! - A call takes a slot of an agent ([`Slot`]); freeing a slot hands it to the next waiter:
 //!   first the UpdateRequests waiting for that very agent (affinity: they never move), then the
 //!   balanced calls, served fairly between flows ([`fair`]).
-//! - A call waits only while an answer can still come in time. How long depends on whether the
-//!   queue is a burst or a standing queue (CoDel's observation, as "Fail at Scale" applies it
-//!   to request queues): while it has emptied within the last 100 ms a call may wait up to
-//!   `--queue-timeout` (20 ms); once it has stood for 100 ms, only as long as two slots take
-//!   to free (at least 10 ms), and the queue holds only what drains in half that, so served
-//!   calls stay fast and the rest fail open at once.
+//! - A call waits only while an answer can still come in time, and how long depends on whether
+//!   the queue is a burst or a standing queue (CoDel's test, as "Fail at Scale" applies it to
+//!   request queues): a burst queue lets a call wait up to `--queue-timeout` (20 ms); once every
+//!   call served for 100 ms waited more than 5 ms the queue stands, and a call waits only as long
+//!   as two slots take to free (at least 4 ms) in a queue that holds what drains in half that,
+//!   so served calls stay fast and the rest fail open at once. A queue empty for 100 ms is a
+//!   burst queue again.
 //! - A call that would wait longer than the queue drains in that time is shed on arrival with
 //!   an error frame (the module fails open in a millisecond); when there is no room, the call
 //!   shed is the newest of the flow with the most waiting, never one of a lighter flow.
@@ -39,11 +40,15 @@ use crate::metrics as m;
 pub(crate) struct QueueConfig {
     /// Longest wait while the queue is a burst (`--queue-timeout`, default 20 ms).
     pub(crate) burst_wait: Duration,
-    /// Least wait once the queue stands (default 10 ms: CoDel's 5 ms target sojourn, twice over,
-    /// as a call admitted to a standing queue waits about half of it).
+    /// Least wait once the queue stands (default 4 ms: a call shed from a standing queue is
+    /// still answered within CoDel's 5 ms target).
     pub(crate) standing_wait: Duration,
-    /// How long the queue must stay non-empty to count as standing (default 100 ms).
+    /// CoDel's interval: the queue turns standing when no call served in one interval waited
+    /// less than `target`, and turns back into a burst queue after one interval empty
+    /// (default 100 ms).
     pub(crate) interval: Duration,
+    /// CoDel's target sojourn (default 5 ms).
+    pub(crate) target: Duration,
     /// What an agent's answer may take once the call has its slot: a call waits only until its
     /// deadline less this (default 20 ms, a quarter of `--rpc-timeout`: the cap of every
     /// agent's learned latency target).
@@ -54,8 +59,9 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             burst_wait: Duration::from_millis(20),
-            standing_wait: Duration::from_millis(10),
+            standing_wait: Duration::from_millis(4),
             interval: Duration::from_millis(100),
+            target: Duration::from_millis(5),
             answer_budget: Duration::from_millis(20),
         }
     }
@@ -136,8 +142,15 @@ struct State {
     fair: FairQueue<Waiter>,
     pinned: Pinned,
     pinned_len: usize,
-    /// Since when the queue has had waiters (`None`: empty).
-    nonempty_since: Option<Instant>,
+    /// Whether the queue stands (see [`QueueConfig::interval`]).
+    standing: bool,
+    /// The current interval: when it began, and the least wait of a call served in it.
+    interval_start: Option<Instant>,
+    least_sojourn: Option<Duration>,
+    /// When the queue last had waiters.
+    last_nonempty: Option<Instant>,
+    /// When a call was last shed (on arrival, evicted or expired).
+    last_shed: Option<Instant>,
     /// The rate slots are freed at, measured: what the queue drains at while it has waiters.
     drain_rate: DrainRate,
     flows: flows::FlowStats,
@@ -248,7 +261,7 @@ impl OverloadQueue {
             let mut st = self.lock();
             self.queued.fetch_add(1, Ordering::SeqCst);
             let waiting = st.pinned.get(&key).is_some_and(|q| !q.is_empty());
-            if !waiting && agent.has_free_slot() {
+            if !waiting && agent.has_free_slot_for_pinned() {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 return Ok(self.slot(agent.start()));
             }
@@ -265,7 +278,7 @@ impl OverloadQueue {
                 .or_default()
                 .push_back((id, Waiter { tx, queued_at: now }));
             st.pinned_len += 1;
-            st.nonempty_since.get_or_insert(now);
+            st.last_nonempty = Some(now);
             self.waiting_changed(&st);
             (rx, id, expires)
         };
@@ -290,9 +303,7 @@ impl OverloadQueue {
             .update(now, self.releases.load(Ordering::Relaxed));
         let (estimated, slots) = snapshot.capacity();
         let throughput = measured.max(estimated).max(1.0);
-        let standing = st
-            .nonempty_since
-            .is_some_and(|since| now.duration_since(since) >= self.config.interval);
+        let standing = self.standing(st, now);
         let wait = if standing {
             self.config
                 .standing_wait
@@ -305,22 +316,22 @@ impl OverloadQueue {
         if expires <= now {
             return Err(Shed::Expired);
         }
-        // A standing queue holds what drains in half the wait: a call admitted last is still
-        // served in time when the (measured) rate is off by two. A burst may hold what drains in
-        // the whole wait, and at least every agent's slots twice over: the estimate of a queue
-        // that just began is low, and shedding on it would fail open calls the agents were
-        // about to serve; expiry is the backstop.
-        let room = if standing {
-            (throughput * wait.as_secs_f64() / 2.0).floor() as usize
-        } else {
-            ((throughput * wait.as_secs_f64()).floor() as usize).max(2 * slots as usize)
-        };
+        // The queue holds what drains in half the wait: a call admitted last is still served
+        // in time when the rate is off by two. A burst queue holds at least every agent's
+        // slots twice over: the estimate of a queue that just began can be far too low, and
+        // shedding on it would fail open calls the agents were about to serve; expiry is the
+        // backstop.
+        let mut room = (throughput * wait.as_secs_f64() / 2.0).floor() as usize;
+        if !standing {
+            room = room.max(2 * slots as usize);
+        }
         let shard = st.fair.shard_for(flow);
         let mine = st.fair.shard_len(shard);
         if mine > 0 && st.fair.len() >= room {
             match st.fair.heaviest_but(flow) {
                 Some(h) if st.fair.shard_len(h) > mine + 1 => {
                     if let Some((_, w)) = st.fair.pop_newest(h) {
+                        st.last_shed = Some(now);
                         self.queued.fetch_sub(1, Ordering::SeqCst);
                         let _ = w.tx.send(Err(Shed::Evicted));
                     }
@@ -331,9 +342,38 @@ impl OverloadQueue {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         st.fair.push(shard, id, Waiter { tx, queued_at: now });
-        st.nonempty_since.get_or_insert(now);
+        st.last_nonempty = Some(now);
         self.waiting_changed(st);
         Ok((rx, shard, id, expires))
+    }
+
+    /// Whether the queue stands now: a call was shed within the last interval (the pool is
+    /// overloaded), or CoDel's test on the waits of the calls served: every call served in an
+    /// interval waited more than the target. It turns back after an interval with nothing
+    /// waiting and nothing shed.
+    fn standing(&self, st: &mut State, now: Instant) -> bool {
+        let interval = self.config.interval;
+        if st
+            .last_shed
+            .is_some_and(|t| now.duration_since(t) < interval)
+        {
+            return true;
+        }
+        if st.standing
+            && st.fair.len() + st.pinned_len == 0
+            && st.last_nonempty.is_none_or(|t| now.duration_since(t) >= interval)
+        {
+            st.standing = false;
+        }
+        let start = *st.interval_start.get_or_insert(now);
+        if now.duration_since(start) >= interval {
+            if st.least_sojourn.is_some_and(|least| least > self.config.target) {
+                st.standing = true;
+            }
+            st.interval_start = Some(now);
+            st.least_sojourn = None;
+        }
+        st.standing
     }
 
     /// The last moment a call with `deadline` may still start on an agent.
@@ -382,10 +422,10 @@ impl OverloadQueue {
     fn dispatch(self: &Arc<Self>, st: &mut State, snapshot: &Snapshot, freed: &Arc<Agent>) {
         let key = Arc::as_ptr(freed) as usize;
         loop {
-            if freed.has_free_slot()
+            if freed.has_free_slot_for_pinned()
                 && let Some(w) = pop_pinned(st, key)
             {
-                self.grant(w, freed);
+                self.grant(st, w, freed, false);
                 continue;
             }
             if st.fair.len() == 0 {
@@ -399,10 +439,10 @@ impl OverloadQueue {
                 break;
             };
             let Some((_, w)) = st.fair.pop() else { break };
-            self.grant(w, &to);
+            self.grant(st, w, &to, true);
         }
-        if st.fair.len() == 0 && st.pinned_len == 0 {
-            st.nonempty_since = None;
+        if st.fair.len() + st.pinned_len > 0 {
+            st.last_nonempty = Some(Instant::now());
         }
         self.queued
             .store(st.fair.len() + st.pinned_len, Ordering::SeqCst);
@@ -410,8 +450,13 @@ impl OverloadQueue {
     }
 
     /// Gives `w` a slot on `to`; a waiter that stopped waiting meanwhile gives it back.
-    fn grant(self: &Arc<Self>, w: Waiter, to: &Arc<Agent>) {
-        m::queue_wait(w.queued_at.elapsed());
+    fn grant(self: &Arc<Self>, st: &mut State, w: Waiter, to: &Arc<Agent>, balanced: bool) {
+        let waited = w.queued_at.elapsed();
+        m::queue_wait(waited);
+        if balanced {
+            // UpdateRequests go first, so their short waits say nothing of the queue's.
+            st.least_sojourn = Some(st.least_sojourn.map_or(waited, |l| l.min(waited)));
+        }
         if w.tx.is_closed() {
             return;
         }
@@ -495,10 +540,9 @@ impl Drop for Waiting<'_> {
             }
         };
         if removed {
+            // It stopped waiting without a slot: expired (or its connection went away).
+            st.last_shed = Some(Instant::now());
             self.queue.queued.fetch_sub(1, Ordering::SeqCst);
-            if st.fair.len() == 0 && st.pinned_len == 0 {
-                st.nonempty_since = None;
-            }
             self.queue.waiting_changed(&st);
         }
     }

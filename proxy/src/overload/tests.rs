@@ -105,7 +105,7 @@ async fn a_call_waits_no_longer_than_the_queue_timeout() {
 #[tokio::test(start_paused = true)]
 async fn with_no_room_the_arrival_is_shed_at_once() {
     let pool = pool(1);
-    // A burst's room: what drains in the wait, 200 calls/s (1 slot, 5 ms) × 20 ms = 4, a few
+    // The room: what drains in half the wait, 200 calls/s (1 slot, 5 ms) × 10 ms = 2, a few
     // more as the agent's latency estimate decays in real time while the test runs.
     let q = queue(&pool, 20);
     let _held = q
@@ -124,12 +124,12 @@ async fn with_no_room_the_arrival_is_shed_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_light_flow_is_served_before_the_rest_of_a_flood() {
     let pool = pool(1);
-    let q = queue(&pool, 20);
+    let q = queue(&pool, 40);
     let mut held = q
         .balanced(&pool.snapshot(), &flow(1), deadline())
         .await
         .unwrap();
-    // Four: what the burst's room holds (200 calls/s × 20 ms), two in each of the flood's queues.
+    // Four: what the room holds (200 calls/s × half of 40 ms), two in each of the flood's queues.
     let mut flood: Vec<_> = (0..4).map(|_| waiting(&q, &pool, flow(1))).collect();
     settle().await;
     // Two freed slots serve the flood's two queues once each: both stay busy.
@@ -157,7 +157,7 @@ async fn a_light_flow_is_served_before_the_rest_of_a_flood() {
 #[tokio::test(start_paused = true)]
 async fn a_flood_loses_its_newest_call_to_a_lighter_flow() {
     let pool = pool(1);
-    // Room 10 (200 calls/s × 50 ms), a few more as the latency estimate decays in real time:
+    // Room 5 (200 calls/s × half of 50 ms), a few more as the latency estimate decays in real time:
     // the flood queues until it finds none.
     let q = queue(&pool, 50);
     let _held = q
@@ -237,24 +237,23 @@ async fn with_no_agent_taking_work_the_call_is_refused_not_queued() {
 async fn a_standing_queue_shortens_the_wait() {
     let pool = pool(1);
     let q = queue(&pool, 20);
-    let _held = q
+    let mut held = q
         .balanced(&pool.snapshot(), &flow(1), deadline())
         .await
         .unwrap();
-    // Keep one call waiting for over 100 ms: each expires after 20 ms, the next takes its place
-    // before the queue ever empties.
-    let mut keep = waiting(&q, &pool, flow(1));
-    settle().await;
-    for _ in 0..6 {
-        tokio::time::advance(Duration::from_millis(19)).await;
+    // For 120 ms every call served waited 6 ms, over CoDel's 5 ms target.
+    for _ in 0..20 {
         let next = waiting(&q, &pool, flow(1));
         settle().await;
-        drop(std::mem::replace(&mut keep, next));
+        tokio::time::advance(Duration::from_millis(6)).await;
+        held.finish(agent_pool::Outcome::Success);
+        settle().await;
+        held = next.await.unwrap().unwrap();
     }
-    settle().await;
     let started = Instant::now();
     let r = q.balanced(&pool.snapshot(), &flow(2), deadline()).await;
     assert_eq!(r.unwrap_err(), Refused::Shed(Shed::Expired));
-    // The floor, 10 ms (2 ÷ 200 calls/s is as much), against the burst's 20 ms.
+    // Two slots' worth at 200 calls/s, 10 ms (above the 4 ms floor), against the burst's 20 ms.
     assert_eq!(started.elapsed(), Duration::from_millis(10));
+    drop(held);
 }
