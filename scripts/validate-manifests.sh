@@ -49,6 +49,7 @@ COMPOSED=("busy-poll simulated busy-poll"
           "netpol-microk8s simulated apiserver-port nodelocal-dns"
           "monitoring-component production monitoring"
           "ipv4-only production ipv4-only"
+          "ipv4-only-node-local node-local ipv4-only"
           "node-local-socket node-local node-local-socket")
 
 declare -a TIMINGS=()
