@@ -41,7 +41,7 @@ NOT_OURS = {
     ("loadtest/README.md", "gracePeriodSeconds: 0"),  # a delete option
 }
 # The manifests rendered for the value check: every overlay, and every component on production.
-COMPONENT_BASE = {"node-local-socket": "node-local"}
+COMPONENT_BASE = {"node-local-socket": "node-local", "kube-prometheus-stack": "monitoring"}
 
 
 def quantity(text):
