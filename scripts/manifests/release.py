@@ -9,7 +9,8 @@ Usage: scripts/manifests/release.py OUT_DIR
    release and `<version>-git.<commit>` otherwise.
 2. The upgrade path, twice in a row, as manifests/README.md tells it: a site overlay written by
    scripts/manifests/site_overlay.py with one registry and tag renders those images; a second
-   run with another registry and tag renders the new ones only, and the proxy's pod template
+   run with another registry and tag renders the new ones only (and keeps the first run's agent
+   tag and digest), and the proxy's pod template
    changes (so `kubectl apply` rolls it); the site's own kustomization.yaml is left as it was;
    no tracked file changes.
 """
@@ -73,10 +74,12 @@ def upgrade_twice(out, problems):
     tracked = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "manifests"],
                              capture_output=True, text=True).stdout
     previous = None
+    agent = "4.99.0@sha256:" + "3" * 64
     for n, (registry, tag) in enumerate([("registry-a.example/platform", "0.0.1-git.aaaaaaaaaaaa"),
                                          ("registry-b.example/team", "0.0.2-git.bbbbbbbbbbbb")], 1):
+        pin = ["--agent", agent] if n == 1 else []  # the second run keeps the first's pin
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "manifests", "site_overlay.py"),
-                        site, "--registry", registry, "--tag", tag], check=True, capture_output=True)
+                        site, "--registry", registry, "--tag", tag, *pin], check=True, capture_output=True)
         if n == 1:
             with open(os.path.join(site, "kustomization.yaml"), "a") as f:
                 f.write("# the site's own line\n")
@@ -85,6 +88,8 @@ def upgrade_twice(out, problems):
         want = f"{registry}/sigsci-proxy:{tag}"
         if want not in images:
             problems.append(f"upgrade run {n}: {want} not rendered ({sorted(images)})")
+        if f"signalsciences/sigsci-agent:{agent}" not in images:
+            problems.append(f"upgrade run {n}: the site's agent pin {agent} not rendered ({sorted(images)})")
         stale = [i for i in images if i.split("/")[-1].startswith(OURS) and i != want]
         if stale:
             problems.append(f"upgrade run {n}: other images of ours rendered: {stale}")

@@ -145,7 +145,7 @@ fn image(agent: &Value, report: &mut Report) {
         report.fail(
             "agent-image",
             format!("the agent image is the placeholder digest ({})", images.join(", ")),
-            "pin the real digest: python3 scripts/manifests/pin_agent_image.py TAG DIGEST (manifests/README.md, step 1), then apply",
+            "pin the real digest in your site overlay: scripts/manifests/site_overlay.py SITE --tag TAG --agent AGENT_TAG@DIGEST (manifests/README.md, step 1), then apply",
         );
     } else {
         report.ok("agent-image", format!("agent image {}", images.join(", ")));
