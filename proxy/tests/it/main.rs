@@ -7,6 +7,7 @@
 
 mod support;
 
+mod check;
 mod cli;
 mod close;
 mod codec_golden;
