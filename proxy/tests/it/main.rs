@@ -8,6 +8,7 @@
 mod support;
 
 mod accept;
+mod check;
 mod cli;
 mod close;
 mod codec_golden;
