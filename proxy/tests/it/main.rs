@@ -7,6 +7,7 @@
 
 mod support;
 
+mod accept;
 mod check;
 mod cli;
 mod close;
