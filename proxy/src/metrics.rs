@@ -249,7 +249,7 @@ pub(crate) enum RpcOutcome {
 
 impl RpcOutcome {
     /// Every outcome, registered at 0 for every method at start-up.
-    const ALL: [RpcOutcome; 13] = [
+    const ALL: [RpcOutcome; 14] = [
         Self::Ok,
         Self::AgentError,
         Self::Lost,
@@ -263,6 +263,7 @@ impl RpcOutcome {
         Self::UpstreamBroken,
         Self::UpstreamProtocol,
         Self::Timeout,
+        Self::Shed,
     ];
 
     fn label(self) -> &'static str {
