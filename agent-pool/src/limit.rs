@@ -28,9 +28,11 @@ use std::time::Duration;
 /// How the per-agent concurrency limit learns. Every field has a default.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LimitConfig {
-    /// The limit of an agent with no sample yet. Default 16: a new agent's (or a new proxy's)
-    /// first burst is served as before the limit existed; an agent that cannot take it has the
-    /// limit halved at its first timeout and cut by a fifth every 100 ms it stays above target.
+    /// The limit of an agent with no sample yet. Default 8: a pool overloaded from a proxy's
+    /// first call queues little more than its deadline's worth in a slow agent (16 cost the first
+    /// second 38 timed-out calls at 2x of a 200 RPC/s pool), and a burst of concurrent calls
+    /// to a fresh agent mostly fits; the limit grows by a tenth a window while it is reached
+    /// and the agent answers at target.
     pub initial: u32,
     /// The least limit. Default 1.
     pub min: u32,
@@ -59,7 +61,7 @@ pub struct LimitConfig {
 impl Default for LimitConfig {
     fn default() -> Self {
         Self {
-            initial: 16,
+            initial: 8,
             min: 1,
             max: 1000,
             window: Duration::from_millis(100),
@@ -337,7 +339,7 @@ mod tests {
         }
         assert_eq!(
             limit.slots(),
-            16,
+            8,
             "never reached: no growth, fast: no decrease"
         );
     }

@@ -304,13 +304,19 @@ impl OverloadQueue {
         let (estimated, slots) = snapshot.capacity();
         let throughput = measured.max(estimated).max(1.0);
         let standing = self.standing(st, now);
-        let wait = if standing {
+        // In a standing queue a flow that was shed lately (sending more than its share) waits
+        // only the floor, so its calls that fail open do so within CoDel's target; a light flow
+        // waits for as long as two slots take to free, which its calls need to be served ahead
+        // of the flood in a slow pool.
+        let wait = if !standing {
+            self.config.burst_wait
+        } else if st.flows.recently_shed(flow) {
+            self.config.standing_wait.min(self.config.burst_wait)
+        } else {
             self.config
                 .standing_wait
                 .max(Duration::from_secs_f64(2.0 / throughput))
                 .min(self.config.burst_wait)
-        } else {
-            self.config.burst_wait
         };
         let expires = (now + wait).min(self.latest_start(deadline, now));
         if expires <= now {
@@ -361,13 +367,18 @@ impl OverloadQueue {
         }
         if st.standing
             && st.fair.len() + st.pinned_len == 0
-            && st.last_nonempty.is_none_or(|t| now.duration_since(t) >= interval)
+            && st
+                .last_nonempty
+                .is_none_or(|t| now.duration_since(t) >= interval)
         {
             st.standing = false;
         }
         let start = *st.interval_start.get_or_insert(now);
         if now.duration_since(start) >= interval {
-            if st.least_sojourn.is_some_and(|least| least > self.config.target) {
+            if st
+                .least_sojourn
+                .is_some_and(|least| least > self.config.target)
+            {
                 st.standing = true;
             }
             st.interval_start = Some(now);

@@ -55,6 +55,14 @@ impl FlowStats {
         counts.shed += u64::from(shed);
     }
 
+    /// Whether a call of `flow` was shed on arrival in the last 10-20 s: a flow sending more
+    /// than its share.
+    pub(crate) fn recently_shed(&self, flow: &Flow) -> bool {
+        [&self.now, &self.before]
+            .iter()
+            .any(|w| w.get(flow).is_some_and(|c| c.shed > 0))
+    }
+
     fn roll(&mut self, at: Instant) {
         let started = *self.started.get_or_insert(at);
         if at.saturating_duration_since(started) >= WINDOW {
