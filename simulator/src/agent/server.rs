@@ -2,8 +2,7 @@
 //! connection reading pipelined frames, one task per request (so answers may leave out of order,
 //! as from Go's net/rpc server), and a writer task that sends each answer in one `write_all`.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::cpu::Cpu;
 use super::inspect::{Inspected, Update};
 use super::stats::Counters;
 use super::{AgentConfig, AgentStats, Faults};
@@ -41,8 +41,8 @@ pub(crate) struct Shared {
     /// Requests left before the crash fault fires; negative = off.
     exit_after: AtomicI64,
     contexts: Mutex<Contexts>,
-    /// When each worker slot is next free.
-    slots: Mutex<BinaryHeap<Reverse<Instant>>>,
+    /// Worker slots or shared processors.
+    cpu: Cpu,
     /// Graceful stop: no new connections or requests, in-flight ones finish.
     pub(crate) stop: CancellationToken,
     /// Hard stop: every connection dropped at once.
@@ -73,8 +73,9 @@ impl Shared {
             .collect();
         let now = Instant::now();
         let exit_after = faults.borrow().exit_after.map_or(-1, |n| n as i64);
+        let crash = CancellationToken::new();
         Shared {
-            slots: Mutex::new((0..cfg.workers).map(|_| Reverse(now)).collect()),
+            cpu: Cpu::new(cfg.shape, cfg.workers, &crash),
             cfg,
             patterns,
             counters: Counters::default(),
@@ -82,7 +83,7 @@ impl Shared {
             exit_after: AtomicI64::new(exit_after),
             contexts: Mutex::default(),
             stop: CancellationToken::new(),
-            crash: CancellationToken::new(),
+            crash,
             shutdown_requested: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: now,
@@ -131,24 +132,11 @@ impl Shared {
         self.counters.pending.store(c.pending.len() as u64, Relaxed);
     }
 
-    /// Waits for a worker slot and the service time (scaled by `slow`) plus any delay fault.
-    ///
-    /// Capacity is modelled on a virtual timetable of slots, so throughput is exact even for
-    /// service times below the timer's 1 ms resolution; waits under 1 ms are not slept.
+    /// Waits for the service time (scaled by `slow`) on the agent's CPU, plus any delay fault.
     async fn serve_time(&self, service: Duration) {
         let faults = self.faults();
         let service = service.mul_f64(faults.slow);
-        let now = Instant::now();
-        let done = {
-            let mut slots = self.slots.lock().expect("not poisoned");
-            let mut free = slots.peek_mut().expect("at least one worker");
-            let start = free.0.max(now);
-            free.0 = start + service;
-            free.0
-        } + faults.delay;
-        if done > now + Duration::from_millis(1) {
-            tokio::time::sleep_until(done).await;
-        }
+        self.cpu.work(service, faults.delay).await;
         // Counted once served: a backlog shows as busy while it drains, as a real agent's CPU.
         self.counters
             .busy_us
