@@ -253,7 +253,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             None => report
                 .agents
                 .iter()
-                .map(|a| a.stats.as_ref().map_or(0, |s| s.responses))
+                .map(|a| a.stats.as_ref().map_or(0, |s| s.responses_timely))
                 .collect(),
         };
         let (mut steps, marks) = timeline.finish().await;

@@ -45,9 +45,9 @@ pub struct AgentShare {
     pub capacity_rpc_s: f64,
     /// Its share of the pool's capacity.
     pub capacity_share: f64,
-    /// Calls it answered in the window (all methods).
+    /// Calls it answered in time (within 80 ms of their arrival) in the window, all methods.
     pub served: u64,
-    /// Its share of the calls the agents answered.
+    /// Its share of the calls the agents answered in time.
     pub served_share: f64,
 }
 
@@ -64,12 +64,13 @@ pub struct FlowInspected {
     pub inspected_fraction: f64,
 }
 
-/// Calls answered (`responses`) by each agent now; `None` where `/stats` could not be read.
+/// Calls each agent answered in time (`responses_timely`: within 80 ms) so far; `None` where
+/// `/stats` could not be read.
 pub(crate) async fn read_served(admins: &[SocketAddr]) -> Vec<Option<u64>> {
     let reads = admins.iter().map(|a| async move {
         let body = crate::http::get(*a, "/stats").await.ok()?;
         let s: crate::agent::AgentStats = serde_json::from_slice(&body).ok()?;
-        Some(s.responses)
+        Some(s.responses_timely)
     });
     futures::future::join_all(reads).await
 }

@@ -31,6 +31,10 @@ pub const SERVICE_TIME_HEADER: &str = "X-Sim-Service-Time-Us";
 /// The request header that carries [`AgentConfig::answer_padding`] in PreRequest answers.
 pub const PADDING_HEADER: &str = "X-Sim-Padding";
 
+/// An answer sent within this of its request's arrival is counted as timely: the proxy's
+/// default agent deadline.
+const TIMELY: Duration = Duration::from_millis(80);
+
 /// State shared by every task of one simulator.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -420,6 +424,7 @@ async fn connection(stream: Stream, shared: std::sync::Arc<Shared>) {
                     let tx = tx.clone();
                     let service = service_time_override(&frame)
                         .unwrap_or_else(|| shared.cfg.service_time.sample());
+                    let arrived = Instant::now();
                     shared.tracker.spawn(async move {
                         let work = async {
                             shared2.serve_time(service).await;
@@ -431,6 +436,9 @@ async fn connection(stream: Stream, shared: std::sync::Arc<Shared>) {
                             let answer = shared2.answer(msgid, method, params);
                             if tx.send(answer).await.is_ok() {
                                 shared2.counters.responses.fetch_add(1, Relaxed);
+                                if arrived.elapsed() <= TIMELY {
+                                    shared2.counters.responses_timely.fetch_add(1, Relaxed);
+                                }
                             }
                         };
                         tokio::select! {
