@@ -288,9 +288,14 @@ impl Ctx {
         let msgid = self.next_msgid();
         let (pre, upd) = path.clients(replica);
         let client = if update { upd } else { pre };
+        let started = Instant::now();
         let r = client
             .call(msgid, frame_of(msgid), self.args.timeout, Some(seq))
             .await;
+        let failed = r.is_err();
+        self.rec
+            .inspection
+            .record(method, started.elapsed(), failed);
         if let Err(e) = &r {
             tracing::debug!(method, kind = ?e.kind, detail = %e.detail, "Call failed");
         }

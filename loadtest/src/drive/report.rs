@@ -22,7 +22,7 @@ pub(crate) struct Recorder {
     timeline: Mutex<Vec<Bucket>>,
     /// How far behind its scheduled instant each transaction started (open loop).
     lateness: Mutex<Histogram<u64>>,
-    /// Failed calls' and inspected PreRequests' latency.
+    /// Failed calls' and inspected PreRequests' latency from the call's own start.
     pub(crate) inspection: super::inspection::InspectionRecorder,
 }
 
@@ -104,7 +104,6 @@ impl Recorder {
         let us = (latency.as_micros() as u64).max(1);
         m.hist.saturating_record(us);
         drop(map);
-        self.inspection.record(method, latency, error.is_some());
         if let Some(start) = self.start.get() {
             let i = (start.elapsed().as_nanos() / BUCKET.as_nanos()) as usize;
             let mut t = self.timeline.lock().expect("not poisoned");
