@@ -2,7 +2,7 @@
 # The example Node app (loadtest/node): a small HTTP server wrapped by the real npm package
 # sigsci-module-nodejs, whose RPC address comes from SIGSCI_RPC_HOST / SIGSCI_RPC_PORT.
 # Build from the repository root:
-#   docker build -f docker/example-app.Dockerfile -t sigsci-example-app:0.1.0 .
+#   docker build -f docker/example-app.Dockerfile -t sigsci-example-app:$TAG .
 # Multi-platform and pushed: as in docker/proxy.Dockerfile, with this file and name.
 # Node 22, an LTS release (maintained until April 2027), in both stages.
 FROM node:22-bookworm-slim AS build
@@ -14,7 +14,7 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 COPY loadtest/node/*.js ./
 
 FROM gcr.io/distroless/nodejs22-debian12:nonroot
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="sigsci-example-app" \
       org.opencontainers.image.description="Example Node app wrapped by sigsci-module-nodejs, its RPCs sent to sigsci-proxy" \

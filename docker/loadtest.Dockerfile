@@ -2,7 +2,7 @@
 # The loadtest image: the module emulator (`loadtest drive ...`, manifests/overlays/loadtest)
 # and the agent simulator (`loadtest agent ...`, used by manifests/overlays/simulated in place
 # of sigsci-agent). Build from the repository root:
-#   docker build -f docker/loadtest.Dockerfile -t sigsci-loadtest:0.1.0 .
+#   docker build -f docker/loadtest.Dockerfile -t sigsci-loadtest:$TAG .
 # Multi-platform and pushed: as in docker/proxy.Dockerfile, with this file and name.
 FROM rust:1.95.0-bookworm AS build
 ARG TARGETPLATFORM
@@ -15,7 +15,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     && install -D -m 0755 target/release/loadtest /out/loadtest
 
 FROM gcr.io/distroless/cc-debian12:nonroot
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="sigsci-loadtest" \
       org.opencontainers.image.description="Signal Sciences module emulator and agent simulator, for testing sigsci-proxy" \

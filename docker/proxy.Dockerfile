@@ -1,10 +1,11 @@
 # syntax=docker/dockerfile:1
-# The sigsci-proxy image. Build from the repository root, for one platform:
-#   docker build -f docker/proxy.Dockerfile -t sigsci-proxy:0.1.0 .
+# The sigsci-proxy image. Build from the repository root (TAG=$(scripts/image-tag): the
+# release's version, or version-git.<commit> between releases), for one platform:
+#   docker build -f docker/proxy.Dockerfile --build-arg VERSION="$TAG" -t sigsci-proxy:$TAG .
 # or for amd64 and arm64 at once, pushed to your registry (manifests/README.md, step 1):
 #   docker buildx build --platform linux/amd64,linux/arm64 -f docker/proxy.Dockerfile \
-#     --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" \
-#     -t "$REGISTRY/sigsci-proxy:0.1.0" --push .
+#     --build-arg VERSION="$TAG" --build-arg REVISION="$(git rev-parse HEAD)" \
+#     -t "$REGISTRY/sigsci-proxy:$TAG" --push .
 #
 # Builder: the workspace's toolchain (rust-version 1.95 in Cargo.toml), pinned by tag; append
 # @sha256:<digest> to both FROM lines for byte-reproducible builds. Each platform builds
@@ -28,7 +29,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     && install -D -m 0755 target/release/sigsci-proxy /out/sigsci-proxy
 
 FROM gcr.io/distroless/cc-debian12:nonroot
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="sigsci-proxy" \
       org.opencontainers.image.description="MessagePack-RPC proxy that balances Signal Sciences modules' RPCs over a pool of sigsci-agent pods" \

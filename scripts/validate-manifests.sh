@@ -24,7 +24,12 @@
 #    ::/0 beside every 0.0.0.0/0, the node-local DaemonSet.
 # 6. Digest pinning (scripts/manifests/pin_agent_image.py) run twice in a row on a copy of
 #    manifests/: the second run's tag and digest are the ones rendered.
-# 7. promtool: `check rules` on the rendered PrometheusRule and `test rules` with
+# 7. Releases (scripts/manifests/release.py): the workspace version is the images' tag in every
+#    manifest, the Dockerfiles' default and the CHANGELOG's newest release (with upgrade notes);
+#    the documented upgrade path (a site overlay by scripts/manifests/site_overlay.py, then the
+#    next release's registry and tag) renders the new images, twice in a row, touching no
+#    tracked file.
+# 8. promtool: `check rules` on the rendered PrometheusRule and `test rules` with
 #    scripts/manifests/prometheusrule-test.yaml (promtool comes from Debian's prometheus
 #    package, installed here with apt when missing).
 #
@@ -48,7 +53,9 @@ COMPOSED=("busy-poll simulated busy-poll"
           "netpol-nodelocal-dns production nodelocal-dns"
           "netpol-microk8s simulated apiserver-port nodelocal-dns"
           "monitoring-component production monitoring"
+          "kube-prometheus-stack production monitoring kube-prometheus-stack"
           "ipv4-only production ipv4-only"
+          "ipv4-only-node-local node-local ipv4-only"
           "node-local-socket node-local node-local-socket")
 
 declare -a TIMINGS=()
@@ -217,6 +224,13 @@ D2="sha256:$(printf '2%.0s' $(seq 64))"
     && diff -r "$PIN/once" "$PIN/manifests" >/dev/null && echo "ok the same pin again changes no file"; } || rc=1
 record $rc
 done_step "digest pinning"
+
+# --- releases ----------------------------------------------------------------------------
+step "releases: one version source, the site overlay's upgrade path twice (scripts/manifests/release.py)"
+rc=0
+"$VENV/bin/python" "$ROOT/scripts/manifests/release.py" "$OUT" || rc=1
+record $rc
+done_step "releases"
 
 # --- alert rules (promtool) ------------------------------------------------------------
 # The PrometheusRule rendered with overlays/monitoring goes through `promtool check rules`.

@@ -13,7 +13,9 @@
 //!   once; otherwise it gets a `deletionTimestamp` and stays until the test removes it, as a
 //!   kubelet would after the pod's preStop hook and exit) — see [`workloads`];
 //! - `GET|POST /api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/{path}` — forwarded to the
-//!   loopback address the test mapped that pod's port to (see [`pod_proxy`]).
+//!   loopback address the test mapped that pod's port to (see [`pod_proxy`]);
+//! - any other kind the test stored as JSON, get and list, and self-subject access reviews
+//!   (see [`objects`]); `GET /version`.
 //!
 //! Anything else is logged to stderr with its query and answered 404. Every request is recorded
 //! ([`FakeApiServer::requests`]) for assertions, and scale changes and pod deletions are also
@@ -24,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod endpointslices;
+pub mod objects;
 pub mod pod_proxy;
 mod query;
 pub mod workloads;
@@ -70,6 +73,7 @@ struct State {
     rv: u64,
     slices: endpointslices::Slices,
     workloads: workloads::Workloads,
+    objects: objects::Objects,
     /// Pod ports the test mapped to loopback addresses: (namespace, pod, port) → address.
     pod_ports: BTreeMap<(String, String, u16), SocketAddr>,
     requests: Vec<Logged>,
@@ -283,6 +287,9 @@ async fn handle(
         Some((ns, r, verb, resource, name))
     });
     let Some((namespace, route, verb, resource, name)) = routed else {
+        if let Some(response) = other_kinds(&state, &method, &path, &query, &body) {
+            return Ok(response);
+        }
         eprintln!("fake apiserver: unexpected request {method} {path}?{raw_query}");
         lock(&state).requests.push(Logged {
             verb: "unexpected",
@@ -350,6 +357,50 @@ async fn handle(
         Route::Pods => workloads::list_pods(&guard, &namespace, &selector),
         Route::Pod(name) => workloads::delete_pod(&mut guard, &namespace, &name, json_body, &query),
         Route::PodProxy(..) => unreachable!("served above"),
+    })
+}
+
+/// A path of [`objects`] (or `/version`), logged and served; `None` if it is none of them.
+fn other_kinds(
+    state: &Mutex<State>,
+    method: &Method,
+    path: &str,
+    query: &BTreeMap<String, String>,
+    body: &Bytes,
+) -> Option<Response<Body>> {
+    if path == "/version" && method == Method::GET {
+        return Some(full(
+            StatusCode::OK,
+            &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"}),
+        ));
+    }
+    let parsed = objects::parse(path)?;
+    let review = parsed.is_review();
+    let verb = match *method {
+        Method::GET if parsed.is_named() => "get",
+        Method::GET => "list",
+        Method::POST if review => "create",
+        _ => return None,
+    };
+    let selector =
+        query::parse_selector(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
+    let json_body: Option<Value> = serde_json::from_slice(body).ok();
+    let mut guard = lock(state);
+    guard.requests.push(Logged {
+        verb,
+        resource: parsed.resource(),
+        namespace: parsed.namespace().to_owned(),
+        name: parsed.name().to_owned(),
+        query: query.clone(),
+        body: json_body.clone(),
+    });
+    if let Some(code) = guard.failing {
+        return Some(status(code, "InternalError", "failing on purpose"));
+    }
+    Some(if review {
+        objects::review(&guard, json_body.as_ref())
+    } else {
+        objects::get(&guard, &parsed, &selector)
     })
 }
 

@@ -1,7 +1,8 @@
 //! `loadtest bench`: the side-by-side benchmark. One run starts the same agents once and puts
 //! each setup in front of them in turn — straight to one agent (the floor), sigsci-proxy,
-//! HAProxy `mode tcp` `balance roundrobin` (what a plain Service gives), HAProxy `balance
-//! source` (the `sessionAffinity: ClientIP` advice) — under the same load: emulated app pods as
+//! HAProxy `mode tcp` `balance roundrobin` (what a plain Service gives), the same with
+//! `defer-accept` (HAProxy at its best here, deferring accepts as sigsci-proxy does), HAProxy
+//! `balance source` (the `sessionAffinity: ClientIP` advice) — under the same load: emulated app pods as
 //! source addresses 127.0.0.x with a skewed mix (the first pod sends half the transactions).
 //! For each setup and round: the balancer's CPU µs per RPC at a fixed rate (from `/proc`), p50
 //! and p99 PreRequest latency at that rate, the orphaned fraction of UpdateRequests, max/mean
@@ -21,6 +22,8 @@ use crate::drive::{self, DriveArgs, DriveReport};
 use crate::local::procs::Pool;
 use crate::local::procstat::{self, median};
 use crate::units::{ServiceTime, parse_duration};
+
+mod haproxy;
 
 /// `loadtest bench` options.
 #[derive(Debug, Clone, Args)]
@@ -68,10 +71,11 @@ pub struct BenchArgs {
 }
 
 /// The setups, in their base order.
-const SETUPS: [&str; 4] = [
+const SETUPS: [&str; 5] = [
     "direct",
     "sigsci-proxy",
     "haproxy-roundrobin",
+    "haproxy-defer-accept",
     "haproxy-source",
 ];
 
@@ -154,7 +158,8 @@ pub async fn run_cli(args: BenchArgs) -> anyhow::Result<i32> {
     let result = measure(&args, &exe, &mut pool, dir.path()).await;
     let mut problems = pool.check_alive();
     problems.extend(pool.stop().await);
-    let results = result?;
+    let (results, more) = result?;
+    problems.extend(more);
     let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let md = render(&args, &exe, &results, &load_start, &load_end, &problems).await;
     print!("{md}");
@@ -188,7 +193,7 @@ async fn measure(
     exe: &std::path::Path,
     pool: &mut Pool,
     dir: &std::path::Path,
-) -> anyhow::Result<Vec<SetupResult>> {
+) -> anyhow::Result<(Vec<SetupResult>, Vec<String>)> {
     pool.spawn_agents(exe, args.agents, &[]).await?;
     let proxy_bin = match &args.proxy_bin {
         Some(b) => b.clone(),
@@ -201,13 +206,16 @@ async fn measure(
     let src = pool
         .spawn_haproxy_balance(&args.haproxy_bin, dir, "source")
         .await?;
+    let rpcs: Vec<SocketAddr> = pool.agents.iter().map(|a| a.rpc).collect();
+    let mut deferred = haproxy::spawn_defer_accept(&args.haproxy_bin, dir, &rpcs).await?;
     let pids: Vec<Option<u32>> = pool.fronts.iter().map(|f| f.child.id()).collect();
-    // (target, balancer pid, agents used)
+    // (target, balancer pid, agents used), in the order of SETUPS
     let all_agents: Vec<SocketAddr> = pool.agents.iter().map(|a| a.admin).collect();
     let setups: Vec<(SocketAddr, Option<u32>, Vec<SocketAddr>)> = vec![
         (pool.agents[0].rpc, None, vec![pool.agents[0].admin]),
         (proxy, pids[0], all_agents.clone()),
         (rr, pids[1], all_agents.clone()),
+        (deferred.listen, deferred.pid(), all_agents.clone()),
         (src, pids[2], all_agents),
     ];
     let base = DriveArgs {
@@ -277,7 +285,7 @@ async fn measure(
     for (r, (_, pid, _)) in results.iter_mut().zip(&setups) {
         r.peak_rss_kib = pid.and_then(procstat::sample).map(|s| s.peak_rss_kib);
     }
-    Ok(results)
+    Ok((results, deferred.check_alive().into_iter().collect()))
 }
 
 fn round_of(
@@ -392,7 +400,8 @@ async fn render(
     let _ = writeln!(
         o,
         "Load: the module emulator (a connection per call, 100 ms deadline, PreRequest then UpdateRequest for the {:.0}% attack transactions after exp 2 ms app time) from {} emulated app pods as source addresses 127.0.0.2..; the first pod sends half the transactions. \
-         `direct` is one agent without a balancer (the floor: its CPU column is empty, its load is one agent); the other three balance over the same {} agents.\n",
+         `direct` is one agent without a balancer (the floor: its CPU column is empty, its load is one agent); the others balance over the same {} agents. \
+         `haproxy-defer-accept` is `haproxy-roundrobin` with `defer-accept` on its bind line (TCP_DEFER_ACCEPT, which sigsci-proxy sets by default).\n",
         100.0 * args.attack_fraction,
         args.pods,
         args.agents

@@ -19,7 +19,9 @@
 //! ```
 //!
 //! `pause` stops the agent process (SIGSTOP) for `duration` (a scheduling hiccup);
-//! `restart-proxy` and `drain-proxy` act on proxy replica `proxy` (default 0). `add` starts
+//! `restart-proxy` and `drain-proxy` act on proxy replica `proxy` (default 0); on the netns bed
+//! `drain-proxy`'s endpoint leaves the Service VIP `duration` after the SIGTERM (default at
+//! once; a cluster's EndpointSlice controller and kube-proxy take about a second). `add` starts
 //! `count` new agents and makes them members; `replace` does what a Deployment rollout does to
 //! one pod (a new agent joins, the oldest member turns terminating, leaves 1 s later and stops);
 //! `scale` sets the serving agents to `count` (surplus ones leave as in a rollout);
@@ -213,7 +215,8 @@ pub struct Step {
     /// Which proxy replica (0-based) for `restart-proxy` and `drain-proxy`.
     #[serde(default)]
     pub proxy: usize,
-    /// `pause`: how long the agent stays stopped.
+    /// `pause`: how long the agent stays stopped; `drain-proxy`: how long its endpoint stays in
+    /// the Service VIP after the SIGTERM (netns bed; default 0).
     #[serde(default, with = "opt_duration")]
     pub duration: Option<Duration>,
     /// `slow`: the service time factor; `burst`: the extra rate as a multiple of the drive's.

@@ -9,10 +9,12 @@
 //! module connection), `route` (method → agent, affinity, retry), [`affinity`] (the token in the
 //! RequestID), `upstream` (persistent multiplexed or per-call agent connections), `admin`
 //! (read-only HTTP: metrics, health, readiness), `control` (the local control socket: drain),
-//! `server` (wiring and drain).
+//! `server` (wiring and drain); [`check`] is the `sigsci-proxy check` subcommand (what is wrong
+//! with an install, asked of the cluster).
 #![warn(missing_docs)]
 
 pub mod affinity;
+pub mod check;
 pub mod codec;
 
 mod admin;

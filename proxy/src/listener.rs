@@ -1,7 +1,9 @@
 //! Listening sockets (TCP via socket2 with our options, or a Unix socket) and the accept loop.
 //!
 //! The accept loop is the proxy's real load (modules open a connection per RPC), so it does
-//! little: take a connection slot, set TCP_NODELAY, spawn the connection's task. It survives
+//! little: take a connection slot, spawn the connection's task (TCP_NODELAY is inherited from
+//! the listener, and with `--defer-accept` the kernel queues a TCP connection only once its
+//! call's first bytes are there, so accepting and reading it are one wake-up). It survives
 //! resource exhaustion (EMFILE, ENFILE, ENOBUFS...) by backing off, logging once per episode, and
 //! keeps serving the connections already open.
 
@@ -24,6 +26,8 @@ use crate::config::ListenAddr;
 use crate::downstream::{self, Shared};
 use crate::metrics as m;
 use crate::stream::Stream;
+
+mod defer_accept;
 
 /// A bound listening socket.
 pub(crate) enum Listener {
@@ -126,20 +130,23 @@ fn in_use(path: &std::path::Path) -> io::Error {
 }
 
 impl Listener {
-    /// [`Listener::bind_with_mode`] with [`DEFAULT_UNIX_MODE`], for tests (the server passes
-    /// its configured mode).
+    /// [`Listener::bind_with_mode`] with [`DEFAULT_UNIX_MODE`] and without deferred accept,
+    /// for tests (the server passes its configuration).
     #[cfg(test)]
     pub(crate) fn bind(addr: &ListenAddr, backlog: u32, reuse_port: bool) -> io::Result<Self> {
-        Self::bind_with_mode(addr, backlog, reuse_port, DEFAULT_UNIX_MODE)
+        Self::bind_with_mode(addr, backlog, reuse_port, DEFAULT_UNIX_MODE, false)
     }
 
     /// Binds `addr` with SO_REUSEADDR, the given backlog and optionally SO_REUSEPORT; a Unix
-    /// socket gets permissions `unix_mode` (see [`bind_unix`]).
+    /// socket gets permissions `unix_mode` (see [`bind_unix`]). With `defer_accept` a TCP
+    /// listener takes a connection only once its first bytes have arrived (Linux
+    /// `TCP_DEFER_ACCEPT`); a Unix socket has no such option.
     pub(crate) fn bind_with_mode(
         addr: &ListenAddr,
         backlog: u32,
         reuse_port: bool,
         unix_mode: u32,
+        defer_accept: bool,
     ) -> io::Result<Self> {
         let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
         match addr {
@@ -152,6 +159,9 @@ impl Listener {
                 }
                 // Accepted sockets inherit it (Linux): no setsockopt per connection.
                 socket.set_tcp_nodelay(true)?;
+                if defer_accept {
+                    defer_accept::set(&socket, true)?;
+                }
                 socket.set_nonblocking(true)?;
                 socket.bind(&SockAddr::from(*sa))?;
                 socket.listen(backlog)?;
@@ -203,6 +213,17 @@ impl Listener {
         }
     }
 
+    /// Stops deferring accepts (a TCP listener; nothing to do for a Unix socket), for a drain:
+    /// a connection made from then on is queued at once, so the backlog sweep before the close
+    /// takes it even when its first bytes come later; one kept back would be reset by the close.
+    fn stop_deferring(&self) {
+        if let Self::Tcp(l) = self
+            && let Err(e) = defer_accept::set(&socket2::SockRef::from(l), false)
+        {
+            warn!(error = %e, "Could not stop deferring accepts for the drain");
+        }
+    }
+
     /// A connection waiting in the kernel's queue, asked of the kernel itself rather than of
     /// the runtime's last readiness poll; `None` when the queue is empty.
     fn accept_queued(&self) -> Option<io::Result<Accepted>> {
@@ -247,18 +268,33 @@ const EVICTION_WAIT: Duration = Duration::from_millis(5);
 /// until the load stopped or the drain timeout cut calls off.
 const BACKLOG_DRAIN_MAX: Duration = Duration::from_millis(50);
 
-/// Accepts until `stop` is cancelled, spawning a task per connection on `tracker`.
+/// Accepts until `stop` is cancelled, spawning a task per connection on `tracker`; stops
+/// deferring accepts once `draining` is cancelled (see [`Listener::stop_deferring`]).
 pub(crate) async fn accept_loop(
     listener: Listener,
     shared: Arc<Shared>,
     admission: Arc<Admission>,
     tracker: TaskTracker,
+    draining: CancellationToken,
     stop: CancellationToken,
 ) {
     let local = listener.local_addr().to_string();
     let mut backoff = Duration::ZERO;
     let mut closing: Option<tokio::time::Instant> = None;
-    while let Some(accepted) = next_accepted(&listener, &stop, &mut closing).await {
+    let drain_started = draining.cancelled();
+    tokio::pin!(drain_started);
+    let mut deferring = true;
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut drain_started, if deferring => {
+                listener.stop_deferring();
+                deferring = false;
+                continue;
+            }
+            next = next_accepted(&listener, &stop, &mut closing) => next,
+        };
+        let Some(accepted) = next else { break };
         match accepted {
             Ok(accepted) => {
                 if !backoff.is_zero() {
@@ -366,6 +402,33 @@ mod tests {
             unreachable!()
         };
         assert!(stream.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_deferred_listener_takes_a_connection_once_it_has_sent_bytes() {
+        use tokio::io::AsyncWriteExt;
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let listener = Listener::bind_with_mode(&addr, 16, false, DEFAULT_UNIX_MODE, true).unwrap();
+        let ListenAddr::Tcp(addr) = listener.local_addr() else {
+            unreachable!()
+        };
+        let silent = TcpStream::connect(addr).await.unwrap();
+        let connected = std::time::Instant::now();
+        let mut calling = TcpStream::connect(addr).await.unwrap();
+        calling.write_all(b"\x94").await.unwrap();
+        let calling = Some(calling.local_addr().unwrap());
+        let silent = Some(silent.local_addr().unwrap());
+        // The silent one, connected first, waits out the kernel's deferral (about a second)
+        // before it is queued; the one that sent a byte is taken at once.
+        let mut taken = vec![listener.accept().await.unwrap().peer];
+        taken.extend(listener.accept_queued().map(|a| a.unwrap().peer));
+        if taken.contains(&silent) {
+            assert!(
+                connected.elapsed() >= Duration::from_millis(900),
+                "{taken:?}"
+            );
+        }
+        assert!(taken.contains(&calling), "{taken:?}");
     }
 
     #[tokio::test]

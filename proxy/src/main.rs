@@ -12,6 +12,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_with_defaults();
+    if let Some(Command::Check(args)) = cli.command {
+        return check(args);
+    }
     if let Some(Command::Drain {
         control_socket,
         admin,
@@ -81,6 +84,35 @@ fn drain(
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sigsci-proxy check`: every check against the cluster of the user's kubeconfig, printed as
+/// text or JSON; exit 1 when one fails, 2 when the cluster cannot be reached at all.
+fn check(args: sigsci_proxy::check::CheckArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let client = match sigsci_proxy::check::client(&args).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("sigsci-proxy check: no usable kubeconfig: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        let report = sigsci_proxy::check::check(&client, &args).await;
+        if args.output == "json" {
+            println!("{}", report.json());
+        } else {
+            print!("{}", report.text());
+        }
+        if report.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
 }
 
 /// One thread runs a current-thread runtime: every task hand-off (connection task, upstream

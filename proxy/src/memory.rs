@@ -9,8 +9,8 @@
 //!
 //! Every `--memory-trim-interval` (10 s by default) the proxy calls `malloc_trim(0)`, which
 //! also releases whole free pages inside the heap. The figures, with and without it, are in
-//! docs/metrics.md. This is the workspace's only `unsafe` (the lint is `deny`, and
-//! proxy/tests/it/layout.rs checks that no other file allows it).
+//! docs/metrics.md. One of the workspace's two `unsafe`s, with listener/defer_accept.rs (the
+//! lint is `deny`, and proxy/tests/it/layout.rs checks that no other file allows it).
 #![allow(unsafe_code)]
 
 use std::time::Duration;

@@ -140,6 +140,18 @@ fn describe() {
     }
     counter!("sigsci_proxy_connections_rejected_total").increment(0);
     counter!("sigsci_proxy_accept_errors_total").increment(0);
+    for reason in ConnectionClose::ALL {
+        counter!("sigsci_proxy_connections_closed_total", "reason" => reason.label()).increment(0);
+    }
+    for close in ["reset", "fin"] {
+        counter!("sigsci_proxy_module_closes_total", "close" => close).increment(0);
+    }
+    for outcome in RpcOutcome::ALL {
+        for method in METHOD_LABELS {
+            counter!("sigsci_proxy_rpcs_total", "method" => method, "outcome" => outcome.label())
+                .increment(0);
+        }
+    }
     gauge!("sigsci_proxy_upstream_connections_open").increment(0.0);
 }
 
@@ -230,6 +242,23 @@ pub(crate) enum RpcOutcome {
 }
 
 impl RpcOutcome {
+    /// Every outcome, registered at 0 for every method at start-up.
+    const ALL: [RpcOutcome; 13] = [
+        Self::Ok,
+        Self::AgentError,
+        Self::Lost,
+        Self::InFlightLimit,
+        Self::InvalidFrame,
+        Self::NoAgent,
+        Self::ConnectFailure,
+        Self::NotSent,
+        Self::Backlogged,
+        Self::Unsendable,
+        Self::UpstreamBroken,
+        Self::UpstreamProtocol,
+        Self::Timeout,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -474,6 +503,17 @@ pub(crate) enum ConnectionClose {
 }
 
 impl ConnectionClose {
+    /// Every reason, registered at 0 at start-up.
+    const ALL: [ConnectionClose; 7] = [
+        Self::Malformed,
+        Self::SlowFrame,
+        Self::WriteTimeout,
+        Self::FrameBudget,
+        Self::EvictedIdle,
+        Self::Idle,
+        Self::Io,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Self::Malformed => "malformed",

@@ -69,6 +69,7 @@ impl Proxy {
                 config.backlog,
                 config.reuse_port,
                 config.unix_socket_mode,
+                config.defer_accept,
             )
             .with_context(|| format!("cannot listen on {addr}"))?;
             listeners.push(l);
@@ -156,8 +157,10 @@ impl Proxy {
         // connections wait in the listen backlog.
         wait_for_membership(&pool, MEMBERSHIP_WAIT).await;
         let tracker = TaskTracker::new();
+        let draining = CancellationToken::new();
+        let tokens = (draining.clone(), stop.clone());
         let (max_connections, rpc_addrs) =
-            start_listeners(listeners, &config, &shared, &tracker, &stop);
+            start_listeners(listeners, &config, &shared, &tracker, tokens);
         info!(
             rpc.addr = %rpc_addrs.join(","),
             admin.addr = %admin_addr,
@@ -172,6 +175,7 @@ impl Proxy {
             () = shutdown.cancelled() => {}
             () = drain_requested.cancelled() => {}
         }
+        draining.cancel();
         let drain = Drain::new(readiness, stop, tracker, in_flight);
         Ok(drain.run(config.drain_delay, config.drain_timeout).await)
     }
@@ -281,13 +285,14 @@ pub(crate) fn shared_state(
 }
 
 /// Starts an accept loop per listener (tracked, so the drain waits for the last backlog sweep
-/// and the listeners' close); returns the connection limit and the addresses.
+/// and the listeners' close); returns the connection limit and the addresses. `(draining,
+/// stop)`: cancelled when a drain starts, and when the listeners are to close.
 fn start_listeners(
     listeners: Vec<Listener>,
     config: &Config,
     shared: &Arc<Shared>,
     tracker: &TaskTracker,
-    stop: &CancellationToken,
+    (draining, stop): (CancellationToken, CancellationToken),
 ) -> (usize, Vec<String>) {
     let admission = Admission::new(
         admission::clamp_to_fd_limit(config.max_connections),
@@ -303,6 +308,7 @@ fn start_listeners(
             shared.clone(),
             admission.clone(),
             tracker.clone(),
+            draining.clone(),
             stop.clone(),
         ));
     }

@@ -44,7 +44,7 @@ PROXY_TARGETS = ["base", "production", "simulated", "autoscaling", "autoscaling-
                  "autoscaling-monitoring", "autoscaling-keda-monitoring", "node-local"]
 # Rendered with components/ipv4-only: listeners on 0.0.0.0 (kernels without IPv6); everywhere
 # else [::], one dual-stack socket.
-IPV4_ONLY_TARGETS = {"ipv4-only"}
+IPV4_ONLY_TARGETS = {"ipv4-only", "ipv4-only-node-local"}
 # Rendered with components/busy-poll: that variable too, and a CPU of its own for the spinner.
 BUSY_POLL_TARGET, BUSY_POLL_ENV = "busy-poll", "SIGSCI_PROXY_BUSY_POLL"
 # The proxy's egress ports: agents, DNS, the API server; the NetworkPolicy components change

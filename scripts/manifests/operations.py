@@ -23,7 +23,7 @@ from consistency import (  # noqa: E402
 STARTUP_PORT = 2024
 STARTUP_PATH = "/startup"
 STARTUP_LISTENER = f"[::]:{STARTUP_PORT}"  # all addresses, IPv4 and IPv6 (issue 20)
-IPV4_ONLY_TARGETS = {"ipv4-only"}  # components/ipv4-only: 0.0.0.0 for kernels without IPv6
+IPV4_ONLY_TARGETS = {"ipv4-only", "ipv4-only-node-local"}  # components/ipv4-only: 0.0.0.0 for kernels without IPv6
 # The agent's startup probe listener exists from 4.51.0; Fastly supports versions for two
 # years. The oldest version accepted here; raise it as releases age out.
 MIN_AGENT_VERSION = (4, 51, 0)

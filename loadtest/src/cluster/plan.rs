@@ -223,7 +223,8 @@ mod tests {
             }
         }
         rejected.sort();
-        // [autoscale] (autoscale-*), proxy_args (conn-flood, drain-proxy), pause (hiccup),
+        // [autoscale] (autoscale-*), proxy_args (conn-flood, drain-proxy, rollout-proxy: in a
+        // cluster the manifests' drain delay and the real VIP apply), pause (hiccup),
         // [ramp] (ramp), a host cut off the network (agent-host-vanishes, proxy-host-vanishes:
         // the netns bed's).
         assert_eq!(
@@ -239,7 +240,8 @@ mod tests {
                 "drain-proxy",
                 "hiccup",
                 "proxy-host-vanishes",
-                "ramp"
+                "ramp",
+                "rollout-proxy"
             ]
         );
     }

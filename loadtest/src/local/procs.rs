@@ -336,11 +336,22 @@ impl Pool {
     pub(crate) async fn drain_proxy(
         &mut self,
         i: usize,
+        unlist_after: Duration,
     ) -> anyhow::Result<(Option<Duration>, std::process::ExitStatus, Duration)> {
         anyhow::ensure!(i < self.fronts.len(), "no proxy {i}");
         let t0 = tokio::time::Instant::now();
-        // A deleted pod's endpoint turns terminating: no new connections through the VIP.
-        self.list_front(i, false)?;
+        // A deleted pod's endpoint turns terminating: no new connections through the VIP, at
+        // once or `unlist_after` later (the EndpointSlice controller and kube-proxy's delay).
+        if unlist_after.is_zero() {
+            self.list_front(i, false)?;
+        } else if let Some(bed) = self.bed.clone() {
+            tokio::spawn(async move {
+                tokio::time::sleep(unlist_after).await;
+                if let Err(e) = bed.remove_endpoint(i) {
+                    tracing::warn!(error = %e, "Cannot take the draining proxy out of the VIP");
+                }
+            });
+        }
         let f = &mut self.fronts[i];
         let admin = f.admin.context("only a proxy drains")?;
         f.expect_exit = true;

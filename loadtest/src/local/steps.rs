@@ -136,7 +136,8 @@ impl Pool {
             }
             Action::DrainProxy => {
                 let t0 = start.elapsed();
-                let (flip, status, exit) = self.drain_proxy(step.proxy).await?;
+                let unlist_after = step.duration.unwrap_or_default();
+                let (flip, status, exit) = self.drain_proxy(step.proxy, unlist_after).await?;
                 marks
                     .lock()
                     .expect("not poisoned")

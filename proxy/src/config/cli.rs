@@ -38,6 +38,10 @@ pub enum Command {
         #[arg(long, env = "SIGSCI_PROXY_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Say what is wrong with an install (run with your kubeconfig): its objects, the agents'
+    /// Secret and image, agents and proxies ready, what each proxy sees, the uninspected
+    /// fraction, the autoscaler and monitoring. Exits 1 when a check fails.
+    Check(crate::check::CheckArgs),
 }
 
 impl Cli {

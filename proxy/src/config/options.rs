@@ -54,6 +54,18 @@ options! {
     )]
     reuse_port: bool => bool = false,
 
+    /// Take a TCP connection from the kernel only once its first bytes have arrived (Linux
+    /// TCP_DEFER_ACCEPT): a module's connection and its call then wake the proxy once, not
+    /// twice. One that stays silent is taken after about a second (docs/architecture.md,
+    /// "Accept"). Turn it off only for clients that wait for the proxy to speak first.
+    #[arg(
+        env = "SIGSCI_PROXY_DEFER_ACCEPT",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    defer_accept: bool => bool = true,
+
     /// Maximum open downstream connections, lowered at start-up to leave file descriptors for
     /// agents and the admin port. At the limit the longest-idle connection makes room; with
     /// none idle a new connection is reset. Unset under a memory limit (cgroup), a share of the

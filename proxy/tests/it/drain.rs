@@ -97,7 +97,12 @@ async fn a_call_connected_before_the_listeners_close_is_still_answered() {
     );
     // A module's connection, accepted during the drain delay, whose request is written only
     // once the listeners have closed (a busy node): a close without an answer would hang a
-    // Node module's HTTP request.
+    // Node module's HTTP request. Once the drain has started (readiness off) the listener no
+    // longer defers accepts, so the connection is queued before it sends.
+    wait_until("readiness off", async || {
+        http(proxy.admin, "GET", "/readyz").await.0 == 503
+    })
+    .await;
     let call = TcpStream::connect(proxy.rpc).await.unwrap();
     let closing = std::time::Instant::now();
     while TcpStream::connect(proxy.rpc).await.is_ok() {

@@ -78,6 +78,16 @@ async fn send_pre(s: &mut TcpStream, msgid: u64) {
     s.write_all(&req).await.unwrap();
 }
 
+/// A connection that made one call and holds still: idle to the proxy (one that never sent
+/// anything is not even accepted yet, `--defer-accept`).
+async fn idle_after_a_call(rpc: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(rpc).await.unwrap();
+    send_pre(&mut s, 1).await;
+    let (_, err, _) = read_response(&mut s).await;
+    assert_eq!(err, None);
+    s
+}
+
 /// How the proxy ended the connection: `Ok(bytes read before the end)` for a clean close,
 /// `Err` for a reset; panics after 5 s.
 async fn how_it_ends(mut s: TcpStream) -> std::io::Result<usize> {
@@ -109,9 +119,9 @@ async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
         .await;
     let evicted = r#"sigsci_proxy_connections_closed_total{reason="evicted_idle"}"#;
     let evicted_before = metric(proxy.admin, evicted).await;
-    let oldest = TcpStream::connect(proxy.rpc).await.unwrap();
+    let oldest = idle_after_a_call(proxy.rpc).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let newer = TcpStream::connect(proxy.rpc).await.unwrap();
+    let newer = idle_after_a_call(proxy.rpc).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     // A module's call at the limit is served; the idle connection held longest pays for it,

@@ -1,6 +1,7 @@
-//! The workspace's one exception to "no unsafe code": the lint is `deny` rather than `forbid` so
-//! that proxy/src/memory.rs can call `malloc_trim`. Any other file that allows it, or writes an
-//! `unsafe` block, fails here.
+//! The workspace's two exceptions to "no unsafe code": the lint is `deny` rather than `forbid`
+//! so that proxy/src/memory.rs can call `malloc_trim` and proxy/src/listener/defer_accept.rs can
+//! set `TCP_DEFER_ACCEPT` (no safe wrapper on stable Rust). Any other file that allows it, or
+//! writes an `unsafe` block, fails here.
 
 use std::path::{Path, PathBuf};
 
@@ -19,12 +20,15 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 #[test]
-fn memory_rs_is_the_only_file_with_unsafe_code() {
+fn memory_rs_and_defer_accept_rs_are_the_only_files_with_unsafe_code() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut files = Vec::new();
     rust_files(root, &mut files);
     assert!(files.len() > 50, "found only {} files", files.len());
-    let allowed = root.join("proxy/src/memory.rs");
+    let allowed = [
+        root.join("proxy/src/memory.rs"),
+        root.join("proxy/src/listener/defer_accept.rs"),
+    ];
     // Spelled apart so that this file does not match itself.
     let markers = [
         concat!("allow(", "unsafe_code)"),
@@ -36,8 +40,8 @@ fn memory_rs_is_the_only_file_with_unsafe_code() {
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         let found: Vec<_> = markers.iter().filter(|m| text.contains(*m)).collect();
-        if *file == allowed {
-            assert_eq!(found.len(), 2, "memory.rs: one allow, one block");
+        if allowed.contains(file) {
+            assert_eq!(found.len(), 2, "{}: one allow, one block", file.display());
         } else if !found.is_empty() {
             offenders.push(format!("{}: {found:?}", file.display()));
         }

@@ -7,6 +7,8 @@
 
 mod support;
 
+mod accept;
+mod check;
 mod cli;
 mod close;
 mod codec_golden;

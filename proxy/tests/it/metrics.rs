@@ -1,5 +1,5 @@
 //! `/metrics` of the real binary: every `sigsci_proxy_*` family has `# HELP` and `# TYPE`,
-//! calls with no agent are counted as uninspected, and every metric the monitoring component's
+//! closed label sets are on the page at 0 from start-up, calls with no agent are counted as uninspected, and every metric the monitoring component's
 //! alert rules and dashboard use is one the proxy exports.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,6 +68,23 @@ async fn every_family_has_help_and_type_and_calls_without_an_agent_count_as_unin
     let (status, before) = http(proxy.admin(), "GET", "/metrics").await;
     assert_eq!(status, 200);
     let uninspected_before = sum_of(&before, "sigsci_proxy_uninspected_total");
+    // Closed label sets are on the page at 0 before their first event, for `rate()` and
+    // dashboards (docs/metrics.md).
+    for series in [
+        r#"sigsci_proxy_connections_closed_total{reason="malformed"} 0"#,
+        r#"sigsci_proxy_connections_closed_total{reason="idle"} 0"#,
+        r#"sigsci_proxy_module_closes_total{close="reset"} 0"#,
+        r#"sigsci_proxy_module_closes_total{close="fin"} 0"#,
+        r#"sigsci_proxy_rpcs_total{method="pre_request",outcome="no_agent"} 0"#,
+        r#"sigsci_proxy_rpcs_total{method="update_request",outcome="lost"} 0"#,
+        r#"sigsci_proxy_rpcs_total{method="post_request",outcome="timeout"} 0"#,
+        r#"sigsci_proxy_uninspected_total{reason="deadline"} 0"#,
+    ] {
+        assert!(
+            before.lines().any(|l| l == series),
+            "{series} missing at start-up:\n{before}"
+        );
+    }
 
     for i in 0..50 {
         let (_, err, _) = call(proxy.rpc(), i, rpc::PRE_REQUEST, &pre_request()).await;
