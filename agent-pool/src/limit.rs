@@ -28,11 +28,10 @@ use std::time::Duration;
 /// How the per-agent concurrency limit learns. Every field has a default.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LimitConfig {
-    /// The limit of an agent with no sample yet. Default 8: a pool overloaded from a proxy's
-    /// first call queues little more than its deadline's worth in a slow agent (16 cost the first
-    /// second 38 timed-out calls at 2x of a 200 RPC/s pool), and a burst of concurrent calls
-    /// to a fresh agent mostly fits; the limit grows by a tenth a window while it is reached
-    /// and the agent answers at target.
+    /// The limit of an agent with no sample yet. Default 4: a pool overloaded from a proxy's
+    /// first call queues no deadline's worth in a slow agent (16 cost the first second 38
+    /// timed-out calls at 2x of a 200 RPC/s pool; 8 kept a processor-sharing agent of 10 ms
+    /// at 80 ms answers); the limit grows while it is reached and the agent answers at target.
     pub initial: u32,
     /// The least limit. Default 1.
     pub min: u32,
@@ -61,7 +60,7 @@ pub struct LimitConfig {
 impl Default for LimitConfig {
     fn default() -> Self {
         Self {
-            initial: 8,
+            initial: 4,
             min: 1,
             max: 1000,
             window: Duration::from_millis(100),
@@ -339,7 +338,7 @@ mod tests {
         }
         assert_eq!(
             limit.slots(),
-            8,
+            4,
             "never reached: no growth, fast: no decrease"
         );
     }

@@ -20,7 +20,7 @@
 //! - `GET /hints`: the pool's autoscaling hint as JSON.
 //! - `GET /flows`: JSON array, the 20 module sources (app pod addresses, or processes on a Unix
 //!   socket) that sent the most calls while every agent was at its limit, over the last
-//!   10-20 s, and how many of those were shed on arrival: who floods the pool, without a
+//!   10-20 s, and how many of those were shed: who floods the pool, without a
 //!   per-client metric label. Empty while the pool keeps up. The addresses are the pods'
 //!   own, known to anyone on the pod network.
 

@@ -9,11 +9,10 @@
 //!   balanced calls, served fairly between flows ([`fair`]).
 //! - A call waits only while an answer can still come in time, and how long depends on whether
 //!   the queue is a burst or a standing queue (CoDel's test, as "Fail at Scale" applies it to
-//!   request queues): a burst queue lets a call wait up to `--queue-timeout` (20 ms); once every
-//!   call served for 100 ms waited more than 5 ms the queue stands, and a call waits only as long
-//!   as two slots take to free (at least 4 ms) in a queue that holds what drains in half that,
-//!   so served calls stay fast and the rest fail open at once. A queue empty for 100 ms is a
-//!   burst queue again.
+//!   request queues): a burst queue lets a call wait up to `--queue-timeout` (20 ms); once a
+//!   call was shed, or every call served for 100 ms waited more than 5 ms, the queue stands: it
+//!   holds only what drains in half the wait, and a heavy flow's call waits at most 3 ms, so
+//!   served calls stay fast and the rest fail open at once. A queue empty for 100 ms with nothing shed is a burst queue again.
 //! - A call that would wait longer than the queue drains in that time is shed on arrival with
 //!   an error frame (the module fails open in a millisecond); when there is no room, the call
 //!   shed is the newest of the flow with the most waiting, never one of a lighter flow.
@@ -40,8 +39,9 @@ use crate::metrics as m;
 pub(crate) struct QueueConfig {
     /// Longest wait while the queue is a burst (`--queue-timeout`, default 20 ms).
     pub(crate) burst_wait: Duration,
-    /// Least wait once the queue stands (default 4 ms: a call shed from a standing queue is
-    /// still answered within CoDel's 5 ms target).
+    /// A heavy flow's wait once the queue stands (default 3 ms: with the timer's millisecond
+    /// ticks, its calls shed from a standing queue are still answered within CoDel's 5 ms
+    /// target).
     pub(crate) standing_wait: Duration,
     /// CoDel's interval: the queue turns standing when no call served in one interval waited
     /// less than `target`, and turns back into a burst queue after one interval empty
@@ -59,7 +59,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             burst_wait: Duration::from_millis(20),
-            standing_wait: Duration::from_millis(4),
+            standing_wait: Duration::from_millis(3),
             interval: Duration::from_millis(100),
             target: Duration::from_millis(5),
             answer_budget: Duration::from_millis(20),
@@ -245,8 +245,7 @@ impl OverloadQueue {
                 }
             }
         };
-        let place = Place::Fair(shard);
-        self.wait(rx, place, id, expires).await
+        self.wait(rx, Place::Fair(shard, flow), id, expires).await
     }
 
     /// A slot on `agent` itself (an UpdateRequest its token names), waiting for one ahead of
@@ -304,19 +303,15 @@ impl OverloadQueue {
         let (estimated, slots) = snapshot.capacity();
         let throughput = measured.max(estimated).max(1.0);
         let standing = self.standing(st, now);
-        // In a standing queue a flow that was shed lately (sending more than its share) waits
-        // only the floor, so its calls that fail open do so within CoDel's target; a light flow
-        // waits for as long as two slots take to free, which its calls need to be served ahead
-        // of the flood in a slow pool.
-        let wait = if !standing {
-            self.config.burst_wait
-        } else if st.flows.recently_shed(flow) {
+        // In a standing queue a heavy flow (at least its share of the calls lately) waits only
+        // the floor, so its calls that fail open do so within CoDel's target (the agents keep
+        // their own calls queued meanwhile: the pool stays busy); a light flow's few calls may
+        // wait as long as in a burst, which they need in a slow pool to be served ahead of the
+        // flood at the next free slot.
+        let wait = if standing && st.flows.is_heavy(flow) {
             self.config.standing_wait.min(self.config.burst_wait)
         } else {
-            self.config
-                .standing_wait
-                .max(Duration::from_secs_f64(2.0 / throughput))
-                .min(self.config.burst_wait)
+            self.config.burst_wait
         };
         let expires = (now + wait).min(self.latest_start(deadline, now));
         if expires <= now {
@@ -397,7 +392,7 @@ impl OverloadQueue {
     async fn wait(
         self: &Arc<Self>,
         rx: oneshot::Receiver<Grant>,
-        place: Place,
+        place: Place<'_>,
         id: u64,
         expires: Instant,
     ) -> Result<Slot, Refused> {
@@ -518,24 +513,31 @@ fn pop_pinned(st: &mut State, key: usize) -> Option<Waiter> {
     Some(w)
 }
 
+/// Where a call waits: a fair queue (and whose call it is), or an agent's own queue.
 #[derive(Clone, Copy, Debug)]
-enum Place {
-    Fair(usize),
+enum Place<'f> {
+    Fair(usize, &'f Flow),
     Pinned(usize),
 }
 
 /// A waiting call's entry; dropping it takes the entry out of the queue if it is still there.
-struct Waiting<'q> {
+struct Waiting<'q, 'f> {
     queue: &'q Arc<OverloadQueue>,
-    place: Place,
+    place: Place<'f>,
     id: u64,
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Waiting<'_, '_> {
     fn drop(&mut self) {
         let mut st = self.queue.lock();
         let removed = match self.place {
-            Place::Fair(shard) => st.fair.remove(shard, self.id).is_some(),
+            Place::Fair(shard, flow) => {
+                let removed = st.fair.remove(shard, self.id).is_some();
+                if removed {
+                    st.flows.shed(flow, std::time::Instant::now());
+                }
+                removed
+            }
             Place::Pinned(key) => {
                 let removed = st.pinned.get_mut(&key).and_then(|q| {
                     let at = q.iter().position(|(i, _)| *i == self.id)?;

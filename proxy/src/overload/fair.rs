@@ -125,22 +125,27 @@ impl<T> FairQueue<T> {
     }
 
     /// The next entry: the oldest of the next fresh queue, else of the next busy queue in
-    /// round-robin order.
+    /// round-robin order. A fresh queue served moves to the busy ones even when it is empty (as
+    /// in FQ-CoDel): a flow that keeps refilling its queue the moment it empties is busy, not
+    /// fresh, and cannot keep cutting in ahead of a light flow. An empty busy queue leaves.
     pub(crate) fn pop(&mut self) -> Option<(u64, T)> {
-        while let Some(shard) = self.fresh.pop_front().or_else(|| self.ring.pop_front()) {
+        loop {
+            let (shard, fresh) = match self.fresh.pop_front() {
+                Some(shard) => (shard, true),
+                None => (self.ring.pop_front()?, false),
+            };
             let Some(entry) = self.shards[shard].pop_front() else {
-                self.in_ring[shard] = false;
+                if fresh {
+                    self.ring.push_back(shard);
+                } else {
+                    self.in_ring[shard] = false;
+                }
                 continue;
             };
             self.len -= 1;
-            if self.shards[shard].is_empty() {
-                self.in_ring[shard] = false;
-            } else {
-                self.ring.push_back(shard);
-            }
+            self.ring.push_back(shard);
             return Some(entry);
         }
-        None
     }
 
     /// Takes out the newest entry of queue `shard` (to shed it in favour of a lighter flow).
@@ -196,6 +201,29 @@ mod tests {
         let next: Vec<_> = (0..4).map(|_| q.pop().unwrap().0).collect();
         assert_eq!(next, [1, 1001, 2, 1002]);
         assert_eq!(q.len(), 194);
+    }
+
+    #[test]
+    fn a_queue_refilled_as_soon_as_it_empties_stays_busy() {
+        let mut q = FairQueue::default();
+        q.push(3, 1, "flood");
+        assert_eq!(q.pop().unwrap().0, 1);
+        // The flood's queue is empty for a moment, and refilled at once.
+        q.push(3, 2, "flood");
+        q.push(9, 100, "light");
+        assert_eq!(
+            q.pop().unwrap().1,
+            "light",
+            "the flood's refilled queue is not fresh"
+        );
+        assert_eq!(q.pop().unwrap().0, 2);
+        assert!(q.pop().is_none() && q.len() == 0);
+        // Both queues left the rings on their empty turn: the light one is fresh again.
+        q.push(3, 3, "flood");
+        q.push(9, 101, "light");
+        q.pop();
+        q.push(3, 4, "flood");
+        assert_eq!(q.pop().unwrap().1, "light");
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub(crate) struct FlowStats {
     now: HashMap<Flow, Counts>,
     before: HashMap<Flow, Counts>,
     other: Counts,
+    /// Calls counted in `now` and in `before`, all flows.
+    total_now: u64,
+    total_before: u64,
 }
 
 /// One row of `/flows`.
@@ -38,8 +41,8 @@ pub(crate) struct FlowRow {
     pub(crate) flow: String,
     /// Calls that met every agent at its limit, over the last 10-20 s.
     pub(crate) offered_while_saturated: u64,
-    /// Of those, shed on arrival (the rest waited; some of them may have expired later).
-    pub(crate) shed_on_arrival: u64,
+    /// Of those, shed (on arrival, or after waiting in vain).
+    pub(crate) shed: u64,
 }
 
 impl FlowStats {
@@ -53,14 +56,30 @@ impl FlowStats {
         };
         counts.queued += 1;
         counts.shed += u64::from(shed);
+        self.total_now += 1;
     }
 
-    /// Whether a call of `flow` was shed on arrival in the last 10-20 s: a flow sending more
-    /// than its share.
-    pub(crate) fn recently_shed(&self, flow: &Flow) -> bool {
-        [&self.now, &self.before]
+    /// A call of `flow` that waited was shed (expired): it counts as shed, not as offered again.
+    pub(crate) fn shed(&mut self, flow: &Flow, at: Instant) {
+        self.roll(at);
+        if let Some(c) = self.now.get_mut(flow) {
+            c.shed += 1;
+        } else {
+            self.other.shed += 1;
+        }
+    }
+
+    /// Whether `flow` sent at least its share of the calls that met a saturated pool in the
+    /// last 10-20 s (at least the mean over the flows seen): a flood, or one of several equal
+    /// flows, and not a light flow beside a flood.
+    pub(crate) fn is_heavy(&self, flow: &Flow) -> bool {
+        let mine = [&self.now, &self.before]
             .iter()
-            .any(|w| w.get(flow).is_some_and(|c| c.shed > 0))
+            .filter_map(|w| w.get(flow))
+            .map(|c| c.queued)
+            .sum::<u64>();
+        let flows = self.now.len().max(self.before.len()).max(1) as u64;
+        mine > 0 && mine * flows >= self.total_now + self.total_before
     }
 
     fn roll(&mut self, at: Instant) {
@@ -68,9 +87,11 @@ impl FlowStats {
         if at.saturating_duration_since(started) >= WINDOW {
             self.before = std::mem::take(&mut self.now);
             self.other = Counts::default();
+            self.total_before = std::mem::take(&mut self.total_now);
             // Two windows without a call: nothing recent to show.
             if at.saturating_duration_since(started) >= 2 * WINDOW {
                 self.before.clear();
+                self.total_before = 0;
             }
             self.started = Some(at);
         }
@@ -90,14 +111,14 @@ impl FlowStats {
             .map(|(flow, c)| FlowRow {
                 flow: flow.to_string(),
                 offered_while_saturated: c.queued,
-                shed_on_arrival: c.shed,
+                shed: c.shed,
             })
             .collect();
         if self.other.queued > 0 {
             rows.push(FlowRow {
                 flow: "other flows".into(),
                 offered_while_saturated: self.other.queued,
-                shed_on_arrival: self.other.shed,
+                shed: self.other.shed,
             });
         }
         rows.sort_by_key(|r| std::cmp::Reverse(r.offered_while_saturated));
@@ -122,11 +143,9 @@ mod tests {
         stats.offered(&light, false, t0);
         let rows = stats.heaviest(10, t0 + Duration::from_secs(11));
         assert_eq!(rows[0].flow, "10.0.0.1");
-        assert_eq!(
-            (rows[0].offered_while_saturated, rows[0].shed_on_arrival),
-            (50, 50)
-        );
+        assert_eq!((rows[0].offered_while_saturated, rows[0].shed), (50, 50));
         assert_eq!(rows[1].flow, "10.0.0.2");
+        assert!(stats.is_heavy(&flood) && !stats.is_heavy(&light));
         assert!(stats.heaviest(10, t0 + Duration::from_secs(40)).is_empty());
     }
 }

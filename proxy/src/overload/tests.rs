@@ -234,26 +234,39 @@ async fn with_no_agent_taking_work_the_call_is_refused_not_queued() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_standing_queue_shortens_the_wait() {
+async fn in_a_standing_queue_a_heavy_flow_waits_short_and_a_light_one_long() {
     let pool = pool(1);
     let q = queue(&pool, 20);
-    let mut held = q
+    let _held = q
         .balanced(&pool.snapshot(), &flow(1), deadline())
         .await
         .unwrap();
-    // For 120 ms every call served waited 6 ms, over CoDel's 5 ms target.
-    for _ in 0..20 {
-        let next = waiting(&q, &pool, flow(1));
+    // Flow 1 floods until a call of its is shed: the queue stands.
+    let mut flood = Vec::new();
+    loop {
+        flood.push(waiting(&q, &pool, flow(1)));
         settle().await;
-        tokio::time::advance(Duration::from_millis(6)).await;
-        held.finish(agent_pool::Outcome::Success);
-        settle().await;
-        held = next.await.unwrap().unwrap();
+        if flood.iter().any(|h| h.is_finished()) {
+            break;
+        }
+        assert!(flood.len() < 40, "the flood never ran out of room");
     }
+    for h in &flood {
+        h.abort();
+    }
+    settle().await;
+    assert_eq!(
+        q.queued.load(Ordering::SeqCst),
+        0,
+        "aborted calls left the queue"
+    );
     let started = Instant::now();
-    let r = q.balanced(&pool.snapshot(), &flow(2), deadline()).await;
-    assert_eq!(r.unwrap_err(), Refused::Shed(Shed::Expired));
-    // Two slots' worth at 200 calls/s, 10 ms (above the 4 ms floor), against the burst's 20 ms.
-    assert_eq!(started.elapsed(), Duration::from_millis(10));
-    drop(held);
+    let heavy = q.balanced(&pool.snapshot(), &flow(1), deadline()).await;
+    assert_eq!(heavy.unwrap_err(), Refused::Shed(Shed::Expired));
+    // The standing floor, 3 ms, against the burst's 20 ms.
+    assert_eq!(started.elapsed(), Duration::from_millis(3));
+    let started = Instant::now();
+    let light = q.balanced(&pool.snapshot(), &flow(2), deadline()).await;
+    assert_eq!(light.unwrap_err(), Refused::Shed(Shed::Expired));
+    assert_eq!(started.elapsed(), Duration::from_millis(20));
 }
