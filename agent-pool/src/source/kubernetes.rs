@@ -38,7 +38,7 @@ mod tests;
 
 pub use spec::{ServiceRef, SpecError};
 
-use backoff::Backoff;
+use backoff::WatchBackoff;
 use merge::Members;
 
 /// API verbs the source uses on EndpointSlices; the RBAC Role must grant these (and need grant
@@ -121,7 +121,7 @@ pub async fn kubernetes(
         emitted: Members::new(),
         held: BTreeMap::new(),
         out: Default::default(),
-        backoff: Backoff::default(),
+        backoff: WatchBackoff::default(),
         retry_at: None,
     };
     futures::stream::unfold(merger, |mut m| async move {
@@ -145,7 +145,7 @@ struct Merger {
     /// Emitted members absent from the current view, with the time their Remove is due.
     held: BTreeMap<EndpointId, Instant>,
     out: std::collections::VecDeque<Update>,
-    backoff: Backoff,
+    backoff: WatchBackoff,
     /// After an error, the watcher is not polled (so makes no request) until then.
     retry_at: Option<Instant>,
 }
