@@ -147,13 +147,17 @@ impl AgentConns {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move {
-            let deadline = Instant::now() + this.connect_timeout;
-            let _ = this.connect_slot(index, deadline, false, false).await;
-            this.slots[index]
-                .reconnecting
-                .store(false, Ordering::Release);
-        });
+        let span = self.span();
+        tokio::spawn(
+            async move {
+                let deadline = Instant::now() + this.connect_timeout;
+                let _ = this.connect_slot(index, deadline, false, false).await;
+                this.slots[index]
+                    .reconnecting
+                    .store(false, Ordering::Release);
+            }
+            .instrument(span),
+        );
     }
 
     /// A live connection, round-robin over the slots. A dead slot is reconnected in the
