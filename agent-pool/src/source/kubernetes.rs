@@ -60,7 +60,7 @@ pub const REMOVAL_HOLD: Duration = Duration::from_millis(250);
 
 /// Why no Kubernetes client could be built.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum KubeConfigError {
     /// Neither the in-cluster service account nor `KUBECONFIG` / `~/.kube/config` gave a
     /// usable configuration.
     #[error(
@@ -71,8 +71,8 @@ pub enum ClientError {
 
 /// A client for the cluster the process runs in (service account token and CA), or, outside a
 /// cluster, the current context of `KUBECONFIG` (else `~/.kube/config`).
-pub async fn client_from_env() -> Result<kube::Client, ClientError> {
-    Client::try_default().await.map_err(ClientError::Config)
+pub async fn client_from_env() -> Result<kube::Client, KubeConfigError> {
+    Client::try_default().await.map_err(KubeConfigError::Config)
 }
 
 /// The membership of Service `service` in `namespace`, port `port_name`, as a never-ending
