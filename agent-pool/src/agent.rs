@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::ewma::PeakEwma;
 use crate::health::{EjectionBudget, Failure, Health};
+use crate::limit::{ConcurrencyLimit, LimitConfig};
 use crate::{Address, AffinityToken, Endpoint, EndpointId, SourceState};
 
 /// An agent's state as the picker sees it.
@@ -71,6 +72,7 @@ pub(crate) struct AgentParams {
     pub(crate) latency_decay: Duration,
     pub(crate) failure_penalty: Duration,
     pub(crate) budget: Arc<EjectionBudget>,
+    pub(crate) limit: LimitConfig,
 }
 
 /// One agent of the pool. Cheap to share (`Arc<Agent>`); every method is lock-free.
@@ -87,6 +89,8 @@ pub struct Agent {
     /// Until when it is joining (nanoseconds since the epoch); 0 when it never was.
     joining_until: AtomicU64,
     outstanding: AtomicU64,
+    /// Calls this replica keeps in flight on it at most (learned).
+    limit: ConcurrencyLimit,
     ewma: PeakEwma,
     /// Least latency sample of a failed answer (nanoseconds).
     failure_penalty_ns: f64,
@@ -125,6 +129,7 @@ impl Agent {
             gone_at: AtomicU64::new(0),
             joining_until: AtomicU64::new(0),
             outstanding: AtomicU64::new(0),
+            limit: ConcurrencyLimit::new(params.limit, now_ns),
             ewma: PeakEwma::new(
                 initial.as_nanos() as f64,
                 now_ns,
@@ -183,6 +188,24 @@ impl Agent {
         self.outstanding.load(Relaxed)
     }
 
+    /// Calls this proxy keeps in flight on it at most: its learned concurrency limit.
+    pub fn slots(&self) -> u64 {
+        u64::from(self.limit.slots())
+    }
+
+    /// Whether a call started now stays within its concurrency limit.
+    #[inline]
+    pub fn has_free_slot(&self) -> bool {
+        self.outstanding.load(Relaxed) < u64::from(self.limit.slots())
+    }
+
+    /// Whether an UpdateRequest for it may start now: below its limit, a probe of its latency
+    /// without queueing notwithstanding (the update has no other agent to wait for).
+    #[inline]
+    pub fn has_free_slot_for_pinned(&self) -> bool {
+        self.outstanding.load(Relaxed) < u64::from(self.limit.limit_slots())
+    }
+
     /// The peak-EWMA latency estimate now (decayed toward zero since the last sample).
     pub fn latency_ewma(&self) -> Duration {
         self.latency_ewma_at(Instant::now())
@@ -199,7 +222,8 @@ impl Agent {
     }
 
     pub(crate) fn start_at(self: &Arc<Self>, now: Instant) -> InFlight {
-        self.outstanding.fetch_add(1, Relaxed);
+        let in_flight = self.outstanding.fetch_add(1, Relaxed) + 1;
+        self.limit.started(in_flight);
         self.started.fetch_add(1, Relaxed);
         InFlight {
             agent: self.clone(),
@@ -217,12 +241,15 @@ impl Agent {
         let timeouts = self.timeouts.load(Relaxed);
         let failed = self.failed.load(Relaxed);
         let error_answers = self.error_answers.load(Relaxed);
+        let (limit, target) = self.limit.view();
         AgentStats {
             id: self.id.clone(),
             address: self.address.to_string(),
             token: self.token,
             state: self.state_at(now),
             outstanding: self.outstanding(),
+            limit,
+            limit_target_ms: target.as_secs_f64() * 1e3,
             latency_ewma_ms: self.ewma.get(now_ns) / 1e6,
             picks: self.picks.load(Relaxed),
             started: self.started.load(Relaxed),
@@ -360,6 +387,7 @@ impl Agent {
             Outcome::Success => {
                 self.successes.fetch_add(1, Relaxed);
                 self.ewma.observe(sample, now_ns);
+                self.limit.answered(sample, now_ns);
                 self.health.on_success(&self.budget);
                 return;
             }
@@ -372,6 +400,7 @@ impl Agent {
             }
             Outcome::Timeout => {
                 self.timeouts.fetch_add(1, Relaxed);
+                self.limit.timed_out(now_ns);
                 self.ewma
                     .penalize(sample.max(self.failure_penalty_ns), now_ns);
             }
@@ -537,6 +566,10 @@ pub struct AgentStats {
     pub state: AgentState,
     /// Requests in flight.
     pub outstanding: u64,
+    /// Its learned concurrency limit (requests in flight at most; the integer part counts).
+    pub limit: f64,
+    /// The latency the limit holds the agent to, milliseconds (0 before its first answers).
+    pub limit_target_ms: f64,
     /// Peak-EWMA latency estimate, milliseconds.
     pub latency_ewma_ms: f64,
     /// Times the picker chose it.

@@ -46,7 +46,9 @@ impl Default for HintsConfig {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Hints {
     /// Agents' worth of work this proxy sends: the larger of total outstanding EWMA ÷ target
-    /// outstanding per agent and RPC rate ÷ target RPC/s per agent. Not rounded, not clamped,
+    /// outstanding per agent and RPC rate ÷ target RPC/s per agent. Calls the proxy shed or
+    /// queues because every agent was at its limit count as offered: in the rate, and in the
+    /// outstanding as waiting plus shed per second × the typical latency. Not rounded, not clamped,
     /// not held: the pool needs `ceil` of the sum over every proxy replica.
     pub demand: f64,
     /// `ceil(demand)` within `min_agents..=max_agents`: the pool this proxy alone would need.
@@ -88,6 +90,12 @@ pub(crate) struct TickInput {
     pub(crate) total_outstanding: u64,
     /// Requests started since the previous tick.
     pub(crate) started: u64,
+    /// Calls shed since the previous tick without reaching an agent (all at their limits).
+    pub(crate) shed: u64,
+    /// Calls waiting in the proxy for an agent's slot.
+    pub(crate) waiting: u64,
+    /// The agents' typical latency (what a shed call would have kept outstanding).
+    pub(crate) typical_latency: Option<Duration>,
     pub(crate) ready_agents: usize,
     pub(crate) known_agents: usize,
     pub(crate) ejected_agents: usize,
@@ -148,7 +156,16 @@ impl HintsState {
 
     pub(crate) fn tick(&mut self, now: Instant, input: TickInput) -> &Hints {
         let c = &self.config;
-        let sample = input.total_outstanding as f64;
+        // Shed and waiting calls are load too: the agents would have had them outstanding
+        // (Little's law: shed per second × latency) had there been enough of them.
+        let dt = self
+            .last
+            .map(|last| now.saturating_duration_since(last).as_secs_f64());
+        let shed_out = match (dt, input.typical_latency) {
+            (Some(dt), Some(lat)) if dt > 0.0 => input.shed as f64 / dt * lat.as_secs_f64(),
+            _ => 0.0,
+        };
+        let sample = input.total_outstanding as f64 + input.waiting as f64 + shed_out;
         match self.last {
             None => self.outstanding_ewma = sample,
             Some(last) => {
@@ -160,7 +177,7 @@ impl HintsState {
                 };
                 self.outstanding_ewma += alpha * (sample - self.outstanding_ewma);
                 if dt > 0.0 {
-                    let rate = input.started as f64 / dt;
+                    let rate = (input.started + input.shed) as f64 / dt;
                     self.rate_ewma += alpha * (rate - self.rate_ewma);
                 }
             }

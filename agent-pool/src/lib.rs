@@ -7,7 +7,8 @@
 //!   latency × (outstanding + 1); [`Snapshot::by_token`] finds the agent an [`AffinityToken`]
 //!   names, for UpdateRequests, even while it terminates or shortly after it left.
 //! - [`Agent::start`] counts a request in flight; [`InFlight::finish`] records its latency and
-//!   [`Outcome`], which drives passive health (ejection with exponential backoff).
+//!   [`Outcome`], which drives passive health (ejection with exponential backoff) and the
+//!   agent's learned concurrency limit ([`Agent::has_free_slot`], [`Snapshot::pick_free`]).
 //! - A periodic tick (inside [`Pool::run`], or [`Pool::tick`]) computes [`Hints`].
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ mod endpoint;
 mod ewma;
 mod health;
 mod hints;
+mod limit;
 mod picker;
 mod pool;
 mod snapshot;
@@ -33,6 +35,7 @@ pub use endpoint::{
 };
 pub use health::EjectionConfig;
 pub use hints::{Hints, HintsConfig};
+pub use limit::LimitConfig;
 pub use pool::{ConfigError, Pool, PoolConfig};
 pub use snapshot::Snapshot;
 pub use token::{AffinityToken, ShortToken, TokenError};

@@ -58,15 +58,20 @@ pub(crate) fn random_index(n: usize) -> usize {
     below(next_u64(), n)
 }
 
-/// Picks among `candidates`, skipping `exclude`.
+/// Picks among `candidates`, skipping `exclude` and, with `need_slot`, agents at their
+/// concurrency limit.
 #[inline]
 pub(crate) fn pick<'a>(
     candidates: &'a [Arc<Agent>],
     now: &mut LazyNow,
     exclude: Option<&Agent>,
+    need_slot: bool,
 ) -> Option<&'a Arc<Agent>> {
-    let usable =
-        |a: &Agent, now: &mut LazyNow| exclude.is_none_or(|x| !std::ptr::eq(a, x)) && a.usable(now);
+    let usable = |a: &Agent, now: &mut LazyNow| {
+        exclude.is_none_or(|x| !std::ptr::eq(a, x))
+            && (!need_slot || a.has_free_slot())
+            && a.usable(now)
+    };
     let n = candidates.len();
     match n {
         0 => return None,

@@ -4,6 +4,7 @@
 //! [`Pool::run`], expires gone agents, ends elapsed ejections and computes the hints.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,8 @@ use crate::agent::AgentParams;
 use crate::health::EjectionBudget;
 use crate::hints::{HintsState, TickInput};
 use crate::{
-    Agent, EjectionConfig, Endpoint, EndpointId, Hints, HintsConfig, Snapshot, Update, Updates,
+    Agent, EjectionConfig, Endpoint, EndpointId, Hints, HintsConfig, LimitConfig, Snapshot, Update,
+    Updates,
 };
 
 /// How the pool behaves. Every field has a default (`PoolConfig::default()`).
@@ -56,6 +58,8 @@ pub struct PoolConfig {
     /// shorter makes the picker react to noise. The shares measured with each choice are in
     /// `docs/measurements.md` ("Picker and latency estimate").
     pub latency_decay: Duration,
+    /// How each agent's concurrency limit learns (`limit` module; docs/overload.md).
+    pub limit: LimitConfig,
 }
 
 impl Default for PoolConfig {
@@ -68,6 +72,7 @@ impl Default for PoolConfig {
             default_rtt: Duration::from_millis(5),
             failure_penalty: Duration::from_secs(1),
             latency_decay: Duration::from_secs(1),
+            limit: LimitConfig::default(),
         }
     }
 }
@@ -129,6 +134,16 @@ impl PoolConfig {
         if self.latency_decay.is_zero() {
             p.push("latency_decay must be positive".to_owned());
         }
+        let l = &self.limit;
+        if l.min == 0 || l.min > l.max || !(l.min..=l.max).contains(&l.initial) {
+            p.push(format!(
+                "limit: need 1 <= min ({}) <= initial ({}) <= max ({})",
+                l.min, l.initial, l.max
+            ));
+        }
+        if l.max_target.is_zero() {
+            p.push("limit.max_target must be positive".to_owned());
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -170,6 +185,12 @@ struct Inner {
     current: ArcSwap<Snapshot>,
     members: Mutex<Members>,
     hints: Mutex<HintsState>,
+    /// Calls the proxy shed without starting them on any agent (all at their limits), and
+    /// the count at the previous tick: offered load the agents never saw.
+    shed: AtomicU64,
+    shed_mark: AtomicU64,
+    /// Calls waiting in the proxy for a slot now.
+    waiting: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -198,6 +219,7 @@ impl Pool {
             failure_penalty: config.failure_penalty,
             latency_decay: config.latency_decay,
             budget: Arc::new(EjectionBudget::new(config.ejection.clone())),
+            limit: config.limit,
         };
         let empty = Snapshot::new(0, epoch, config.gone_grace, Vec::new(), epoch);
         Pool {
@@ -207,6 +229,9 @@ impl Pool {
                 members: Mutex::new(Members::default()),
                 params,
                 config,
+                shed: AtomicU64::new(0),
+                shed_mark: AtomicU64::new(0),
+                waiting: AtomicU64::new(0),
             }),
         }
     }
@@ -378,6 +403,10 @@ impl Pool {
                 input.ready_agents += 1;
             }
         }
+        let shed = self.inner.shed.load(Relaxed);
+        input.shed = shed.saturating_sub(self.inner.shed_mark.swap(shed, Relaxed));
+        input.waiting = self.inner.waiting.load(Relaxed);
+        input.typical_latency = snap.typical_latency();
         let hints = lock(&self.inner.hints).tick(now, input).clone();
         tracing::trace!(
             recommended = hints.recommended,
@@ -390,6 +419,17 @@ impl Pool {
     #[inline]
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.current.load_full()
+    }
+
+    /// Counts a call the proxy shed because every agent was at its concurrency limit: load
+    /// the agents never saw, which the hint must still ask agents for.
+    pub fn count_shed(&self) {
+        self.inner.shed.fetch_add(1, Relaxed);
+    }
+
+    /// Calls waiting in the proxy for an agent's slot now (counted as outstanding in the hint).
+    pub fn set_waiting(&self, n: usize) {
+        self.inner.waiting.store(n as u64, Relaxed);
     }
 
     /// The hint computed at the latest tick (before any tick: `min_agents`, zero load).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::agent::LazyNow;
-use crate::{AffinityToken, Agent, ShortToken, picker};
+use crate::{AffinityToken, Agent, AgentState, ShortToken, picker};
 
 /// Tokens are already hashes: the index uses them as they are.
 #[derive(Default)]
@@ -124,27 +124,102 @@ impl Snapshot {
     /// when no agent can take new work. O(1) while a ready agent is usable.
     #[inline]
     pub fn pick(&self) -> Option<Arc<Agent>> {
-        self.pick_with(LazyNow::new(self.epoch), None)
+        self.pick_with(LazyNow::new(self.epoch), None, false)
     }
 
     /// Like [`pick`](Self::pick) but never returns `not` (to retry elsewhere).
     #[inline]
     pub fn pick_excluding(&self, not: &Agent) -> Option<Arc<Agent>> {
-        self.pick_with(LazyNow::new(self.epoch), Some(not))
+        self.pick_with(LazyNow::new(self.epoch), Some(not), false)
+    }
+
+    /// Like [`pick`](Self::pick) (or [`pick_excluding`](Self::pick_excluding) with `not`), among
+    /// the agents below their concurrency limit only ([`Agent::has_free_slot`]). `None` when
+    /// every agent that takes work is at its limit: the caller queues the call.
+    #[inline]
+    pub fn pick_free(&self, not: Option<&Agent>) -> Option<Arc<Agent>> {
+        self.pick_with(LazyNow::new(self.epoch), not, true)
+    }
+
+    /// Whether an agent takes new work in this snapshot: ready and not ejected, or, when no
+    /// ready agent does, terminating or joining (the picker's fallbacks).
+    pub fn takes_new_work(&self, agent: &Agent) -> bool {
+        let mut now = LazyNow::new(self.epoch);
+        match agent.state() {
+            AgentState::Ready => agent.usable(&mut now),
+            AgentState::Terminating | AgentState::Joining => {
+                !self.ready.iter().any(|a| a.usable(&mut now)) && agent.usable(&mut now)
+            }
+            AgentState::Ejected | AgentState::Gone => false,
+        }
+    }
+
+    /// Whether any agent takes new work (in any tier).
+    pub fn takes_work(&self) -> bool {
+        let mut now = LazyNow::new(self.epoch);
+        [&self.ready, &self.terminating, &self.joining]
+            .iter()
+            .any(|list| list.iter().any(|a| a.usable(&mut now)))
+    }
+
+    /// What the agents taking work can hold: calls per second at their limits (the sum over
+    /// them of limit ÷ latency estimate, which the peak-biased estimate keeps on the low side)
+    /// and their slots (the sum of their limits).
+    pub fn capacity(&self) -> (f64, u64) {
+        let mut now = LazyNow::new(self.epoch);
+        let sum = |list: &[Arc<Agent>], now: &mut LazyNow| -> (f64, u64) {
+            list.iter()
+                .filter(|a| a.usable(now))
+                .fold((0.0, 0), |(rate, slots), a| {
+                    let latency = a.latency_ewma().as_secs_f64().max(1e-5);
+                    (rate + a.slots() as f64 / latency, slots + a.slots())
+                })
+        };
+        let ready = sum(&self.ready, &mut now);
+        if ready.1 > 0 {
+            return ready;
+        }
+        let (t, j) = (
+            sum(&self.terminating, &mut now),
+            sum(&self.joining, &mut now),
+        );
+        (t.0 + j.0, t.1 + j.1)
     }
 
     #[cfg(test)]
     pub(crate) fn pick_at(&self, now: Instant, exclude: Option<&Agent>) -> Option<Arc<Agent>> {
-        self.pick_with(LazyNow::at(self.epoch, now), exclude)
+        self.pick_with(LazyNow::at(self.epoch, now), exclude, false)
     }
 
     #[inline]
-    fn pick_with(&self, mut now: LazyNow, exclude: Option<&Agent>) -> Option<Arc<Agent>> {
-        let a = picker::pick(&self.ready, &mut now, exclude)
-            .or_else(|| picker::pick(&self.terminating, &mut now, exclude))
-            .or_else(|| picker::pick(&self.joining, &mut now, exclude))?;
+    fn pick_with(
+        &self,
+        mut now: LazyNow,
+        exclude: Option<&Agent>,
+        need_slot: bool,
+    ) -> Option<Arc<Agent>> {
+        // With `need_slot`, a tier whose agents are all at their limit still takes the work
+        // (the call waits for it): the next tier is only for when no agent of it is usable.
+        let tier = |list: &[Arc<Agent>], now: &mut LazyNow| -> Result<Option<Arc<Agent>>, ()> {
+            match picker::pick(list, now, exclude, need_slot) {
+                Some(a) => Ok(Some(a.clone())),
+                None if need_slot
+                    && list.iter().any(|a| {
+                        exclude.is_none_or(|x| !std::ptr::eq(&**a, x)) && a.usable(now)
+                    }) =>
+                {
+                    Ok(None)
+                }
+                None => Err(()),
+            }
+        };
+        let a = tier(&self.ready, &mut now)
+            .or_else(|()| tier(&self.terminating, &mut now))
+            .or_else(|()| tier(&self.joining, &mut now))
+            .ok()
+            .flatten()?;
         a.count_pick();
-        Some(a.clone())
+        Some(a)
     }
 
     /// The agent with this affinity token, if it is a member in any state: ready, terminating,

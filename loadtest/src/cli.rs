@@ -56,9 +56,14 @@ pub struct AgentArgs {
     /// Work per RPC: fixed (`200us`) or exponential with that mean (`exp:200us`).
     #[arg(long, default_value = "200us")]
     pub service_time: ServiceTime,
-    /// RPCs served concurrently; more wait for a free worker.
+    /// Worker slots (`--shape fifo`: RPCs served at once, more wait for a free one) or
+    /// processors (`--shape ps`: shared by every RPC in progress).
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// CPU shape: `fifo` (worker slots, a queue in front) or `ps` (processor sharing: every RPC
+    /// in progress slows as more arrive; none is cancelled when its caller gives up).
+    #[arg(long, default_value = "fifo")]
+    pub shape: crate::agent::Shape,
     /// Service time multiplier.
     #[arg(long, default_value_t = 1.0)]
     pub slow: f64,
@@ -100,6 +105,7 @@ impl AgentArgs {
             context_expiration: self.context_expiration,
             service_time: self.service_time,
             workers: self.workers,
+            shape: self.shape,
             faults: Faults {
                 refuse: self.refuse,
                 hangup: false,

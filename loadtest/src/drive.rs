@@ -16,6 +16,8 @@
 //! difference B − A is fair even on a noisy box.
 
 mod client;
+mod inspection;
+mod path;
 mod payload;
 pub mod plot;
 pub mod profile;
@@ -37,6 +39,9 @@ use crate::rpc::{self, Reply};
 use crate::units::parse_duration;
 
 pub use client::{CallError, Client, ErrorKind};
+pub use inspection::Inspection;
+pub use path::{FlowArgs, Split};
+use path::{Path, splitmix64};
 pub use payload::{ATTACK, PayloadShape};
 pub use report::{
     AgentReport, BUCKET, Bucket, DriveReport, Latency, LatencyDiff, MethodReport, PathReport, Tally,
@@ -121,6 +126,13 @@ pub struct DriveArgs {
     /// Open loop at a rate that moves over time instead of `rate` (autoscaling scenarios).
     #[arg(skip)]
     pub profile: Option<Arc<profile::RateProfile>>,
+    /// Module sources with rates of their own instead of `rate` (a noisy neighbour): one
+    /// timetable each, and each flow's calls reported apart.
+    #[arg(skip)]
+    pub flows: Vec<FlowArgs>,
+    /// Calls split between proxy replicas by weight instead of `target` / `update_target`.
+    #[arg(skip)]
+    pub split: Option<Split>,
 }
 
 impl Default for DriveArgs {
@@ -162,32 +174,17 @@ impl DriveArgs {
         if self.persistent && self.connections == 0 {
             e.push("--connections must be at least 1".into());
         }
-        if e.is_empty() { Ok(()) } else { Err(e) }
-    }
-}
-
-/// One way to the agents: where a transaction's calls go, and what they measured.
-struct Path {
-    pre: Client,
-    update: Client,
-    rec: report::Recorder,
-    transactions: AtomicU64,
-    flagged: AtomicU64,
-    blocked: AtomicU64,
-    failed_open: AtomicU64,
-}
-
-impl Path {
-    fn new(pre: Client, update: Client) -> Path {
-        Path {
-            pre,
-            update,
-            rec: report::Recorder::new(),
-            transactions: AtomicU64::new(0),
-            flagged: AtomicU64::new(0),
-            blocked: AtomicU64::new(0),
-            failed_open: AtomicU64::new(0),
+        if (!self.flows.is_empty() || self.split.is_some())
+            && (self.compare_target.is_some() || self.concurrency.is_some())
+        {
+            e.push("flows and split calls are open loop without --compare-target".into());
         }
+        if let Some(s) = &self.split
+            && (s.targets.len() != s.weights.len() || s.weights.contains(&0))
+        {
+            e.push("a split needs one weight of at least 1 per target".into());
+        }
+        if e.is_empty() { Ok(()) } else { Err(e) }
     }
 }
 
@@ -207,19 +204,38 @@ struct Ctx {
 
 impl Ctx {
     fn new(args: DriveArgs) -> Ctx {
-        let client = |addr: &RpcAddr| {
+        let client = |addr: &RpcAddr, sources: &[IpAddr]| {
             if args.persistent {
-                Client::persistent(addr.clone(), args.sources.clone(), args.connections)
+                Client::persistent(addr.clone(), sources.to_vec(), args.connections)
             } else {
-                Client::per_call(addr.clone(), args.sources.clone())
+                Client::per_call(addr.clone(), sources.to_vec())
             }
         };
-        let mut paths = vec![Path::new(
-            client(&args.target),
-            client(args.update_target.as_ref().unwrap_or(&args.target)),
-        )];
+        let path = |sources: &[IpAddr]| match &args.split {
+            Some(s) => {
+                let n = s.targets.len();
+                let replicas = (0..n)
+                    .map(|r| {
+                        let update = &s.targets[(r + 1) % n];
+                        (client(&s.targets[r], sources), client(update, sources))
+                    })
+                    .collect();
+                Path::split(replicas, s.weights.clone())
+            }
+            None => Path::new(
+                client(&args.target, sources),
+                client(args.update_target.as_ref().unwrap_or(&args.target), sources),
+            ),
+        };
+        let mut paths: Vec<Path> = args.flows.iter().map(|f| path(&f.sources)).collect();
+        if paths.is_empty() {
+            paths.push(path(&args.sources));
+        }
         if let Some(b) = &args.compare_target {
-            paths.push(Path::new(client(b), client(b)));
+            paths.push(Path::new(
+                client(b, &args.sources),
+                client(b, &args.sources),
+            ));
         }
         Ctx {
             paths,
@@ -258,35 +274,48 @@ impl Ctx {
         (seq, &self.paths[i])
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
         seq: u64,
         path: &Path,
+        replica: usize,
         update: bool,
         method: &'static str,
         frame_of: impl FnOnce(u64) -> Vec<u8>,
         since: Instant,
     ) -> Result<Reply, CallError> {
         let msgid = self.next_msgid();
-        let client = if update { &path.update } else { &path.pre };
+        let (pre, upd) = path.clients(replica);
+        let client = if update { upd } else { pre };
+        let started = Instant::now();
         let r = client
             .call(msgid, frame_of(msgid), self.args.timeout, Some(seq))
             .await;
+        let failed = r.is_err();
+        self.rec
+            .inspection
+            .record(method, started.elapsed(), failed);
         if let Err(e) = &r {
             tracing::debug!(method, kind = ?e.kind, detail = %e.detail, "Call failed");
         }
         let (latency, error) = (since.elapsed(), r.as_ref().err().map(|e| e.kind));
         self.rec.record(method, latency, error);
-        if self.paths.len() > 1 {
+        if self.paths.len() > 1 || !self.args.flows.is_empty() {
             path.rec.record(method, latency, error);
         }
         r
     }
 
-    /// One simulated HTTP request; `scheduled` is when it should have started.
-    async fn transaction(&self, scheduled: Instant) {
+    /// One simulated HTTP request; `scheduled` is when it should have started; `flow` the
+    /// path of the flow it belongs to, if the drive has flows.
+    async fn transaction(&self, scheduled: Instant, flow: Option<usize>) {
         self.rec.record_lateness(scheduled.elapsed());
-        let (seq, path) = self.next_transaction();
+        let (seq, path) = match flow {
+            Some(i) => (self.seq.fetch_add(1, Relaxed), &self.paths[i]),
+            None => self.next_transaction(),
+        };
+        let replica = path.pick();
         path.transactions.fetch_add(1, Relaxed);
         let attack = rand::random::<f64>() < self.args.attack_fraction;
         let anomalous = rand::random::<f64>() < self.args.anomalous_fraction;
@@ -298,6 +327,7 @@ impl Ctx {
             .call(
                 seq,
                 path,
+                replica,
                 false,
                 rpc::PRE_REQUEST,
                 |id| rpc::encode_request(id, rpc::PRE_REQUEST, &req),
@@ -329,6 +359,7 @@ impl Ctx {
                 .call(
                     seq,
                     path,
+                    replica,
                     true,
                     rpc::UPDATE_REQUEST,
                     |id| rpc::encode_request(id, rpc::UPDATE_REQUEST, &upd),
@@ -341,6 +372,7 @@ impl Ctx {
                 .call(
                     seq,
                     path,
+                    replica,
                     true,
                     rpc::POST_REQUEST,
                     |id| rpc::encode_request(id, rpc::POST_REQUEST, &post),
@@ -394,27 +426,13 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
                 let ctx = ctx.clone();
                 tasks.spawn(async move {
                     while Instant::now() < end {
-                        ctx.transaction(Instant::now()).await;
+                        ctx.transaction(Instant::now(), None).await;
                     }
                 });
             }
             0
         }
-        None => {
-            let timetable = timetable::Timetable {
-                start: std_start,
-                rate: args.rate,
-                duration: args.duration,
-                profile: args.profile.clone(),
-            };
-            let ctx = ctx.clone();
-            timetable
-                .dispatch(args.max_in_flight, &tasks, move |at| {
-                    let ctx = ctx.clone();
-                    async move { ctx.transaction(Instant::from_std(at)).await }
-                })
-                .await?
-        }
+        None => timetable::open_loop(&ctx, &args, std_start, &tasks).await?,
     };
     tasks.close();
     tasks.wait().await;
@@ -458,6 +476,8 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
         achieved_rpc_rate: rpcs as f64 / elapsed,
         tally: all,
         paths: Vec::new(),
+        flows: Vec::new(),
+        inspection: ctx.rec.inspection.report(),
         difference_us: Default::default(),
         agents: Vec::new(),
         updates_matched: 0,
@@ -467,8 +487,22 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
         problems: Vec::new(),
         timeline: ctx.rec.timeline(),
     };
-    if ctx.paths.len() > 1 {
-        let b = args.compare_target.as_ref().expect("two paths");
+    report.flows = ctx
+        .paths
+        .iter()
+        .zip(&args.flows)
+        .map(|(p, f)| PathReport {
+            name: f.name.clone(),
+            target: args.target.to_string(),
+            update_target: args
+                .update_target
+                .as_ref()
+                .unwrap_or(&args.target)
+                .to_string(),
+            tally: tally(std::slice::from_ref(p), &p.rec),
+        })
+        .collect();
+    if let Some(b) = &args.compare_target {
         let a_update = args.update_target.as_ref().unwrap_or(&args.target);
         let targets = [(&args.target, a_update), (b, b)];
         let paths = ctx
@@ -500,14 +534,6 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
         report.set_agents(stats);
     }
     Ok(report)
-}
-
-/// A well-mixed 64-bit hash (SplitMix64's finaliser): one coin flip per pair, no shared state.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// One counter summed over `paths`.

@@ -16,6 +16,7 @@ pub mod engine;
 pub(crate) mod judge;
 pub mod local;
 pub mod netbed;
+pub mod overload;
 pub mod scenario;
 
 // The simulator crate's modules, under the paths the rest of this crate names them by.

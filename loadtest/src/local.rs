@@ -6,7 +6,9 @@
 //! (see [`compare`]).
 
 mod accounts;
+mod capacity;
 pub mod compare;
+mod flows;
 mod options;
 pub(crate) mod procs;
 pub mod procstat;
@@ -47,6 +49,8 @@ pub struct LocalReport {
     /// Timed observations of the steps (ejection, last PreRequest, drain), with the errors in
     /// calls that ended after each.
     pub marks: Vec<Mark>,
+    /// Capacity, inspected calls, failed-open latency, by second, agent and flow.
+    pub overload: crate::overload::OverloadReport,
 }
 
 /// Runs the orchestrator and returns its report (with `failures` filled).
@@ -58,7 +62,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     let traffic = args.run.traffic()?;
     let scenario = &traffic.scenario;
     let via = args.via();
-    let n = args.agents.or(scenario.agents).unwrap_or(2);
+    let per_agent = scenario
+        .agent_workers
+        .len()
+        .max(scenario.agent_service_time.len());
+    let n = args
+        .agents
+        .or(scenario.agents)
+        .unwrap_or(if per_agent > 0 { per_agent } else { 2 });
     anyhow::ensure!(n >= 1, "--agents must be at least 1");
     let n_proxies = args.proxies.or(scenario.proxies).unwrap_or(1);
     anyhow::ensure!(n_proxies >= 1, "--proxies must be at least 1");
@@ -68,7 +79,13 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     );
     let duration = traffic.duration;
     let exe = std::env::current_exe()?;
-    let agent_args = args.agent_process_args();
+    let specs = (0..n)
+        .map(|i| capacity::agent_spec(&args, scenario, i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let agent_args: Vec<Vec<String>> = specs
+        .iter()
+        .map(|s| capacity::process_args(&args, s))
+        .collect();
 
     let dir = tempfile::Builder::new()
         .prefix("loadtest-local-")
@@ -86,6 +103,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     // On the bed the module emulator is a host of its own: a runtime whose sockets are its.
     let module = bed.as_ref().map(|b| b.module_host()).transpose()?;
     let modules = module.as_ref().map(|(rt, _)| rt.handle().clone());
+    let (flow_args, flow_hosts) = flows::flows(scenario, bed.as_deref())?;
     let mut pool = Pool::new(dir.path().join("agents.json"), bed.clone());
     let mut failures = Vec::new();
     let plan = scenario.expanded_steps(duration);
@@ -97,7 +115,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     let expect = scenario.expect.clone();
     let samples: procstat::Samples = Default::default();
     let result = async {
-        pool.spawn_agents(&exe, n, &agent_args).await?;
+        pool.spawn_agents_each(&exe, &agent_args).await?;
+        let mut split = None;
         let (target, update_target): (SocketAddr, SocketAddr) = match via {
             Via::Direct => (pool.agents[0].rpc, pool.agents[0].rpc),
             Via::Proxy => {
@@ -108,6 +127,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
                 for _ in 0..n_proxies {
                     addrs.push(pool.spawn_proxy(&bin, &proxy_args).await?);
                 }
+                split = flows::split(scenario, &addrs)?;
                 match &bed {
                     // One Service: every connection to its VIP, spread by kube-proxy's rules.
                     Some(b) => (b.vip(), b.vip()),
@@ -139,6 +159,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
             // The orchestrator reads the agents itself: agents come and go during a scenario.
             agents_admin: Vec::new(),
             no_progress: false,
+            flows: flow_args.clone(),
+            split,
             ..DriveArgs::default()
         };
         eprintln!(
@@ -154,11 +176,24 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
                     r.start, r.factor, r.max_rate, r.step_duration
                 ),
                 (None, Some(c)) => format!("closed loop x{c}"),
+                (None, None) if !drive.flows.is_empty() => {
+                    let rates: Vec<String> =
+                        drive.flows.iter().map(|f| f.rate.to_string()).collect();
+                    format!("flows of {} tx/s", rates.join(" + "))
+                }
                 (None, None) => format!("{} tx/s", drive.rate),
             },
             drive.duration
         );
         pool.read_before().await;
+        let admins: Vec<SocketAddr> = pool.agents.iter().map(|a| a.admin).collect();
+        let share_window = expect.capacity_share_from.map(|from| {
+            let admins = admins.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(from).await;
+                crate::overload::read_served(&admins).await
+            })
+        });
         let sampler = procstat::sample_every(
             pool.front_pids.clone(),
             Duration::from_millis(250),
@@ -209,6 +244,18 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         };
         let mut report = report;
         pool.read_agents_into(&mut report).await;
+        let served = match share_window {
+            Some(start) => {
+                let start = start.await?;
+                let end = crate::overload::read_served(&admins).await;
+                crate::overload::served_between(&start, &end)
+            }
+            None => report
+                .agents
+                .iter()
+                .map(|a| a.stats.as_ref().map_or(0, |s| s.responses_timely))
+                .collect(),
+        };
         let (mut steps, marks) = timeline.finish().await;
         steps.push(format!("main drive: {}", uninspected_summary(&report)));
         if let Some(s) = &sockets {
@@ -216,7 +263,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         }
         steps.extend(pool.window_shares(&expect, &mut failures).await);
         steps.extend(pool.proxy_uninspected().await);
-        anyhow::Ok((report, steps, marks))
+        anyhow::Ok((report, steps, marks, served))
     }
     .await;
     failures.extend(pool.check_alive());
@@ -224,7 +271,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     if let Some((rt, _)) = module {
         rt.shutdown_background();
     }
-    let (report, mut steps, marks) = result?;
+    flow_hosts
+        .into_iter()
+        .for_each(|rt| rt.shutdown_background());
+    let (report, mut steps, marks, served) = result?;
     failures.extend(stop_problems);
     let answered: u64 = report.tally.methods.values().map(|m| m.ok).sum();
     steps.extend(procstat::cpu_per_rpc(
@@ -239,6 +289,21 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     ));
 
     failures.extend(judge::expectations(&report, &expect, &touched));
+    let overload = {
+        let at_start = capacity::capacities_at(&specs, &plan, Duration::ZERO);
+        let from = expect.capacity_share_from.unwrap_or(Duration::ZERO);
+        let in_window = capacity::capacities_at(&specs, &plan, from);
+        let served: Vec<u64> = served.into_iter().take(specs.len()).collect();
+        let cpu = procstat::front_cpu(&samples.lock().expect("not poisoned")).map(|(c, _)| c);
+        crate::overload::OverloadReport::of(&report, &at_start, (&in_window, &served), cpu)
+    };
+    steps.extend(overload.lines());
+    failures.extend(crate::overload::judge(
+        &overload,
+        &expect,
+        &scenario.flows,
+        duration,
+    ));
     let bounds = DriveBounds {
         max_errors: args.run.max_errors.or(expect.max_errors).or(
             match (expect.max_error_fraction, &scenario.ramp) {
@@ -274,6 +339,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         steps,
         failures,
         marks,
+        overload,
     })
 }
 

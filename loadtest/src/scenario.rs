@@ -77,6 +77,55 @@ pub struct Scenario {
     /// A closed autoscaling loop instead of one drive (see [`crate::autoscale`]).
     #[serde(default)]
     pub autoscale: Option<crate::autoscale::AutoscaleSpec>,
+    /// The agents' CPU shape, `fifo` or `ps` (`--agent-shape` overrides it).
+    pub agent_shape: Option<String>,
+    /// Each agent's workers (agent i takes entry i modulo the length), e.g. `[1, 2]`: agents of
+    /// unequal capacity; `--workers` otherwise.
+    #[serde(default)]
+    pub agent_workers: Vec<usize>,
+    /// Each agent's service time the same way, e.g. `["10ms", "5ms"]`; `--service-time`
+    /// otherwise.
+    #[serde(default)]
+    pub agent_service_time: Vec<String>,
+    /// With two or more proxy replicas: the share of transactions each replica takes, e.g.
+    /// `[3, 1]` (75/25); a transaction's UpdateRequest or PostRequest goes to the next replica,
+    /// so affinity across replicas is still exercised. Without it PreRequests go to replica 0
+    /// and updates to replica 1.
+    #[serde(default)]
+    pub proxy_weights: Vec<u32>,
+    /// Module sources with rates of their own (a noisy neighbour), instead of one drive at
+    /// `rate`: on loopback each from its own source address, on the netns bed each from a
+    /// module host of its own.
+    #[serde(default, rename = "flow")]
+    pub flows: Vec<Flow>,
+}
+
+/// `[[flow]]`: one module source (one app pod: the proxy's flow key is the connection's source
+/// address).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flow {
+    /// Transactions per second.
+    pub rate: f64,
+    /// Source address on loopback (default `127.0.0.{2 + index}`).
+    pub source: Option<std::net::IpAddr>,
+    /// Least fraction of this flow's calls inspected (answered without error).
+    pub min_inspected: Option<f64>,
+}
+
+/// `[[expect.inspected_window]]`: from `from` to `to` (default the drive's end), every whole
+/// second's calls (those that ended in it) are at least `min_fraction` inspected.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectedWindow {
+    /// Window start, from the drive's start.
+    #[serde(with = "duration")]
+    pub from: Duration,
+    /// Window end (default the drive's end).
+    #[serde(default, with = "opt_duration")]
+    pub to: Option<Duration>,
+    /// Least fraction of the calls of each second inspected.
+    pub min_fraction: f64,
 }
 
 /// `[ramp]`: drives of `step_duration` each, from `start` tx/s, each `factor` times the last,
@@ -133,6 +182,22 @@ pub struct Expect {
     pub max_rss_growth_kib: Option<u64>,
     /// Most growth of its open file descriptors, the same way.
     pub max_fd_growth: Option<u64>,
+    /// Least inspected (answered) calls per second as a fraction of the pool's capacity.
+    pub min_capacity_fraction: Option<f64>,
+    /// Most p99 latency, ms, of calls not inspected (an error frame, a reset, a timeout).
+    pub max_uninspected_p99_ms: Option<f64>,
+    /// Most p99 latency, ms, of inspected (answered) PreRequests.
+    pub max_inspected_pre_p99_ms: Option<f64>,
+    /// Windows in which every second's calls must be inspected to a fraction.
+    #[serde(default)]
+    pub inspected_window: Vec<InspectedWindow>,
+    /// Each agent's share of the calls the agents answered, from `capacity_share_from` to the
+    /// end, is within this relative distance of its share of the pool's capacity then (its
+    /// workers / service time, `slow` steps before `capacity_share_from` applied): 0.2 = ±20 %.
+    pub capacity_share_tolerance: Option<f64>,
+    /// Start of the `capacity_share_tolerance` window (default the drive's start).
+    #[serde(default, with = "opt_duration")]
+    pub capacity_share_from: Option<Duration>,
 }
 
 /// One timed change.
@@ -324,6 +389,8 @@ impl Scenario {
                 anyhow::bail!("{}: step {i}: every must be at least 100ms", path.display());
             }
         }
+        s.check_capacity_and_flows()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if let Some(r) = &s.ramp
             && (r.start.is_nan()
                 || r.start <= 0.0
@@ -338,6 +405,39 @@ impl Scenario {
             );
         }
         Ok(s)
+    }
+
+    /// The agents' shape and capacities, the proxies' weights and the flows make sense.
+    fn check_capacity_and_flows(&self) -> Result<(), String> {
+        if let Some(shape) = &self.agent_shape {
+            shape.parse::<crate::agent::Shape>()?;
+        }
+        if self.agent_workers.contains(&0) {
+            return Err("agent_workers must be at least 1 each".into());
+        }
+        for t in &self.agent_service_time {
+            t.parse::<crate::units::ServiceTime>()
+                .map_err(|e| format!("agent_service_time: {e}"))?;
+        }
+        if self.proxy_weights.contains(&0) {
+            return Err("proxy_weights must be at least 1 each".into());
+        }
+        if !self.proxy_weights.is_empty()
+            && self.proxies.is_some_and(|n| n != self.proxy_weights.len())
+        {
+            return Err("proxy_weights needs one weight per proxy replica".into());
+        }
+        if self
+            .flows
+            .iter()
+            .any(|f| !(f.rate.is_finite() && f.rate > 0.0))
+        {
+            return Err("every [[flow]] needs a positive rate".into());
+        }
+        if !self.flows.is_empty() && (self.ramp.is_some() || self.autoscale.is_some()) {
+            return Err("[[flow]] drives replace rate; not with [ramp] or [autoscale]".into());
+        }
+        Ok(())
     }
 
     /// The steps with every `every` expanded into one step per period before `end`, by time.

@@ -18,6 +18,11 @@
 //!   only routes an UpdateRequest to an agent that is still a member. It is the first page an
 //!   operator needs when one agent misbehaves.
 //! - `GET /hints`: the pool's autoscaling hint as JSON.
+//! - `GET /flows`: JSON array, the 20 module sources (app pod addresses, or processes on a Unix
+//!   socket) that sent the most calls while every agent was at its limit, over the last
+//!   10-20 s, and how many of those were shed: who floods the pool, without a
+//!   per-client metric label. Empty while the pool keeps up. The addresses are the pods'
+//!   own, known to anyone on the pod network.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,6 +40,7 @@ use tracing::debug;
 
 use crate::drain::Readiness;
 use crate::metrics;
+use crate::overload::OverloadQueue;
 
 /// What the admin routes read and act on.
 #[derive(Clone)]
@@ -45,6 +51,8 @@ pub(crate) struct AdminState {
     pub(crate) readiness: Arc<Readiness>,
     /// The metrics recorder.
     pub(crate) prometheus: PrometheusHandle,
+    /// The overload queue (`/flows`).
+    pub(crate) overload: Arc<OverloadQueue>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -96,7 +104,10 @@ pub(crate) fn route<B>(state: &AdminState, req: &Request<B>) -> Response<Full<By
             json(serde_json::to_vec_pretty(&stats))
         }
         (&Method::GET, "/hints") => json(serde_json::to_vec_pretty(&state.pool.hints())),
-        (_, "/healthz" | "/readyz" | "/metrics" | "/agents" | "/hints") => {
+        (&Method::GET, "/flows") => json(serde_json::to_vec_pretty(
+            &state.overload.heaviest_flows(20),
+        )),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/agents" | "/hints" | "/flows") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -141,8 +152,10 @@ mod tests {
     use agent_pool::{Endpoint, PoolConfig, Update};
 
     fn state() -> AdminState {
+        let pool = Pool::new(PoolConfig::default());
         AdminState {
-            pool: Pool::new(PoolConfig::default()),
+            overload: OverloadQueue::new(pool.clone(), Default::default()),
+            pool,
             readiness: Arc::new(Readiness::new()),
             prometheus: metrics::handle(),
         }
@@ -189,6 +202,7 @@ mod tests {
         )]));
         assert_eq!(get(&state, Method::GET, "/agents"), StatusCode::OK);
         assert_eq!(get(&state, Method::GET, "/hints"), StatusCode::OK);
+        assert_eq!(get(&state, Method::GET, "/flows"), StatusCode::OK);
         assert_eq!(get(&state, Method::GET, "/metrics"), StatusCode::OK);
         assert_eq!(
             get(&state, Method::DELETE, "/agents"),

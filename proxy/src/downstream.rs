@@ -13,8 +13,9 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::Decoder;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -22,6 +23,7 @@ use crate::admission::{Admitted, Shed};
 use crate::codec::{Frame, FrameCodec, Limits, error_response};
 use crate::error::ClientError;
 use crate::metrics::{self as m, ConnectionClose, ModuleClose, Uninspected};
+use crate::overload::Flow;
 use crate::route::Router;
 use crate::stream::Stream;
 
@@ -222,7 +224,10 @@ impl Progress {
 
 async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Result<(), ClientError> {
     let mut at = Progress::new(shared.limits);
+    let flow = flow_of(stream);
     let mut in_flight = FuturesUnordered::new();
+    // Answers that came while another was being written, in the order they came.
+    let mut answered = std::collections::VecDeque::new();
     // Made once and re-armed: a fresh timer or cancellation waiter per loop turn costs a
     // registration each, several times per RPC.
     tokio::pin! {
@@ -232,29 +237,33 @@ async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Resul
     }
 
     loop {
-        // Decode what is buffered, up to the in-flight limit.
-        while in_flight.len() < shared.max_in_flight
+        // Decode what is buffered, up to the in-flight limit (answers not yet written count).
+        while in_flight.len() + answered.len() < shared.max_in_flight
             && let Some(frame) = at.next_frame()?
         {
-            in_flight.push(call(&shared.router, frame)?);
+            in_flight.push(call(&shared.router, frame, &flow)?);
         }
-        if in_flight.len() >= shared.max_in_flight {
+        let pending = in_flight.len() + answered.len();
+        if pending >= shared.max_in_flight {
             at.held_back();
         }
-        at.account(admitted, in_flight.len());
-        if !at.reading && in_flight.is_empty() {
+        at.account(admitted, pending);
+        if !at.reading && pending == 0 {
             break;
         }
-        let deadline = at.deadline(shared, in_flight.is_empty());
+        let deadline = at.deadline(shared, pending == 0);
         if let Some(t) = deadline
             && timer.deadline() != t
         {
             timer.as_mut().reset(t);
         }
-        let can_read = at.reading && in_flight.len() < shared.max_in_flight;
+        let can_read = at.reading && pending < shared.max_in_flight;
         let event = tokio::select! {
             biased;
             () = &mut shed => Event::Shed,
+            () = std::future::ready(()), if !answered.is_empty() => {
+                Event::Answer(answered.pop_front().expect("not empty"))
+            }
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => Event::Answer(answer),
             r = stream.read_buf(&mut at.buf), if can_read => Event::Read(r),
             () = &mut timer, if deadline.is_some() => Event::Timeout,
@@ -263,10 +272,12 @@ async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Resul
         match event {
             Event::Answer(bytes) => {
                 at.active(admitted);
-                write_answer(stream, &bytes, shared.write_timeout, in_flight.len()).await?;
+                let limit = shared.write_timeout;
+                write_answer(stream, &bytes, limit, &mut in_flight, &mut answered).await?;
             }
             Event::Read(Ok(0)) => {
-                if at.peer_closed(stream, in_flight.len(), shared.reset_closed_idle) {
+                let pending = in_flight.len() + answered.len();
+                if at.peer_closed(stream, pending, shared.reset_closed_idle) {
                     return Ok(());
                 }
             }
@@ -295,27 +306,59 @@ async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Resul
     Ok(())
 }
 
-/// Writes one answer within `limit`; on a timeout the `in_flight` calls still on the
-/// connection are lost with it.
-async fn write_answer(
+/// Whose calls these are, for the overload queue's fairness: the peer's address (one app pod),
+/// or on a Unix socket the peer process.
+fn flow_of(stream: &Stream) -> Flow {
+    match &**stream {
+        Either::Left(tcp) => tcp.peer_addr().map_or(Flow::Unknown, |a| Flow::ip(a.ip())),
+        Either::Right(unix) => unix.peer_cred().map_or(Flow::Unknown, |c| Flow::Process {
+            pid: c.pid().unwrap_or_default(),
+            uid: c.uid(),
+        }),
+    }
+}
+
+/// Writes one answer within `limit`, polling the connection's other calls meanwhile (their
+/// answers wait in `answered`): a call is not held on its agent, or in the overload queue, for
+/// as long as a slow reader takes. On a timeout the calls still on the connection are lost
+/// with it.
+async fn write_answer<F: Future<Output = Bytes>>(
     stream: &mut Stream,
     answer: &[u8],
     limit: Duration,
-    in_flight: usize,
+    in_flight: &mut FuturesUnordered<F>,
+    answered: &mut std::collections::VecDeque<Bytes>,
 ) -> Result<(), ClientError> {
-    match timeout(limit, stream.write_all(answer)).await {
-        Ok(r) => r.map_err(ClientError::Io),
-        Err(_) => {
-            m::uninspected_n(Uninspected::WriteTimeout, in_flight as u64);
-            Err(ClientError::WriteTimeout)
+    let deadline = Instant::now() + limit;
+    let mut written = 0;
+    while written < answer.len() {
+        tokio::select! {
+            biased;
+            // `write` is cancellation safe: a write that did not complete wrote nothing.
+            r = stream.write(&answer[written..]) => match r {
+                Ok(0) => return Err(ClientError::Io(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) => return Err(ClientError::Io(e)),
+            },
+            Some(a) = in_flight.next(), if !in_flight.is_empty() => answered.push_back(a),
+            () = sleep_until(deadline) => {
+                let lost = in_flight.len() + answered.len();
+                m::uninspected_n(Uninspected::WriteTimeout, lost as u64);
+                return Err(ClientError::WriteTimeout);
+            }
         }
     }
+    Ok(())
 }
 
 /// The work a frame from a module asks for: a call to route, or a call the proxy answers
 /// itself because it is not one a module makes (never forwarded to a shared agent
 /// connection). A frame without a msgid to answer closes the connection.
-fn call(router: &Router, frame: Frame) -> Result<impl Future<Output = Bytes> + '_, ClientError> {
+fn call<'a>(
+    router: &'a Router,
+    frame: Frame,
+    flow: &'a Flow,
+) -> Result<impl Future<Output = Bytes> + 'a, ClientError> {
     let problem = frame.call_problem();
     let msgid = match (problem, frame.msgid()) {
         (Some(problem), None) => return Err(ClientError::NotACall(problem)),
@@ -323,7 +366,7 @@ fn call(router: &Router, frame: Frame) -> Result<impl Future<Output = Bytes> + '
     };
     Ok(async move {
         match problem {
-            None => router.request(frame).await,
+            None => router.request(frame, flow).await,
             Some(problem) => {
                 m::uninspected(Uninspected::InvalidFrame);
                 m::rpc_finished(

@@ -30,6 +30,7 @@ mod listener;
 mod memory;
 mod metrics;
 mod module_init;
+mod overload;
 mod route;
 mod server;
 mod stream;

@@ -20,6 +20,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::codec::Method;
 
+mod overload;
+pub(crate) use overload::{queue_shed, queue_wait, queued};
+
 /// Latency buckets in seconds: the interesting range is well under the modules' 100 ms.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.1,
@@ -70,7 +73,7 @@ pub(crate) async fn upkeep(handle: PrometheusHandle, exit: tokio_util::sync::Can
 fn describe() {
     describe_counter!(
         "sigsci_proxy_rpcs_total",
-        "RPCs finished, by method and outcome (ok, agent_error, lost, or the failure: in_flight_limit, invalid_frame, no_agent, connect_failure, not_sent, backlogged, unsendable, upstream_broken, upstream_protocol, timeout)."
+        "RPCs finished, by method and outcome (ok, agent_error, lost, or the failure: in_flight_limit, invalid_frame, no_agent, connect_failure, not_sent, backlogged, unsendable, upstream_broken, upstream_protocol, timeout, shed)."
     );
     describe_histogram!(
         "sigsci_proxy_rpc_duration_seconds",
@@ -128,7 +131,8 @@ fn describe() {
         "sigsci_proxy_draining",
         "1 while this proxy drains (readiness off), else 0."
     );
-    crate::module_init::describe(); // issue 19
+    crate::module_init::describe();
+    overload::describe();
     for result in ["hit", "none", "lost"] {
         counter!("sigsci_proxy_affinity_total", "result" => result).increment(0);
     }
@@ -239,11 +243,13 @@ pub(crate) enum RpcOutcome {
     UpstreamProtocol,
     /// No answer before the RPC deadline.
     Timeout,
+    /// Shed by the overload queue: every agent at its limit.
+    Shed,
 }
 
 impl RpcOutcome {
     /// Every outcome, registered at 0 for every method at start-up.
-    const ALL: [RpcOutcome; 13] = [
+    const ALL: [RpcOutcome; 14] = [
         Self::Ok,
         Self::AgentError,
         Self::Lost,
@@ -257,6 +263,7 @@ impl RpcOutcome {
         Self::UpstreamBroken,
         Self::UpstreamProtocol,
         Self::Timeout,
+        Self::Shed,
     ];
 
     fn label(self) -> &'static str {
@@ -274,6 +281,7 @@ impl RpcOutcome {
             Self::UpstreamBroken => "upstream_broken",
             Self::UpstreamProtocol => "upstream_protocol",
             Self::Timeout => "timeout",
+            Self::Shed => "shed",
         }
     }
 }
@@ -320,11 +328,13 @@ pub(crate) enum Uninspected {
     WriteTimeout,
     /// Still in flight when the drain timeout ended the process.
     DrainCutOff,
+    /// Shed by the overload queue: every agent at its limit (an error frame at once).
+    Shed,
 }
 
 impl Uninspected {
     /// Every reason, in the order `/metrics` lists them.
-    pub(crate) const ALL: [Uninspected; 12] = [
+    pub(crate) const ALL: [Uninspected; 13] = [
         Self::NoAgent,
         Self::Deadline,
         Self::AgentError,
@@ -337,6 +347,7 @@ impl Uninspected {
         Self::FrameBudget,
         Self::WriteTimeout,
         Self::DrainCutOff,
+        Self::Shed,
     ];
 
     /// The `reason` label.
@@ -354,6 +365,7 @@ impl Uninspected {
             Self::FrameBudget => "frame_budget",
             Self::WriteTimeout => "write_timeout",
             Self::DrainCutOff => "drain_cut_off",
+            Self::Shed => "shed",
         }
     }
 }
@@ -611,12 +623,18 @@ fn render_agents(out: &mut String, agents: &[std::sync::Arc<agent_pool::Agent>])
         &'static str,
         fn(&agent_pool::AgentStats) -> f64,
     );
-    let series: [Series; 5] = [
+    let series: [Series; 6] = [
         (
             "sigsci_proxy_agent_outstanding",
             "gauge",
             "RPCs in flight on this agent.",
             |s| s.outstanding as f64,
+        ),
+        (
+            "sigsci_proxy_agent_concurrency_limit",
+            "gauge",
+            "Calls this replica keeps in flight on this agent at most: its learned concurrency limit.",
+            |s| s.limit.floor(),
         ),
         (
             "sigsci_proxy_agent_latency_ewma_seconds",

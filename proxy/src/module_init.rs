@@ -227,7 +227,12 @@ async fn copy(shared: &Shared, agent: &Arc<Agent>, frame: &Frame) -> bool {
     let deadline = Instant::now() + shared.router.rpc_timeout;
     shared
         .router
-        .attempt(agent, frame, None, deadline)
+        .attempt(
+            shared.router.overload.start_on(agent),
+            frame,
+            None,
+            deadline,
+        )
         .await
         .is_ok()
 }

@@ -18,6 +18,7 @@ use crate::error::{RetryType, UpstreamError};
 use crate::in_flight::InFlightCount;
 use crate::metrics as m;
 use crate::module_init::Modules;
+use crate::overload::{Flow, OverloadQueue, Refused, Slot};
 use crate::upstream::Upstreams;
 
 /// Retries allowed as a share of successful first attempts: a token bucket in thousandths of a
@@ -75,12 +76,14 @@ pub(crate) struct Router {
     pub(crate) max_in_flight_bytes: usize,
     /// The modules seen, copied to every agent ([`crate::module_init`]).
     pub(crate) modules: Modules,
+    /// Where calls wait when every agent is at its concurrency limit ([`crate::overload`]).
+    pub(crate) overload: Arc<OverloadQueue>,
 }
 
 /// Where a call goes.
 enum Target<'f> {
-    /// To the picker's choice (`None`: no agent takes work).
-    Balanced(Option<Arc<Agent>>),
+    /// To the picker's choice among the agents below their limit (waiting for one if none is).
+    Balanced,
     /// An UpdateRequest to the agent its token names, with the original RequestID: only that
     /// agent knows the ID, so a failure is never retried elsewhere.
     Pinned(Arc<Agent>, &'f [u8]),
@@ -90,8 +93,9 @@ enum Target<'f> {
 }
 
 impl Router {
-    /// Handles one request frame; returns the one frame to write back.
-    pub(crate) async fn request(&self, frame: Frame) -> Bytes {
+    /// Handles one request frame of `flow` (the module's source); returns the one frame to
+    /// write back.
+    pub(crate) async fn request(&self, frame: Frame, flow: &Flow) -> Bytes {
         let started = Instant::now();
         let deadline = started + self.rpc_timeout;
         let msgid = frame.msgid().unwrap_or_default();
@@ -107,25 +111,25 @@ impl Router {
             return error_response(msgid, "sigsci-proxy: too many calls in flight");
         };
         let snapshot = self.pool.snapshot();
-        let (agent, restore) = match target(method, &frame, &snapshot) {
-            Target::Balanced(Some(agent)) => (agent, None),
-            Target::Pinned(agent, original) => (agent, Some(original)),
+        let (slot, restore) = match target(method, &frame, &snapshot) {
+            Target::Balanced => (
+                self.overload.balanced(&snapshot, flow, deadline).await,
+                None,
+            ),
+            Target::Pinned(agent, original) => {
+                (self.overload.pinned(&agent, deadline).await, Some(original))
+            }
             Target::Lost => {
                 m::rpc_finished(method, m::RpcOutcome::Lost, started.elapsed());
                 return update_response(msgid);
             }
-            Target::Balanced(None) => {
-                if method == Method::ModuleInit {
-                    self.modules.announced(&frame, &snapshot, None);
-                }
-                let e = UpstreamError::NoAgent;
-                m::rpc_finished(method, e.rpc_outcome(), started.elapsed());
-                m::uninspected(e.uninspected());
-                return error_response(msgid, &format!("sigsci-proxy: {e}"));
-            }
+        };
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err(refused) => return self.refused(refused, method, &frame, &snapshot, started),
         };
         let (result, answered_by) = self
-            .attempt_or_retry(&snapshot, method, agent, &frame, restore, deadline)
+            .attempt_or_retry(&snapshot, method, slot, &frame, restore, deadline)
             .await;
         if method == Method::ModuleInit {
             let answered = result.as_ref().ok().map(|_| &*answered_by);
@@ -150,18 +154,50 @@ impl Router {
         }
     }
 
-    /// A first attempt on `agent` and, if it failed in a way that allows it, one retry on
-    /// another agent within the budget. Returns the result kept and the agent that gave it.
+    /// The answer to a call that got no agent: none takes work, or the overload queue shed it.
+    fn refused(
+        &self,
+        refused: Refused,
+        method: Method,
+        frame: &Frame,
+        snapshot: &Snapshot,
+        started: Instant,
+    ) -> Bytes {
+        if method == Method::ModuleInit {
+            self.modules.announced(frame, snapshot, None);
+        }
+        let msgid = frame.msgid().unwrap_or_default();
+        match refused {
+            Refused::NoAgent => {
+                let e = UpstreamError::NoAgent;
+                m::rpc_finished(method, e.rpc_outcome(), started.elapsed());
+                m::uninspected(e.uninspected());
+                error_response(msgid, &format!("sigsci-proxy: {e}"))
+            }
+            Refused::Shed(cause) => {
+                m::queue_shed(cause);
+                m::rpc_finished(method, m::RpcOutcome::Shed, started.elapsed());
+                m::uninspected(m::Uninspected::Shed);
+                self.pool.count_shed();
+                error_response(msgid, "sigsci-proxy: overloaded: every agent at its limit")
+            }
+        }
+    }
+
+    /// A first attempt on the slot's agent and, if it failed in a way that allows it, one retry
+    /// on another agent below its limit, within the budget. Returns the result kept and the
+    /// agent that gave it.
     async fn attempt_or_retry(
         &self,
         snapshot: &Snapshot,
         method: Method,
-        agent: Arc<Agent>,
+        slot: Slot,
         frame: &Frame,
         restore: Option<&[u8]>,
         deadline: Instant,
     ) -> (Result<Frame, UpstreamError>, Arc<Agent>) {
-        let result = self.attempt(&agent, frame, restore, deadline).await;
+        let agent = slot.agent().clone();
+        let result = self.attempt(slot, frame, restore, deadline).await;
         let Err(e) = &result else {
             self.budget.deposit();
             return (result, agent);
@@ -178,7 +214,7 @@ impl Router {
         if !allowed || Instant::now() >= deadline {
             return (result, agent);
         }
-        let other = match snapshot.pick_excluding(&agent) {
+        let other = match snapshot.pick_free(Some(&agent)) {
             None => {
                 m::retry(m::Retry::NoOtherAgent);
                 return (result, agent);
@@ -191,7 +227,9 @@ impl Router {
         };
         m::retry(m::Retry::Attempted);
         debug!(error = %e, agent.addr = %other.address(), "Retrying on another agent");
-        let second = self.attempt(&other, frame, restore, deadline).await;
+        let second = self
+            .attempt(self.overload.start_on(&other), frame, restore, deadline)
+            .await;
         // An agent's error answer beats a failure of the second attempt: the module learns
         // what the agent said.
         let keep_first = matches!(
@@ -205,23 +243,23 @@ impl Router {
         }
     }
 
-    /// One try on one agent. An error answer is a failure here: the module that gets it lets
-    /// its request through uninspected.
+    /// One try on the slot's agent. An error answer is a failure here: the module that gets it
+    /// lets its request through uninspected.
     pub(crate) async fn attempt(
         &self,
-        agent: &Arc<Agent>,
+        slot: Slot,
         frame: &Frame,
         restore: Option<&[u8]>,
         deadline: Instant,
     ) -> Result<Frame, UpstreamError> {
-        let in_flight = agent.start();
-        let result = match self.upstreams.call(agent, frame, restore, deadline).await {
+        let agent = slot.agent().clone();
+        let result = match self.upstreams.call(&agent, frame, restore, deadline).await {
             Ok(answer) if answer.is_error_response() => {
                 Err(UpstreamError::AgentError(Box::new(answer)))
             }
             other => other,
         };
-        in_flight.finish(match &result {
+        slot.finish(match &result {
             Ok(_) => Outcome::Success,
             Err(e) => e.outcome(),
         });
@@ -233,11 +271,11 @@ impl Router {
 /// UpdateRequest without a token) by the picker.
 fn target<'f>(method: Method, frame: &'f Frame, snapshot: &Snapshot) -> Target<'f> {
     if method != Method::UpdateRequest {
-        return Target::Balanced(snapshot.pick());
+        return Target::Balanced;
     }
     let Some((original, tag)) = frame.request_id().and_then(affinity::decode) else {
         m::affinity(m::Affinity::None);
-        return Target::Balanced(snapshot.pick());
+        return Target::Balanced;
     };
     let named = match tag {
         Tag::Full(token) => snapshot.by_token(token),

@@ -27,6 +27,7 @@ use crate::in_flight::InFlightCount;
 use crate::listener::{self, Listener};
 use crate::memory;
 use crate::metrics as m;
+use crate::overload::{OverloadQueue, QueueConfig};
 use crate::route::{RetryBudget, Router};
 use crate::upstream::{QueuedBytes, UpstreamConfig, Upstreams};
 
@@ -137,10 +138,19 @@ impl Proxy {
         let drain_requested = CancellationToken::new();
         let admin_addr = admin.local_addr()?;
         let control_path = control.path().display().to_string();
+        let overload = OverloadQueue::new(
+            pool.clone(),
+            QueueConfig {
+                burst_wait: config.queue_timeout,
+                answer_budget: config.rpc_timeout / 4,
+                ..QueueConfig::default()
+            },
+        );
         let state = AdminState {
             pool: pool.clone(),
             readiness: readiness.clone(),
             prometheus,
+            overload: overload.clone(),
         };
         tokio::spawn(admin::serve(admin, state, exit.clone()).instrument(info_span!("admin")));
         let control = control.serve(drain_requested.clone(), exit.clone());
@@ -148,7 +158,7 @@ impl Proxy {
 
         let in_flight = in_flight_count(&config, &exit);
         let stop = CancellationToken::new();
-        let shared = shared_state(&config, &pool, &in_flight, &stop, &exit);
+        let shared = shared_state(&config, &pool, overload, &in_flight, &stop, &exit);
         tokio::spawn(crate::module_init::run(shared.clone(), exit.clone())); // to every agent
         spawn_upstream_follower(&shared, exit);
 
@@ -246,6 +256,7 @@ fn spawn_upstream_follower(shared: &Arc<Shared>, exit: CancellationToken) {
 pub(crate) fn shared_state(
     config: &Config,
     pool: &Pool,
+    overload: Arc<OverloadQueue>,
     in_flight: &Arc<InFlightCount>,
     stop: &CancellationToken,
     exit: &CancellationToken,
@@ -273,6 +284,7 @@ pub(crate) fn shared_state(
             max_in_flight: config.max_in_flight,
             max_in_flight_bytes: config.max_in_flight_bytes,
             modules: Default::default(),
+            overload,
         },
         limits,
         max_in_flight: config.max_in_flight_per_connection,

@@ -17,6 +17,7 @@
 //! ```
 
 mod admin;
+mod cpu;
 mod inspect;
 mod server;
 mod stats;
@@ -32,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::addr::{Listener, RpcAddr};
 use crate::units::ServiceTime;
 
+pub use cpu::Shape;
 pub use server::{INJECTED_ERROR, PADDING_HEADER, SERVICE_TIME_HEADER};
 pub use stats::AgentStats;
 
@@ -86,8 +88,11 @@ pub struct AgentConfig {
     pub context_expiration: Duration,
     /// Work per RPC (default fixed 200 µs).
     pub service_time: ServiceTime,
-    /// Worker slots: RPCs served concurrently; more wait for a slot (default 4).
+    /// Worker slots (FIFO: RPCs served at once, more wait for a slot) or processors (processor
+    /// sharing: every RPC in progress shares them) (default 4).
     pub workers: usize,
+    /// How calls use the workers (default [`Shape::Fifo`]).
+    pub shape: Shape,
     /// Initial faults.
     pub faults: Faults,
     /// Time from start until the startup probe answers 200 (default 0): the real agent's
@@ -113,6 +118,7 @@ impl Default for AgentConfig {
             context_expiration: Duration::from_secs(10),
             service_time: ServiceTime::Fixed(Duration::from_micros(200)),
             workers: 4,
+            shape: Shape::Fifo,
             faults: Faults {
                 slow: 1.0,
                 ..Faults::default()
@@ -161,6 +167,11 @@ impl AgentConfig {
     /// Sets the number of worker slots.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+    /// Sets the CPU shape.
+    pub fn shape(mut self, shape: Shape) -> Self {
+        self.shape = shape;
         self
     }
     /// Sets the initial faults.

@@ -22,6 +22,8 @@ pub(crate) struct Recorder {
     timeline: Mutex<Vec<Bucket>>,
     /// How far behind its scheduled instant each transaction started (open loop).
     lateness: Mutex<Histogram<u64>>,
+    /// Failed calls' and inspected PreRequests' latency from the call's own start.
+    pub(crate) inspection: super::inspection::InspectionRecorder,
 }
 
 /// Width of one timeline bucket.
@@ -58,6 +60,7 @@ impl Recorder {
             start: OnceLock::new(),
             timeline: Mutex::new(Vec::new()),
             lateness: Mutex::new(histogram()),
+            inspection: super::inspection::InspectionRecorder::new(),
         }
     }
 
@@ -141,7 +144,7 @@ impl Recorder {
 }
 
 /// Microseconds from 1 µs to 120 s, 3 significant digits.
-fn histogram() -> Histogram<u64> {
+pub(super) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
 }
 
@@ -163,7 +166,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Latency {
+    pub(super) fn of(h: &Histogram<u64>) -> Latency {
         let q = |p: f64| h.value_at_quantile(p);
         Latency {
             p50: q(0.5),
@@ -290,6 +293,10 @@ pub struct DriveReport {
     pub achieved_rpc_rate: f64,
     /// With `--compare-target`: path A, then path B; else empty.
     pub paths: Vec<PathReport>,
+    /// With flows (module sources with rates of their own): each flow's calls.
+    pub flows: Vec<PathReport>,
+    /// Latency of the calls not inspected and of the inspected PreRequests.
+    pub inspection: super::inspection::Inspection,
     /// With `--compare-target`: per method both paths carried, B − A.
     pub difference_us: BTreeMap<String, LatencyDiff>,
     /// Per agent, when `--agents-admin` was given.

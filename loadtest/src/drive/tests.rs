@@ -11,7 +11,8 @@ fn targets(ctx: &Ctx, n: usize) -> Vec<(u64, String, String)> {
                 Client::PerCall { addr, .. } => addr.to_string(),
                 Client::Persistent(..) => unreachable!("per-call clients"),
             };
-            (seq, addr(&p.pre), addr(&p.update))
+            let (pre, update) = p.clients(0);
+            (seq, addr(pre), addr(update))
         })
         .collect()
 }

@@ -109,6 +109,54 @@ impl Timetable {
     }
 }
 
+/// Open loop: one timetable at `rate` (or the profile), or one per flow, each on its flow's
+/// host if it has one. Returns the transactions skipped (concurrency bound reached).
+pub(super) async fn open_loop(
+    ctx: &Arc<super::Ctx>,
+    args: &super::DriveArgs,
+    start: Instant,
+    tasks: &TaskTracker,
+) -> anyhow::Result<u64> {
+    let timetable = |rate| Timetable {
+        start,
+        rate,
+        duration: args.duration,
+        profile: args.profile.clone(),
+    };
+    if args.flows.is_empty() {
+        let ctx = ctx.clone();
+        return timetable(args.rate)
+            .dispatch(args.max_in_flight, tasks, move |at| {
+                let ctx = ctx.clone();
+                async move {
+                    ctx.transaction(tokio::time::Instant::from_std(at), None)
+                        .await
+                }
+            })
+            .await;
+    }
+    let flows = args.flows.iter().enumerate().map(|(i, f)| {
+        let (ctx, tasks, max) = (ctx.clone(), tasks.clone(), args.max_in_flight);
+        let t = Timetable {
+            profile: None,
+            ..timetable(f.rate)
+        };
+        let dispatch = async move {
+            t.dispatch(max, &tasks, move |at| {
+                let ctx = ctx.clone();
+                async move {
+                    ctx.transaction(tokio::time::Instant::from_std(at), Some(i))
+                        .await
+                }
+            })
+            .await
+        };
+        crate::netbed::on_module_host(f.host.clone(), dispatch)
+    });
+    let skipped = futures::future::try_join_all(flows).await?;
+    Ok(skipped.into_iter().sum())
+}
+
 /// Sleeps until `at`; false if `stop` was set meanwhile.
 fn sleep_until(at: Instant, stop: &AtomicBool) -> bool {
     loop {

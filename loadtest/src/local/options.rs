@@ -67,12 +67,17 @@ pub struct LocalArgs {
     /// The haproxy binary.
     #[arg(long, default_value = "haproxy")]
     pub haproxy_bin: PathBuf,
-    /// Agents' service time.
+    /// Agents' service time; a scenario's `agent_service_time` list takes precedence.
     #[arg(long, default_value = "200us")]
     pub service_time: ServiceTime,
-    /// Agents' worker slots.
+    /// Agents' worker slots (or processors, `--agent-shape ps`); a scenario's `agent_workers`
+    /// list takes precedence.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// Agents' CPU shape: `fifo` (worker slots, a queue in front) or `ps` (processor sharing)
+    /// [default: the scenario's `agent_shape`, else fifo].
+    #[arg(long)]
+    pub agent_shape: Option<crate::agent::Shape>,
     /// Agents' flag fraction (allowed requests that still get a RequestID).
     #[arg(long, default_value_t = 0.0)]
     pub flag_fraction: f64,
@@ -131,6 +136,9 @@ impl LocalArgs {
             "--flag-fraction".into(),
             self.flag_fraction.to_string(),
         ];
+        if let Some(shape) = self.agent_shape {
+            a.extend(["--shape".into(), shape.to_string()]);
+        }
         a.extend(self.agent_args.iter().cloned());
         a
     }

@@ -220,6 +220,21 @@ impl Pool {
         self.write_agents_file()
     }
 
+    /// Starts one agent per entry of `each` (its arguments), indices from 0, and writes the
+    /// agents file; agents added later take the first entry's.
+    pub(crate) async fn spawn_agents_each(
+        &mut self,
+        exe: &Path,
+        each: &[Vec<String>],
+    ) -> anyhow::Result<()> {
+        self.spawn_with = each.first().map(|a| (exe.to_owned(), a.clone()));
+        for (i, extra) in each.iter().enumerate() {
+            self.agents
+                .push(AgentProc::spawn(exe, i, extra, self.bed.as_deref()).await?);
+        }
+        self.write_agents_file()
+    }
+
     /// Writes the membership file atomically (write + rename).
     pub(crate) fn write_agents_file(&self) -> anyhow::Result<()> {
         let list: Vec<serde_json::Value> = self

@@ -96,22 +96,31 @@ pub fn sample_every(pids: Pids, every: Duration, samples: Samples) -> tokio::tas
 /// The line `loadtest local` logs for every run (on the bed: the node-local topologies'
 /// proxy CPU per RPC over TCP and over the Unix socket).
 pub fn cpu_per_rpc(samples: &[(Duration, usize, u32, Sample)], rpcs: u64) -> Option<String> {
+    let (cpu, processes) = front_cpu(samples)?;
+    if rpcs == 0 {
+        return None;
+    }
+    Some(format!(
+        "fronts' CPU: {:.2} s for {rpcs} RPCs answered, {:.1} µs per RPC ({} process(es), sampled every 250 ms)",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / rpcs as f64,
+        processes
+    ))
+}
+
+/// The CPU the sampled processes spent between their first and last samples, and how many
+/// processes there were; `None` without samples.
+pub fn front_cpu(samples: &[(Duration, usize, u32, Sample)]) -> Option<(Duration, usize)> {
     let mut spans: std::collections::BTreeMap<u32, (Duration, Duration)> = Default::default();
     for (_, _, pid, s) in samples {
         let e = spans.entry(*pid).or_insert((s.cpu, s.cpu));
         e.0 = e.0.min(s.cpu);
         e.1 = e.1.max(s.cpu);
     }
-    if spans.is_empty() || rpcs == 0 {
+    if spans.is_empty() {
         return None;
     }
-    let cpu: Duration = spans.values().map(|(lo, hi)| *hi - *lo).sum();
-    Some(format!(
-        "fronts' CPU: {:.2} s for {rpcs} RPCs answered, {:.1} µs per RPC ({} process(es), sampled every 250 ms)",
-        cpu.as_secs_f64(),
-        cpu.as_secs_f64() * 1e6 / rpcs as f64,
-        spans.len()
-    ))
+    Some((spans.values().map(|(lo, hi)| *hi - *lo).sum(), spans.len()))
 }
 
 /// RSS and fd growth of every front process that lived through the whole run: the median of

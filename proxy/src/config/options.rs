@@ -170,6 +170,12 @@ options! {
     #[arg(env = "SIGSCI_PROXY_RETRY_BUDGET", value_name = "RATIO")]
     retry_budget: f64 => f64 = 0.2,
 
+    /// Longest a call waits in the proxy for an agent below its concurrency limit during a
+    /// burst; once the queue stands for 100 ms calls wait only a few milliseconds, and the rest
+    /// are answered with an error frame at once (docs/overload.md). 0: never wait.
+    #[arg(env = "SIGSCI_PROXY_QUEUE_TIMEOUT", value_name = "DURATION")]
+    queue_timeout: Dur => Duration = Dur(Duration::from_millis(20)),
+
     /// Consecutive failed calls that eject an agent: connect failures, error answers, broken
     /// calls, and timeouts while the other agents answer in time (a full queue does not count).
     #[arg(env = "SIGSCI_PROXY_EJECT_AFTER", value_name = "N")]

@@ -29,7 +29,8 @@ async fn served(config: Config) -> Served {
     let pool = agent_pool::Pool::new(config.pool_config());
     let (stop, exit) = (CancellationToken::new(), CancellationToken::new());
     let in_flight = Arc::new(InFlightCount::default());
-    let shared = crate::server::shared_state(&config, &pool, &in_flight, &stop, &exit);
+    let overload = crate::overload::OverloadQueue::new(pool.clone(), Default::default());
+    let shared = crate::server::shared_state(&config, &pool, overload, &in_flight, &stop, &exit);
     let admitted = Admission::new(16, 1 << 20)
         .admit(Duration::ZERO)
         .await

@@ -268,6 +268,20 @@ pub fn out(reply: Reply) -> RPCMsgOut {
     }
 }
 
+/// PreRequest through `addr` from another source address, 127.0.0.2: another app pod, which
+/// the proxy's overload queue keeps apart from what 127.0.0.1 sends. Returns the RequestID.
+pub async fn pre_from_another_pod(addr: SocketAddr) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(&rpc::encode_request(7, rpc::PRE_REQUEST, &pre_request()))
+        .await
+        .unwrap();
+    let (_, err, reply) = read_response(&mut s).await;
+    assert_eq!(err, None);
+    out(reply).RequestID
+}
+
 /// PreRequest through `addr`; returns the RequestID.
 pub async fn pre(addr: SocketAddr) -> String {
     let t = Instant::now();

@@ -2,8 +2,7 @@
 //! connection reading pipelined frames, one task per request (so answers may leave out of order,
 //! as from Go's net/rpc server), and a writer task that sends each answer in one `write_all`.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::cpu::Cpu;
 use super::inspect::{Inspected, Update};
 use super::stats::Counters;
 use super::{AgentConfig, AgentStats, Faults};
@@ -31,6 +31,10 @@ pub const SERVICE_TIME_HEADER: &str = "X-Sim-Service-Time-Us";
 /// The request header that carries [`AgentConfig::answer_padding`] in PreRequest answers.
 pub const PADDING_HEADER: &str = "X-Sim-Padding";
 
+/// An answer sent within this of its request's arrival is counted as timely: the proxy's
+/// default agent deadline.
+const TIMELY: Duration = Duration::from_millis(80);
+
 /// State shared by every task of one simulator.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -41,8 +45,8 @@ pub(crate) struct Shared {
     /// Requests left before the crash fault fires; negative = off.
     exit_after: AtomicI64,
     contexts: Mutex<Contexts>,
-    /// When each worker slot is next free.
-    slots: Mutex<BinaryHeap<Reverse<Instant>>>,
+    /// Worker slots or shared processors.
+    cpu: Cpu,
     /// Graceful stop: no new connections or requests, in-flight ones finish.
     pub(crate) stop: CancellationToken,
     /// Hard stop: every connection dropped at once.
@@ -73,8 +77,9 @@ impl Shared {
             .collect();
         let now = Instant::now();
         let exit_after = faults.borrow().exit_after.map_or(-1, |n| n as i64);
+        let crash = CancellationToken::new();
         Shared {
-            slots: Mutex::new((0..cfg.workers).map(|_| Reverse(now)).collect()),
+            cpu: Cpu::new(cfg.shape, cfg.workers, &crash),
             cfg,
             patterns,
             counters: Counters::default(),
@@ -82,7 +87,7 @@ impl Shared {
             exit_after: AtomicI64::new(exit_after),
             contexts: Mutex::default(),
             stop: CancellationToken::new(),
-            crash: CancellationToken::new(),
+            crash,
             shutdown_requested: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: now,
@@ -131,24 +136,11 @@ impl Shared {
         self.counters.pending.store(c.pending.len() as u64, Relaxed);
     }
 
-    /// Waits for a worker slot and the service time (scaled by `slow`) plus any delay fault.
-    ///
-    /// Capacity is modelled on a virtual timetable of slots, so throughput is exact even for
-    /// service times below the timer's 1 ms resolution; waits under 1 ms are not slept.
+    /// Waits for the service time (scaled by `slow`) on the agent's CPU, plus any delay fault.
     async fn serve_time(&self, service: Duration) {
         let faults = self.faults();
         let service = service.mul_f64(faults.slow);
-        let now = Instant::now();
-        let done = {
-            let mut slots = self.slots.lock().expect("not poisoned");
-            let mut free = slots.peek_mut().expect("at least one worker");
-            let start = free.0.max(now);
-            free.0 = start + service;
-            free.0
-        } + faults.delay;
-        if done > now + Duration::from_millis(1) {
-            tokio::time::sleep_until(done).await;
-        }
+        self.cpu.work(service, faults.delay).await;
         // Counted once served: a backlog shows as busy while it drains, as a real agent's CPU.
         self.counters
             .busy_us
@@ -432,6 +424,7 @@ async fn connection(stream: Stream, shared: std::sync::Arc<Shared>) {
                     let tx = tx.clone();
                     let service = service_time_override(&frame)
                         .unwrap_or_else(|| shared.cfg.service_time.sample());
+                    let arrived = Instant::now();
                     shared.tracker.spawn(async move {
                         let work = async {
                             shared2.serve_time(service).await;
@@ -443,6 +436,9 @@ async fn connection(stream: Stream, shared: std::sync::Arc<Shared>) {
                             let answer = shared2.answer(msgid, method, params);
                             if tx.send(answer).await.is_ok() {
                                 shared2.counters.responses.fetch_add(1, Relaxed);
+                                if arrived.elapsed() <= TIMELY {
+                                    shared2.counters.responses_timely.fetch_add(1, Relaxed);
+                                }
                             }
                         };
                         tokio::select! {

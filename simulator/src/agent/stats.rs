@@ -73,6 +73,10 @@ counters! {
     connections_active,
     /// Responses written.
     responses,
+    /// Responses sent within 80 ms of their request's arrival: in time for the proxy's default
+    /// agent deadline, so their answer was most likely used (an overloaded agent's late answers
+    /// are not).
+    responses_timely,
     /// Connections reset or hung up, or requests answered with an error or never answered, on
     /// purpose (faults).
     faults_injected,
