@@ -159,7 +159,8 @@ impl Proxy {
         let in_flight = in_flight_count(&config, &exit);
         let stop = CancellationToken::new();
         let shared = shared_state(&config, &pool, overload, &in_flight, &stop, &exit);
-        tokio::spawn(crate::module_init::run(shared.clone(), exit.clone())); // to every agent
+        let fan_out = crate::module_init::run(shared.router.clone(), exit.clone());
+        tokio::spawn(fan_out.instrument(info_span!("module_init")));
         spawn_upstream_follower(&shared, exit);
 
         // Accept once the first membership is in (bounded): a proxy restarted on the same
@@ -266,7 +267,7 @@ pub(crate) fn shared_state(
         ..Limits::default()
     };
     Arc::new(Shared {
-        router: Router {
+        router: Arc::new(Router {
             pool: pool.clone(),
             upstreams: Upstreams::new(
                 UpstreamConfig {
@@ -285,7 +286,7 @@ pub(crate) fn shared_state(
             max_in_flight_bytes: config.max_in_flight_bytes,
             modules: Default::default(),
             overload,
-        },
+        }),
         limits,
         max_in_flight: config.max_in_flight_per_connection,
         idle_timeout: config.idle_timeout,
