@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::codec::Frame;
 use crate::metrics as m;
@@ -241,11 +242,14 @@ fn fan_out<C: Copier>(copier: &Arc<C>, frame: Frame, targets: Vec<Arc<Agent>>) {
             continue;
         }
         let (copier, frame) = (copier.clone(), frame.clone());
-        tokio::spawn(async move {
-            let ok = copier.copy(&agent, &frame).await;
-            copier.modules().pending.fetch_sub(1, Ordering::Relaxed);
-            m::module_init_copied("fan_out", if ok { "ok" } else { "error" }, 1);
-        });
+        tokio::spawn(
+            async move {
+                let ok = copier.copy(&agent, &frame).await;
+                copier.modules().pending.fetch_sub(1, Ordering::Relaxed);
+                m::module_init_copied("fan_out", if ok { "ok" } else { "error" }, 1);
+            }
+            .in_current_span(),
+        );
     }
 }
 
@@ -261,17 +265,20 @@ fn replay<C: Copier>(copier: &Arc<C>, agent: Arc<Agent>, frames: Vec<Frame>) {
         return;
     }
     let copier = copier.clone();
-    tokio::spawn(async move {
-        let mut failed = false;
-        for frame in &frames {
-            let ok = !failed && copier.copy(&agent, frame).await;
-            failed |= !ok;
-            m::module_init_copied("replay", if ok { "ok" } else { "error" }, 1);
+    tokio::spawn(
+        async move {
+            let mut failed = false;
+            for frame in &frames {
+                let ok = !failed && copier.copy(&agent, frame).await;
+                failed |= !ok;
+                m::module_init_copied("replay", if ok { "ok" } else { "error" }, 1);
+            }
+            let modules = copier.modules();
+            modules.pending.fetch_sub(n, Ordering::Relaxed);
+            if failed {
+                modules.unenrol(&agent);
+            }
         }
-        let modules = copier.modules();
-        modules.pending.fetch_sub(n, Ordering::Relaxed);
-        if failed {
-            modules.unenrol(&agent);
-        }
-    });
+        .in_current_span(),
+    );
 }

@@ -209,11 +209,8 @@ fn in_flight_count(config: &Config, exit: &CancellationToken) -> Arc<InFlightCou
     } else {
         InFlightCount::with_activity()
     });
-    tokio::spawn(busy_poll::run(
-        in_flight.clone(),
-        config.busy_poll,
-        exit.clone(),
-    ));
+    let poller = busy_poll::run(in_flight.clone(), config.busy_poll, exit.clone());
+    tokio::spawn(poller.instrument(info_span!("busy_poll")));
     in_flight
 }
 
@@ -228,29 +225,33 @@ fn spawn_housekeeping(
 ) {
     // Histogram samples wait in the recorder until upkeep folds them into buckets: without
     // it memory grows with every RPC unless something scrapes.
-    tokio::spawn(m::upkeep(prometheus, exit.clone()));
-    tokio::spawn(memory::trim_periodically(
-        config.memory_trim_interval,
-        exit.clone(),
-    ));
+    tokio::spawn(m::upkeep(prometheus, exit.clone()).instrument(info_span!("metrics_upkeep")));
+    let trim = memory::trim_periodically(config.memory_trim_interval, exit.clone());
+    tokio::spawn(trim.instrument(info_span!("heap_trim")));
     let pool = pool.clone();
     let exit = exit.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = pool.run(updates) => {}
-            () = exit.cancelled() => {}
+    tokio::spawn(
+        async move {
+            tokio::select! {
+                () = pool.run(updates) => {}
+                () = exit.cancelled() => {}
+            }
         }
-    });
+        .instrument(info_span!("membership")),
+    );
 }
 
 /// Keeps the upstream connections in step with the pool until `exit` (see
 /// [`Upstreams::follow`]).
 fn spawn_upstream_follower(shared: &Arc<Shared>, exit: CancellationToken) {
     let shared = shared.clone();
-    tokio::spawn(async move {
-        let router = &shared.router;
-        router.upstreams.follow(&router.pool, exit).await;
-    });
+    tokio::spawn(
+        async move {
+            let router = &shared.router;
+            router.upstreams.follow(&router.pool, exit).await;
+        }
+        .instrument(info_span!("upstream_follower")),
+    );
 }
 
 /// What every connection task shares, built from the configuration.
@@ -316,14 +317,16 @@ fn start_listeners(
         .map(|l| l.local_addr().to_string())
         .collect();
     for l in listeners {
-        tracker.spawn(listener::accept_loop(
+        let span = info_span!("accept", listen.addr = %l.local_addr());
+        let accept = listener::accept_loop(
             l,
             shared.clone(),
             admission.clone(),
             tracker.clone(),
             draining.clone(),
             stop.clone(),
-        ));
+        );
+        tracker.spawn(accept.instrument(span));
     }
     (admission.limit(), rpc_addrs)
 }
