@@ -12,14 +12,14 @@
 #    only inline, each with its reason.
 # 4. scripts/manifests/consistency.py: RBAC = what the proxy's Kubernetes source uses; every
 #    port, name and label the proxy's configuration uses matches the manifests and the code.
-# 5. scripts/manifests/operations.py: what a cluster operator relies on (issue 12): the agents'
+# 5. scripts/manifests/operations.py: what a cluster operator relies on: the agents'
 #    startup probe (port 2024, /startup) apart from liveness and readiness, SIGSCI_MAX_PROCS =
 #    the CPU limit, a full core requested and memory headroom, a supported agent version and a
 #    pinned digest in production, PDBs that let drains evict unhealthy pods, the proxy's hard
 #    host spread, zone spread and PriorityClass, the autoscalers on the raw demand summed and
 #    rounded once, the optional NetworkPolicy components, the images (stripped, OCI labels,
 #    Node LTS, multi-arch commands), the load-test Job in its own overlay, the LICENSE; and
-#    (issue 20) no autoscaled overlay sets the agents' replicas, every namespaced object names
+#    composition: no autoscaled overlay sets the agents' replicas, every namespaced object names
 #    its namespace, no per-site overlay carries the shared PriorityClass, [::] listeners and
 #    ::/0 beside every 0.0.0.0/0, the node-local DaemonSet.
 # 6. Digest pinning (scripts/manifests/pin_agent_image.py) run twice in a row on a copy of

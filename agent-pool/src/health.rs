@@ -50,8 +50,7 @@ impl Default for EjectionConfig {
 impl EjectionConfig {
     /// The length of ejection number `level` (0 for the first): `base × 2^level`, at most `max`.
     pub fn backoff(&self, level: u32) -> Duration {
-        let factor = 1u32.checked_shl(level.min(31)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.max)
+        crate::Backoff::new(self.base, self.max).nth(level)
     }
 }
 

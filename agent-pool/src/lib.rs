@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod backoff;
 mod endpoint;
 mod ewma;
 mod health;
@@ -28,6 +29,7 @@ mod token;
 mod tests;
 
 pub use agent::{Agent, AgentState, AgentStats, InFlight, Outcome};
+pub use backoff::Backoff;
 pub use endpoint::{
     Address, AddressError, Endpoint, EndpointId, HostPort, HostPortError, SourceState, Update,
 };

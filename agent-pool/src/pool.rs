@@ -14,6 +14,7 @@ use futures::StreamExt;
 use crate::agent::AgentParams;
 use crate::health::EjectionBudget;
 use crate::hints::{HintsState, TickInput};
+use crate::snapshot::typical_latency;
 use crate::{
     Agent, EjectionConfig, Endpoint, EndpointId, Hints, HintsConfig, LimitConfig, Snapshot, Update,
     Updates,
@@ -150,26 +151,6 @@ impl PoolConfig {
             Err(ConfigError { problems: p })
         }
     }
-}
-
-/// The median latency estimate of the healthy agents taking work now (none in a run of
-/// failures, whose penalty says nothing of speed): where a new agent starts, so it
-/// takes its share from its first second (scale-up under load) instead of waiting for a
-/// pessimistic default to decay. `None` with no such agent.
-pub(crate) fn typical_latency<'a>(
-    agents: impl Iterator<Item = &'a Arc<Agent>>,
-    now: Instant,
-) -> Option<std::time::Duration> {
-    let mut estimates: Vec<_> = agents
-        .filter(|a| a.is_source_ready() && !a.is_suspect() && a.started_total() > 0)
-        .map(|a| a.latency_ewma_at(now))
-        .collect();
-    if estimates.is_empty() {
-        return None;
-    }
-    // The lower median: with two agents, the faster one.
-    let mid = (estimates.len() - 1) / 2;
-    Some(*estimates.select_nth_unstable(mid).1)
 }
 
 /// The pool of agents. Cheap to clone (an `Arc` inside); every clone is the same pool.

@@ -275,7 +275,7 @@ impl Snapshot {
     /// The median latency estimate of the agents taking work now (`None` with none): where an
     /// agent that joins or comes back starts.
     pub fn typical_latency(&self) -> Option<Duration> {
-        crate::pool::typical_latency(self.agents.iter(), Instant::now())
+        typical_latency(self.agents.iter(), Instant::now())
     }
 
     /// Increases by one with every published snapshot.
@@ -291,4 +291,24 @@ impl Snapshot {
     pub(crate) fn members_taking_work(&self) -> usize {
         self.ready.len() + self.joining.len()
     }
+}
+
+/// The median latency estimate of the healthy agents taking work now (none in a run of
+/// failures, whose penalty says nothing of speed): where a new agent starts, so it
+/// takes its share from its first second (scale-up under load) instead of waiting for a
+/// pessimistic default to decay. `None` with no such agent.
+pub(crate) fn typical_latency<'a>(
+    agents: impl Iterator<Item = &'a Arc<Agent>>,
+    now: Instant,
+) -> Option<std::time::Duration> {
+    let mut estimates: Vec<_> = agents
+        .filter(|a| a.is_source_ready() && !a.is_suspect() && a.started_total() > 0)
+        .map(|a| a.latency_ewma_at(now))
+        .collect();
+    if estimates.is_empty() {
+        return None;
+    }
+    // The lower median: with two agents, the faster one.
+    let mid = (estimates.len() - 1) / 2;
+    Some(*estimates.select_nth_unstable(mid).1)
 }

@@ -268,22 +268,7 @@ async fn handle(
     let method = parts.method.clone();
     let watch = matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
     let routed = route(&path).and_then(|(ns, r)| {
-        let (verb, resource, name) = match (&r, &method) {
-            (Route::EndpointSlices, &Method::GET) if watch => ("watch", "endpointslices", ""),
-            (Route::EndpointSlices, &Method::GET) => ("list", "endpointslices", ""),
-            (Route::Deployment(n), &Method::GET) => ("get", "deployments", n.as_str()),
-            (Route::Scale(n), &Method::GET) => ("get", "deployments/scale", n.as_str()),
-            (Route::Scale(n), &Method::PATCH) => ("patch", "deployments/scale", n.as_str()),
-            (Route::Scale(n), &Method::PUT) => ("update", "deployments/scale", n.as_str()),
-            (Route::Pods, &Method::GET) => ("list", "pods", ""),
-            (Route::Pod(n), &Method::DELETE) => ("delete", "pods", n.as_str()),
-            (Route::PodProxy(..), &Method::GET | &Method::POST) => ("proxy", "pods/proxy", ""),
-            _ => return None,
-        };
-        let name = match &r {
-            Route::PodProxy(pod, port, p) => format!("{pod}:{port}{p}"),
-            _ => name.to_owned(),
-        };
+        let (verb, resource, name) = verb_of(&r, &method, watch)?;
         Some((ns, r, verb, resource, name))
     });
     let Some((namespace, route, verb, resource, name)) = routed else {
@@ -291,19 +276,7 @@ async fn handle(
             return Ok(response);
         }
         eprintln!("fake apiserver: unexpected request {method} {path}?{raw_query}");
-        lock(&state).requests.push(Logged {
-            verb: "unexpected",
-            resource: String::new(),
-            namespace: String::new(),
-            name: String::new(),
-            query,
-            body: None,
-        });
-        return Ok(status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "not served by the fake",
-        ));
+        return Ok(not_served(&state, query));
     };
     let Some(selector) =
         query::parse_selector(query.get("labelSelector").map(String::as_str).unwrap_or(""))
@@ -341,23 +314,79 @@ async fn handle(
             Err(response) => *response,
         });
     }
-    let mut guard = lock(&state);
-    Ok(match route {
-        Route::EndpointSlices if watch => {
-            endpointslices::watch(&mut guard, namespace, selector, &query)
+    let request = Routed {
+        namespace,
+        watch,
+        selector,
+        query,
+        body: json_body,
+    };
+    Ok(serve(&mut lock(&state), route, &method, request))
+}
+
+/// The RBAC verb, resource and object name a request needs, as the real API server authorises
+/// it; `None` for a method the route does not serve.
+fn verb_of(
+    route: &Route,
+    method: &Method,
+    watch: bool,
+) -> Option<(&'static str, &'static str, String)> {
+    let (verb, resource, name) = match (route, method) {
+        (Route::EndpointSlices, &Method::GET) if watch => ("watch", "endpointslices", ""),
+        (Route::EndpointSlices, &Method::GET) => ("list", "endpointslices", ""),
+        (Route::Deployment(n), &Method::GET) => ("get", "deployments", n.as_str()),
+        (Route::Scale(n), &Method::GET) => ("get", "deployments/scale", n.as_str()),
+        (Route::Scale(n), &Method::PATCH) => ("patch", "deployments/scale", n.as_str()),
+        (Route::Scale(n), &Method::PUT) => ("update", "deployments/scale", n.as_str()),
+        (Route::Pods, &Method::GET) => ("list", "pods", ""),
+        (Route::Pod(n), &Method::DELETE) => ("delete", "pods", n.as_str()),
+        (Route::PodProxy(..), &Method::GET | &Method::POST) => ("proxy", "pods/proxy", ""),
+        _ => return None,
+    };
+    let name = match route {
+        Route::PodProxy(pod, port, p) => format!("{pod}:{port}{p}"),
+        _ => name.to_owned(),
+    };
+    Some((verb, resource, name))
+}
+
+/// Logs a request the fake does not serve (tests see it as verb `unexpected`) and answers 404.
+fn not_served(state: &Mutex<State>, query: BTreeMap<String, String>) -> Response<Body> {
+    lock(state).requests.push(Logged {
+        verb: "unexpected",
+        resource: String::new(),
+        namespace: String::new(),
+        name: String::new(),
+        query,
+        body: None,
+    });
+    status(StatusCode::NOT_FOUND, "NotFound", "not served by the fake")
+}
+
+/// What a routed request carries besides its route and method.
+struct Routed {
+    namespace: String,
+    watch: bool,
+    selector: Vec<(String, String)>,
+    query: BTreeMap<String, String>,
+    body: Option<Value>,
+}
+
+/// Serves a logged, routed request from the state (every route but the pod proxy).
+fn serve(state: &mut State, route: Route, method: &Method, r: Routed) -> Response<Body> {
+    let ns = &r.namespace;
+    match route {
+        Route::EndpointSlices if r.watch => {
+            endpointslices::watch(state, r.namespace, r.selector, &r.query)
         }
-        Route::EndpointSlices => endpointslices::list(&guard, &namespace, &selector),
-        Route::Deployment(name) => workloads::get_deployment(&guard, &namespace, &name),
-        Route::Scale(name) if method == Method::GET => {
-            workloads::get_scale(&guard, &namespace, &name)
-        }
-        Route::Scale(name) => {
-            workloads::set_scale(&mut guard, &namespace, &name, json_body.as_ref())
-        }
-        Route::Pods => workloads::list_pods(&guard, &namespace, &selector),
-        Route::Pod(name) => workloads::delete_pod(&mut guard, &namespace, &name, json_body, &query),
-        Route::PodProxy(..) => unreachable!("served above"),
-    })
+        Route::EndpointSlices => endpointslices::list(state, ns, &r.selector),
+        Route::Deployment(name) => workloads::get_deployment(state, ns, &name),
+        Route::Scale(name) if method == Method::GET => workloads::get_scale(state, ns, &name),
+        Route::Scale(name) => workloads::set_scale(state, ns, &name, r.body.as_ref()),
+        Route::Pods => workloads::list_pods(state, ns, &r.selector),
+        Route::Pod(name) => workloads::delete_pod(state, ns, &name, r.body, &r.query),
+        Route::PodProxy(..) => unreachable!("the pod proxy is served before"),
+    }
 }
 
 /// A path of [`objects`] (or `/version`), logged and served; `None` if it is none of them.

@@ -36,7 +36,7 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::drain::Readiness;
 use crate::metrics;
@@ -131,18 +131,21 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState, exit: Cancel
         };
         let state = state.clone();
         let exit = exit.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let response = route(&state, &req);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                r = conn => if let Err(e) = r { debug!(error = %e, "Admin connection failed") },
-                () = exit.cancelled() => {}
+        tokio::spawn(
+            async move {
+                let service = service_fn(move |req| {
+                    let response = route(&state, &req);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    r = conn => if let Err(e) = r { debug!(error = %e, "Admin connection failed") },
+                    () = exit.cancelled() => {}
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 }
 

@@ -46,49 +46,70 @@ mod tests {
     use super::*;
 
     const WINDOW: Duration = Duration::from_millis(20);
+    /// Rounds of the scheduler given to the poller at each step: plenty for it to spin (it
+    /// spins once per round while it has work) or to go to sleep.
+    const ROUNDS: usize = 50;
 
     fn spins(in_flight: &InFlightCount) -> u64 {
         in_flight.activity().expect("activity").spins()
     }
 
-    #[tokio::test]
+    /// Lets the other tasks run `ROUNDS` times without moving the paused clock: a poller that
+    /// spins gains spins, one that sleeps does not.
+    async fn rounds() {
+        for _ in 0..ROUNDS {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    // Paused time and no sleep in the test: while the poller spins the runtime never idles, so
+    // the clock moves only by `advance`, and every wait is a bounded number of rounds.
+    #[tokio::test(start_paused = true)]
     async fn spins_while_an_rpc_is_in_flight_then_sleeps_once_the_window_is_over() {
         let in_flight = Arc::new(InFlightCount::with_activity());
         let exit = CancellationToken::new();
         let poller = tokio::spawn(run(in_flight.clone(), WINDOW, exit.clone()));
 
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        rounds().await;
         assert_eq!(spins(&in_flight), 0, "spun before any RPC");
 
-        {
-            let _rpc = in_flight.enter(0);
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
+        let rpc = in_flight.enter(0);
+        rounds().await;
         let during = spins(&in_flight);
         assert!(during > 0, "did not spin while an RPC was in flight");
+        drop(rpc);
 
-        tokio::time::sleep(WINDOW + Duration::from_millis(300)).await;
+        tokio::time::advance(WINDOW / 2).await;
+        rounds().await;
+        assert!(
+            spins(&in_flight) > during,
+            "stopped spinning within the window"
+        );
+
+        tokio::time::advance(WINDOW).await;
+        rounds().await;
         let after_window = spins(&in_flight);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        rounds().await;
         assert_eq!(spins(&in_flight), after_window, "kept spinning while idle");
 
-        // The next RPC wakes it again.
-        {
-            let _rpc = in_flight.enter(0);
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
+        let _rpc = in_flight.enter(0);
+        rounds().await;
         assert!(
             spins(&in_flight) > after_window,
             "did not wake for the next RPC"
         );
 
         exit.cancel();
-        poller.await.expect("poller stops at exit");
+        rounds().await;
+        assert!(poller.is_finished(), "kept running after exit");
+        poller.await.expect("poller ends without panicking");
     }
 
     #[tokio::test]
     async fn without_an_activity_record_it_returns_at_once() {
         let in_flight = Arc::new(InFlightCount::default());
-        run(in_flight, WINDOW, CancellationToken::new()).await;
+        let run = run(in_flight, WINDOW, CancellationToken::new());
+        let returned = tokio::time::timeout(Duration::from_secs(10), run).await;
+        assert!(returned.is_ok(), "kept running with no activity record");
     }
 }

@@ -17,7 +17,8 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 pub use error::CodecError;
-pub use frame::{Frame, FrameKind, Method, error_response, update_response};
+pub use frame::{Frame, Method, error_response, update_response};
+pub use scan::FrameKind;
 
 use scan::Scanner;
 

@@ -33,7 +33,7 @@ const FRESH_CALL_WAIT: Duration = Duration::from_millis(100);
 
 /// What every connection task shares.
 pub(crate) struct Shared {
-    pub(crate) router: Router,
+    pub(crate) router: Arc<Router>,
     pub(crate) limits: Limits,
     pub(crate) max_in_flight: usize,
     pub(crate) idle_timeout: Duration,

@@ -3,9 +3,12 @@
 //! when the proxy last had work that the busy poller reads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+// Tokio's clock (the system's outside tests) so that the busy poller's window is tested on
+// paused time.
+use tokio::time::Instant;
 
 /// RPCs in flight across the proxy.
 #[derive(Debug, Default)]

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_pool::Backoff;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -279,7 +280,7 @@ pub(crate) async fn accept_loop(
     stop: CancellationToken,
 ) {
     let local = listener.local_addr().to_string();
-    let mut backoff = Duration::ZERO;
+    let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(500));
     let mut closing: Option<tokio::time::Instant> = None;
     let drain_started = draining.cancelled();
     tokio::pin!(drain_started);
@@ -297,9 +298,9 @@ pub(crate) async fn accept_loop(
         let Some(accepted) = next else { break };
         match accepted {
             Ok(accepted) => {
-                if !backoff.is_zero() {
+                if backoff.attempts() > 0 {
                     info!(listen.addr = %local, "Accepting again");
-                    backoff = Duration::ZERO;
+                    backoff.reset();
                 }
                 m::connection_accepted();
                 admit(accepted, &shared, &admission, &tracker).await;
@@ -310,19 +311,17 @@ pub(crate) async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning; open
                 // connections keep being served meanwhile.
-                if backoff.is_zero() {
+                if backoff.attempts() == 0 {
                     warn!(listen.addr = %local, error = %e, "Accept failing, backing off");
-                    backoff = Duration::from_millis(5);
-                } else {
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
+                let delay = backoff.next_delay();
                 m::accept_error();
                 if closing.is_some() {
                     break;
                 }
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
         }

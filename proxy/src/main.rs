@@ -8,6 +8,7 @@ use sigsci_proxy::{Config, request_drain};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
     sigsci_proxy::config::budget::log(&config, memory_limit);
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        tokio::spawn(signals(shutdown.clone()).instrument(tracing::info_span!("signals")));
         match sigsci_proxy::run(config, shutdown).await {
             Ok(report) if report.cut_off == 0 => ExitCode::SUCCESS,
             Ok(_) => ExitCode::FAILURE,

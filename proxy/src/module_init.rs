@@ -23,15 +23,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use agent_pool::{Agent, AgentState, EndpointId, Snapshot};
-use metrics::{counter, describe_counter, describe_gauge, gauge};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::codec::Frame;
-use crate::downstream::Shared;
+use crate::metrics as m;
 
 /// Distinct modules remembered for agents that join later.
 pub(crate) const MAX_MODULES: usize = 256;
@@ -124,7 +123,7 @@ impl Modules {
     /// call to every other agent that takes work.
     pub(crate) fn announced(&self, frame: &Frame, snapshot: &Snapshot, answered: Option<&Agent>) {
         if frame.as_bytes().len() > MAX_FRAME_BYTES {
-            counter!("sigsci_proxy_modules_unremembered_total").increment(1);
+            m::module_unremembered();
             return;
         }
         let (replays, targets) = {
@@ -134,9 +133,9 @@ impl Modules {
                 Some(key) if state.modules.iter().any(|(k, _)| *k == key) => {}
                 Some(key) if state.modules.len() < MAX_MODULES => {
                     state.modules.push((key, frame.clone()));
-                    gauge!("sigsci_proxy_modules_known").set(state.modules.len() as f64);
+                    m::modules_known(state.modules.len());
                 }
-                _ => counter!("sigsci_proxy_modules_unremembered_total").increment(1),
+                _ => m::module_unremembered(),
             }
             let targets: Vec<_> = snapshot
                 .agents()
@@ -163,9 +162,11 @@ impl Modules {
             return;
         };
         match job {
-            Job::FanOut(_, targets) => copied("fan_out", "dropped", targets.len() as u64),
+            Job::FanOut(_, targets) => {
+                m::module_init_copied("fan_out", "dropped", targets.len() as u64)
+            }
             Job::Replay(agent, frames) => {
-                copied("replay", "dropped", frames.len() as u64);
+                m::module_init_copied("replay", "dropped", frames.len() as u64);
                 self.unenrol(&agent);
             }
         }
@@ -193,53 +194,21 @@ impl Modules {
     }
 }
 
-/// Counts `n` copies of ModuleInits to agents, by how they were sent and how they ended.
-fn copied(how: &'static str, result: &'static str, n: u64) {
-    counter!("sigsci_proxy_module_init_copies_total", "how" => how, "result" => result)
-        .increment(n);
-}
-
-/// `# HELP` of this module's metrics (docs/metrics.md).
-pub(crate) fn describe() {
-    describe_counter!(
-        "sigsci_proxy_module_init_copies_total",
-        "Copies of modules' ModuleInit calls sent to agents other than the one that answered the module, by how (fan_out: to every agent at the call; replay: to an agent that joined later) and result (ok, error, dropped: over the bound)."
-    );
-    describe_gauge!(
-        "sigsci_proxy_modules_known",
-        "Distinct modules (ModuleVersion, ServerVersion) remembered for agents that join later."
-    );
-    describe_counter!(
-        "sigsci_proxy_modules_unremembered_total",
-        "ModuleInit calls not remembered: over 4 KiB (neither remembered nor copied), or of a new module with the memory full or the versions unreadable (copied to current agents all the same)."
-    );
-    for how in ["fan_out", "replay"] {
-        for result in ["ok", "error", "dropped"] {
-            copied(how, result, 0);
-        }
-    }
-    gauge!("sigsci_proxy_modules_known").set(0.0);
-    counter!("sigsci_proxy_modules_unremembered_total").increment(0);
-}
-
-/// One copy of `frame` to `agent`: whether the agent answered without error.
-async fn copy(shared: &Shared, agent: &Arc<Agent>, frame: &Frame) -> bool {
-    let deadline = Instant::now() + shared.router.rpc_timeout;
-    shared
-        .router
-        .attempt(
-            shared.router.overload.start_on(agent),
-            frame,
-            None,
-            deadline,
-        )
-        .await
-        .is_ok()
+/// What the copies need from the router that feeds this module: its memory of modules, the
+/// membership, and one call to one agent. A trait, so that this module sits below the router
+/// (which holds the [`Modules`]) and imports nothing above it.
+pub(crate) trait Copier: Send + Sync + 'static {
+    /// The memory of modules and the queue of copies.
+    fn modules(&self) -> &Modules;
+    /// The membership now.
+    fn snapshot(&self) -> Arc<Snapshot>;
+    /// One copy of `frame` to `agent`: whether the agent answered without error.
+    fn copy(&self, agent: &Arc<Agent>, frame: &Frame) -> impl Future<Output = bool> + Send;
 }
 
 /// Sends the copies and the replays until `exit`.
-pub(crate) async fn run(shared: Arc<Shared>, exit: CancellationToken) {
-    let modules = &shared.router.modules;
+pub(crate) async fn run<C: Copier>(copier: Arc<C>, exit: CancellationToken) {
+    let modules = copier.modules();
     let Some(mut queue) = modules
         .queue
         .lock()
@@ -253,12 +222,12 @@ pub(crate) async fn run(shared: Arc<Shared>, exit: CancellationToken) {
         tokio::select! {
             () = exit.cancelled() => break,
             Some(job) = queue.recv() => match job {
-                Job::FanOut(frame, targets) => fan_out(&shared, frame, targets),
-                Job::Replay(agent, frames) => replay(&shared, agent, frames),
+                Job::FanOut(frame, targets) => fan_out(&copier, frame, targets),
+                Job::Replay(agent, frames) => replay(&copier, agent, frames),
             },
             _ = every.tick() => {
-                for (agent, frames) in modules.enrol(&shared.router.pool.snapshot()) {
-                    replay(&shared, agent, frames);
+                for (agent, frames) in modules.enrol(&copier.snapshot()) {
+                    replay(&copier, agent, frames);
                 }
             }
         }
@@ -266,48 +235,50 @@ pub(crate) async fn run(shared: Arc<Shared>, exit: CancellationToken) {
 }
 
 /// Copies a job's frame to each of its targets, each in a task of its own.
-fn fan_out(shared: &Arc<Shared>, frame: Frame, targets: Vec<Arc<Agent>>) {
+fn fan_out<C: Copier>(copier: &Arc<C>, frame: Frame, targets: Vec<Arc<Agent>>) {
     for agent in targets {
-        if !shared.router.modules.reserve(1) {
-            copied("fan_out", "dropped", 1);
+        if !copier.modules().reserve(1) {
+            m::module_init_copied("fan_out", "dropped", 1);
             continue;
         }
-        let (shared, frame) = (shared.clone(), frame.clone());
-        tokio::spawn(async move {
-            let ok = copy(&shared, &agent, &frame).await;
-            shared
-                .router
-                .modules
-                .pending
-                .fetch_sub(1, Ordering::Relaxed);
-            copied("fan_out", if ok { "ok" } else { "error" }, 1);
-        });
+        let (copier, frame) = (copier.clone(), frame.clone());
+        tokio::spawn(
+            async move {
+                let ok = copier.copy(&agent, &frame).await;
+                copier.modules().pending.fetch_sub(1, Ordering::Relaxed);
+                m::module_init_copied("fan_out", if ok { "ok" } else { "error" }, 1);
+            }
+            .in_current_span(),
+        );
     }
 }
 
 /// Gives a newly enrolled agent every remembered module, one after the other.
-fn replay(shared: &Arc<Shared>, agent: Arc<Agent>, frames: Vec<Frame>) {
+fn replay<C: Copier>(copier: &Arc<C>, agent: Arc<Agent>, frames: Vec<Frame>) {
     let n = frames.len();
     if n == 0 {
         return;
     }
-    if !shared.router.modules.reserve(n) {
-        copied("replay", "dropped", n as u64);
-        shared.router.modules.unenrol(&agent);
+    if !copier.modules().reserve(n) {
+        m::module_init_copied("replay", "dropped", n as u64);
+        copier.modules().unenrol(&agent);
         return;
     }
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let mut failed = false;
-        for frame in &frames {
-            let ok = !failed && copy(&shared, &agent, frame).await;
-            failed |= !ok;
-            copied("replay", if ok { "ok" } else { "error" }, 1);
+    let copier = copier.clone();
+    tokio::spawn(
+        async move {
+            let mut failed = false;
+            for frame in &frames {
+                let ok = !failed && copier.copy(&agent, frame).await;
+                failed |= !ok;
+                m::module_init_copied("replay", if ok { "ok" } else { "error" }, 1);
+            }
+            let modules = copier.modules();
+            modules.pending.fetch_sub(n, Ordering::Relaxed);
+            if failed {
+                modules.unenrol(&agent);
+            }
         }
-        let modules = &shared.router.modules;
-        modules.pending.fetch_sub(n, Ordering::Relaxed);
-        if failed {
-            modules.unenrol(&agent);
-        }
-    });
+        .in_current_span(),
+    );
 }

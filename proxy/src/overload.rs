@@ -33,6 +33,8 @@ use fair::FairQueue;
 pub(crate) use fair::Flow;
 
 use crate::metrics as m;
+/// Why the queue shed a call: the closed label set of its metric, defined there.
+pub(crate) use crate::metrics::Shed;
 
 /// How the queue behaves.
 #[derive(Clone, Copy, Debug)]
@@ -74,17 +76,6 @@ pub(crate) enum Refused {
     NoAgent,
     /// Shed by the queue.
     Shed(Shed),
-}
-
-/// Why the queue shed a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Shed {
-    /// On arrival: every agent at its limit and the queue as long as it may be.
-    Full,
-    /// Waiting: pushed out by a call of a flow with fewer waiting.
-    Evicted,
-    /// Waiting: no slot freed while an answer could still come in time.
-    Expired,
 }
 
 /// A call's place on an agent: counted in the agent's load until finished or dropped, and

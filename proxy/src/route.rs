@@ -17,7 +17,7 @@ use crate::codec::{Frame, Method, error_response, update_response};
 use crate::error::{RetryType, UpstreamError};
 use crate::in_flight::InFlightCount;
 use crate::metrics as m;
-use crate::module_init::Modules;
+use crate::module_init::{Copier, Modules};
 use crate::overload::{Flow, OverloadQueue, Refused, Slot};
 use crate::upstream::Upstreams;
 
@@ -78,6 +78,24 @@ pub(crate) struct Router {
     pub(crate) modules: Modules,
     /// Where calls wait when every agent is at its concurrency limit ([`crate::overload`]).
     pub(crate) overload: Arc<OverloadQueue>,
+}
+
+/// ModuleInit fan-out sends its copies through the router, each counted against the agent's
+/// limit like any call and bounded by the RPC timeout.
+impl Copier for Router {
+    fn modules(&self) -> &Modules {
+        &self.modules
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.pool.snapshot()
+    }
+
+    async fn copy(&self, agent: &Arc<Agent>, frame: &Frame) -> bool {
+        let deadline = Instant::now() + self.rpc_timeout;
+        let slot = self.overload.start_on(agent);
+        self.attempt(slot, frame, None, deadline).await.is_ok()
+    }
 }
 
 /// Where a call goes.

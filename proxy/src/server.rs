@@ -159,7 +159,8 @@ impl Proxy {
         let in_flight = in_flight_count(&config, &exit);
         let stop = CancellationToken::new();
         let shared = shared_state(&config, &pool, overload, &in_flight, &stop, &exit);
-        tokio::spawn(crate::module_init::run(shared.clone(), exit.clone())); // to every agent
+        let fan_out = crate::module_init::run(shared.router.clone(), exit.clone());
+        tokio::spawn(fan_out.instrument(info_span!("module_init")));
         spawn_upstream_follower(&shared, exit);
 
         // Accept once the first membership is in (bounded): a proxy restarted on the same
@@ -208,11 +209,8 @@ fn in_flight_count(config: &Config, exit: &CancellationToken) -> Arc<InFlightCou
     } else {
         InFlightCount::with_activity()
     });
-    tokio::spawn(busy_poll::run(
-        in_flight.clone(),
-        config.busy_poll,
-        exit.clone(),
-    ));
+    let poller = busy_poll::run(in_flight.clone(), config.busy_poll, exit.clone());
+    tokio::spawn(poller.instrument(info_span!("busy_poll")));
     in_flight
 }
 
@@ -227,29 +225,33 @@ fn spawn_housekeeping(
 ) {
     // Histogram samples wait in the recorder until upkeep folds them into buckets: without
     // it memory grows with every RPC unless something scrapes.
-    tokio::spawn(m::upkeep(prometheus, exit.clone()));
-    tokio::spawn(memory::trim_periodically(
-        config.memory_trim_interval,
-        exit.clone(),
-    ));
+    tokio::spawn(m::upkeep(prometheus, exit.clone()).instrument(info_span!("metrics_upkeep")));
+    let trim = memory::trim_periodically(config.memory_trim_interval, exit.clone());
+    tokio::spawn(trim.instrument(info_span!("heap_trim")));
     let pool = pool.clone();
     let exit = exit.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = pool.run(updates) => {}
-            () = exit.cancelled() => {}
+    tokio::spawn(
+        async move {
+            tokio::select! {
+                () = pool.run(updates) => {}
+                () = exit.cancelled() => {}
+            }
         }
-    });
+        .instrument(info_span!("membership")),
+    );
 }
 
 /// Keeps the upstream connections in step with the pool until `exit` (see
 /// [`Upstreams::follow`]).
 fn spawn_upstream_follower(shared: &Arc<Shared>, exit: CancellationToken) {
     let shared = shared.clone();
-    tokio::spawn(async move {
-        let router = &shared.router;
-        router.upstreams.follow(&router.pool, exit).await;
-    });
+    tokio::spawn(
+        async move {
+            let router = &shared.router;
+            router.upstreams.follow(&router.pool, exit).await;
+        }
+        .instrument(info_span!("upstream_follower")),
+    );
 }
 
 /// What every connection task shares, built from the configuration.
@@ -266,7 +268,7 @@ pub(crate) fn shared_state(
         ..Limits::default()
     };
     Arc::new(Shared {
-        router: Router {
+        router: Arc::new(Router {
             pool: pool.clone(),
             upstreams: Upstreams::new(
                 UpstreamConfig {
@@ -285,7 +287,7 @@ pub(crate) fn shared_state(
             max_in_flight_bytes: config.max_in_flight_bytes,
             modules: Default::default(),
             overload,
-        },
+        }),
         limits,
         max_in_flight: config.max_in_flight_per_connection,
         idle_timeout: config.idle_timeout,
@@ -315,14 +317,16 @@ fn start_listeners(
         .map(|l| l.local_addr().to_string())
         .collect();
     for l in listeners {
-        tracker.spawn(listener::accept_loop(
+        let span = info_span!("accept", listen.addr = %l.local_addr());
+        let accept = listener::accept_loop(
             l,
             shared.clone(),
             admission.clone(),
             tracker.clone(),
             draining.clone(),
             stop.clone(),
-        ));
+        );
+        tracker.spawn(accept.instrument(span));
     }
     (admission.limit(), rpc_addrs)
 }

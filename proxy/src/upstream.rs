@@ -13,6 +13,7 @@
 mod mux;
 mod per_call;
 mod queued;
+mod readmission;
 
 pub(crate) use queued::QueuedBytes;
 
@@ -102,20 +103,6 @@ impl Upstreams {
         }
     }
 
-    /// Whether `agent` accepts a connection now (readmission probe of a suspect agent: one
-    /// found unreachable is readmitted on trial when a connect succeeds again). In `mux` mode
-    /// see `AgentConns::probe` in mux.rs: live connections are not taken as proof that the
-    /// path works.
-    pub(crate) async fn probe(&self, agent: &Agent) -> bool {
-        match self.config.mode {
-            UpstreamMode::Mux => self.conns(agent).probe().await,
-            UpstreamMode::PerCall => {
-                let deadline = Instant::now() + self.config.connect_timeout;
-                connect(agent.address(), deadline).await.is_ok()
-            }
-        }
-    }
-
     /// Follows the membership: closes the connections of agents no longer in the pool, and in
     /// `mux` mode opens the persistent connections of agents that take work ahead of their
     /// first RPC (so no module call pays for a connect; a joining agent's are open by the end
@@ -137,9 +124,7 @@ impl Upstreams {
 
     /// Keeps the connections in step with `pool` until `exit`: checked every 100 ms, synced
     /// when the snapshot changed and every second (to reopen connections agents closed).
-    /// Agents in a run of failures are probed at each check: one found unreachable that
-    /// accepts a connection again is readmitted on trial with a fresh latency estimate, within
-    /// 100 ms of listening instead of after its backoff and penalty.
+    /// Agents in a run of failures are probed at each check ([`readmission`]).
     pub(crate) async fn follow(&self, pool: &Pool, exit: CancellationToken) {
         let mut every = tokio::time::interval(Duration::from_millis(100));
         let (mut seen, mut synced) = (u64::MAX, Instant::now());
@@ -154,15 +139,7 @@ impl Upstreams {
                 synced = Instant::now();
                 self.sync(&snapshot);
             }
-            let fresh = snapshot.typical_latency();
-            let probes = snapshot
-                .agents()
-                .iter()
-                .filter(|a| a.is_suspect())
-                .map(|a| async move {
-                    a.probed(self.probe(a).await, fresh);
-                });
-            futures::future::join_all(probes).await;
+            self.probe_suspects(&snapshot).await;
         }
     }
 

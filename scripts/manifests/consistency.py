@@ -198,7 +198,7 @@ def tcp_listen(value):
 
 
 def all_addresses(addr, port, t):
-    """[::]:port (one dual-stack socket, issue 20); 0.0.0.0:port only with components/ipv4-only."""
+    """[::]:port (one dual-stack socket, so IPv6-only clusters work too); 0.0.0.0:port only with components/ipv4-only."""
     return addr == (f"0.0.0.0:{port}" if t in IPV4_ONLY_TARGETS else f"[::]:{port}")
 
 

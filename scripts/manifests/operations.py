@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What a cluster operator relies on, checked on the rendered manifests (issue 12).
+"""What a cluster operator relies on, checked on the rendered manifests.
 
 Usage: operations.py REPO_ROOT RENDERED_DIR
 
@@ -22,13 +22,13 @@ from consistency import (  # noqa: E402
 
 STARTUP_PORT = 2024
 STARTUP_PATH = "/startup"
-STARTUP_LISTENER = f"[::]:{STARTUP_PORT}"  # all addresses, IPv4 and IPv6 (issue 20)
+STARTUP_LISTENER = f"[::]:{STARTUP_PORT}"  # all addresses, IPv4 and IPv6
 IPV4_ONLY_TARGETS = {"ipv4-only", "ipv4-only-node-local"}  # components/ipv4-only: 0.0.0.0 for kernels without IPv6
 # The agent's startup probe listener exists from 4.51.0; Fastly supports versions for two
 # years. The oldest version accepted here; raise it as releases age out.
 MIN_AGENT_VERSION = (4, 51, 0)
 MIN_AGENT_MEMORY_BYTES = 500 * 10**6  # Fastly: at least 500 MB per agent
-MEMORY_HEADROOM_BYTES = 500 * 10**6  # issue 12: at least 500 MB above that
+MEMORY_HEADROOM_BYTES = 500 * 10**6  # at least 500 MB above that: the agent grows past its floor under load
 DEMAND_METRIC = "sigsci_proxy_agent_demand"
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 # Targets with the real agent (not the simulator), and every target with both Deployments.
@@ -223,7 +223,7 @@ def check_autoscaling(t, docs, proxy_src):
                 .get("scaleDown", {}).get("stabilizationWindowSeconds", 0) >= 60)
 
 
-# ---------------------------------------------------------------------------- issue 20: composition
+# ---------------------------------------------------------------------- composition of overlays
 def agent_replicas(docs):
     agent = one(docs, "Deployment", "sigsci-agent")
     return None if agent is None else agent["spec"].get("replicas")

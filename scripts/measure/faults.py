@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fault containment, measured on the release build over loopback (issue #10's acceptance).
+"""Fault containment, measured on the release build over loopback: what one hostile client or
+agent costs the good traffic beside it.
 
 Each case starts simulated agents (`loadtest agent`) and the real `sigsci-proxy` as processes,
 does one hostile thing beside good module-like traffic (`loadtest drive`), and prints what a

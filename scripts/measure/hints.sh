@@ -1,5 +1,5 @@
 #!/bin/bash
-# /hints follows load up and down at once (issue 12: no proxy-side window; the HPA's is the one).
+# /hints follows load up and down at once (no proxy-side window: the HPA's is the one).
 # Three simulated agents behind the proxy; 1,500 tx/s for 30 s, doubled to 3,000 tx/s from 5 s
 # to 15 s; prints /hints every second. Run from the repository root after
 # `cargo build --release --bins`. The smoothing is shortened to 2 s (default 10 s) so the

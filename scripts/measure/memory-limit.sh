@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The proxy under the manifests' memory limit with every memory-bound limit pushed at once
-# (issue #20 point 6): can any input OOM-kill it?
+# The proxy under the manifests' memory limit with every memory-bound limit pushed at once:
+# can any input OOM-kill it?
 #
 # The real sigsci-proxy runs in a memory cgroup of its own limited to LIMIT (default 256M, the
 # limit in manifests/base/proxy.yaml), a child of this shell's cgroup (v2, or v1's memory

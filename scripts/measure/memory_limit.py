@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""The proxy under its pod's memory limit, with every memory-bound limit pushed at once
-(issue #20 point 6). Run through scripts/measure/memory-limit.sh, which says what it shows.
+"""The proxy under its pod's memory limit, with every memory-bound limit pushed at once:
+can any input OOM-kill it? Run through scripts/measure/memory-limit.sh, which says what it shows.
 
 The proxy runs in a memory cgroup of its own (a child of this script's cgroup, v2 or v1) limited
 to --limit, so the kernel OOM-kills it there exactly as in a container. Against it, all at the

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Node-local proxies against the Deployment, side by side on the multi-host bed (issue #18, 4).
+"""Node-local proxies against the Deployment, side by side on the multi-host bed.
 
 Three topologies (`loadtest local --bed netns --topology ...`): `deployment` (manifests/base:
 proxy replicas on hosts of their own behind the Service VIP), `node-local` (overlays/node-local:

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 3 acceptance 8: the proxy's overhead over talking straight to one agent, in one run.
+# The proxy's overhead over talking straight to one agent, in one run.
 # Paired open loop (2,000 tx/s for 10 s, transactions alternating between agent 0 and the
 # proxy), then each path's maximum rate in closed loop, and the proxy's upstream connects per
 # second; prints a summary and a RESULT PASS|FAIL line (exit 1 on FAIL). Arguments go to

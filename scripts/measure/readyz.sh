@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How long `GET /readyz` takes while the proxy runs at its maximum rate (issue #20 point 6): the
+# How long `GET /readyz` takes while the proxy runs at its maximum rate: the
 # readiness probe in manifests/base/proxy.yaml is set from it. /readyz is served on the proxy's
 # runtime, the thread that serves the RPCs (one by default), so it waits behind them.
 #

@@ -13,6 +13,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// An admin response body.
 pub type Body = Full<Bytes>;
@@ -33,10 +34,10 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "Admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -44,20 +45,24 @@ where
                 }
             },
         };
+        let span = tracing::debug_span!("http_conn", client.addr = %peer);
         let handler = handler.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let h = handler.clone();
-                async move { Ok::<_, Infallible>(h(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = shutdown.cancelled() => {}
+        tokio::spawn(
+            async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let h = handler.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = shutdown.cancelled() => {}
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 }
 
@@ -72,7 +77,7 @@ pub async fn call(
         let stream = TcpStream::connect(addr).await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
-        let conn = tokio::spawn(conn);
+        let conn = tokio::spawn(conn.in_current_span());
         let req = Request::builder()
             .method(method)
             .uri(path_and_query)

@@ -38,7 +38,7 @@ mod tests;
 
 pub use spec::{ServiceRef, SpecError};
 
-use backoff::Backoff;
+use backoff::WatchBackoff;
 use merge::Members;
 
 /// API verbs the source uses on EndpointSlices; the RBAC Role must grant these (and need grant
@@ -60,7 +60,7 @@ pub const REMOVAL_HOLD: Duration = Duration::from_millis(250);
 
 /// Why no Kubernetes client could be built.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum KubeConfigError {
     /// Neither the in-cluster service account nor `KUBECONFIG` / `~/.kube/config` gave a
     /// usable configuration.
     #[error(
@@ -71,8 +71,8 @@ pub enum ClientError {
 
 /// A client for the cluster the process runs in (service account token and CA), or, outside a
 /// cluster, the current context of `KUBECONFIG` (else `~/.kube/config`).
-pub async fn client_from_env() -> Result<kube::Client, ClientError> {
-    Client::try_default().await.map_err(ClientError::Config)
+pub async fn client_from_env() -> Result<kube::Client, KubeConfigError> {
+    Client::try_default().await.map_err(KubeConfigError::Config)
 }
 
 /// The membership of Service `service` in `namespace`, port `port_name`, as a never-ending
@@ -121,7 +121,7 @@ pub async fn kubernetes(
         emitted: Members::new(),
         held: BTreeMap::new(),
         out: Default::default(),
-        backoff: Backoff::default(),
+        backoff: WatchBackoff::default(),
         retry_at: None,
     };
     futures::stream::unfold(merger, |mut m| async move {
@@ -145,7 +145,7 @@ struct Merger {
     /// Emitted members absent from the current view, with the time their Remove is due.
     held: BTreeMap<EndpointId, Instant>,
     out: std::collections::VecDeque<Update>,
-    backoff: Backoff,
+    backoff: WatchBackoff,
     /// After an error, the watcher is not polled (so makes no request) until then.
     retry_at: Option<Instant>,
 }

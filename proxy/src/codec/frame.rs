@@ -5,20 +5,8 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use super::scan::{Scanner, View};
+use super::scan::{FrameKind, Scanner, View};
 use super::{CodecError, Limits};
-
-/// The MessagePack-RPC message type (the first element of the top-level array).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum FrameKind {
-    /// `[0, msgid, method, params]`.
-    #[default]
-    Request,
-    /// `[1, msgid, error, result]`.
-    Response,
-    /// `[2, method, params]` (the modules never send one; it must not crash anything).
-    Notification,
-}
 
 /// The RPC method of a request or notification, from its method string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -7,7 +7,19 @@
 //! method, where the `RequestID` string is), and it enforces [`Limits`] as soon as a header makes a
 //! violation certain.
 
-use super::{CodecError, FrameKind, Limits};
+use super::{CodecError, Limits};
+
+/// The MessagePack-RPC message type (the first element of the top-level array).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// `[0, msgid, method, params]`.
+    #[default]
+    Request,
+    /// `[1, msgid, error, result]`.
+    Response,
+    /// `[2, method, params]` (the modules never send one; it must not crash anything).
+    Notification,
+}
 
 /// Byte ranges and values recorded while walking one frame. Offsets are from the frame start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

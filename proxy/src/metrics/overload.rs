@@ -10,7 +10,16 @@ use metrics::{
     gauge, histogram,
 };
 
-use crate::overload::Shed;
+/// Why the overload queue shed a call (the `cause` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shed {
+    /// On arrival: every agent at its limit and the queue as long as it may be.
+    Full,
+    /// Waiting: pushed out by a call of a flow with fewer waiting.
+    Evicted,
+    /// Waiting: no slot freed while an answer could still come in time.
+    Expired,
+}
 
 struct Handles {
     shed: [Counter; 3],

@@ -24,7 +24,7 @@ use crate::codec::{Frame, FrameCodec, FrameKind, Limits};
 use crate::error::UpstreamError;
 use crate::metrics as m;
 use crate::stream::{ReadHalf, Stream, WriteHalf};
-use agent_pool::Address;
+use agent_pool::{Address, Backoff};
 
 /// Bytes queued on one connection (the agent reads slower than callers write) before further
 /// calls are refused: they go to another agent rather than wait behind a stalled socket.
@@ -51,16 +51,26 @@ pub(super) struct AgentConns {
 struct Slot {
     conn: Mutex<Option<Arc<MuxConn>>>,
     /// Held while connecting; guards the reconnect backoff.
-    connecting: tokio::sync::Mutex<Backoff>,
+    connecting: tokio::sync::Mutex<Reconnect>,
     /// A background reconnect is spawned and has not ended: calls that land on the dead slot
     /// meanwhile spawn no other.
     reconnecting: AtomicBool,
 }
 
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
+/// A slot's reconnect backoff: after a failed connect, calls fail fast until `until`, so an
+/// unreachable agent costs no connect attempt per call. 10 ms doubling to 1 s.
+struct Reconnect {
+    delays: Backoff,
     until: Option<Instant>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self {
+            delays: Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
+            until: None,
+        }
+    }
 }
 
 impl Slot {
@@ -75,7 +85,7 @@ impl AgentConns {
         let slots = (0..config.connections.max(1))
             .map(|_| Slot {
                 conn: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(Backoff::default()),
+                connecting: tokio::sync::Mutex::new(Reconnect::default()),
                 reconnecting: AtomicBool::new(false),
             })
             .collect();
@@ -137,13 +147,17 @@ impl AgentConns {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move {
-            let deadline = Instant::now() + this.connect_timeout;
-            let _ = this.connect_slot(index, deadline, false, false).await;
-            this.slots[index]
-                .reconnecting
-                .store(false, Ordering::Release);
-        });
+        let span = self.span();
+        tokio::spawn(
+            async move {
+                let deadline = Instant::now() + this.connect_timeout;
+                let _ = this.connect_slot(index, deadline, false, false).await;
+                this.slots[index]
+                    .reconnecting
+                    .store(false, Ordering::Release);
+            }
+            .instrument(span),
+        );
     }
 
     /// A live connection, round-robin over the slots. A dead slot is reconnected in the
@@ -219,15 +233,13 @@ impl AgentConns {
         }
         match connect(&self.address, deadline.min(now + self.connect_timeout)).await {
             Ok(stream) => {
-                *backoff = Backoff::default();
+                *backoff = Reconnect::default();
                 let conn = MuxConn::spawn(stream, self, self.span());
                 *slot.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
                 Ok(conn)
             }
             Err(e) => {
-                backoff.failures = backoff.failures.saturating_add(1);
-                let delay = Duration::from_millis(5) * 2u32.pow(backoff.failures.min(8));
-                backoff.until = Some(Instant::now() + delay.min(Duration::from_secs(1)));
+                backoff.until = Some(Instant::now() + backoff.delays.next_delay());
                 Err(e)
             }
         }

@@ -1,4 +1,4 @@
-//! Issue 19: every module's decoder accepts every answer, and no agent gets an UpdateRequest it
+//! Every module's decoder accepts every answer, and no agent gets an UpdateRequest it
 //! cannot know.
 //!
 //! PHP's bundled `msgpack.php` (used when the msgpack C extension is missing) decodes `fixstr`,
@@ -281,8 +281,8 @@ async fn an_update_tagged_by_the_previous_release_reaches_its_agent() {
 async fn an_update_whose_token_names_no_agent_is_answered_by_the_proxy_and_sent_nowhere() {
     // Asserts counters: no other in-process proxy may count meanwhile.
     let alone = recorder::alone().await;
-    // Issue 19 point 3 (and issue 21: such an update was "pinned" to a random agent). The
-    // token names an agent this proxy has never had: gone past --gone-grace, or forged.
+    // The token names an agent this proxy has never had: gone past --gone-grace, or forged.
+    // Sending it to a random agent instead would hand that agent an ID it cannot know.
     let (a, b) = (Agent::start().await, Agent::start().await);
     let proxy = alone.start_proxy(with_agents(&[&a, &b])).await;
     let lost = r#"sigsci_proxy_affinity_total{result="lost"}"#;

@@ -1,4 +1,4 @@
-//! Issue 19 point 2: every agent learns every module. A module's one `RPC.ModuleInit` reaches
+//! Every agent learns every module. A module's one `RPC.ModuleInit` reaches
 //! every agent once, and an agent that joins later gets it before it takes work.
 
 use std::time::Duration;

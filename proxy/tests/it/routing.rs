@@ -148,7 +148,7 @@ async fn tokens_naming_no_member_are_never_dialled() {
     // `a` is no member of the second proxy: its token must not make that proxy dial `a`.
     assert_eq!(update(only_b.rpc, &id).await, None);
     assert_eq!(a.connections(), a_connections, "never dialled");
-    // No agent can know the ID: the proxy answers it and hands it to none (issue 19).
+    // No agent can know the ID: the proxy answers it and hands it to none.
     assert_eq!(
         (b.stats().updaterequests, a.matched()),
         (0, 0),

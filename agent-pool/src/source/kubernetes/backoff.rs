@@ -14,8 +14,9 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::time::Instant;
+
+use crate::Backoff;
 
 /// The first retry waits `INITIAL / 2 ..= INITIAL` (50–100 ms).
 pub(super) const INITIAL: Duration = Duration::from_millis(100);
@@ -30,17 +31,28 @@ pub(super) const QUIET: Duration = Duration::from_secs(10);
 
 /// Retry delays: exponential from [`INITIAL`] to [`CAP`], with jitter so that the replicas of
 /// the proxy do not reconnect to a restarted API server in lockstep.
-#[derive(Debug, Default)]
-pub(super) struct Backoff {
-    /// Errors since the count last started over.
-    attempt: u32,
+#[derive(Debug)]
+pub(super) struct WatchBackoff {
+    /// Counts the errors since the count last started over.
+    delays: Backoff,
     /// A complete list or a watch event arrived since the last error.
     progressed: bool,
     last_error: Option<Instant>,
     last_gone: Option<Instant>,
 }
 
-impl Backoff {
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            delays: Backoff::new(INITIAL, CAP),
+            progressed: false,
+            last_error: None,
+            last_gone: None,
+        }
+    }
+}
+
+impl WatchBackoff {
     /// Records progress: a complete list, or an event from the watch.
     pub(super) fn progress(&mut self) {
         self.progressed = true;
@@ -48,24 +60,28 @@ impl Backoff {
 
     /// The delay before retrying after an error at `now`; `gone` if the error was `410 Gone`.
     pub(super) fn next_delay(&mut self, now: Instant, gone: bool) -> Duration {
-        let ceiling = self.next_ceiling(now, gone);
-        rand::rng().random_range(ceiling / 2..=ceiling)
+        self.record_error(now, gone);
+        self.delays.next_jittered()
     }
 
     /// The upper end of the next delay (its jitter is `ceiling / 2 ..= ceiling`).
-    pub(super) fn next_ceiling(&mut self, now: Instant, gone: bool) -> Duration {
+    #[cfg(test)]
+    fn next_ceiling(&mut self, now: Instant, gone: bool) -> Duration {
+        self.record_error(now, gone);
+        self.delays.next_delay()
+    }
+
+    /// Notes an error at `now`, first starting the count over if the rules above say so.
+    fn record_error(&mut self, now: Instant, gone: bool) {
         let quiet = |t: Option<Instant>| t.is_none_or(|t| now.duration_since(t) >= QUIET);
         if (self.progressed && quiet(self.last_error)) || (gone && quiet(self.last_gone)) {
-            self.attempt = 0;
+            self.delays.reset();
         }
         self.progressed = false;
         self.last_error = Some(now);
         if gone {
             self.last_gone = Some(now);
         }
-        let ceiling = INITIAL.saturating_mul(1 << self.attempt.min(16)).min(CAP);
-        self.attempt = self.attempt.saturating_add(1);
-        ceiling
     }
 }
 
@@ -75,7 +91,7 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn ceilings(b: &mut Backoff, at: &mut Instant, n: usize) -> Vec<Duration> {
+    fn ceilings(b: &mut WatchBackoff, at: &mut Instant, n: usize) -> Vec<Duration> {
         (0..n)
             .map(|_| {
                 let c = b.next_ceiling(*at, false);
@@ -87,7 +103,7 @@ mod tests {
 
     #[test]
     fn doubles_from_100ms_to_a_1s_cap() {
-        let (mut b, mut at) = (Backoff::default(), Instant::now());
+        let (mut b, mut at) = (WatchBackoff::default(), Instant::now());
         assert_eq!(
             ceilings(&mut b, &mut at, 7),
             [100, 200, 400, 800, 1000, 1000, 1000].map(|n| n * MS)
@@ -96,22 +112,22 @@ mod tests {
 
     #[test]
     fn jitter_stays_between_half_and_the_ceiling() {
-        let (mut b, now) = (Backoff::default(), Instant::now());
+        let (mut b, now) = (WatchBackoff::default(), Instant::now());
         for _ in 0..200 {
             let d = b.next_delay(now, false);
             assert!((MS..=CAP).contains(&d), "{d:?}");
         }
-        let mut b = Backoff::default();
+        let mut b = WatchBackoff::default();
         for _ in 0..200 {
             let d = b.next_delay(now, false);
             assert!(d >= 50 * MS && d <= 100 * MS, "{d:?}");
-            b = Backoff::default();
+            b = WatchBackoff::default();
         }
     }
 
     #[test]
     fn starts_over_after_progress_and_a_quiet_period() {
-        let (mut b, mut at) = (Backoff::default(), Instant::now());
+        let (mut b, mut at) = (WatchBackoff::default(), Instant::now());
         ceilings(&mut b, &mut at, 6);
         b.progress();
         at += QUIET;
@@ -121,7 +137,7 @@ mod tests {
     #[test]
     fn progress_then_an_error_soon_after_keeps_growing() {
         // A server that answers the list and fails the watch every time.
-        let (mut b, mut at) = (Backoff::default(), Instant::now());
+        let (mut b, mut at) = (WatchBackoff::default(), Instant::now());
         let mut last = Duration::ZERO;
         for _ in 0..8 {
             b.progress();
@@ -133,7 +149,7 @@ mod tests {
 
     #[test]
     fn a_410_after_an_outage_relists_at_once_but_not_every_time() {
-        let (mut b, mut at) = (Backoff::default(), Instant::now());
+        let (mut b, mut at) = (WatchBackoff::default(), Instant::now());
         ceilings(&mut b, &mut at, 8); // connection refused while the server restarts
         assert_eq!(b.next_ceiling(at, true), INITIAL, "first 410: re-list soon");
         let mut last = Duration::ZERO;
