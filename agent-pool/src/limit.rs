@@ -28,10 +28,12 @@ use std::time::Duration;
 /// How the per-agent concurrency limit learns. Every field has a default.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LimitConfig {
-    /// The limit of an agent with no sample yet. Default 4: a pool overloaded from a proxy's
-    /// first call queues no deadline's worth in a slow agent (16 cost the first second 38
-    /// timed-out calls at 2x of a 200 RPC/s pool; 8 kept a processor-sharing agent of 10 ms
-    /// at 80 ms answers); the limit grows while it is reached and the agent answers at target.
+    /// The limit of an agent with no sample yet. Default 8: a burst of concurrent calls to a
+    /// fresh agent mostly fits (at 4, thirty concurrent modules on three agents, a test's
+    /// cold start, were shed on a loaded machine), and a pool overloaded from a proxy's first
+    /// call queues less than a deadline's worth in an agent of 10 ms (16 cost the first second
+    /// 38 timed-out calls at 2x of a 200 RPC/s pool); the limit grows while it is reached and
+    /// the agent answers at target.
     pub initial: u32,
     /// The least limit. Default 1.
     pub min: u32,
@@ -60,7 +62,7 @@ pub struct LimitConfig {
 impl Default for LimitConfig {
     fn default() -> Self {
         Self {
-            initial: 4,
+            initial: 8,
             min: 1,
             max: 1000,
             window: Duration::from_millis(100),
@@ -338,7 +340,7 @@ mod tests {
         }
         assert_eq!(
             limit.slots(),
-            4,
+            8,
             "never reached: no growth, fast: no decrease"
         );
     }

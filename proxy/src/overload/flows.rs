@@ -82,6 +82,13 @@ impl FlowStats {
         mine > 0 && mine * flows >= self.total_now + self.total_before
     }
 
+    /// Whether `flow` sent less than its share while another flow sent calls too: a light
+    /// flow beside a heavier one (a flow alone, or one with nothing counted against a pool that
+    /// saw nothing, is not).
+    pub(crate) fn is_light(&self, flow: &Flow) -> bool {
+        self.total_now + self.total_before > 0 && !self.is_heavy(flow)
+    }
+
     fn roll(&mut self, at: Instant) {
         let started = *self.started.get_or_insert(at);
         if at.saturating_duration_since(started) >= WINDOW {

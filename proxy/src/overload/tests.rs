@@ -57,6 +57,25 @@ fn waiting(
     tokio::spawn(async move { q.balanced(&pool.snapshot(), &f, deadline()).await })
 }
 
+/// Calls of `f` queued one by one until one is shed (the room is a few calls; more as the
+/// agent's latency estimate decays in real time while the test runs). The last handle is the
+/// one shed.
+async fn flood_until_shed(
+    q: &Arc<OverloadQueue>,
+    pool: &Pool,
+    f: Flow,
+) -> Vec<tokio::task::JoinHandle<Result<Slot, Refused>>> {
+    let mut flood = Vec::new();
+    loop {
+        flood.push(waiting(q, pool, f.clone()));
+        settle().await;
+        if flood.iter().any(|h| h.is_finished()) {
+            return flood;
+        }
+        assert!(flood.len() < 40, "the flood never ran out of room");
+    }
+}
+
 /// Lets spawned waiters run up to their first wait.
 async fn settle() {
     for _ in 0..10 {
@@ -164,15 +183,7 @@ async fn a_flood_loses_its_newest_call_to_a_lighter_flow() {
         .balanced(&pool.snapshot(), &flow(1), deadline())
         .await
         .unwrap();
-    let mut flood = Vec::new();
-    loop {
-        flood.push(waiting(&q, &pool, flow(1)));
-        settle().await;
-        if flood.iter().any(|h| h.is_finished()) {
-            break;
-        }
-        assert!(flood.len() < 40, "the flood never ran out of room");
-    }
+    let mut flood = flood_until_shed(&q, &pool, flow(1)).await;
     let full = flood.pop().unwrap().await.unwrap();
     assert_eq!(
         full.unwrap_err(),
@@ -242,15 +253,7 @@ async fn in_a_standing_queue_a_heavy_flow_waits_short_and_a_light_one_long() {
         .await
         .unwrap();
     // Flow 1 floods until a call of its is shed: the queue stands.
-    let mut flood = Vec::new();
-    loop {
-        flood.push(waiting(&q, &pool, flow(1)));
-        settle().await;
-        if flood.iter().any(|h| h.is_finished()) {
-            break;
-        }
-        assert!(flood.len() < 40, "the flood never ran out of room");
-    }
+    let flood = flood_until_shed(&q, &pool, flow(1)).await;
     for h in &flood {
         h.abort();
     }
@@ -265,8 +268,11 @@ async fn in_a_standing_queue_a_heavy_flow_waits_short_and_a_light_one_long() {
     assert_eq!(heavy.unwrap_err(), Refused::Shed(Shed::Expired));
     // The standing floor, 3 ms, against the burst's 20 ms.
     assert_eq!(started.elapsed(), Duration::from_millis(3));
+    // A light flow waits as in a burst, then borrows a slot over the limit rather than fail
+    // open: it sends few calls.
     let started = Instant::now();
     let light = q.balanced(&pool.snapshot(), &flow(2), deadline()).await;
-    assert_eq!(light.unwrap_err(), Refused::Shed(Shed::Expired));
     assert_eq!(started.elapsed(), Duration::from_millis(20));
+    let borrowed = light.expect("a borrowed slot");
+    assert_eq!(borrowed.agent().outstanding(), 2, "one over the limit of 1");
 }
