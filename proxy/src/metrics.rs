@@ -135,6 +135,12 @@ fn describe() {
     );
     module_init::describe();
     overload::describe();
+    start_at_zero();
+}
+
+/// Registers every labelled series at zero, so that a rate over a series that has not moved
+/// yet reads 0 instead of nothing.
+fn start_at_zero() {
     for result in ["hit", "none", "lost"] {
         counter!("sigsci_proxy_affinity_total", "result" => result).increment(0);
     }

@@ -23,9 +23,9 @@ use crate::config::{Config, ListenAddr, Membership};
 use crate::control::ControlSocket;
 use crate::downstream::Shared;
 use crate::drain::{Drain, DrainReport, Readiness};
+use crate::heap_trim;
 use crate::in_flight::InFlightCount;
 use crate::listener::{self, Listener};
-use crate::memory;
 use crate::metrics as m;
 use crate::overload::{OverloadQueue, QueueConfig};
 use crate::route::{RetryBudget, Router};
@@ -226,7 +226,7 @@ fn spawn_housekeeping(
     // Histogram samples wait in the recorder until upkeep folds them into buckets: without
     // it memory grows with every RPC unless something scrapes.
     tokio::spawn(m::upkeep(prometheus, exit.clone()).instrument(info_span!("metrics_upkeep")));
-    let trim = memory::trim_periodically(config.memory_trim_interval, exit.clone());
+    let trim = heap_trim::trim_periodically(config.memory_trim_interval, exit.clone());
     tokio::spawn(trim.instrument(info_span!("heap_trim")));
     let pool = pool.clone();
     let exit = exit.clone();

@@ -5,7 +5,7 @@
 //!
 //! No safe wrapper exists on stable Rust (socket2 and rustix have none, std's is unstable), so
 //! this is the workspace's second `unsafe`, one `setsockopt` of an `int`; the lint is `deny`
-//! and proxy/tests/it/layout.rs checks that only memory.rs and this file allow it.
+//! and proxy/tests/it/layout.rs checks that only heap_trim.rs and this file allow it.
 #![allow(unsafe_code)]
 
 use std::io;

@@ -1,5 +1,5 @@
 //! The real binary gives back the memory of a burst of connections once they close
-//! (`--memory-trim-interval`, proxy/src/memory.rs). Without it the ~4 MiB the burst below
+//! (`--memory-trim-interval`, proxy/src/heap_trim.rs). Without it the ~4 MiB the burst below
 //! allocates stay resident for the life of the process.
 
 use std::time::{Duration, Instant};

@@ -310,11 +310,10 @@ async fn frames_larger_than_the_socket_buffer_reach_the_agent_whole() {
     // Ten modules at once, each with a 600 kB body, all multiplexed on one agent connection:
     // more than the socket takes at once, so frames queue behind each other and must still
     // arrive whole and in one piece each. Past a fresh agent's concurrency limit (8) they wait
-    // in the overload queue, as long as the deadline allows (a debug build copies slowly).
+    // in the overload queue.
     let agent = Agent::start().await;
     let proxy = start_proxy(Options {
         upstream_connections: Some(1),
-        queue_timeout: Some(Dur(Duration::from_millis(60))),
         ..with_agents(&[&agent])
     })
     .await;

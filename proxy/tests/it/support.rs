@@ -132,6 +132,9 @@ pub fn options() -> Options {
         // Generous deadlines: tests run on busy machines; behaviour, not speed, is checked.
         connect_timeout: Some(Dur(Duration::from_secs(1))),
         rpc_timeout: Some(Dur(Duration::from_secs(3))),
+        // Likewise a call may wait for an agent's slot: the overload queue's shedding is tested
+        // on paused time (proxy/src/overload/tests.rs) and by the overload scenarios.
+        queue_timeout: Some(Dur(Duration::from_secs(1))),
         ..Options::default()
     }
 }
