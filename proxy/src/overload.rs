@@ -94,9 +94,17 @@ impl Slot {
 
     /// Ends the call with its outcome and frees the slot.
     pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.end(Some(outcome));
+    }
+
+    /// Records the outcome (none: cancelled) and hands the slot to the next waiter.
+    fn end(&mut self, outcome: Option<Outcome>) {
         if let Some(f) = self.in_flight.take() {
             let agent = f.agent().clone();
-            f.finish(outcome);
+            match outcome {
+                Some(outcome) => f.finish(outcome),
+                None => drop(f),
+            }
             self.queue.released(&agent);
         }
     }
@@ -109,11 +117,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(f) = self.in_flight.take() {
-            let agent = f.agent().clone();
-            drop(f);
-            self.queue.released(&agent);
-        }
+        self.end(None);
     }
 }
 

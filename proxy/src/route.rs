@@ -80,8 +80,9 @@ pub(crate) struct Router {
     pub(crate) overload: Arc<OverloadQueue>,
 }
 
-/// ModuleInit fan-out sends its copies through the router, each counted against the agent's
-/// limit like any call and bounded by the RPC timeout.
+/// ModuleInit fan-out sends its copies through the router, each counted in the agent's load but
+/// started whatever its limit (every agent must have them; they are rare), bounded by the RPC
+/// timeout.
 impl Copier for Router {
     fn modules(&self) -> &Modules {
         &self.modules

@@ -47,6 +47,13 @@ fn deadline() -> Instant {
     Instant::now() + Duration::from_millis(80)
 }
 
+/// The slot of a balanced call of flow 1 that found one free (the pool's only slot, here).
+async fn hold(q: &Arc<OverloadQueue>, pool: &Pool) -> Slot {
+    q.balanced(&pool.snapshot(), &flow(1), deadline())
+        .await
+        .expect("a free slot")
+}
+
 /// Starts a balanced call that waits in the background; its result comes back on the handle.
 fn waiting(
     q: &Arc<OverloadQueue>,
@@ -87,10 +94,7 @@ async fn settle() {
 async fn a_freed_slot_goes_to_the_waiting_call() {
     let pool = pool(1);
     let q = queue(&pool, 20);
-    let first = q
-        .balanced(&pool.snapshot(), &flow(1), deadline())
-        .await
-        .unwrap();
+    let first = hold(&q, &pool).await;
     let second = waiting(&q, &pool, flow(1));
     settle().await;
     assert!(
@@ -106,10 +110,7 @@ async fn a_freed_slot_goes_to_the_waiting_call() {
 async fn a_call_waits_no_longer_than_the_queue_timeout() {
     let pool = pool(1);
     let q = queue(&pool, 20);
-    let _held = q
-        .balanced(&pool.snapshot(), &flow(1), deadline())
-        .await
-        .unwrap();
+    let _held = hold(&q, &pool).await;
     let started = Instant::now();
     let r = q.balanced(&pool.snapshot(), &flow(1), deadline()).await;
     assert_eq!(r.unwrap_err(), Refused::Shed(Shed::Expired));
@@ -127,10 +128,7 @@ async fn with_no_room_the_arrival_is_shed_at_once() {
     // The room: what drains in half the wait, 200 calls/s (1 slot, 5 ms) × 10 ms = 2, a few
     // more as the agent's latency estimate decays in real time while the test runs.
     let q = queue(&pool, 20);
-    let _held = q
-        .balanced(&pool.snapshot(), &flow(1), deadline())
-        .await
-        .unwrap();
+    let _held = hold(&q, &pool).await;
     let waiters: Vec<_> = (0..8).map(|_| waiting(&q, &pool, flow(1))).collect();
     settle().await;
     let started = Instant::now();
@@ -144,10 +142,7 @@ async fn with_no_room_the_arrival_is_shed_at_once() {
 async fn a_light_flow_is_served_before_the_rest_of_a_flood() {
     let pool = pool(1);
     let q = queue(&pool, 40);
-    let mut held = q
-        .balanced(&pool.snapshot(), &flow(1), deadline())
-        .await
-        .unwrap();
+    let mut held = hold(&q, &pool).await;
     // Four: what the room holds (200 calls/s × half of 40 ms), two in each of the flood's queues.
     let mut flood: Vec<_> = (0..4).map(|_| waiting(&q, &pool, flow(1))).collect();
     settle().await;
@@ -179,10 +174,7 @@ async fn a_flood_loses_its_newest_call_to_a_lighter_flow() {
     // Room 5 (200 calls/s × half of 50 ms), a few more as the latency estimate decays in real time:
     // the flood queues until it finds none.
     let q = queue(&pool, 50);
-    let _held = q
-        .balanced(&pool.snapshot(), &flow(1), deadline())
-        .await
-        .unwrap();
+    let _held = hold(&q, &pool).await;
     let mut flood = flood_until_shed(&q, &pool, flow(1)).await;
     let full = flood.pop().unwrap().await.unwrap();
     assert_eq!(
@@ -216,10 +208,7 @@ async fn a_flood_loses_its_newest_call_to_a_lighter_flow() {
 async fn an_update_for_an_agent_goes_before_the_balanced_calls() {
     let pool = pool(1);
     let q = queue(&pool, 20);
-    let held = q
-        .balanced(&pool.snapshot(), &flow(1), deadline())
-        .await
-        .unwrap();
+    let held = hold(&q, &pool).await;
     let agent = held.agent().clone();
     let balanced = waiting(&q, &pool, flow(1));
     settle().await;
@@ -248,10 +237,7 @@ async fn with_no_agent_taking_work_the_call_is_refused_not_queued() {
 async fn in_a_standing_queue_a_heavy_flow_waits_short_and_a_light_one_long() {
     let pool = pool(1);
     let q = queue(&pool, 20);
-    let _held = q
-        .balanced(&pool.snapshot(), &flow(1), deadline())
-        .await
-        .unwrap();
+    let _held = hold(&q, &pool).await;
     // Flow 1 floods until a call of its is shed: the queue stands.
     let flood = flood_until_shed(&q, &pool, flow(1)).await;
     for h in &flood {
