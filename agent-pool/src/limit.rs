@@ -8,8 +8,11 @@
 //! mean latency of the window is held against a target derived from the agent's latency
 //! without queueing (the least answer time of the last 10 s): twice it plus 2 ms of slack,
 //! never above `max_target` (a quarter of the RPC deadline by default). Above target the limit
-//! shrinks by a fifth (multiplicative decrease), and by half after a timeout; at or below target,
-//! if the limit was reached in the window, it grows by a tenth, at least one (Netflix's
+//! shrinks by a fifth, or by the ratio of target to mean when that is less, down to a half per
+//! window (multiplicative decrease following the gradient), and by half after a timeout or an
+//! answer at twice the target (once per window, without waiting for the window's end); at or below target,
+//! if the limit was reached in the window, it grows by a tenth, at least one, or doubles until
+//! the first decrease (a new agent starts at 2 in every replica: TCP's slow start) (Netflix's
 //! concurrency-limits, AIMD against a latency gradient; Envoy's adaptive concurrency filter
 //! samples the minimum against the current one the same way). Several replicas sharing an agent each see the latency
 //! all of them cause, so together they settle where it stays at target.
@@ -28,12 +31,12 @@ use std::time::Duration;
 /// How the per-agent concurrency limit learns. Every field has a default.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LimitConfig {
-    /// The limit of an agent with no sample yet. Default 8: a burst of concurrent calls to a
-    /// fresh agent mostly fits (at 4, thirty concurrent modules on three agents, a test's
-    /// cold start, were shed on a loaded machine), and a pool overloaded from a proxy's first
-    /// call queues less than a deadline's worth in an agent of 10 ms (16 cost the first second
-    /// 38 timed-out calls at 2x of a 200 RPC/s pool); the limit grows while it is reached and
-    /// the agent answers at target.
+    /// The limit of an agent with no sample yet. Default 2: every replica starts here, so a
+    /// rollout of replicas into a saturated pool of slow agents queues in each agent no more
+    /// than a deadline's worth (at 8, two replicas queued 16 calls of 10 ms in one agent at
+    /// once, and the first 400 ms timed out). Until the first decrease the limit doubles every
+    /// window it was reached with answers at target (TCP's slow start), so a fast pool is at
+    /// 16 within about 300 ms; calls past it wait in the proxy meanwhile.
     pub initial: u32,
     /// The least limit. Default 1.
     pub min: u32,
@@ -62,7 +65,7 @@ pub struct LimitConfig {
 impl Default for LimitConfig {
     fn default() -> Self {
         Self {
-            initial: 8,
+            initial: 2,
             min: 1,
             max: 1000,
             window: Duration::from_millis(100),
@@ -103,6 +106,8 @@ struct State {
     last_cut_ns: u64,
     /// A probe for the latency without queueing, while it runs.
     probe: Option<Probe>,
+    /// Until the first decrease, growth doubles the limit.
+    slow_start: bool,
     next_probe_ns: u64,
 }
 
@@ -133,6 +138,7 @@ impl ConcurrencyLimit {
                 bucket_start_ns: now_ns,
                 last_cut_ns: 0,
                 probe: None,
+                slow_start: true,
                 next_probe_ns: now_ns + jittered(config.probe_every, now_ns),
             }),
         }
@@ -176,6 +182,15 @@ impl ConcurrencyLimit {
         }
         s.min_now = s.min_now.min(rtt_ns);
         let window = self.config.window.as_nanos() as u64;
+        if rtt_ns > 2.0 * self.target(s.min_now.min(s.min_before)) && self.cut(&mut s, now_ns) {
+            // An answer at twice the target says the agent already queues more than a window
+            // can wait for (a cold start of 8 slots into a full pool, a capacity that fell):
+            // every call sent meanwhile would join that queue. The window starts again.
+            s.window_start_ns = now_ns;
+            s.count = 0;
+            s.sum_ns = 0.0;
+            return;
+        }
         if now_ns.saturating_sub(s.window_start_ns) < window || s.count < self.config.window_samples
         {
             return;
@@ -196,7 +211,12 @@ impl ConcurrencyLimit {
             return;
         }
         if mean > target {
-            s.limit *= 0.8;
+            // Far above target (a cold start into a full pool, a capacity that fell), the cut
+            // follows the gradient, at most a half per window, as Gradient2's does.
+            s.limit *= (target / mean).clamp(0.5, 0.8);
+            s.slow_start = false;
+        } else if reached && s.slow_start {
+            s.limit *= 2.0;
         } else if reached {
             s.limit += (s.limit * 0.1).max(1.0);
         }
@@ -224,16 +244,23 @@ impl ConcurrencyLimit {
     }
 
     /// A call that got no answer within its deadline: the agent is far behind. Halves the
-    /// limit, at most once per window.
+    /// limit, at most once per window (as does an answer at twice the target).
     pub(crate) fn timed_out(&self, now_ns: u64) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.cut(&mut s, now_ns);
+    }
+
+    /// Halves the limit unless it was cut within the last window; whether it did.
+    fn cut(&self, s: &mut State, now_ns: u64) -> bool {
         let window = self.config.window.as_nanos() as u64;
         if s.last_cut_ns != 0 && now_ns.saturating_sub(s.last_cut_ns) < window {
-            return;
+            return false;
         }
         s.last_cut_ns = now_ns.max(1);
         s.limit *= 0.5;
-        self.set(&mut s);
+        s.slow_start = false;
+        self.set(s);
+        true
     }
 
     /// The latency the window's mean is held to.
@@ -249,7 +276,9 @@ impl ConcurrencyLimit {
             f64::from(self.config.max),
         );
         s.limit = s.limit.clamp(min, max.max(min));
-        self.slots.store(s.limit.floor() as u32, Relaxed);
+        let floor = s.limit.floor() as u32;
+        self.limit_floor.store(floor, Relaxed);
+        self.slots.store(floor, Relaxed);
     }
 
     /// The limit with its fraction, and the target latency now (for `/agents`).
@@ -332,6 +361,44 @@ mod tests {
     }
 
     #[test]
+    fn a_cold_start_into_a_saturated_agent_cuts_its_queue_within_two_windows() {
+        // One worker of 10 ms, held at the limit from the first call: a start of 8 queues
+        // 80 ms in the agent, four times the 20 ms cap of the target.
+        let config = LimitConfig {
+            initial: 8,
+            ..LimitConfig::default()
+        };
+        let limit = ConcurrencyLimit::new(config, 0);
+        let mut now = 0;
+        while now < 200 * MS {
+            let n = limit.slots();
+            limit.started(u64::from(n));
+            now += 10 * MS;
+            limit.answered(f64::from(n) * 10.0 * MS as f64, now);
+        }
+        // Cut by a fifth a window it would still be at 5 (8 x 0.8^2).
+        assert!(limit.slots() <= 2, "{} slots", limit.slots());
+    }
+
+    #[test]
+    fn an_answer_at_twice_the_target_halves_the_limit_at_once_and_once_per_window() {
+        let config = LimitConfig {
+            initial: 8,
+            ..LimitConfig::default()
+        };
+        let limit = ConcurrencyLimit::new(config, 0);
+        let now = quiet(&limit, 5.0, 0);
+        assert_eq!(limit.slots(), 8);
+        // Target 12 ms (twice 5 ms plus 2): 30 ms is far above it.
+        limit.answered(30.0 * MS as f64, now + MS);
+        assert_eq!(limit.slots(), 4, "halved before the window ended");
+        limit.answered(30.0 * MS as f64, now + 2 * MS);
+        assert_eq!(limit.slots(), 4, "one cut per window");
+        limit.answered(30.0 * MS as f64, now + 102 * MS);
+        assert_eq!(limit.slots(), 2);
+    }
+
+    #[test]
     fn an_idle_agent_keeps_its_limit() {
         let limit = ConcurrencyLimit::new(LimitConfig::default(), 0);
         for i in 1..=100 {
@@ -340,9 +407,40 @@ mod tests {
         }
         assert_eq!(
             limit.slots(),
-            8,
+            2,
             "never reached: no growth, fast: no decrease"
         );
+    }
+
+    #[test]
+    fn a_fast_agent_reaches_sixteen_slots_from_its_start_of_two_within_400_ms() {
+        // Sixteen workers of 1 ms, kept saturated: slow start doubles the limit each window.
+        let limit = ConcurrencyLimit::new(LimitConfig::default(), 0);
+        assert_eq!(limit.slots(), 2);
+        saturate(&limit, 16, 1.0, 0, 400);
+        assert!(limit.slots() >= 16, "{} slots", limit.slots());
+    }
+
+    #[test]
+    fn updates_follow_the_learned_limit_and_a_probe_does_not_hold_them() {
+        let limit = ConcurrencyLimit::new(LimitConfig::default(), 0);
+        saturate(&limit, 16, 1.0, 0, 400);
+        let learned = limit.slots();
+        assert!(learned > 2);
+        assert_eq!(limit.limit_slots(), learned, "not the initial limit");
+        let config = LimitConfig {
+            initial: 8,
+            probe_every: Duration::from_millis(1),
+            ..LimitConfig::default()
+        };
+        let probed = ConcurrencyLimit::new(config, 0);
+        // A saturated window starts a probe: balanced calls get one slot, updates keep theirs.
+        for i in 1..=15 {
+            probed.started(8);
+            probed.answered(MS as f64, i * 10 * MS);
+        }
+        assert_eq!(probed.slots(), 1);
+        assert!(probed.limit_slots() >= 8);
     }
 
     #[test]

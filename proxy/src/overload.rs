@@ -11,8 +11,9 @@
 //!   the queue is a burst or a standing queue (CoDel's test, as "Fail at Scale" applies it to
 //!   request queues): a burst queue lets a call wait up to `--queue-timeout` (20 ms); once a
 //!   call was shed, or every call served for 100 ms waited more than 5 ms, the queue stands: it
-//!   holds only what drains in half the wait, and a heavy flow's call waits at most 3 ms, so
-//!   served calls stay fast and the rest fail open at once. A queue empty for 100 ms with nothing shed is a burst queue again.
+//!   holds only what drains in half the wait, and a heavy flow's call waits at most 2 ms, so
+//!   served calls stay fast and the rest fail open at once. A queue empty for 100 ms with
+//!   nothing shed is a burst queue again.
 //! - A call that would wait longer than the queue drains in that time is shed on arrival with
 //!   an error frame (the module fails open in a millisecond); when there is no room, the call
 //!   shed is the newest of the flow with the most waiting, never one of a lighter flow.
@@ -41,9 +42,9 @@ pub(crate) use crate::metrics::Shed;
 pub(crate) struct QueueConfig {
     /// Longest wait while the queue is a burst (`--queue-timeout`, default 20 ms).
     pub(crate) burst_wait: Duration,
-    /// A heavy flow's wait once the queue stands (default 3 ms: with the timer's millisecond
-    /// ticks, its calls shed from a standing queue are still answered within CoDel's 5 ms
-    /// target).
+    /// A heavy flow's wait once the queue stands (default 2 ms: the timer fires on the
+    /// millisecond tick after it, so its calls shed from a standing queue are answered within
+    /// about 3 ms, inside CoDel's 5 ms target with room for a busy machine).
     pub(crate) standing_wait: Duration,
     /// CoDel's interval: the queue turns standing when no call served in one interval waited
     /// less than `target`, and turns back into a burst queue after one interval empty
@@ -61,7 +62,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             burst_wait: Duration::from_millis(20),
-            standing_wait: Duration::from_millis(3),
+            standing_wait: Duration::from_millis(2),
             interval: Duration::from_millis(100),
             target: Duration::from_millis(5),
             answer_budget: Duration::from_millis(20),
