@@ -1,7 +1,7 @@
 //! The retry budget: a failed call may be retried once on another agent, but retries stay a
-//! share of the calls that succeed, so an outage of every agent cannot double the load on the
-//! pool (Finagle's and linkerd's retry budgets). `route.rs` deposits on each success and
-//! withdraws before each retry.
+//! share (`--retry-budget`) of the calls that succeed, so failures across the pool cannot turn
+//! into a retry storm that adds load where agents are already failing (the retry budgets of
+//! Finagle and linkerd). `route.rs` deposits on each success and withdraws before each retry.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
