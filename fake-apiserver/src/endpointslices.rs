@@ -18,33 +18,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 
 use crate::query::selects;
-use crate::{Body, FakeApiServer, State, full, key_of, to_line};
-
-pub(crate) struct Watcher {
-    namespace: String,
-    selector: Vec<(String, String)>,
-    bookmarks: bool,
-    tx: mpsc::UnboundedSender<Bytes>,
-}
-
-/// One recorded change: resourceVersion, namespace, labels of the object, event line.
-struct Change {
-    rv: u64,
-    namespace: String,
-    labels: Option<BTreeMap<String, String>>,
-    line: Bytes,
-}
-
-/// The slices, their change history and the open watches.
-#[derive(Default)]
-pub(crate) struct Slices {
-    /// Watches from a resourceVersion below this get 410 Gone.
-    compacted: u64,
-    slices: BTreeMap<(String, String), EndpointSlice>,
-    /// Every change since the last compaction, for watch replay.
-    history: Vec<Change>,
-    pub(crate) watchers: Vec<Watcher>,
-}
+use crate::reply::{Body, full, key_of, to_line};
+use crate::server::FakeApiServer;
+use crate::state::{Change, State, Watcher};
 
 impl FakeApiServer {
     /// Creates or replaces a slice (namespace and name from its metadata) and tells watchers.

@@ -10,20 +10,15 @@
 //! Also `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`: allowed unless the test
 //! [denied](FakeApiServer::deny) that verb on that resource.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::query::selects;
-use crate::{Body, FakeApiServer, State, full, status};
-
-/// Stored objects by (prefix, plural), and what self-subject access reviews deny.
-#[derive(Default)]
-pub(crate) struct Objects {
-    kinds: BTreeMap<(String, String), Vec<Value>>,
-    denied: BTreeSet<(String, String)>,
-}
+use crate::reply::{Body, full, status};
+use crate::server::FakeApiServer;
+use crate::state::State;
 
 /// A path this module serves: the kind's prefix and plural, the namespace and the name.
 pub(crate) struct Path {
@@ -84,7 +79,7 @@ impl Path {
         self.name.is_some()
     }
 
-    /// The plural, as [`Logged::resource`](crate::Logged) names it.
+    /// The plural, as [`Logged::resource`](crate::Logged::resource) names it.
     pub(crate) fn resource(&self) -> String {
         self.plural.clone()
     }

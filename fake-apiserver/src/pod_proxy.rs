@@ -11,7 +11,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use crate::{Body, FakeApiServer, State, status};
+use crate::reply::{Body, status};
+use crate::server::FakeApiServer;
+use crate::state::State;
 
 impl FakeApiServer {
     /// Serves `pods/{pod}:{port}/proxy/…` of `namespace` from `addr` (a loopback server the

@@ -13,45 +13,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::query::selects;
-use crate::{Body, FakeApiServer, State, full, key_of, status};
-
-/// A change a controller or kubelet would act on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A Deployment's `spec.replicas` was set through its scale subresource.
-    Scaled {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// The new `spec.replicas`.
-        replicas: i32,
-    },
-    /// A pod deletion was asked for.
-    PodDeleted {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// `gracePeriodSeconds` as asked (`Some(0)`: removed at once; otherwise the pod stays,
-        /// with a `deletionTimestamp`, until [`FakeApiServer::remove_pod`]).
-        grace_period_seconds: Option<i64>,
-    },
-}
-
-/// Deployments, pods and who listens for [`Event`]s.
-#[derive(Default)]
-pub(crate) struct Workloads {
-    deployments: BTreeMap<(String, String), Deployment>,
-    pods: BTreeMap<(String, String), Pod>,
-    subscribers: Vec<mpsc::UnboundedSender<Event>>,
-}
-
-impl Workloads {
-    fn send(&mut self, event: Event) {
-        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
-    }
-}
+use crate::reply::{Body, full, key_of, status};
+use crate::server::FakeApiServer;
+pub use crate::state::Event;
+use crate::state::State;
 
 impl FakeApiServer {
     /// Creates or replaces a Deployment (namespace and name from its metadata).
@@ -274,11 +239,4 @@ pub(crate) fn delete_pod(
 
 fn now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
-}
-
-impl Workloads {
-    pub(crate) fn has_pod(&self, namespace: &str, name: &str) -> bool {
-        self.pods
-            .contains_key(&(namespace.to_owned(), name.to_owned()))
-    }
 }

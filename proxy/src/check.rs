@@ -22,6 +22,7 @@ mod report;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use proxies::UNINSPECTED_LIMIT;
 pub use report::{Finding, Report, Status};
 
 /// The options of `sigsci-proxy check`.
@@ -61,10 +62,6 @@ pub(crate) mod names {
     pub const PLACEHOLDER_DIGEST: &str =
         "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 }
-
-/// Above this fraction of RPCs left uninspected over the window, the check fails (the alert
-/// `SigsciProxyUninspectedRequests` fires at the same 1 %).
-pub const UNINSPECTED_LIMIT: f64 = 0.01;
 
 /// Every check against `client`, in the order they print.
 pub async fn check(client: &kube::Client, args: &CheckArgs) -> Report {

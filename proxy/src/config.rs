@@ -5,14 +5,14 @@
 //! Layout: `options.rs` is the option table, each option written once (flag, environment
 //! variable, help, type, default), from which `table.rs`'s macro makes [`Options`] and
 //! [`Config`]; `cli.rs` the command line; `file.rs` the TOML file; `validate.rs` the checks;
-//! `values.rs` the value types; `cgroup.rs` reads the memory limit and `budget.rs` derives the
-//! connection and byte limits from it. Addresses and the Kubernetes service are agent-pool's
-//! types.
+//! `values.rs` the value types; `cgroup.rs` reads the memory limit and `memory_budget.rs`
+//! derives the connection and byte limits from it. Addresses and the Kubernetes service are
+//! agent-pool's types.
 
-pub mod budget;
 mod cgroup;
 mod cli;
 mod file;
+pub mod memory_budget;
 mod options;
 mod table;
 #[cfg(test)]
@@ -29,6 +29,9 @@ use agent_pool::{HostPort, PoolConfig};
 
 pub use cgroup::memory_limit;
 pub use cli::{Cli, Command};
+/// For the listener's tests, which bind as the server does by default.
+#[cfg(test)]
+pub(crate) use options::DEFAULT_UNIX_MODE;
 pub use options::{Config, Options};
 pub use validate::Problem;
 pub use values::{Dur, LogFormat, Mode, UpstreamMode};
@@ -36,13 +39,6 @@ pub use values::{Dur, LogFormat, Mode, UpstreamMode};
 /// Where the proxy accepts module connections: `ip:port` (`0` picks a free port) or
 /// `unix:/path`. The same type as the agents' addresses, so both parse alike.
 pub use agent_pool::Address as ListenAddr;
-
-/// Default permissions of a Unix RPC listener (`--unix-socket-mode`): 0666, read-write for
-/// every user. Modules run inside web servers under their own user (www-data, nginx...), and a
-/// module refused with EACCES fails open, so a stricter default would silently turn inspection
-/// off; the RPC port over TCP is open to anyone who reaches it anyway. Restrict access with the
-/// directory's permissions, or 0660 and a group shared with the web server.
-pub(crate) const DEFAULT_UNIX_MODE: u32 = 0o666;
 
 use options::merge;
 
@@ -135,13 +131,13 @@ impl Config {
 
     /// [`Config::load`] under a memory limit of `memory_limit` bytes (`None`: unlimited): the
     /// connection and byte limits left unset are derived from it, and a configuration whose
-    /// worst case passes it is refused ([`budget`]).
+    /// worst case passes it is refused ([`memory_budget`]).
     pub fn load_within(cli: Options, memory_limit: Option<u64>) -> Result<Self, Vec<Problem>> {
         let file = Self::file_options(&cli)?;
         let given = merge(cli, file);
-        let config = Self::from_options(budget::fill(given.clone(), memory_limit));
+        let config = Self::from_options(memory_budget::fill(given.clone(), memory_limit));
         let mut problems = config.validate().err().unwrap_or_default();
-        problems.extend(budget::check(&config, &given, memory_limit));
+        problems.extend(memory_budget::check(&config, &given, memory_limit));
         if problems.is_empty() {
             Ok(config)
         } else {

@@ -6,6 +6,8 @@
 //! the connection on a malformed frame, on a frame that does not complete within the frame
 //! read timeout (slow clients), after the idle timeout, or once draining and idle.
 
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +37,9 @@ const FRESH_CALL_WAIT: Duration = Duration::from_millis(100);
 pub(crate) struct Shared {
     pub(crate) router: Arc<Router>,
     pub(crate) limits: Limits,
-    pub(crate) max_in_flight: usize,
+    /// Calls of one connection in flight (answers not yet written count) before it reads no
+    /// more (`--max-in-flight-per-connection`).
+    pub(crate) max_in_flight_per_connection: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) frame_read_timeout: Duration,
     /// How long one answer may take to be written to a module that does not read.
@@ -222,12 +226,14 @@ impl Progress {
     }
 }
 
+/// One connection's loop: decodes calls up to the in-flight limit, waits for the next event
+/// (an answer, bytes, a deadline, the drain, a shed) and handles it, until the connection ends.
 async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Result<(), ClientError> {
     let mut at = Progress::new(shared.limits);
     let flow = flow_of(stream);
     let mut in_flight = FuturesUnordered::new();
     // Answers that came while another was being written, in the order they came.
-    let mut answered = std::collections::VecDeque::new();
+    let mut answered = VecDeque::new();
     // Made once and re-armed: a fresh timer or cancellation waiter per loop turn costs a
     // registration each, several times per RPC.
     tokio::pin! {
@@ -238,13 +244,13 @@ async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Resul
 
     loop {
         // Decode what is buffered, up to the in-flight limit (answers not yet written count).
-        while in_flight.len() + answered.len() < shared.max_in_flight
+        while in_flight.len() + answered.len() < shared.max_in_flight_per_connection
             && let Some(frame) = at.next_frame()?
         {
             in_flight.push(call(&shared.router, frame, &flow)?);
         }
         let pending = in_flight.len() + answered.len();
-        if pending >= shared.max_in_flight {
+        if pending >= shared.max_in_flight_per_connection {
             at.held_back();
         }
         at.account(admitted, pending);
@@ -257,7 +263,7 @@ async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Resul
         {
             timer.as_mut().reset(t);
         }
-        let can_read = at.reading && pending < shared.max_in_flight;
+        let can_read = at.reading && pending < shared.max_in_flight_per_connection;
         let event = tokio::select! {
             biased;
             () = &mut shed => Event::Shed,
@@ -269,33 +275,17 @@ async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Resul
             () = &mut timer, if deadline.is_some() => Event::Timeout,
             () = &mut stop, if !at.stopping => Event::Stop,
         };
-        match event {
-            Event::Answer(bytes) => {
-                at.active(admitted);
-                let limit = shared.write_timeout;
-                write_answer(stream, &bytes, limit, &mut in_flight, &mut answered).await?;
-            }
-            Event::Read(Ok(0)) => {
-                let pending = in_flight.len() + answered.len();
-                if at.peer_closed(stream, pending, shared.reset_closed_idle) {
-                    return Ok(());
-                }
-            }
-            Event::Read(Ok(_)) => {
-                at.active(admitted);
-                at.frame_started.get_or_insert(at.last_activity);
-            }
-            Event::Read(Err(e)) => return Err(ClientError::Io(e)),
-            Event::Timeout if at.frame_started.is_some() => return Err(ClientError::SlowFrame),
-            Event::Timeout => {
-                m::connection_closed(ConnectionClose::Idle);
-                return Ok(());
-            }
-            Event::Stop => at.stop(),
-            Event::Shed => {
-                let reason = admitted.entry().shed_reason().unwrap_or(Shed::Idle);
-                return Err(ClientError::Shed(reason));
-            }
+        let step = on_event(
+            event,
+            &mut at,
+            stream,
+            shared,
+            admitted,
+            &mut in_flight,
+            &mut answered,
+        );
+        if step.await?.is_break() {
+            return Ok(());
         }
     }
     if !at.peer_closed {
@@ -304,6 +294,47 @@ async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Resul
         let _ = stream.shutdown().await;
     }
     Ok(())
+}
+
+/// What one event does to the connection: `Break` when it is over, closed without an error.
+async fn on_event<F: Future<Output = Bytes>>(
+    event: Event,
+    at: &mut Progress,
+    stream: &mut Stream,
+    shared: &Shared,
+    admitted: &Admitted,
+    in_flight: &mut FuturesUnordered<F>,
+    answered: &mut VecDeque<Bytes>,
+) -> Result<ControlFlow<()>, ClientError> {
+    match event {
+        Event::Answer(bytes) => {
+            at.active(admitted);
+            let limit = shared.write_timeout;
+            write_answer(stream, &bytes, limit, in_flight, answered).await?;
+        }
+        Event::Read(Ok(0)) => {
+            let pending = in_flight.len() + answered.len();
+            if at.peer_closed(stream, pending, shared.reset_closed_idle) {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        Event::Read(Ok(_)) => {
+            at.active(admitted);
+            at.frame_started.get_or_insert(at.last_activity);
+        }
+        Event::Read(Err(e)) => return Err(ClientError::Io(e)),
+        Event::Timeout if at.frame_started.is_some() => return Err(ClientError::SlowFrame),
+        Event::Timeout => {
+            m::connection_closed(ConnectionClose::Idle);
+            return Ok(ControlFlow::Break(()));
+        }
+        Event::Stop => at.stop(),
+        Event::Shed => {
+            let reason = admitted.entry().shed_reason().unwrap_or(Shed::Idle);
+            return Err(ClientError::Shed(reason));
+        }
+    }
+    Ok(ControlFlow::Continue(()))
 }
 
 /// Whose calls these are, for the overload queue's fairness: the peer's address (one app pod),
@@ -327,7 +358,7 @@ async fn write_answer<F: Future<Output = Bytes>>(
     answer: &[u8],
     limit: Duration,
     in_flight: &mut FuturesUnordered<F>,
-    answered: &mut std::collections::VecDeque<Bytes>,
+    answered: &mut VecDeque<Bytes>,
 ) -> Result<(), ClientError> {
     let deadline = Instant::now() + limit;
     let mut written = 0;

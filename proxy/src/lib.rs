@@ -31,6 +31,7 @@ mod listener;
 mod metrics;
 mod module_init;
 mod overload;
+mod retry_budget;
 mod route;
 mod server;
 mod stream;

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     };
     let runtime = runtime(config.worker_threads);
     init_logging(config.log_format);
-    sigsci_proxy::config::budget::log(&config, memory_limit);
+    sigsci_proxy::config::memory_budget::log(&config, memory_limit);
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()).instrument(tracing::info_span!("signals")));

@@ -3,9 +3,19 @@
 //! never from client input. Per-agent series are rendered from the pool's snapshot at scrape
 //! time, so departed agents disappear from `/metrics` with them.
 //!
-//! The series every RPC touches are registered once ([`Hot`]): a `counter!` call hashes its
-//! key and looks it up in the registry, which on a connection-per-call path is paid several
-//! times per RPC.
+//! Series are written three ways, each for a reason:
+//! - **cached handles** ([`Hot`], `overload.rs`'s): the series every RPC touches are registered
+//!   once, because a `counter!` call hashes its key and looks it up in the registry, which on a
+//!   connection-per-call path would be paid several times per RPC;
+//! - **`counter!`/`gauge!` at the call site**: events that happen per failure, retry, connect or
+//!   drain, far from every RPC, where one lookup costs nothing measurable and the call names the
+//!   series it records (a handle for each would be a field per label value, for nothing);
+//! - **hand-written lines** (`render.rs`): the series read from this proxy's pool when
+//!   `/metrics` is scraped, never recorded as events: the per-agent series, because a recorder
+//!   keeps every label set it has seen while a departed agent's series must disappear with it,
+//!   and the autoscaling hints and ready agents, because they belong to this proxy's pool and
+//!   not to the process-wide recorder (several proxies in one process, as the tests run them,
+//!   each show their own).
 
 use std::sync::OnceLock;
 use std::time::Duration;

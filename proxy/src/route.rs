@@ -1,10 +1,9 @@
 //! Per-RPC routing: which agent gets a request, the RequestID affinity rewrite both ways, one
-//! retry on another agent within a budget, and the answer the module gets back (always one
-//! frame with its own msgid: the agent's answer, an error frame at once, or, for an
-//! UpdateRequest whose token names no agent, the answer an agent gives).
+//! retry on another agent within the retry budget (`retry_budget.rs`), and the answer the
+//! module gets back (always one frame with its own msgid: the agent's answer, an error frame at
+//! once, or, for an UpdateRequest whose token names no agent, the answer an agent gives).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use agent_pool::{Agent, Outcome, Pool, Snapshot};
@@ -19,55 +18,14 @@ use crate::in_flight::InFlightCount;
 use crate::metrics as m;
 use crate::module_init::{Copier, Modules};
 use crate::overload::{Flow, OverloadQueue, Refused, Slot};
+use crate::retry_budget::RetryBudget;
 use crate::upstream::Upstreams;
-
-/// Retries allowed as a share of successful first attempts: a token bucket in thousandths of a
-/// retry. A success deposits `ratio × 1000`, a retry costs 1000; the balance starts with ten
-/// retries so an idle proxy can still retry, and is capped at a hundred so a long quiet
-/// period cannot fund a retry storm.
-pub(crate) struct RetryBudget {
-    balance: AtomicI64,
-    deposit: i64,
-}
-
-impl RetryBudget {
-    const COST: i64 = 1000;
-    const START: i64 = 10 * Self::COST;
-    const CAP: i64 = 100 * Self::COST;
-
-    pub(crate) fn new(ratio: f64) -> Self {
-        Self {
-            balance: AtomicI64::new(Self::START),
-            deposit: (ratio * 1000.0).round() as i64,
-        }
-    }
-
-    /// One compare-and-swap, clamped at the cap: a check of the cap followed by an add let the
-    /// balance pass it by the last deposit, and by one more per worker thread depositing at once.
-    fn deposit(&self) {
-        if self.deposit > 0 {
-            let _ = self
-                .balance
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                    (b < Self::CAP).then(|| (b + self.deposit).min(Self::CAP))
-                });
-        }
-    }
-
-    fn withdraw(&self) -> bool {
-        self.balance
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                (b >= Self::COST).then_some(b - Self::COST)
-            })
-            .is_ok()
-    }
-}
 
 /// Routes module RPCs to agents.
 pub(crate) struct Router {
     pub(crate) pool: Pool,
     pub(crate) upstreams: Upstreams,
-    pub(crate) budget: RetryBudget,
+    pub(crate) retry_budget: RetryBudget,
     pub(crate) rpc_timeout: Duration,
     pub(crate) in_flight: Arc<InFlightCount>,
     /// Proxy-wide RPCs in flight before new ones are shed.
@@ -204,7 +162,7 @@ impl Router {
     }
 
     /// A first attempt on the slot's agent and, if it failed in a way that allows it, one retry
-    /// on another agent below its limit, within the budget. Returns the result kept and the
+    /// on another agent below its limit, within the retry budget. Returns the result kept and the
     /// agent that gave it.
     async fn attempt_or_retry(
         &self,
@@ -218,7 +176,7 @@ impl Router {
         let agent = slot.agent().clone();
         let result = self.attempt(slot, frame, restore, deadline).await;
         let Err(e) = &result else {
-            self.budget.deposit();
+            self.retry_budget.deposit();
             return (result, agent);
         };
         // A second inspection costs little; a missed one lets a request through unseen.
@@ -238,7 +196,7 @@ impl Router {
                 m::retry(m::Retry::NoOtherAgent);
                 return (result, agent);
             }
-            Some(_) if !self.budget.withdraw() => {
+            Some(_) if !self.retry_budget.withdraw() => {
                 m::retry(m::Retry::BudgetExhausted);
                 return (result, agent);
             }
@@ -331,66 +289,6 @@ fn respond(response: &Frame, msgid: u64, agent: &Agent, snapshot: &Snapshot) -> 
         Err(e) => {
             debug!(error = %e, "Agent answer could not be rewritten");
             error_response(msgid, "sigsci-proxy: invalid answer from agent")
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_budget_is_a_share_of_successes() {
-        let budget = RetryBudget::new(0.2);
-        let mut retries = 0;
-        while budget.withdraw() {
-            retries += 1;
-        }
-        assert_eq!(retries, 10, "starts with ten retries");
-        for _ in 0..50 {
-            budget.deposit();
-        }
-        let mut retries = 0;
-        while budget.withdraw() {
-            retries += 1;
-        }
-        assert_eq!(retries, 10, "50 successes at 20% fund 10 retries");
-        let none = RetryBudget::new(0.0);
-        for _ in 0..100 {
-            none.deposit();
-        }
-        assert_eq!((0..20).filter(|_| none.withdraw()).count(), 10);
-    }
-
-    /// Several worker threads depositing at the cap at once never pass it (a check of the cap
-    /// then an add did: 100,600-101,300 thousandths in 3 of 3 runs before the fix).
-    #[test]
-    fn the_retry_budget_cap_holds_with_several_threads_depositing_at_once() {
-        let budget = std::sync::Arc::new(RetryBudget::new(0.7));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let b = budget.clone();
-                std::thread::spawn(move || {
-                    let mut highest = 0;
-                    for _ in 0..200_000 {
-                        b.deposit();
-                        let now = b.balance.load(Ordering::Relaxed);
-                        highest = highest.max(now);
-                        if now >= RetryBudget::CAP {
-                            b.withdraw();
-                        }
-                    }
-                    highest
-                })
-            })
-            .collect();
-        for t in threads {
-            let highest = t.join().unwrap();
-            assert!(
-                highest <= RetryBudget::CAP,
-                "balance {highest} over the cap {}",
-                RetryBudget::CAP
-            );
         }
     }
 }

@@ -28,7 +28,8 @@ use crate::in_flight::InFlightCount;
 use crate::listener::{self, Listener};
 use crate::metrics as m;
 use crate::overload::{OverloadQueue, QueueConfig};
-use crate::route::{RetryBudget, Router};
+use crate::retry_budget::RetryBudget;
+use crate::route::Router;
 use crate::upstream::{QueuedBytes, UpstreamConfig, Upstreams};
 
 /// How long start-up waits for the first membership before accepting anyway.
@@ -280,7 +281,7 @@ pub(crate) fn shared_state(
                 },
                 exit.clone(),
             ),
-            budget: RetryBudget::new(config.retry_budget),
+            retry_budget: RetryBudget::new(config.retry_budget),
             rpc_timeout: config.rpc_timeout,
             in_flight: in_flight.clone(),
             max_in_flight: config.max_in_flight,
@@ -289,7 +290,7 @@ pub(crate) fn shared_state(
             overload,
         }),
         limits,
-        max_in_flight: config.max_in_flight_per_connection,
+        max_in_flight_per_connection: config.max_in_flight_per_connection,
         idle_timeout: config.idle_timeout,
         frame_read_timeout: config.frame_read_timeout,
         write_timeout: config.write_timeout,

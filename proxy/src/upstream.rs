@@ -10,42 +10,26 @@
 //! remove or swap, never left half-done, and a panic in one call's task must not fail every
 //! call after it.
 
+mod connect;
 mod mux;
 mod per_call;
 mod queued;
 mod readmission;
 
+pub(crate) use connect::UpstreamConfig;
 pub(crate) use queued::QueuedBytes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use agent_pool::{Address, Agent, AgentState, EndpointId, Pool, Snapshot};
-use tokio::net::{TcpStream, UnixStream};
-use tokio::time::{Instant, timeout_at};
+use agent_pool::{Agent, AgentState, EndpointId, Pool, Snapshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{Frame, Limits};
+use crate::codec::Frame;
 use crate::config::UpstreamMode;
 use crate::error::UpstreamError;
-use crate::metrics as m;
-use crate::stream::Stream;
-
-/// Settings of the upstream side.
-#[derive(Debug, Clone)]
-pub(crate) struct UpstreamConfig {
-    /// Mux or per-call.
-    pub(crate) mode: UpstreamMode,
-    /// Persistent connections per agent (mux).
-    pub(crate) connections: usize,
-    /// Connect timeout.
-    pub(crate) connect_timeout: Duration,
-    /// Frame limits for what agents send.
-    pub(crate) limits: Limits,
-    /// Bytes queued to agents, every connection together (mux).
-    pub(crate) queued: Arc<QueuedBytes>,
-}
 
 /// Every agent's connections.
 pub(crate) struct Upstreams {
@@ -153,33 +137,5 @@ impl Upstreams {
             }
             keep
         });
-    }
-}
-
-/// Connects to `address`, giving up at `deadline`.
-pub(crate) async fn connect(address: &Address, deadline: Instant) -> Result<Stream, UpstreamError> {
-    let attempt = async {
-        match address {
-            Address::Tcp(sa) => {
-                let s = TcpStream::connect(sa).await?;
-                s.set_nodelay(true)?;
-                Ok(Stream::tcp(s))
-            }
-            Address::Unix(path) => UnixStream::connect(path).await.map(Stream::unix),
-        }
-    };
-    match timeout_at(deadline, attempt).await {
-        Ok(Ok(c)) => {
-            m::upstream_connect(m::UpstreamConnect::Ok);
-            Ok(c)
-        }
-        Ok(Err(e)) => {
-            m::upstream_connect(m::UpstreamConnect::Error);
-            Err(UpstreamError::ConnectFailed(e))
-        }
-        Err(_) => {
-            m::upstream_connect(m::UpstreamConnect::Timeout);
-            Err(UpstreamError::ConnectTimeout)
-        }
     }
 }

@@ -12,6 +12,10 @@ use super::install::ready_endpoints;
 use super::names::*;
 use super::report::Report;
 
+/// Above this fraction of RPCs left uninspected over the window, the check fails (the alert
+/// `SigsciProxyUninspectedRequests` fires at the same 1 %).
+pub const UNINSPECTED_LIMIT: f64 = 0.01;
+
 pub(crate) async fn run(client: &kube::Client, ns: &str, window: Duration, report: &mut Report) {
     let pods = match api::list(
         client,
@@ -237,7 +241,7 @@ fn uninspected(
             format!(": {}", reasons.join(", "))
         }
     );
-    if fraction > super::UNINSPECTED_LIMIT {
+    if fraction > UNINSPECTED_LIMIT {
         report.fail(
             "uninspected",
             detail,

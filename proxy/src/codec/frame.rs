@@ -5,8 +5,9 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use super::error::CodecError;
+use super::limits::Limits;
 use super::scan::{FrameKind, Scanner, View};
-use super::{CodecError, Limits};
 
 /// The RPC method of a request or notification, from its method string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -7,7 +7,8 @@
 //! method, where the `RequestID` string is), and it enforces [`Limits`] as soon as a header makes a
 //! violation certain.
 
-use super::{CodecError, Limits};
+use super::error::CodecError;
+use super::limits::Limits;
 
 /// The MessagePack-RPC message type (the first element of the top-level array).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -2,8 +2,8 @@
 //!
 //! Why: past that limit the kernel OOM-kills the proxy, which resets every module connection at
 //! once (every call in flight uninspected). The proxy's own connection and byte limits must trip
-//! first, so `budget.rs` derives their defaults from this limit and refuses explicit settings
-//! that do not fit in it.
+//! first, so `memory_budget.rs` derives their defaults from this limit and refuses explicit
+//! settings that do not fit in it.
 //!
 //! cgroup v2: `memory.max` of the process's cgroup (the `0::PATH` line of `/proc/self/cgroup`)
 //! and of each of its ancestors up to the mount; the smallest binds. cgroup v1 (no v2 memory

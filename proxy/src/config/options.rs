@@ -15,6 +15,13 @@ use agent_pool::PoolConfig;
 use super::table::options;
 use super::{Dur, ListenAddr, LogFormat, Mode, UpstreamMode};
 
+/// Default permissions of a Unix RPC listener (`--unix-socket-mode`): 0666, read-write for
+/// every user. Modules run inside web servers under their own user (www-data, nginx...), and a
+/// module refused with EACCES fails open, so a stricter default would silently turn inspection
+/// off; the RPC port over TCP is open to anyone who reaches it anyway. Restrict access with the
+/// directory's permissions, or 0660 and a group shared with the web server.
+pub(crate) const DEFAULT_UNIX_MODE: u32 = 0o666;
+
 /// The agent pool's own defaults, so the options that tune the pool state none of their own.
 fn pool() -> PoolConfig {
     PoolConfig::default()
@@ -39,7 +46,7 @@ options! {
     /// Permissions of `unix:` RPC listeners, octal; modules run as another user (the web
     /// server's) and one refused fails open.
     #[arg(env = "SIGSCI_PROXY_UNIX_SOCKET_MODE", value_name = "OCTAL")]
-    unix_socket_mode: Mode => u32 = Mode(super::DEFAULT_UNIX_MODE),
+    unix_socket_mode: Mode => u32 = Mode(DEFAULT_UNIX_MODE),
 
     /// Accept backlog of each listening socket.
     #[arg(env = "SIGSCI_PROXY_BACKLOG", value_name = "N")]

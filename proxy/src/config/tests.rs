@@ -307,8 +307,8 @@ fn parse_within(limit: Option<u64>, args: &[&str]) -> Result<Config, Vec<Problem
 fn under_a_memory_limit_the_unset_budget_options_are_derived_from_it() {
     let c = parse_within(Some(256 << 20), &[]).unwrap();
     assert_eq!(
-        budget::Budget::of(&c),
-        budget::derive(256 << 20, c.max_frame_bytes)
+        memory_budget::Budget::of(&c),
+        memory_budget::derive(256 << 20, c.max_frame_bytes)
     );
     assert!(c.max_connections < 20_000);
     // Unlimited: the table's.
@@ -327,7 +327,7 @@ fn under_a_memory_limit_the_unset_budget_options_are_derived_from_it() {
 fn an_explicit_budget_option_that_fits_wins_over_the_derived_one() {
     let c = parse_within(Some(256 << 20), &["--max-connections", "1000"]).unwrap();
     assert_eq!(c.max_connections, 1000);
-    let derived = budget::derive(256 << 20, c.max_frame_bytes);
+    let derived = memory_budget::derive(256 << 20, c.max_frame_bytes);
     assert_eq!(c.max_partial_bytes, derived.max_partial_bytes);
     // A larger frame limit raises the byte budgets' floor with it.
     let c = parse_within(Some(64 << 20), &["--max-frame-bytes", "8388608"]);

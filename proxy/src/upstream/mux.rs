@@ -19,7 +19,8 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
-use super::{QueuedBytes, UpstreamConfig, connect};
+use super::connect::{UpstreamConfig, connect};
+use super::queued::QueuedBytes;
 use crate::codec::{Frame, FrameCodec, FrameKind, Limits};
 use crate::error::UpstreamError;
 use crate::metrics as m;

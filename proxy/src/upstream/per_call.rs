@@ -5,7 +5,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::codec::FramedRead;
 
-use super::{UpstreamConfig, connect};
+use super::connect::{UpstreamConfig, connect};
 use crate::codec::{Frame, FrameCodec, FrameKind};
 use crate::error::UpstreamError;
 use crate::stream::Stream;

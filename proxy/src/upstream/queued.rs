@@ -5,9 +5,9 @@
 //! but not in total: ten such agents with two connections each are 160 MiB, outside the memory
 //! budget, and the kernel's OOM killer would reset every module connection. So the bytes
 //! queued on all agent connections together stay under one cap, `--max-in-flight-bytes` (the
-//! memory budget counts that budget twice: `config/budget.rs`). Past it a call is not sent and
-//! fails at once as backlogged, as at the per-connection limit: retried on another agent, and
-//! not held against the agent's health.
+//! memory budget counts that budget twice: `config/memory_budget.rs`). Past it a call is not
+//! sent and fails at once as backlogged, as at the per-connection limit: retried on another
+//! agent, and not held against the agent's health.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -7,7 +7,8 @@
 use agent_pool::{Agent, Snapshot};
 use tokio::time::Instant;
 
-use super::{Upstreams, connect};
+use super::Upstreams;
+use super::connect::connect;
 use crate::config::UpstreamMode;
 
 impl Upstreams {

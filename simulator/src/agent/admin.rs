@@ -15,7 +15,7 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::Faults;
+use super::config::Faults;
 use super::server::Shared;
 use crate::http::{Body, reply};
 

@@ -3,21 +3,23 @@
 //! as from Go's net/rpc server), and a writer task that sends each answer in one `write_all`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::config::{AgentConfig, Faults};
 use super::cpu::Cpu;
 use super::inspect::{Inspected, Update};
+use super::stats::AgentStats;
 use super::stats::Counters;
-use super::{AgentConfig, AgentStats, Faults};
 use crate::addr::{Listener, RpcAddr, Stream};
 use crate::rpc::{self, Envelope, RPCMsgIn, RPCMsgOut};
 
@@ -295,7 +297,7 @@ fn contains(haystack: &[u8], needle_lower: &[u8]) -> bool {
 }
 
 /// Accepts connections until stopped; closes the listening socket while `refuse` is on.
-pub(crate) async fn accept_loop(listener: Listener, addr: RpcAddr, shared: std::sync::Arc<Shared>) {
+pub(crate) async fn accept_loop(listener: Listener, addr: RpcAddr, shared: Arc<Shared>) {
     let mut faults = shared.faults.subscribe();
     let mut listener = Some(listener);
     let sweeper = {
@@ -350,16 +352,62 @@ pub(crate) async fn accept_loop(listener: Listener, addr: RpcAddr, shared: std::
 
 /// Serves one connection: reads frames, spawns a task per request, writes answers in order of
 /// completion.
-async fn connection(stream: Stream, shared: std::sync::Arc<Shared>) {
+async fn connection(stream: Stream, shared: Arc<Shared>) {
     let c = &shared.counters;
     c.connections_active.fetch_add(1, Relaxed);
-    let reset_on_close = shared.faults().reset;
-    if reset_on_close {
+    if shared.faults().reset {
         stream.set_reset_on_close();
     }
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
-    let crash = shared.crash.clone();
+    let (mut rd, wr) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(256);
+    let writer = spawn_writer(wr, rx, shared.crash.clone());
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let end = loop {
+        if let Some(end) = handle_frames(&shared, &tx, &mut buf).await {
+            break end;
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8 * 1024);
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break End::Close,
+                Ok(_) => {}
+            },
+            _ = shared.stop.cancelled() => break End::Close,
+            _ = shared.crash.cancelled() => break End::Close,
+        }
+    };
+    drop(tx);
+    match end {
+        // Drop both halves without a FIN: the stream was set to linger 0 at accept time when
+        // the fault was already on; otherwise this is a plain close.
+        End::Reset => writer.abort(),
+        End::Close => {
+            if let Ok(Some(wr)) = writer.await {
+                drop(wr);
+            }
+        }
+    }
+    drop(rd);
+    c.connections_active.fetch_sub(1, Relaxed);
+}
+
+/// How a connection ends.
+enum End {
+    /// Close it (FIN once the answers written so far are out).
+    Close,
+    /// The reset fault: close it at once, unanswered.
+    Reset,
+}
+
+/// The connection's writer task: sends each answer in one `write_all`, until the answers end
+/// (the half is handed back, shut down) or the crash fault fires (`None`).
+fn spawn_writer(
+    mut wr: WriteHalf<Stream>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    crash: CancellationToken,
+) -> JoinHandle<Option<WriteHalf<Stream>>> {
     let writer = async move {
         while let Some(buf) = rx.recv().await {
             if wr.write_all(&buf).await.is_err() {
@@ -369,120 +417,117 @@ async fn connection(stream: Stream, shared: std::sync::Arc<Shared>) {
         let _ = wr.shutdown().await;
         wr
     };
-    let writer = tokio::spawn(async move {
+    tokio::spawn(async move {
         tokio::select! {
             w = writer => Some(w),
             _ = crash.cancelled() => None,
         }
-    });
+    })
+}
 
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    let mut reset = false;
-    'read: loop {
-        // Handle every complete frame already buffered.
-        loop {
-            let n = match rpc::frame_len(&buf, rpc::MAX_FRAME_BYTES) {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "Malformed input; closing");
-                    c.malformed.fetch_add(1, Relaxed);
-                    break 'read;
-                }
-            };
-            let frame = buf.split_to(n).freeze();
-            match rpc::envelope(&frame) {
-                Ok(Envelope::Request { msgid, method, .. }) => {
-                    shared.count_method(method);
-                    if shared.crash_due() {
-                        shared.crash.cancel();
-                        break 'read;
-                    }
-                    let faults = shared.faults();
-                    if faults.reset {
-                        c.faults_injected.fetch_add(1, Relaxed);
-                        reset = true;
-                        break 'read;
-                    }
-                    if faults.stall {
-                        // Read, never answer: the caller waits out its own deadline.
-                        c.faults_injected.fetch_add(1, Relaxed);
-                        c.stalled.fetch_add(1, Relaxed);
-                        continue;
-                    }
-                    if faults.error {
-                        // At once, no service time: a fast failer.
-                        c.faults_injected.fetch_add(1, Relaxed);
-                        c.errors_answered.fetch_add(1, Relaxed);
-                        let answer = rpc::encode_response(msgid, Some(INJECTED_ERROR), &());
-                        if tx.send(answer).await.is_ok() {
-                            c.responses.fetch_add(1, Relaxed);
-                        }
-                        continue;
-                    }
-                    let shared2 = shared.clone();
-                    let tx = tx.clone();
-                    let service = service_time_override(&frame)
-                        .unwrap_or_else(|| shared.cfg.service_time.sample());
-                    let arrived = Instant::now();
-                    shared.tracker.spawn(async move {
-                        let work = async {
-                            shared2.serve_time(service).await;
-                            let Ok(Envelope::Request { method, params, .. }) =
-                                rpc::envelope(&frame)
-                            else {
-                                unreachable!("parsed above")
-                            };
-                            let answer = shared2.answer(msgid, method, params);
-                            if tx.send(answer).await.is_ok() {
-                                shared2.counters.responses.fetch_add(1, Relaxed);
-                                if arrived.elapsed() <= TIMELY {
-                                    shared2.counters.responses_timely.fetch_add(1, Relaxed);
-                                }
-                            }
-                        };
-                        tokio::select! {
-                            _ = work => {}
-                            _ = shared2.crash.cancelled() => {}
-                        }
-                    });
-                }
-                Ok(Envelope::Notification { .. }) => {
-                    c.notifications.fetch_add(1, Relaxed);
-                }
-                Ok(Envelope::Response { .. }) => {
-                    // A client has no business answering; ignore like a notification.
-                    c.notifications.fetch_add(1, Relaxed);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "Not an RPC frame; closing");
-                    c.malformed.fetch_add(1, Relaxed);
-                    break 'read;
+/// Handles every complete frame already in `buf`; `Some` when the connection is to end.
+async fn handle_frames(
+    shared: &Arc<Shared>,
+    tx: &mpsc::Sender<Vec<u8>>,
+    buf: &mut BytesMut,
+) -> Option<End> {
+    let c = &shared.counters;
+    loop {
+        let n = match rpc::frame_len(buf, rpc::MAX_FRAME_BYTES) {
+            Ok(Some(n)) => n,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "Malformed input; closing");
+                c.malformed.fetch_add(1, Relaxed);
+                return Some(End::Close);
+            }
+        };
+        let frame = buf.split_to(n).freeze();
+        match rpc::envelope(&frame) {
+            Ok(Envelope::Request { msgid, method, .. }) => {
+                if let Some(end) = request(shared, tx, msgid, method, &frame).await {
+                    return Some(end);
                 }
             }
+            Ok(Envelope::Notification { .. }) => {
+                c.notifications.fetch_add(1, Relaxed);
+            }
+            Ok(Envelope::Response { .. }) => {
+                // A client has no business answering; ignore like a notification.
+                c.notifications.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "Not an RPC frame; closing");
+                c.malformed.fetch_add(1, Relaxed);
+                return Some(End::Close);
+            }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(8 * 1024);
+    }
+}
+
+/// One request: the faults that answer it at once (or never), else a task that serves it.
+async fn request(
+    shared: &Arc<Shared>,
+    tx: &mpsc::Sender<Vec<u8>>,
+    msgid: u64,
+    method: &str,
+    frame: &Bytes,
+) -> Option<End> {
+    let c = &shared.counters;
+    shared.count_method(method);
+    if shared.crash_due() {
+        shared.crash.cancel();
+        return Some(End::Close);
+    }
+    let faults = shared.faults();
+    if faults.reset {
+        c.faults_injected.fetch_add(1, Relaxed);
+        return Some(End::Reset);
+    }
+    if faults.stall {
+        // Read, never answer: the caller waits out its own deadline.
+        c.faults_injected.fetch_add(1, Relaxed);
+        c.stalled.fetch_add(1, Relaxed);
+        return None;
+    }
+    if faults.error {
+        // At once, no service time: a fast failer.
+        c.faults_injected.fetch_add(1, Relaxed);
+        c.errors_answered.fetch_add(1, Relaxed);
+        let answer = rpc::encode_response(msgid, Some(INJECTED_ERROR), &());
+        if tx.send(answer).await.is_ok() {
+            c.responses.fetch_add(1, Relaxed);
         }
+        return None;
+    }
+    spawn_answer(shared.clone(), tx.clone(), msgid, frame.clone());
+    None
+}
+
+/// Serves one request on a task of its own: the service time, then the answer.
+fn spawn_answer(shared: Arc<Shared>, tx: mpsc::Sender<Vec<u8>>, msgid: u64, frame: Bytes) {
+    let service = service_time_override(&frame).unwrap_or_else(|| shared.cfg.service_time.sample());
+    let arrived = Instant::now();
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        let work = async {
+            shared.serve_time(service).await;
+            let Ok(Envelope::Request { method, params, .. }) = rpc::envelope(&frame) else {
+                unreachable!("parsed above")
+            };
+            let answer = shared.answer(msgid, method, params);
+            if tx.send(answer).await.is_ok() {
+                shared.counters.responses.fetch_add(1, Relaxed);
+                if arrived.elapsed() <= TIMELY {
+                    shared.counters.responses_timely.fetch_add(1, Relaxed);
+                }
+            }
+        };
         tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            },
-            _ = shared.stop.cancelled() => break,
-            _ = shared.crash.cancelled() => break,
+            _ = work => {}
+            _ = shared.crash.cancelled() => {}
         }
-    }
-    drop(tx);
-    if reset {
-        // Drop both halves without a FIN: the stream was set to linger 0 at accept time when
-        // the fault was already on; otherwise this is a plain close.
-        writer.abort();
-    } else if let Ok(Some(wr)) = writer.await {
-        drop(wr);
-    }
-    drop(rd);
-    c.connections_active.fetch_sub(1, Relaxed);
+    });
 }
 
 /// The test-only per-request service time, if the PreRequest carries [`SERVICE_TIME_HEADER`].
