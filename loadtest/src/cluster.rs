@@ -393,7 +393,7 @@ pub async fn run_cli(args: ClusterArgs) -> anyhow::Result<i32> {
     for (i, pod) in report.agent_pods.iter().enumerate() {
         println!("agent {i}: pod {pod}");
     }
-    crate::local::print_steps(&report.steps, &report.marks);
+    crate::engine::print_steps(&report.steps, &report.marks);
     if let Some(path) = json {
         crate::drive::write_json(&path, &report)?;
     }

@@ -17,6 +17,7 @@ pub(crate) mod judge;
 pub mod local;
 pub mod netbed;
 pub mod overload;
+pub mod run_args;
 pub mod scenario;
 
 // The simulator crate's modules, under the paths the rest of this crate names them by.

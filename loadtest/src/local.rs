@@ -9,11 +9,10 @@ mod accounts;
 mod capacity;
 pub mod compare;
 mod flows;
-mod options;
+pub(crate) mod options;
 pub(crate) mod procs;
 pub mod procstat;
 mod ramp;
-mod run_args;
 mod sockets;
 pub(crate) mod steps;
 
@@ -24,12 +23,12 @@ use serde::Serialize;
 
 use crate::drive::{DriveArgs, DriveReport};
 pub use crate::engine::Mark;
-pub(crate) use crate::engine::print_steps;
+use crate::engine::print_steps;
 use crate::engine::{Timeline, verdict};
 use crate::judge::{self, DriveBounds, uninspected_summary};
+pub use crate::run_args::RunArgs;
 pub use options::{BedKind, LocalArgs, Via};
 use procs::Pool;
-pub use run_args::RunArgs;
 
 /// The result of `loadtest local`.
 #[derive(Debug, Serialize)]
@@ -343,13 +342,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     })
 }
 
-/// `loadtest local`: prints the report; exit status 1 if any check failed.
+/// `loadtest local` without an `[autoscale]` table (`crate::cli::run_local` dispatches): prints
+/// the report; exit status 1 if any check failed.
 pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
     if args.compare {
         return compare::run_cli(args).await;
-    }
-    if let Some(code) = crate::autoscale::run_cli(&args).await? {
-        return Ok(code);
     }
     let json = args.run.json.clone();
     let plot = args.plot.clone();

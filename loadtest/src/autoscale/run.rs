@@ -13,11 +13,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::Policy;
 use super::hpa::{self, Hpa, Observation};
 use crate::drive::profile::RateProfile;
 use crate::drive::{DriveArgs, DriveReport};
 use crate::local::procs::{FileState, Pool};
+use crate::scenario::autoscale::Policy;
 
 /// Everything one policy's run needs; the same for every policy of a scenario.
 #[derive(Debug, Clone)]

@@ -29,8 +29,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{DriveBounds, LocalArgs, procs::Pool};
+use super::options::LocalArgs;
+use super::procs::Pool;
 use crate::drive::{self, DriveArgs, DriveReport, Latency, LatencyDiff};
+use crate::judge::DriveBounds;
 use crate::rpc::{PRE_REQUEST, UPDATE_REQUEST};
 use crate::units::ServiceTime;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use super::RunArgs;
 use super::procs;
+use crate::run_args::RunArgs;
 use crate::units::{ServiceTime, parse_duration};
 
 /// What sits between the emulated modules and the agents.

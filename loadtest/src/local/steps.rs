@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Via;
+use super::options::Via;
 use super::procs::{self, FileState, Pool};
 use crate::drive::DriveArgs;
 use crate::engine::{Marks, Testbed, Timeline};
