@@ -224,18 +224,7 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
         std::fs::write(path, svg)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
-    for f in &report.failures {
-        println!("FAIL: {f}");
-    }
-    println!(
-        "RESULT {}: {name}",
-        if report.failures.is_empty() {
-            "PASS"
-        } else {
-            "FAIL"
-        }
-    );
-    Ok(Some(if report.failures.is_empty() { 0 } else { 1 }))
+    Ok(Some(crate::judge::print_result(&report.failures, &name)))
 }
 
 fn label(p: Policy, f: &Figures) -> String {

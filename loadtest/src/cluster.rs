@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use crate::addr::RpcAddr;
 use crate::drive::{DriveArgs, DriveReport};
-use crate::engine::{Mark, Testbed, Timeline, verdict};
-use crate::judge::{self, DriveBounds, uninspected_summary};
+use crate::engine::{Mark, Testbed, Timeline};
+use crate::judge::{self, DriveBounds, ZeroUnlessSet, uninspected_summary};
 use crate::scenario::Action;
 use crate::scenario::Scenario;
 use api::Cluster;
@@ -154,15 +154,11 @@ pub async fn run(args: ClusterArgs, client: kube::Client) -> anyhow::Result<Clus
 
     let expect = &scenario.expect;
     failures.extend(judge::expectations(&report, expect, &touched));
-    let bounds = DriveBounds {
-        max_errors: args
-            .run
-            .max_errors
-            .or(expect.max_errors)
-            .or(expect.max_error_fraction.is_none().then_some(0)),
-        allow_refused: expect.allow_refused,
-        max_orphaned: args.run.max_orphaned.or(expect.max_orphaned).or(Some(0)),
+    let zero = ZeroUnlessSet {
+        errors: true,
+        orphaned: true,
     };
+    let bounds = DriveBounds::new(&args.run, expect, zero);
     failures.extend(bounds.failures(&report, &[]));
     let marks = Mark::all(marks, &report);
     Ok(ClusterReport {
@@ -397,25 +393,11 @@ pub async fn run_cli(args: ClusterArgs) -> anyhow::Result<i32> {
     if let Some(path) = json {
         crate::drive::write_json(&path, &report)?;
     }
-    for f in &report.failures {
-        println!("FAIL: {f}");
-    }
-    let d = &report.drive;
-    let shares: Vec<String> = d
-        .agents
-        .iter()
-        .map(|a| format!("{:.1}", 100.0 * a.prerequest_share))
-        .collect();
-    println!(
-        "RESULT {}: cluster {}, {} agent pod(s), {:.0} tx/s, errors {} (refused {}), orphaned+expired {}, shares % [{}]",
-        verdict(&report.failures),
+    let summary = format!(
+        "cluster {}, {} agent pod(s), {}",
         report.namespace,
         report.agent_pods.len(),
-        d.achieved_rate,
-        d.total_errors(),
-        d.total_errors() - d.errors_except_refused(),
-        d.updates_orphaned + d.updates_expired,
-        shares.join(" ")
+        judge::drive_figures(&report.drive, false)
     );
-    Ok(if report.failures.is_empty() { 0 } else { 1 })
+    Ok(judge::print_result(&report.failures, &summary))
 }

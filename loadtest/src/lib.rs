@@ -19,6 +19,7 @@ pub mod netbed;
 pub mod overload;
 pub mod run_args;
 pub mod scenario;
+pub(crate) mod svg;
 
 // The simulator crate's modules, under the paths the rest of this crate names them by.
 pub use simulator::{addr, agent, http, rpc, units};

@@ -23,9 +23,9 @@ use serde::Serialize;
 
 use crate::drive::{DriveArgs, DriveReport};
 pub use crate::engine::Mark;
+use crate::engine::Timeline;
 use crate::engine::print_steps;
-use crate::engine::{Timeline, verdict};
-use crate::judge::{self, DriveBounds, uninspected_summary};
+use crate::judge::{self, DriveBounds, ZeroUnlessSet, uninspected_summary};
 pub use crate::run_args::RunArgs;
 pub use options::{BedKind, LocalArgs, Via};
 use procs::Pool;
@@ -303,19 +303,13 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         &scenario.flows,
         duration,
     ));
-    let bounds = DriveBounds {
-        max_errors: args.run.max_errors.or(expect.max_errors).or(
-            match (expect.max_error_fraction, &scenario.ramp) {
-                (None, None) => Some(0),
-                _ => None,
-            },
-        ),
-        allow_refused: expect.allow_refused,
-        max_orphaned: args.run.max_orphaned.or(expect.max_orphaned).or(match via {
-            Via::Haproxy => None,
-            _ => Some(0),
-        }),
+    let zero = ZeroUnlessSet {
+        // The ramp ends at its first failed call: bounded only where asked.
+        errors: scenario.ramp.is_none(),
+        // HAProxy does not keep an update on its PreRequest's agent: orphans are its finding.
+        orphaned: via != Via::Haproxy,
     };
+    let bounds = DriveBounds::new(&args.run, &expect, zero);
     // A killed agent's counters cannot be read after the run; that is the scenario, not a fault.
     let killed: Vec<String> = pool
         .agents
@@ -384,28 +378,11 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
         std::fs::write(&path, svg)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
-    for f in &report.failures {
-        println!("FAIL: {f}");
-    }
-    let d = &report.drive;
-    let pre = d.tally.methods.get(crate::rpc::PRE_REQUEST);
-    let shares: Vec<String> = d
-        .agents
-        .iter()
-        .map(|a| format!("{:.1}", 100.0 * a.prerequest_share))
-        .collect();
-    println!(
-        "RESULT {}: via {:?}, {} agent(s), {:.0} tx/s, errors {} (refused {}), orphaned+expired {}, PreRequest p50 {} µs p99 {} µs, shares % [{}]",
-        verdict(&report.failures),
+    let summary = format!(
+        "via {:?}, {} agent(s), {}",
         report.via,
         report.agents,
-        d.achieved_rate,
-        d.total_errors(),
-        d.total_errors() - d.errors_except_refused(),
-        d.updates_orphaned + d.updates_expired,
-        pre.map_or(0, |m| m.latency_us.p50),
-        pre.map_or(0, |m| m.latency_us.p99),
-        shares.join(" ")
+        judge::drive_figures(&report.drive, true)
     );
-    Ok(if report.failures.is_empty() { 0 } else { 1 })
+    Ok(judge::print_result(&report.failures, &summary))
 }

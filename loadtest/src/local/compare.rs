@@ -32,8 +32,9 @@ use tokio::time::Instant;
 use super::options::LocalArgs;
 use super::procs::Pool;
 use crate::drive::{self, DriveArgs, DriveReport, Latency, LatencyDiff};
-use crate::judge::DriveBounds;
+use crate::judge::{DriveBounds, ZeroUnlessSet};
 use crate::rpc::{PRE_REQUEST, UPDATE_REQUEST};
+use crate::scenario::Expect;
 use crate::units::ServiceTime;
 
 /// Target: most p50 overhead (proxy − direct), microseconds.
@@ -156,11 +157,12 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
     failures.extend(pool.stop().await);
     let (direct, proxy, paired, max_rate, upstream) = result?;
 
-    let bounds = DriveBounds {
-        max_errors: Some(args.run.max_errors.unwrap_or(0)),
-        allow_refused: false,
-        max_orphaned: Some(args.run.max_orphaned.unwrap_or(0)),
+    // The overhead is measured without a scenario: nothing may fail, nothing may be lost.
+    let zero = ZeroUnlessSet {
+        errors: true,
+        orphaned: true,
     };
+    let bounds = DriveBounds::new(&args.run, &Expect::default(), zero);
     failures.extend(bounds.failures(&paired, &[]));
     for (path, r) in &max_rate.runs {
         failures.extend(
@@ -420,8 +422,8 @@ impl CompareReport {
         o
     }
 
-    /// The `RESULT PASS|FAIL: ...` line.
-    pub fn result_line(&self) -> String {
+    /// What the RESULT line says after its verdict.
+    pub fn result_summary(&self) -> String {
         let methods: Vec<String> = self
             .overhead
             .iter()
@@ -439,12 +441,7 @@ impl CompareReport {
             })
             .collect();
         format!(
-            "RESULT {}: overhead µs {}; max tx/s direct {:.0} proxy {:.0} (ratio {:.2}); upstream connects {:.2}/s",
-            if self.failures.is_empty() {
-                "PASS"
-            } else {
-                "FAIL"
-            },
+            "overhead µs {}; max tx/s direct {:.0} proxy {:.0} (ratio {:.2}); upstream connects {:.2}/s",
             methods.join("; "),
             self.max_rate.direct_mean,
             self.max_rate.proxy_mean,
@@ -464,11 +461,10 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
     if let Some(path) = &args.run.json {
         drive::write_json(path, &report)?;
     }
-    for f in &report.failures {
-        println!("FAIL: {f}");
-    }
-    println!("{}", report.result_line());
-    Ok(if report.failures.is_empty() { 0 } else { 1 })
+    Ok(crate::judge::print_result(
+        &report.failures,
+        &report.result_summary(),
+    ))
 }
 
 #[cfg(test)]
