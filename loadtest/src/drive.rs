@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::addr::RpcAddr;
 use crate::agent::AgentStats;
 
 pub use args::DriveArgs;
@@ -69,24 +70,11 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
     let std_start = std::time::Instant::now();
     let start = Instant::from_std(std_start);
     ctx.rec.set_start(start);
-    let end = start + args.duration;
+    let ticker = progress.clone().map(|pb| tick(pb, ctx.clone(), start));
     let tasks = tokio_util::task::TaskTracker::new();
-    let ticker = progress.clone().map(|pb| {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                pb.set_position(start.elapsed().as_millis() as u64);
-                pb.set_message(format!(
-                    "{} transactions, {} failed open",
-                    sum(&ctx.paths, |p| &p.transactions),
-                    sum(&ctx.paths, |p| &p.failed_open)
-                ));
-            }
-        })
-    });
     let overflow = match args.concurrency {
         Some(n) => {
+            let end = start + args.duration;
             for _ in 0..n {
                 let ctx = ctx.clone();
                 tasks.spawn(async move {
@@ -109,17 +97,49 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
         pb.finish_and_clear();
     }
     let after = read_agents(&args.agents_admin).await;
+    let mut report = report_of(&ctx, &args, elapsed, overflow);
+    if !args.agents_admin.is_empty() {
+        let stats = args
+            .agents_admin
+            .iter()
+            .zip(before.into_iter().zip(after))
+            .map(|(a, (b, af))| {
+                let d = match (b, af) {
+                    (Ok(b), Ok(af)) => Ok(af.since(&b)),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
+                (*a, d)
+            })
+            .collect();
+        report.set_agents(stats);
+    }
+    Ok(report)
+}
+
+/// Shows the drive's progress on `pb` until aborted.
+fn tick(pb: indicatif::ProgressBar, ctx: Arc<Ctx>, start: Instant) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            pb.set_position(start.elapsed().as_millis() as u64);
+            pb.set_message(format!(
+                "{} transactions, {} failed open",
+                sum(&ctx.paths, |p| &p.transactions),
+                sum(&ctx.paths, |p| &p.failed_open)
+            ));
+        }
+    })
+}
+
+/// The report of a finished drive (agents' counters not yet read).
+fn report_of(ctx: &Ctx, args: &DriveArgs, elapsed: f64, overflow: u64) -> DriveReport {
     let all = tally(&ctx.paths, &ctx.rec);
     let rpcs: u64 = all.methods.values().map(|m| m.calls).sum();
     let transactions = all.transactions;
     let open_loop = args.concurrency.is_none();
     let mut report = DriveReport {
         target: args.target.to_string(),
-        update_target: args
-            .update_target
-            .as_ref()
-            .unwrap_or(&args.target)
-            .to_string(),
+        update_target: args.update_target().to_string(),
         mode: format!(
             "{}, {}",
             if open_loop {
@@ -152,53 +172,22 @@ pub async fn run(args: DriveArgs) -> anyhow::Result<DriveReport> {
         problems: Vec::new(),
         timeline: ctx.rec.timeline(),
     };
-    report.flows = ctx
-        .paths
-        .iter()
-        .zip(&args.flows)
-        .map(|(p, f)| PathReport {
-            name: f.name.clone(),
-            target: args.target.to_string(),
-            update_target: args
-                .update_target
-                .as_ref()
-                .unwrap_or(&args.target)
-                .to_string(),
-            tally: tally(std::slice::from_ref(p), &p.rec),
-        })
+    let path_report = |p: &Path, name: &str, target: &RpcAddr, update: &RpcAddr| PathReport {
+        name: name.into(),
+        target: target.to_string(),
+        update_target: update.to_string(),
+        tally: tally(std::slice::from_ref(p), &p.rec),
+    };
+    report.flows = (ctx.paths.iter().zip(&args.flows))
+        .map(|(p, f)| path_report(p, &f.name, &args.target, args.update_target()))
         .collect();
     if let Some(b) = &args.compare_target {
-        let a_update = args.update_target.as_ref().unwrap_or(&args.target);
-        let targets = [(&args.target, a_update), (b, b)];
-        let paths = ctx
-            .paths
-            .iter()
-            .zip(["A", "B"])
-            .zip(targets)
-            .map(|((p, name), (t, u))| PathReport {
-                name: name.into(),
-                target: t.to_string(),
-                update_target: u.to_string(),
-                tally: tally(std::slice::from_ref(p), &p.rec),
-            });
+        let targets = [(&args.target, args.update_target()), (b, b)];
+        let paths = (ctx.paths.iter().zip(["A", "B"]).zip(targets))
+            .map(|((p, name), (t, u))| path_report(p, name, t, u));
         report.set_paths(paths.collect());
     }
-    if !args.agents_admin.is_empty() {
-        let stats = args
-            .agents_admin
-            .iter()
-            .zip(before.into_iter().zip(after))
-            .map(|(a, (b, af))| {
-                let d = match (b, af) {
-                    (Ok(b), Ok(af)) => Ok(af.since(&b)),
-                    (Err(e), _) | (_, Err(e)) => Err(e),
-                };
-                (*a, d)
-            })
-            .collect();
-        report.set_agents(stats);
-    }
-    Ok(report)
+    report
 }
 
 /// One counter summed over `paths`.

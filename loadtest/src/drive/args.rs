@@ -113,6 +113,11 @@ impl Default for DriveArgs {
 }
 
 impl DriveArgs {
+    /// Where UpdateRequests and PostRequests go: `update_target`, else `target`.
+    pub fn update_target(&self) -> &RpcAddr {
+        self.update_target.as_ref().unwrap_or(&self.target)
+    }
+
     /// Every problem with these options, named by flag.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut e = Vec::new();

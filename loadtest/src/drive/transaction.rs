@@ -179,33 +179,30 @@ impl Ctx {
         if !app_time.is_zero() {
             tokio::time::sleep(app_time).await;
         }
+        // The request's second call: its update if flagged, its PostRequest if it failed.
         if !request_id.is_empty() {
             path.flagged.fetch_add(1, Relaxed);
             let upd = self.shape.update_request(request_id, code);
-            let _ = self
-                .call(
-                    seq,
-                    path,
-                    replica,
-                    true,
-                    rpc::UPDATE_REQUEST,
-                    |id| rpc::encode_request(id, rpc::UPDATE_REQUEST, &upd),
-                    Instant::now(),
-                )
+            self.follow_up(seq, path, replica, rpc::UPDATE_REQUEST, &upd)
                 .await;
         } else if code >= 300 {
             let post = self.shape.post_request(req, code);
-            let _ = self
-                .call(
-                    seq,
-                    path,
-                    replica,
-                    true,
-                    rpc::POST_REQUEST,
-                    |id| rpc::encode_request(id, rpc::POST_REQUEST, &post),
-                    Instant::now(),
-                )
+            self.follow_up(seq, path, replica, rpc::POST_REQUEST, &post)
                 .await;
         }
+    }
+
+    /// An update or PostRequest on the same path and replica as its PreRequest; its latency
+    /// from its own start.
+    async fn follow_up<T: serde::Serialize>(
+        &self,
+        seq: u64,
+        path: &Path,
+        replica: usize,
+        method: &'static str,
+        params: &T,
+    ) {
+        let encode = |id| rpc::encode_request(id, method, params);
+        let _ = (self.call(seq, path, replica, true, method, encode, Instant::now())).await;
     }
 }
