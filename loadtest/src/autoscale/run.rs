@@ -166,31 +166,11 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
         );
     }
     let admins: Vec<_> = pool.fronts.iter().filter_map(|f| f.admin).collect();
-    let hpa = match policy {
-        Policy::Fixed => None,
-        Policy::Demand => Some(Hpa::new(setup.hpa.clone())),
-        Policy::Cpu => {
-            Some(Hpa::new(setup.hpa.with_metrics(|m| {
-                matches!(m, hpa::Metric::CpuUtilization { .. })
-            })))
-        }
-    };
     let record = Arc::new(Mutex::new(Record::default()));
     let start = Instant::now();
     let on = module.as_ref().map(|(rt, _)| rt.handle().clone());
     let drives = setup.shares.iter().zip(&listen).map(|(share, addr)| {
-        let profile = setup.profile.scaled(*share);
-        let drive = crate::drive::run(DriveArgs {
-            target: (*addr).into(),
-            update_target: None,
-            rate: profile.peak().max(1.0),
-            duration: setup.duration,
-            concurrency: None,
-            profile: Some(Arc::new(profile)),
-            agents_admin: Vec::new(),
-            no_progress: true,
-            ..setup.drive.clone()
-        });
+        let drive = crate::drive::run(setup.share_drive(*share, *addr));
         // On the bed, from the module's host.
         crate::netbed::on_module_host(on.clone(), drive)
     });
@@ -205,7 +185,7 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
         setup,
         pool: &mut pool,
         pods,
-        hpa,
+        hpa: emulated_hpa(setup, policy),
         admins,
         start,
         spec_replicas: initial,
@@ -235,6 +215,37 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
         drives,
         problems: rec.problems,
     })
+}
+
+/// The HPA a policy scales by: the manifest's, its CPU metric alone, or none.
+fn emulated_hpa(setup: &Setup, policy: Policy) -> Option<Hpa> {
+    match policy {
+        Policy::Fixed => None,
+        Policy::Demand => Some(Hpa::new(setup.hpa.clone())),
+        Policy::Cpu => {
+            Some(Hpa::new(setup.hpa.with_metrics(|m| {
+                matches!(m, hpa::Metric::CpuUtilization { .. })
+            })))
+        }
+    }
+}
+
+impl Setup {
+    /// The drive of one proxy replica: `share` of the load at `addr`.
+    fn share_drive(&self, share: f64, addr: std::net::SocketAddr) -> DriveArgs {
+        let profile = self.profile.scaled(share);
+        DriveArgs {
+            target: addr.into(),
+            update_target: None,
+            rate: profile.peak().max(1.0),
+            duration: self.duration,
+            concurrency: None,
+            profile: Some(Arc::new(profile)),
+            agents_admin: Vec::new(),
+            no_progress: true,
+            ..self.drive.clone()
+        }
+    }
 }
 
 struct Controller<'a> {

@@ -295,57 +295,55 @@ impl DriveReport {
             }
         }
         if !self.agents.is_empty() {
-            let _ = writeln!(
-                o,
-                "{:<22} {:>7} {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
-                "agent admin",
-                "share",
-                "prereqs",
-                "updates",
-                "matched",
-                "orphaned",
-                "expired",
-                "conns"
-            );
-            for a in &self.agents {
-                match &a.stats {
-                    Some(s) => {
-                        let _ = writeln!(
-                            o,
-                            "{:<22} {:>6.1}% {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
-                            a.admin.to_string(),
-                            100.0 * a.prerequest_share,
-                            s.prerequests,
-                            s.updaterequests,
-                            s.updates_matched,
-                            s.updates_orphaned,
-                            s.updates_expired,
-                            s.connections
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(
-                            o,
-                            "{:<22} stats unavailable: {}",
-                            a.admin.to_string(),
-                            a.error.as_deref().unwrap_or("?")
-                        );
-                    }
-                }
-            }
-            let frac = self
-                .orphaned_fraction
-                .map_or("n/a".to_string(), |f| format!("{f:.3}"));
-            let _ = writeln!(
-                o,
-                "updates: matched {} orphaned {} expired {}; orphaned fraction {frac}",
-                self.updates_matched, self.updates_orphaned, self.updates_expired
-            );
+            self.write_agents(&mut o);
         }
         for p in &self.problems {
             let _ = writeln!(o, "problem: {p}");
         }
         o
+    }
+
+    /// The agents' table and the updates' totals.
+    fn write_agents(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "{:<22} {:>7} {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
+            "agent admin", "share", "prereqs", "updates", "matched", "orphaned", "expired", "conns"
+        );
+        for a in &self.agents {
+            match &a.stats {
+                Some(s) => {
+                    let _ = writeln!(
+                        o,
+                        "{:<22} {:>6.1}% {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
+                        a.admin.to_string(),
+                        100.0 * a.prerequest_share,
+                        s.prerequests,
+                        s.updaterequests,
+                        s.updates_matched,
+                        s.updates_orphaned,
+                        s.updates_expired,
+                        s.connections
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        o,
+                        "{:<22} stats unavailable: {}",
+                        a.admin.to_string(),
+                        a.error.as_deref().unwrap_or("?")
+                    );
+                }
+            }
+        }
+        let frac = self
+            .orphaned_fraction
+            .map_or("n/a".to_string(), |f| format!("{f:.3}"));
+        let _ = writeln!(
+            o,
+            "updates: matched {} orphaned {} expired {}; orphaned fraction {frac}",
+            self.updates_matched, self.updates_orphaned, self.updates_expired
+        );
     }
 }
 

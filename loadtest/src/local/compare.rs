@@ -172,6 +172,30 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
                 .map(|f| format!("max-rate run via {path}: {f}")),
         );
     }
+    let overhead = overheads(&paired, args.compare_block, &mut failures);
+    if upstream.after > upstream.before {
+        failures.push(format!(
+            "{} upstream connects during the paired run ({:.2}/s; 0 expected in steady state)",
+            upstream.after - upstream.before,
+            upstream.per_s
+        ));
+    }
+    Ok(CompareReport {
+        agents: n,
+        direct: direct.to_string(),
+        proxy: proxy.to_string(),
+        paired,
+        block: args.compare_block,
+        overhead,
+        max_rate,
+        upstream,
+        failures,
+    })
+}
+
+/// Each checked method's latency on both paths and the overhead, against the targets (p99
+/// only when paired by transaction, `block` 1).
+fn overheads(paired: &DriveReport, block: u64, failures: &mut Vec<String>) -> Vec<MethodOverhead> {
     let mut overhead = Vec::new();
     for method in CHECKED {
         let (Some(a), Some(b), Some(diff)) = (
@@ -205,7 +229,7 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
         }
         // In blocks, a machine hiccup lands on one path only: an A/A run moved p99 by up to
         // ±1.8 ms. Only the transaction-paired run holds p99 to its target.
-        if args.compare_block == 1 && o.overhead_us.p99 > P99_TARGET_US {
+        if block == 1 && o.overhead_us.p99 > P99_TARGET_US {
             failures.push(format!(
                 "{short} p99 overhead {} µs > {P99_TARGET_US} µs",
                 o.overhead_us.p99
@@ -213,24 +237,7 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
         }
         overhead.push(o);
     }
-    if upstream.after > upstream.before {
-        failures.push(format!(
-            "{} upstream connects during the paired run ({:.2}/s; 0 expected in steady state)",
-            upstream.after - upstream.before,
-            upstream.per_s
-        ));
-    }
-    Ok(CompareReport {
-        agents: n,
-        direct: direct.to_string(),
-        proxy: proxy.to_string(),
-        paired,
-        block: args.compare_block,
-        overhead,
-        max_rate,
-        upstream,
-        failures,
-    })
+    overhead
 }
 
 type Measured = (
@@ -299,8 +306,19 @@ async fn measure(
         per_s: (after - before) / window_s,
     };
 
-    // Maximum rate: the workers wait on RPCs only (no app time), else the rate measures the
-    // app time instead of the path.
+    let max_rate = max_rate(args, &base, [direct, proxy], concurrency).await?;
+    Ok((direct, proxy, paired, max_rate, upstream))
+}
+
+/// Maximum rate: closed loops of `concurrency` workers on each path in turn, `ROUNDS` times.
+/// The workers wait on RPCs only (no app time), else the rate measures the app time instead of
+/// the path.
+async fn max_rate(
+    args: &LocalArgs,
+    base: &DriveArgs,
+    [direct, proxy]: [SocketAddr; 2],
+    concurrency: usize,
+) -> anyhow::Result<MaxRate> {
     let mut runs = Vec::new();
     for round in 0..ROUNDS {
         for (path, addr) in [("direct", direct), ("proxy", proxy)] {
@@ -328,7 +346,7 @@ async fn measure(
     };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (d, p) = (rates("direct"), rates("proxy"));
-    let max_rate = MaxRate {
+    Ok(MaxRate {
         concurrency,
         run_s: args.max_rate_duration.as_secs_f64(),
         direct_mean: mean(&d),
@@ -337,8 +355,7 @@ async fn measure(
         direct: d,
         proxy: p,
         runs,
-    };
-    Ok((direct, proxy, paired, max_rate, upstream))
+    })
 }
 
 impl CompareReport {
