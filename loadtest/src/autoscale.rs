@@ -4,7 +4,8 @@
 //! ([`manifest`]), scales the agents from what the proxies export. The same scenario runs once
 //! per policy, side by side: the manifest's HPA (agent demand and CPU), CPU alone (what a plain
 //! Service's users have), and a fixed pool sized for the peak; [`judge`] turns each run into the
-//! figures the issue asks for and [`plot`] draws them.
+//! figures it is judged by (uninspected calls, p99, cost, flapping, time to enough agents) and
+//! [`plot`] draws them.
 //!
 //! Time can be scaled: `time_scale = 0.1` plays the HPA's sync period, stabilization windows
 //! and policy periods, the proxies' demand smoothing and the agents' startup delay at a tenth

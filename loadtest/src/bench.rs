@@ -19,8 +19,8 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::drive::{self, DriveArgs, DriveReport};
-use crate::local::procs::Pool;
 use crate::local::procstat::{self, median};
+use crate::processes::ChildProcesses;
 use crate::units::{ServiceTime, parse_duration};
 
 mod haproxy;
@@ -153,11 +153,11 @@ pub async fn run_cli(args: BenchArgs) -> anyhow::Result<i32> {
     let dir = tempfile::Builder::new()
         .prefix("loadtest-bench-")
         .tempdir()?;
-    let mut pool = Pool::new(dir.path().join("agents.json"), None);
+    let mut procs = ChildProcesses::new(dir.path().join("agents.json"), None);
     let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let result = measure(&args, &exe, &mut pool, dir.path()).await;
-    let mut problems = pool.check_alive();
-    problems.extend(pool.stop().await);
+    let result = measure(&args, &exe, &mut procs, dir.path()).await;
+    let mut problems = procs.check_alive();
+    problems.extend(procs.stop().await);
     let (results, more) = result?;
     problems.extend(more);
     let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -192,32 +192,32 @@ fn utc_date() -> String {
 /// uses (their admin addresses).
 type Target = (SocketAddr, Option<u32>, Vec<SocketAddr>);
 
-/// Starts the agents and every balancer into `pool`, then measures each setup in rounds.
+/// Starts the agents and every balancer into `procs`, then measures each setup in rounds.
 async fn measure(
     args: &BenchArgs,
     exe: &std::path::Path,
-    pool: &mut Pool,
+    procs: &mut ChildProcesses,
     dir: &std::path::Path,
 ) -> anyhow::Result<(Vec<SetupResult>, Vec<String>)> {
-    pool.spawn_agents(exe, args.agents, &[]).await?;
+    procs.spawn_agents(exe, args.agents, &[]).await?;
     let proxy_bin = match &args.proxy_bin {
         Some(b) => b.clone(),
-        None => crate::local::procs::find_proxy_bin(exe)?,
+        None => crate::processes::find_proxy_bin(exe)?,
     };
-    let proxy = pool.spawn_proxy(&proxy_bin, &args.proxy_args).await?;
-    let rr = pool
+    let proxy = procs.spawn_proxy(&proxy_bin, &args.proxy_args).await?;
+    let rr = procs
         .spawn_haproxy_balance(&args.haproxy_bin, dir, "roundrobin")
         .await?;
-    let src = pool
+    let src = procs
         .spawn_haproxy_balance(&args.haproxy_bin, dir, "source")
         .await?;
-    let rpcs: Vec<SocketAddr> = pool.agents.iter().map(|a| a.rpc).collect();
+    let rpcs: Vec<SocketAddr> = procs.agents.iter().map(|a| a.rpc).collect();
     let mut deferred = haproxy::spawn_defer_accept(&args.haproxy_bin, dir, &rpcs).await?;
-    let pids: Vec<Option<u32>> = pool.fronts.iter().map(|f| f.child.id()).collect();
+    let pids: Vec<Option<u32>> = procs.fronts.iter().map(|f| f.child.id()).collect();
     // In the order of SETUPS.
-    let all_agents: Vec<SocketAddr> = pool.agents.iter().map(|a| a.admin).collect();
+    let all_agents: Vec<SocketAddr> = procs.agents.iter().map(|a| a.admin).collect();
     let setups: Vec<Target> = vec![
-        (pool.agents[0].rpc, None, vec![pool.agents[0].admin]),
+        (procs.agents[0].rpc, None, vec![procs.agents[0].admin]),
         (proxy, pids[0], all_agents.clone()),
         (rr, pids[1], all_agents.clone()),
         (deferred.listen, deferred.pid(), all_agents.clone()),

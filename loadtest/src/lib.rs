@@ -17,6 +17,8 @@ pub(crate) mod judge;
 pub mod local;
 pub mod netbed;
 pub mod overload;
+pub(crate) mod processes;
+pub(crate) mod prometheus;
 pub mod run_args;
 pub mod scenario;
 pub(crate) mod svg;

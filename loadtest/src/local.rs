@@ -10,7 +10,6 @@ mod capacity;
 pub mod compare;
 mod flows;
 pub(crate) mod options;
-pub(crate) mod procs;
 pub mod procstat;
 mod ramp;
 mod session;
@@ -26,10 +25,10 @@ pub use crate::engine::Mark;
 use crate::engine::print_steps;
 use crate::judge::{self, DriveBounds, ZeroUnlessSet};
 use crate::overload::OverloadReport;
+use crate::processes::ChildProcesses;
 pub use crate::run_args::RunArgs;
 use crate::scenario::{Expect, Scenario};
 pub use options::{BedKind, LocalArgs, Via};
-use procs::Pool;
 use session::{Hosts, Session, Setup};
 
 /// The result of `loadtest local`.
@@ -66,7 +65,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         .prefix("loadtest-local-")
         .tempdir()?;
     let hosts = Hosts::new(&args, &traffic.scenario)?;
-    let mut pool = Pool::new(dir.path().join("agents.json"), args.netbed.clone());
+    let mut procs = ChildProcesses::new(dir.path().join("agents.json"), args.netbed.clone());
     let session = Session {
         args: &args,
         traffic: &traffic,
@@ -76,10 +75,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
         samples: Default::default(),
     };
     let mut failures = Vec::new();
-    let result = session.play(&mut pool, &mut failures).await;
-    failures.extend(pool.check_alive());
-    let stop_problems = pool.stop().await;
-    let killed = killed_agents(&pool);
+    let result = session.play(&mut procs, &mut failures).await;
+    failures.extend(procs.check_alive());
+    let stop_problems = procs.stop().await;
+    let killed = killed_agents(&procs);
     let samples = session.samples.clone();
     drop(session);
     hosts.shutdown();
@@ -111,7 +110,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
     failures.extend(bounds_failures(&args, &setup, scenario, &report, &killed));
     Ok(LocalReport {
         via: setup.via,
-        agents: pool.agents.len(),
+        agents: procs.agents.len(),
         scenario: args.run.scenario_name(),
         marks: Mark::all(played.marks, &report),
         drive: report,
@@ -123,8 +122,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<LocalReport> {
 
 /// Agents a scenario killed: their counters cannot be read after the run, and that is the
 /// scenario, not a fault (prefixes of their problems).
-fn killed_agents(pool: &Pool) -> Vec<String> {
-    pool.agents
+fn killed_agents(procs: &ChildProcesses) -> Vec<String> {
+    procs
+        .agents
         .iter()
         .filter(|a| a.expect_exit && a.last.is_none())
         .map(|a| format!("agent {}: ", a.admin))

@@ -1,5 +1,5 @@
 //! `loadtest local --compare`: the proxy's overhead over talking straight to an agent, measured
-//! in one run (issue #3, acceptance point 8).
+//! in one run, both paths side by side.
 //!
 //! 1. After a 1 s paired warm-up, a paired open-loop drive (`--rate`, default 2,000 tx/s, for `--duration`, default 10 s):
 //!    transactions alternate between agent 0 (path A, direct) and the proxy (path B), so both
@@ -30,9 +30,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::options::LocalArgs;
-use super::procs::Pool;
 use crate::drive::{self, DriveArgs, DriveReport, Latency, LatencyDiff};
 use crate::judge::{DriveBounds, ZeroUnlessSet};
+use crate::processes::ChildProcesses;
 use crate::rpc::{PRE_REQUEST, UPDATE_REQUEST};
 use crate::scenario::Expect;
 use crate::units::ServiceTime;
@@ -120,25 +120,12 @@ pub struct UpstreamConnects {
     pub per_s: f64,
 }
 
-/// Sum of every sample of counter `name` in a Prometheus text exposition (0 if absent).
-pub fn sum_counter(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let rest = match rest.strip_prefix('{') {
-                Some(labels) => &labels[labels.find('}')? + 1..],
-                None if rest.starts_with(char::is_whitespace) => rest,
-                None => return None, // another metric with this name as a prefix
-            };
-            rest.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .fold(0.0, |sum, v| sum + v) // `.sum()` of nothing is -0.0
-}
-
 async fn read_connects(admin: SocketAddr) -> anyhow::Result<f64> {
     let body = crate::http::get(admin, "/metrics").await?;
-    Ok(sum_counter(&String::from_utf8_lossy(&body), CONNECTS))
+    Ok(crate::prometheus::sum_counter(
+        &String::from_utf8_lossy(&body),
+        CONNECTS,
+    ))
 }
 
 /// Runs the measurement and returns its report (with `failures` filled).
@@ -151,10 +138,10 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
     let dir = tempfile::Builder::new()
         .prefix("loadtest-compare-")
         .tempdir()?;
-    let mut pool = Pool::new(dir.path().join("agents.json"), None);
-    let result = measure(args, &exe, n, concurrency, &mut pool).await;
-    let mut failures = pool.check_alive();
-    failures.extend(pool.stop().await);
+    let mut procs = ChildProcesses::new(dir.path().join("agents.json"), None);
+    let result = measure(args, &exe, n, concurrency, &mut procs).await;
+    let mut failures = procs.check_alive();
+    failures.extend(procs.stop().await);
     let (direct, proxy, paired, max_rate, upstream) = result?;
 
     // The overhead is measured without a scenario: nothing may fail, nothing may be lost.
@@ -248,23 +235,24 @@ type Measured = (
     UpstreamConnects,
 );
 
-/// Starts the children into `pool` (the caller stops them) and runs the three measurements.
+/// Starts the children into `procs` (the caller stops them) and runs the three measurements.
 async fn measure(
     args: &LocalArgs,
     exe: &std::path::Path,
     n: usize,
     concurrency: usize,
-    pool: &mut Pool,
+    procs: &mut ChildProcesses,
 ) -> anyhow::Result<Measured> {
-    pool.spawn_agents(exe, n, &args.agent_process_args())
+    procs
+        .spawn_agents(exe, n, &args.agent_process_args())
         .await?;
-    let proxy = pool
+    let proxy = procs
         .spawn_proxy(&args.proxy_bin(exe)?, &args.proxy_args)
         .await?;
-    let admin = pool.fronts[0]
+    let admin = procs.fronts[0]
         .admin
         .expect("the proxy has an admin address");
-    let direct = pool.agents[0].rpc;
+    let direct = procs.agents[0].rpc;
     let base = DriveArgs {
         target: direct.into(),
         app_time: args.run.app_time.unwrap_or(DriveArgs::default().app_time),
@@ -279,7 +267,7 @@ async fn measure(
         compare_block: args.compare_block,
         rate: args.run.rate.unwrap_or(2000.0),
         duration: args.run.duration.unwrap_or(Duration::from_secs(10)),
-        agents_admin: pool.agents.iter().map(|a| a.admin).collect(),
+        agents_admin: procs.agents.iter().map(|a| a.admin).collect(),
         ..base.clone()
     };
     eprintln!(
@@ -482,29 +470,4 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
         &report.failures,
         &report.result_summary(),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upstream_connects_sum_every_result_label() {
-        let text = "# HELP sigsci_proxy_upstream_connects_total New upstream connections\n\
-                    # TYPE sigsci_proxy_upstream_connects_total counter\n\
-                    sigsci_proxy_upstream_connects_total{result=\"ok\"} 2\n\
-                    sigsci_proxy_upstream_connects_total{result=\"error\"} 3\n\
-                    sigsci_proxy_upstream_connects_total_other 100\n\
-                    sigsci_proxy_rpcs_total{method=\"x\"} 7\n";
-        assert_eq!(sum_counter(text, CONNECTS), 5.0);
-        assert_eq!(
-            sum_counter("sigsci_proxy_upstream_connects_total 4\n", CONNECTS),
-            4.0
-        );
-        let absent = sum_counter("", CONNECTS);
-        assert!(
-            absent == 0.0 && absent.is_sign_positive(),
-            "absent counts as 0, printed as 0 (not -0): {absent}"
-        );
-    }
 }

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use super::capacity::{self, AgentSpec};
 use super::options::{BedKind, LocalArgs, Via};
-use super::procs::Pool;
 use super::{flows, procstat, ramp, sockets, steps};
 use crate::addr::RpcAddr;
 use crate::drive::{DriveArgs, DriveReport, FlowArgs, Split};
 use crate::engine::Timeline;
 use crate::judge::uninspected_summary;
+use crate::processes::ChildProcesses;
 use crate::run_args::Traffic;
 use crate::scenario::{Scenario, Step};
 
@@ -171,21 +171,22 @@ impl Session<'_> {
     /// and the proxies' accounts before returning. Failures found on the way go to `failures`.
     pub(crate) async fn play(
         &self,
-        pool: &mut Pool,
+        procs: &mut ChildProcesses,
         failures: &mut Vec<String>,
     ) -> anyhow::Result<Played> {
-        pool.spawn_agents_each(&self.setup.exe, &self.setup.agent_args)
+        procs
+            .spawn_agents_each(&self.setup.exe, &self.setup.agent_args)
             .await?;
-        let front = self.start_front(pool).await?;
+        let front = self.start_front(procs).await?;
         // Node-local proxies with the socket: the module calls its own node's proxy over it.
-        let module_target = match pool.front_socket(0) {
+        let module_target = match procs.front_socket(0) {
             Some(path) if self.setup.via == Via::Proxy => RpcAddr::Unix(path),
             _ => front.target.into(),
         };
         let drive = self.drive_args(module_target, &front);
         self.announce(&drive, &front);
-        pool.read_before().await;
-        let admins: Vec<SocketAddr> = pool.agents.iter().map(|a| a.admin).collect();
+        procs.read_before().await;
+        let admins: Vec<SocketAddr> = procs.agents.iter().map(|a| a.admin).collect();
         let expect = &self.traffic.scenario.expect;
         let share_window = expect.capacity_share_from.map(|from| {
             let admins = admins.clone();
@@ -195,7 +196,7 @@ impl Session<'_> {
             })
         });
         let sampler = procstat::sample_every(
-            pool.front_pids.clone(),
+            procs.front_pids.clone(),
             Duration::from_millis(250),
             self.samples.clone(),
         );
@@ -204,7 +205,7 @@ impl Session<'_> {
             .map(|((_, host), bed)| sockets::sample_every(bed, host.clone()));
         let timeline = Timeline::starting_now();
         let report = self
-            .drive_with_steps(pool, &drive, front.target, &timeline)
+            .drive_with_steps(procs, &drive, front.target, &timeline)
             .await?;
         sampler.abort();
         let sockets = match sockets {
@@ -212,7 +213,7 @@ impl Session<'_> {
             None => None,
         };
         let mut report = report;
-        pool.read_agents_into(&mut report).await;
+        procs.read_agents_into(&mut report).await;
         let served = match share_window {
             Some(start) => {
                 let start = start.await?;
@@ -228,8 +229,8 @@ impl Session<'_> {
         if let Some(s) = &sockets {
             steps.push(s.judge(&report, self.traffic.duration, failures));
         }
-        steps.extend(pool.window_shares(expect, failures).await);
-        steps.extend(pool.proxy_uninspected().await);
+        steps.extend(procs.window_shares(expect, failures).await);
+        steps.extend(procs.proxy_uninspected().await);
         Ok(Played {
             report,
             steps,
@@ -239,7 +240,7 @@ impl Session<'_> {
     }
 
     /// Starts what stands in front of the agents; returns where the module's calls go.
-    async fn start_front(&self, pool: &mut Pool) -> anyhow::Result<Front> {
+    async fn start_front(&self, procs: &mut ChildProcesses) -> anyhow::Result<Front> {
         let (args, scenario) = (self.args, &self.traffic.scenario);
         let bed = args.netbed.as_ref();
         let at = |a: SocketAddr| Front {
@@ -248,14 +249,14 @@ impl Session<'_> {
             split: None,
         };
         Ok(match self.setup.via {
-            Via::Direct => at(pool.agents[0].rpc),
+            Via::Direct => at(procs.agents[0].rpc),
             Via::Proxy => {
                 let bin = args.proxy_bin(&self.setup.exe)?;
                 let mut addrs = Vec::new();
                 let mut proxy_args = scenario.proxy_args.clone();
                 proxy_args.extend(args.proxy_args.iter().cloned());
                 for _ in 0..self.setup.proxies {
-                    addrs.push(pool.spawn_proxy(&bin, &proxy_args).await?);
+                    addrs.push(procs.spawn_proxy(&bin, &proxy_args).await?);
                 }
                 let split = flows::split(scenario, &addrs)?;
                 match bed {
@@ -272,7 +273,7 @@ impl Session<'_> {
                 }
             }
             Via::Haproxy => {
-                let a = pool.spawn_haproxy(&args.haproxy_bin, self.dir).await?;
+                let a = procs.spawn_haproxy(&args.haproxy_bin, self.dir).await?;
                 at(bed.map_or(a, |b| b.vip()))
             }
         })
@@ -331,16 +332,16 @@ impl Session<'_> {
     }
 
     /// The drive (or the ramp's drives), from the module's host, while the steps play on the
-    /// pool; returns when the drive ends.
+    /// processes; returns when the drive ends.
     async fn drive_with_steps(
         &self,
-        pool: &mut Pool,
+        procs: &mut ChildProcesses,
         drive: &DriveArgs,
         front: SocketAddr,
         timeline: &Timeline,
     ) -> anyhow::Result<DriveReport> {
         let modules = self.hosts.modules();
-        let pids = pool.front_pids.clone();
+        let pids = procs.front_pids.clone();
         let cx = steps::StepCtx {
             via: self.setup.via,
             timeline: timeline.clone(),
@@ -348,7 +349,7 @@ impl Session<'_> {
             front,
             modules: modules.clone(),
         };
-        let mut testbed = steps::LocalBed { pool, cx };
+        let mut testbed = steps::LocalBed { procs, cx };
         let steps = timeline.play(&mut testbed, &self.setup.plan, "local");
         let (ramp, drive, log) = (
             self.traffic.scenario.ramp.clone(),

@@ -9,12 +9,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::options::Via;
-use super::procs::{self, FileState, Pool};
 use crate::drive::DriveArgs;
 use crate::engine::{Marks, Testbed, Timeline};
+use crate::processes::{self, ChildProcesses, FileState};
 use crate::scenario::{Action, Step};
 
-/// Everything a step needs besides the pool.
+/// Everything a step needs besides the child processes.
 pub(crate) struct StepCtx {
     pub(crate) via: Via,
     /// The run's timeline: its start, log, marks and background steps.
@@ -27,9 +27,9 @@ pub(crate) struct StepCtx {
     pub(crate) modules: Option<tokio::runtime::Handle>,
 }
 
-/// The local processes as a testbed: the pool, and what its steps need.
+/// The local processes as a testbed: the child processes, and what their steps need.
 pub(crate) struct LocalBed<'a> {
-    pub(crate) pool: &'a mut Pool,
+    pub(crate) procs: &'a mut ChildProcesses,
     pub(crate) cx: StepCtx,
 }
 
@@ -37,11 +37,11 @@ impl Testbed for LocalBed<'_> {
     type Planned = Step;
 
     async fn apply(&mut self, step: &Step) -> anyhow::Result<String> {
-        self.pool.apply(step, &self.cx).await
+        self.procs.apply(step, &self.cx).await
     }
 }
 
-impl Pool {
+impl ChildProcesses {
     /// Applies one step; returns what it did.
     pub(crate) async fn apply(&mut self, step: &Step, cx: &StepCtx) -> anyhow::Result<String> {
         let (t, via) = (&cx.timeline, cx.via);
@@ -219,16 +219,16 @@ impl Pool {
             }
             _ => {
                 let d = step.duration.expect("checked at load");
-                procs::signal(&agent.child, "STOP").await;
+                processes::signal(&agent.child, "STOP").await;
                 tokio::time::sleep(d).await;
-                procs::signal(&agent.child, "CONT").await;
+                processes::signal(&agent.child, "CONT").await;
                 Ok(format!("stopped for {d:?}"))
             }
         }
     }
 }
 
-impl Pool {
+impl ChildProcesses {
     /// A host vanishing from the netns bed, or coming back.
     async fn network_fault(&mut self, step: &Step, cx: &StepCtx) -> anyhow::Result<String> {
         use crate::netbed::Role;
