@@ -101,129 +101,127 @@ pub(crate) async fn bad_clients(
     duration: Duration,
     kinds: &[String],
 ) -> String {
-    let on = {
-        let kinds: Arc<Vec<String>> = Arc::new(kinds.to_vec());
-        move |k: &str| kinds.is_empty() || kinds.iter().any(|x| x == k)
-    };
+    let on = |k: &str| kinds.is_empty() || kinds.iter().any(|x| x == k);
     let o: Outcomes = Arc::default();
     let end = Instant::now() + duration;
     let mut tasks = Vec::new();
     for c in 0..count {
-        // Invalid frames: a fresh connection each, at most one every 50 ms per client.
-        let (o1, on1) = (o.clone(), on.clone());
-        tasks.push(tokio::spawn(async move {
-            if !on1("invalid") {
-                return;
-            }
-            let mut i = c as u64;
-            while Instant::now() < end {
-                match timeout(Duration::from_secs(1), TcpStream::connect(target)).await {
-                    Ok(Ok(mut s)) => {
-                        let _ = s.write_all(&invalid_frame(i)).await;
-                        note(
-                            &o1,
-                            "invalid frame",
-                            outcome(&mut s, Duration::from_millis(300)).await,
-                        );
-                    }
-                    _ => note(&o1, "invalid frame", "connect failed"),
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }));
-        // Slow writer: a valid PreRequest, one byte every 50 ms, until sent or the time is up.
-        let (o2, on2) = (o.clone(), on.clone());
-        tasks.push(tokio::spawn(async move {
-            if !on2("slow") {
-                return;
-            }
-            while Instant::now() + Duration::from_millis(200) < end {
-                let Ok(Ok(mut s)) =
-                    timeout(Duration::from_secs(1), TcpStream::connect(target)).await
-                else {
-                    note(&o2, "slow writer", "connect failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                let frame = good_pre(1, 0);
-                let mut cut = None;
-                for (k, b) in frame.iter().enumerate() {
-                    if Instant::now() >= end {
-                        break;
-                    }
-                    if s.write_all(&[*b]).await.is_err() {
-                        cut = Some(k);
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let what = match cut {
-                    Some(k) => format!("cut after {k} bytes"),
-                    None if Instant::now() >= end => "time up".into(),
-                    None => outcome(&mut s, Duration::from_millis(500)).await,
-                };
-                note(&o2, "slow writer", what);
-            }
-        }));
-        // Never reads: a 4 KiB receive buffer (so the answers fill it after a few dozen), then
-        // PreRequests without a body, one per 10 ms, at most 1,000, never reading an answer.
-        let (o3, on3) = (o.clone(), on.clone());
-        tasks.push(tokio::spawn(async move {
-            if !on3("never-read") {
-                return;
-            }
-            let connect = async {
-                let sock = tokio::net::TcpSocket::new_v4()?;
-                sock.set_recv_buffer_size(4096)?;
-                sock.connect(target).await
-            };
-            let Ok(Ok(mut s)) = timeout(Duration::from_secs(1), connect).await else {
-                note(&o3, "never reads", "connect failed");
-                return;
-            };
-            let mut sent = 0u64;
-            let mut stuck = false;
-            for msgid in 0..1_000u64 {
-                if Instant::now() >= end {
-                    break;
-                }
-                match timeout(Duration::from_millis(200), s.write_all(&good_pre(msgid, 0))).await {
-                    Ok(Ok(())) => sent += 1,
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        stuck = true;
-                        // Writes blocked: the front stopped reading us; hold the connection.
-                        tokio::time::sleep_until(end).await;
-                        break;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let bucket = match sent {
-                0..=9 => "<10",
-                10..=99 => "10-99",
-                100..=999 => "100-999",
-                _ => "1000",
-            };
-            note(
-                &o3,
-                "never reads",
-                format!(
-                    "{} after {bucket} requests",
-                    if stuck {
-                        "writes blocked"
-                    } else {
-                        "not blocked"
-                    }
-                ),
-            );
-        }));
+        if on("invalid") {
+            tasks.push(tokio::spawn(invalid_frames(
+                target,
+                c as u64,
+                end,
+                o.clone(),
+            )));
+        }
+        if on("slow") {
+            tasks.push(tokio::spawn(slow_writer(target, end, o.clone())));
+        }
+        if on("never-read") {
+            tasks.push(tokio::spawn(never_reads(target, end, o.clone())));
+        }
     }
     for t in tasks {
         let _ = t.await;
     }
     render(&o)
+}
+
+/// Invalid frames (from the `i`th on): a fresh connection each, at most one every 50 ms.
+async fn invalid_frames(target: SocketAddr, mut i: u64, end: Instant, o: Outcomes) {
+    while Instant::now() < end {
+        match timeout(Duration::from_secs(1), TcpStream::connect(target)).await {
+            Ok(Ok(mut s)) => {
+                let _ = s.write_all(&invalid_frame(i)).await;
+                note(
+                    &o,
+                    "invalid frame",
+                    outcome(&mut s, Duration::from_millis(300)).await,
+                );
+            }
+            _ => note(&o, "invalid frame", "connect failed"),
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Slow writer: a valid PreRequest, one byte every 50 ms, until sent or the time is up.
+async fn slow_writer(target: SocketAddr, end: Instant, o: Outcomes) {
+    while Instant::now() + Duration::from_millis(200) < end {
+        let Ok(Ok(mut s)) = timeout(Duration::from_secs(1), TcpStream::connect(target)).await
+        else {
+            note(&o, "slow writer", "connect failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let frame = good_pre(1, 0);
+        let mut cut = None;
+        for (k, b) in frame.iter().enumerate() {
+            if Instant::now() >= end {
+                break;
+            }
+            if s.write_all(&[*b]).await.is_err() {
+                cut = Some(k);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let what = match cut {
+            Some(k) => format!("cut after {k} bytes"),
+            None if Instant::now() >= end => "time up".into(),
+            None => outcome(&mut s, Duration::from_millis(500)).await,
+        };
+        note(&o, "slow writer", what);
+    }
+}
+
+/// Never reads: a 4 KiB receive buffer (so the answers fill it after a few dozen), then
+/// PreRequests without a body, one per 10 ms, at most 1,000, never reading an answer.
+async fn never_reads(target: SocketAddr, end: Instant, o: Outcomes) {
+    let connect = async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.set_recv_buffer_size(4096)?;
+        sock.connect(target).await
+    };
+    let Ok(Ok(mut s)) = timeout(Duration::from_secs(1), connect).await else {
+        note(&o, "never reads", "connect failed");
+        return;
+    };
+    let mut sent = 0u64;
+    let mut stuck = false;
+    for msgid in 0..1_000u64 {
+        if Instant::now() >= end {
+            break;
+        }
+        match timeout(Duration::from_millis(200), s.write_all(&good_pre(msgid, 0))).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(_)) => break,
+            Err(_) => {
+                stuck = true;
+                // Writes blocked: the front stopped reading us; hold the connection.
+                tokio::time::sleep_until(end).await;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bucket = match sent {
+        0..=9 => "<10",
+        10..=99 => "10-99",
+        100..=999 => "100-999",
+        _ => "1000",
+    };
+    let blocked = if stuck {
+        "writes blocked"
+    } else {
+        "not blocked"
+    };
+    note(
+        &o,
+        "never reads",
+        format!("{blocked} after {bucket} requests"),
+    );
 }
 
 /// Opens up to `count` idle connections to `target` (a burst of 50 every 10 ms), holds them

@@ -4,7 +4,8 @@
 //! ([`manifest`]), scales the agents from what the proxies export. The same scenario runs once
 //! per policy, side by side: the manifest's HPA (agent demand and CPU), CPU alone (what a plain
 //! Service's users have), and a fixed pool sized for the peak; [`judge`] turns each run into the
-//! figures the issue asks for and [`plot`] draws them.
+//! figures it is judged by (uninspected calls, p99, cost, flapping, time to enough agents) and
+//! [`plot`] draws them.
 //!
 //! Time can be scaled: `time_scale = 0.1` plays the HPA's sync period, stabilization windows
 //! and policy periods, the proxies' demand smoothing and the agents' startup delay at a tenth
@@ -33,60 +34,15 @@ mod run;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::drive::DriveArgs;
 use crate::drive::profile::RateProfile;
-use crate::local::LocalArgs;
+use crate::local::options::LocalArgs;
+use crate::run_args::Traffic;
+pub use crate::scenario::autoscale::{AutoscaleSpec, Policy};
 pub use judge::Figures;
 pub use run::{PolicyRun, Sample, ScaleEvent};
-
-/// How the agents are sized in one run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Policy {
-    /// The manifest's HPA as shipped: agent demand from the proxies, and agent CPU.
-    Demand,
-    /// The manifest's HPA with its CPU metric only.
-    Cpu,
-    /// No autoscaler: as many agents as the peak needs, the whole time.
-    Fixed,
-}
-
-/// A scenario's `[autoscale]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AutoscaleSpec {
-    /// The HPA manifest (default `manifests/components/hpa/hpa.yaml`, found from the working
-    /// directory or above the scenario file).
-    #[serde(default)]
-    pub hpa: Option<PathBuf>,
-    /// Every window's factor (1 = real time).
-    pub time_scale: f64,
-    /// The HPA's sync period before scaling (default 15 s).
-    #[serde(default, with = "crate::scenario::opt_duration")]
-    pub sync_period: Option<Duration>,
-    /// From an agent's start until it serves, before scaling (default 20 s).
-    #[serde(default, with = "crate::scenario::opt_duration")]
-    pub startup_delay: Option<Duration>,
-    /// RPC/s one agent should carry: the proxies' `--hints-target-rpc`, and one agent's worth
-    /// of load.
-    pub agent_rpc: f64,
-    /// The simulated agents' service time per RPC.
-    pub service_time: String,
-    /// The simulated agents' worker slots.
-    pub workers: usize,
-    /// `[time, agents' worth]` points of the load, linear in between.
-    pub load: Vec<(String, f64)>,
-    /// Each proxy replica's share of the load (default equal).
-    #[serde(default)]
-    pub shares: Option<Vec<f64>>,
-    /// The policies, in order (default all three).
-    #[serde(default)]
-    pub policies: Option<Vec<Policy>>,
-    /// Most failed calls as a fraction of all, for the first policy: the exit status.
-    pub max_uninspected: Option<f64>,
-}
 
 /// The result of an autoscaling scenario.
 #[derive(Debug, Serialize)]
@@ -125,7 +81,55 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
         "time_scale must be within (0, 1]"
     );
     anyhow::ensure!(spec.agent_rpc > 0.0, "agent_rpc must be positive");
-    let hpa = manifest::load(&hpa_path)?.time_scaled(scale);
+    let setup = setup(args, &traffic, &spec, &hpa_path)?;
+    let policies =
+        spec.policies
+            .clone()
+            .unwrap_or(vec![Policy::Demand, Policy::Cpu, Policy::Fixed]);
+    let name = scenario_path.display().to_string();
+    eprintln!(
+        "loadtest local: autoscaling scenario {name}: {} proxies, load up to {:.1} agents' worth ({:.0} tx/s), time ×{scale}: sync {:?}, startup {:?}, HPA {} ({}..={} replicas), policies {policies:?}",
+        setup.shares.len(),
+        setup.profile.peak() * setup.rpc_per_tx / spec.agent_rpc,
+        setup.profile.peak(),
+        setup.sync,
+        setup.startup,
+        hpa_path.display(),
+        setup.hpa.min_replicas,
+        setup.hpa.max_replicas,
+    );
+    let mut reports = Vec::new();
+    for &p in &policies {
+        eprintln!("loadtest local: policy {p:?} for {:?}", setup.duration);
+        let run = run::run(&setup, p).await?;
+        let figures = judge::figures(&setup, &run);
+        eprintln!("loadtest local: policy {p:?}: {}", row(p, &figures));
+        reports.push(PolicyReport { figures, run });
+    }
+    let report = AutoscaleReport {
+        scenario: name.clone(),
+        time_scale: scale,
+        failures: failures(&spec, &reports),
+        policies: reports,
+    };
+    print!("{}", table(&report, &setup));
+    if let Some(path) = &args.run.json {
+        crate::drive::write_json(path, &report)?;
+    }
+    if let Some(path) = &args.plot {
+        write_plot(path, &report, &setup)?;
+    }
+    Ok(Some(crate::judge::print_result(&report.failures, &name)))
+}
+
+/// Everything every policy's run shares: the processes, the load, the HPA, time scaled.
+fn setup(
+    args: &LocalArgs,
+    traffic: &Traffic,
+    spec: &AutoscaleSpec,
+    hpa_path: &Path,
+) -> anyhow::Result<run::Setup> {
+    let scale = spec.time_scale;
     let n_proxies = args.proxies.or(traffic.scenario.proxies).unwrap_or(1);
     let shares = spec
         .shares
@@ -154,10 +158,45 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
         .parse()
         .map_err(|e| anyhow::anyhow!("service_time: {e}"))?;
     agent.workers = spec.workers;
-    let smoothing = Duration::from_secs(10).mul_f64(scale);
+    let peak_worth = profile.peak() * rpc_per_tx / spec.agent_rpc;
+    Ok(run::Setup {
+        exe: exe.clone(),
+        proxy_bin: args.proxy_bin(&exe)?,
+        agent_args: agent.agent_process_args(),
+        proxy_args: proxy_args(args, traffic, spec),
+        shares,
+        profile,
+        duration: traffic.duration,
+        drive: DriveArgs {
+            app_time: traffic.app_time,
+            attack_fraction: traffic.attack_fraction,
+            anomalous_fraction: traffic.anomalous_fraction,
+            persistent: args.persistent,
+            sources: args.sources.clone(),
+            ..DriveArgs::default()
+        },
+        hpa: manifest::load(hpa_path)?.time_scaled(scale),
+        sync: (spec.sync_period)
+            .unwrap_or(Duration::from_secs(15))
+            .mul_f64(scale),
+        startup: (spec.startup_delay)
+            .unwrap_or(Duration::from_secs(20))
+            .mul_f64(scale),
+        agent_rpc: spec.agent_rpc,
+        rpc_per_tx,
+        workers: spec.workers,
+        demand_ceil: manifest::adapter_rounds_up(hpa_path)?,
+        fixed_agents: run::need(peak_worth),
+        bed: args.netbed.clone(),
+    })
+}
+
+/// The proxies' flags: the scenario's and the command line's, then a demand target of one
+/// agent's worth and a smoothing scaled with time, unless set.
+fn proxy_args(args: &LocalArgs, traffic: &Traffic, spec: &AutoscaleSpec) -> Vec<String> {
+    let smoothing = Duration::from_secs(10).mul_f64(spec.time_scale);
     let mut proxy_args = traffic.scenario.proxy_args.clone();
     proxy_args.extend(args.proxy_args.iter().cloned());
-    // The demand target is one agent's worth and the smoothing is scaled, unless set.
     let given = |flag: &str| proxy_args.iter().any(|a| a.starts_with(flag));
     let mut defaults = Vec::new();
     if !given("--hints-target-rpc") {
@@ -170,62 +209,11 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
         ]);
     }
     proxy_args.extend(defaults);
-    let peak_worth = profile.peak() * rpc_per_tx / spec.agent_rpc;
-    let setup = run::Setup {
-        exe: exe.clone(),
-        proxy_bin: args.proxy_bin(&exe)?,
-        agent_args: agent.agent_process_args(),
-        proxy_args,
-        shares,
-        profile,
-        duration: traffic.duration,
-        drive: DriveArgs {
-            app_time: traffic.app_time,
-            attack_fraction: traffic.attack_fraction,
-            anomalous_fraction: traffic.anomalous_fraction,
-            persistent: args.persistent,
-            sources: args.sources.clone(),
-            ..DriveArgs::default()
-        },
-        hpa,
-        sync: spec
-            .sync_period
-            .unwrap_or(Duration::from_secs(15))
-            .mul_f64(scale),
-        startup: spec
-            .startup_delay
-            .unwrap_or(Duration::from_secs(20))
-            .mul_f64(scale),
-        agent_rpc: spec.agent_rpc,
-        rpc_per_tx,
-        workers: spec.workers,
-        demand_ceil: manifest::adapter_rounds_up(&hpa_path)?,
-        fixed_agents: run::need(peak_worth),
-        bed: args.netbed.clone(),
-    };
-    let policies =
-        spec.policies
-            .clone()
-            .unwrap_or(vec![Policy::Demand, Policy::Cpu, Policy::Fixed]);
-    let name = scenario_path.display().to_string();
-    eprintln!(
-        "loadtest local: autoscaling scenario {name}: {} proxies, load up to {peak_worth:.1} agents' worth ({:.0} tx/s), time ×{scale}: sync {:?}, startup {:?}, HPA {} ({}..={} replicas), policies {policies:?}",
-        setup.shares.len(),
-        setup.profile.peak(),
-        setup.sync,
-        setup.startup,
-        hpa_path.display(),
-        setup.hpa.min_replicas,
-        setup.hpa.max_replicas,
-    );
-    let mut reports = Vec::new();
-    for &p in &policies {
-        eprintln!("loadtest local: policy {p:?} for {:?}", setup.duration);
-        let run = run::run(&setup, p).await?;
-        let figures = judge::figures(&setup, &run);
-        eprintln!("loadtest local: policy {p:?}: {}", row(p, &figures));
-        reports.push(PolicyReport { figures, run });
-    }
+    proxy_args
+}
+
+/// The first policy past `max_uninspected`, and any process that exited under a policy.
+fn failures(spec: &AutoscaleSpec, reports: &[PolicyReport]) -> Vec<String> {
     let mut failures = Vec::new();
     if let (Some(max), Some(first)) = (spec.max_uninspected, reports.first())
         && first.figures.uninspected > max
@@ -237,7 +225,7 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
             100.0 * max
         ));
     }
-    for r in &reports {
+    for r in reports {
         failures.extend(
             r.run
                 .problems
@@ -246,42 +234,22 @@ pub async fn run_cli(args: &LocalArgs) -> anyhow::Result<Option<i32>> {
                 .map(|p| format!("{:?}: {p}", r.run.policy)),
         );
     }
-    let report = AutoscaleReport {
-        scenario: name.clone(),
-        time_scale: scale,
-        policies: reports,
-        failures,
-    };
-    print!("{}", table(&report, &setup));
-    if let Some(path) = &args.run.json {
-        crate::drive::write_json(path, &report)?;
-    }
-    if let Some(path) = &args.plot {
-        let runs: Vec<(String, &PolicyRun)> = report
-            .policies
-            .iter()
-            .map(|p| (label(p.run.policy, &p.figures), &p.run))
-            .collect();
-        let title = format!(
-            "{name}: time ×{scale} (sync {:?}, startup {:?})",
-            setup.sync, setup.startup
-        );
-        let svg = plot::svg(&title, &runs, setup.duration.as_secs_f64());
-        std::fs::write(path, svg)
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    }
-    for f in &report.failures {
-        println!("FAIL: {f}");
-    }
-    println!(
-        "RESULT {}: {name}",
-        if report.failures.is_empty() {
-            "PASS"
-        } else {
-            "FAIL"
-        }
+    failures
+}
+
+/// Writes the runs' panels to `path`.
+fn write_plot(path: &Path, report: &AutoscaleReport, setup: &run::Setup) -> anyhow::Result<()> {
+    let runs: Vec<(String, &PolicyRun)> = report
+        .policies
+        .iter()
+        .map(|p| (label(p.run.policy, &p.figures), &p.run))
+        .collect();
+    let title = format!(
+        "{}: time ×{} (sync {:?}, startup {:?})",
+        report.scenario, report.time_scale, setup.sync, setup.startup
     );
-    Ok(Some(if report.failures.is_empty() { 0 } else { 1 }))
+    let svg = plot::svg(&title, &runs, setup.duration.as_secs_f64());
+    std::fs::write(path, svg).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
 }
 
 fn label(p: Policy, f: &Figures) -> String {

@@ -19,8 +19,8 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::drive::{self, DriveArgs, DriveReport};
-use crate::local::procs::Pool;
 use crate::local::procstat::{self, median};
+use crate::processes::ChildProcesses;
 use crate::units::{ServiceTime, parse_duration};
 
 mod haproxy;
@@ -153,11 +153,11 @@ pub async fn run_cli(args: BenchArgs) -> anyhow::Result<i32> {
     let dir = tempfile::Builder::new()
         .prefix("loadtest-bench-")
         .tempdir()?;
-    let mut pool = Pool::new(dir.path().join("agents.json"), None);
+    let mut procs = ChildProcesses::new(dir.path().join("agents.json"), None);
     let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let result = measure(&args, &exe, &mut pool, dir.path()).await;
-    let mut problems = pool.check_alive();
-    problems.extend(pool.stop().await);
+    let result = measure(&args, &exe, &mut procs, dir.path()).await;
+    let mut problems = procs.check_alive();
+    problems.extend(procs.stop().await);
     let (results, more) = result?;
     problems.extend(more);
     let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -188,44 +188,41 @@ fn utc_date() -> String {
         .map_or_else(|| "undated".into(), |s| s.trim().to_string())
 }
 
+/// A setup to measure: where its calls go, its balancer's pid (none: direct), the agents it
+/// uses (their admin addresses).
+type Target = (SocketAddr, Option<u32>, Vec<SocketAddr>);
+
+/// Starts the agents and every balancer into `procs`, then measures each setup in rounds.
 async fn measure(
     args: &BenchArgs,
     exe: &std::path::Path,
-    pool: &mut Pool,
+    procs: &mut ChildProcesses,
     dir: &std::path::Path,
 ) -> anyhow::Result<(Vec<SetupResult>, Vec<String>)> {
-    pool.spawn_agents(exe, args.agents, &[]).await?;
+    procs.spawn_agents(exe, args.agents, &[]).await?;
     let proxy_bin = match &args.proxy_bin {
         Some(b) => b.clone(),
-        None => crate::local::procs::find_proxy_bin(exe)?,
+        None => crate::processes::find_proxy_bin(exe)?,
     };
-    let proxy = pool.spawn_proxy(&proxy_bin, &args.proxy_args).await?;
-    let rr = pool
+    let proxy = procs.spawn_proxy(&proxy_bin, &args.proxy_args).await?;
+    let rr = procs
         .spawn_haproxy_balance(&args.haproxy_bin, dir, "roundrobin")
         .await?;
-    let src = pool
+    let src = procs
         .spawn_haproxy_balance(&args.haproxy_bin, dir, "source")
         .await?;
-    let rpcs: Vec<SocketAddr> = pool.agents.iter().map(|a| a.rpc).collect();
+    let rpcs: Vec<SocketAddr> = procs.agents.iter().map(|a| a.rpc).collect();
     let mut deferred = haproxy::spawn_defer_accept(&args.haproxy_bin, dir, &rpcs).await?;
-    let pids: Vec<Option<u32>> = pool.fronts.iter().map(|f| f.child.id()).collect();
-    // (target, balancer pid, agents used), in the order of SETUPS
-    let all_agents: Vec<SocketAddr> = pool.agents.iter().map(|a| a.admin).collect();
-    let setups: Vec<(SocketAddr, Option<u32>, Vec<SocketAddr>)> = vec![
-        (pool.agents[0].rpc, None, vec![pool.agents[0].admin]),
+    let pids: Vec<Option<u32>> = procs.fronts.iter().map(|f| f.child.id()).collect();
+    // In the order of SETUPS.
+    let all_agents: Vec<SocketAddr> = procs.agents.iter().map(|a| a.admin).collect();
+    let setups: Vec<Target> = vec![
+        (procs.agents[0].rpc, None, vec![procs.agents[0].admin]),
         (proxy, pids[0], all_agents.clone()),
         (rr, pids[1], all_agents.clone()),
         (deferred.listen, deferred.pid(), all_agents.clone()),
         (src, pids[2], all_agents),
     ];
-    let base = DriveArgs {
-        rate: args.rate,
-        duration: args.duration,
-        attack_fraction: args.attack_fraction,
-        sources: skewed_sources(args.pods),
-        no_progress: true,
-        ..DriveArgs::default()
-    };
     eprintln!(
         "loadtest bench: {} agents; {} rounds of: {} tx/s for {:?}, then closed loop x{} for {:?}; pods {:?}",
         args.agents,
@@ -236,7 +233,22 @@ async fn measure(
         args.max_rate_duration,
         skewed_sources(args.pods)
     );
-    for (name, (target, _, _)) in SETUPS.iter().zip(&setups) {
+    let results = rounds(args, &setups).await?;
+    Ok((results, deferred.check_alive().into_iter().collect()))
+}
+
+/// A warm-up of each setup, then `rounds` rounds, each setup in turn (the order shifted by
+/// one each round): a fixed-rate drive with CPU read around it, then a closed-loop one.
+async fn rounds(args: &BenchArgs, setups: &[Target]) -> anyhow::Result<Vec<SetupResult>> {
+    let base = DriveArgs {
+        rate: args.rate,
+        duration: args.duration,
+        attack_fraction: args.attack_fraction,
+        sources: skewed_sources(args.pods),
+        no_progress: true,
+        ..DriveArgs::default()
+    };
+    for (name, (target, _, _)) in SETUPS.iter().zip(setups) {
         eprintln!("loadtest bench: warm-up {name}");
         drive::run(DriveArgs {
             target: (*target).into(),
@@ -257,12 +269,8 @@ async fn measure(
         for k in 0..SETUPS.len() {
             let i = (k + round) % SETUPS.len();
             let (target, pid, admins) = &setups[i];
-            eprintln!(
-                "loadtest bench: round {}/{}: {}",
-                round + 1,
-                args.rounds,
-                SETUPS[i]
-            );
+            let (n, of) = (round + 1, args.rounds);
+            eprintln!("loadtest bench: round {n}/{of}: {}", SETUPS[i]);
             let c0 = pid.and_then(procstat::sample);
             let fixed = drive::run(DriveArgs {
                 target: (*target).into(),
@@ -282,10 +290,10 @@ async fn measure(
             results[i].rounds.push(round_of(&fixed, &max, c0, c1));
         }
     }
-    for (r, (_, pid, _)) in results.iter_mut().zip(&setups) {
+    for (r, (_, pid, _)) in results.iter_mut().zip(setups) {
         r.peak_rss_kib = pid.and_then(procstat::sample).map(|s| s.peak_rss_kib);
     }
-    Ok((results, deferred.check_alive().into_iter().collect()))
+    Ok(results)
 }
 
 fn round_of(
@@ -343,6 +351,8 @@ async fn command_line(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// The markdown report: the command and the machine, how the load is made, the setups'
+/// table and the ratios of sigsci-proxy to each other setup.
 async fn render(
     args: &BenchArgs,
     exe: &std::path::Path,
@@ -351,24 +361,6 @@ async fn render(
     load_end: &str,
     problems: &[String],
 ) -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let cpus = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count();
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    let kernel = command_line("uname", &["-sr"]).await;
-    let haproxy = command_line(&args.haproxy_bin.display().to_string(), &["-v"]).await;
     let profile = if exe.components().any(|c| c.as_os_str() == "release") {
         "release"
     } else {
@@ -389,11 +381,11 @@ async fn render(
     );
     let _ = writeln!(
         o,
-        "Machine: {model}, {cpus} CPUs, {}, {kernel}; {haproxy}. Load average at start `{}`, at end `{}`. \
+        "Machine: {}. Load average at start `{}`, at end `{}`. \
          The machine is a shared 2-vCPU VM: other engineers build on it during runs, so every \
          figure is a median over interleaved rounds with its range (min–max) in brackets, and \
          balancer, agents and load generator all share the same two CPUs.\n",
-        mem.split_whitespace().skip(1).collect::<Vec<_>>().join(" "),
+        machine(args).await,
         load_start.trim(),
         load_end.trim()
     );
@@ -406,6 +398,46 @@ async fn render(
         args.pods,
         args.agents
     );
+    let stats = setups_table(&mut o, args, results);
+    ratios_table(&mut o, results, &stats);
+    if !problems.is_empty() {
+        let _ = writeln!(o, "\nProblems: {}", problems.join("; "));
+    }
+    o
+}
+
+/// `{model}, {cpus} CPUs, {memory}, {kernel}; {haproxy version}`.
+async fn machine(args: &BenchArgs) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let kernel = command_line("uname", &["-sr"]).await;
+    let haproxy = command_line(&args.haproxy_bin.display().to_string(), &["-v"]).await;
+    format!(
+        "{model}, {cpus} CPUs, {}, {kernel}; {haproxy}",
+        mem.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// One row per setup: each figure's median and range over the rounds. Returns the figures.
+fn setups_table(
+    o: &mut String,
+    args: &BenchArgs,
+    results: &[SetupResult],
+) -> Vec<[Option<Stat>; 6]> {
     let _ = writeln!(
         o,
         "| setup | balancer CPU µs/RPC @ {} tx/s | max closed-loop tx/s | PreRequest p50 µs | p99 µs | orphaned updates | max/mean agent load | peak RSS MiB | errors |",
@@ -441,6 +473,11 @@ async fn render(
             r.rounds.iter().map(|x| x.errors).sum::<u64>(),
         );
     }
+    stats
+}
+
+/// sigsci-proxy's medians over each other setup's.
+fn ratios_table(o: &mut String, results: &[SetupResult], stats: &[[Option<Stat>; 6]]) {
     let _ = writeln!(
         o,
         "\nRatios of medians, sigsci-proxy over each other setup (CPU and latency: lower is better; max rate: higher is better):\n"
@@ -468,10 +505,6 @@ async fn render(
             ratio(3)
         );
     }
-    if !problems.is_empty() {
-        let _ = writeln!(o, "\nProblems: {}", problems.join("; "));
-    }
-    o
 }
 
 #[cfg(test)]

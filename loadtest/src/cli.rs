@@ -136,6 +136,18 @@ impl AgentArgs {
     }
 }
 
+/// `loadtest local`: an autoscaling scenario (one with an `[autoscale]` table) runs its closed
+/// loop, `--compare` its paired drives, anything else one drive with its steps; the exit status
+/// is 1 if any check failed.
+pub async fn run_local(args: crate::local::LocalArgs) -> anyhow::Result<i32> {
+    if !args.compare
+        && let Some(code) = crate::autoscale::run_cli(&args).await?
+    {
+        return Ok(code);
+    }
+    crate::local::run_cli(args).await
+}
+
 /// Runs `loadtest agent` until SIGTERM/SIGINT, `POST /shutdown` or the crash fault; returns the
 /// process exit status.
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {

@@ -13,6 +13,7 @@ mod options;
 mod plan;
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,8 +21,9 @@ use serde::Serialize;
 
 use crate::addr::RpcAddr;
 use crate::drive::{DriveArgs, DriveReport};
-use crate::engine::{Mark, Testbed, Timeline, verdict};
-use crate::judge::{self, DriveBounds, uninspected_summary};
+use crate::engine::{Mark, Testbed, Timeline};
+use crate::judge::{self, DriveBounds, ZeroUnlessSet, uninspected_summary};
+use crate::run_args::Traffic;
 use crate::scenario::Action;
 use crate::scenario::Scenario;
 use api::Cluster;
@@ -67,42 +69,13 @@ pub struct Replicas {
 pub async fn run(args: ClusterArgs, client: kube::Client) -> anyhow::Result<ClusterReport> {
     let traffic = args.run.traffic()?;
     let scenario = &traffic.scenario;
-    let duration = traffic.duration;
-    let plan = plan::plan(scenario, duration)?;
+    let plan = plan::plan(scenario, traffic.duration)?;
     let target = match &args.target {
         Some(t) => t.clone(),
         None => RpcAddr::Tcp(format!("sigsci-proxy.{}.svc:9999", args.namespace)),
     };
-    let drive = DriveArgs {
-        target: target.clone(),
-        rate: traffic.rate,
-        duration,
-        timeout: args.timeout,
-        app_time: traffic.app_time,
-        attack_fraction: traffic.attack_fraction,
-        anomalous_fraction: traffic.anomalous_fraction,
-        agents_admin: Vec::new(),
-        no_progress: true,
-        ..DriveArgs::default()
-    };
-    if let Err(errs) = drive.validate() {
-        anyhow::bail!("{}", errs.join("; "));
-    }
-    // Bad clients and floods connect to one address: the Service's, resolved once.
-    let front = if plan.iter().any(|p| p.op == Op::Background) {
-        let RpcAddr::Tcp(t) = &target else {
-            anyhow::bail!("bad-clients, conn-flood: --target must be host:port");
-        };
-        Some(
-            tokio::net::lookup_host(t.as_str())
-                .await?
-                .next()
-                .with_context(|| format!("{t} resolves to no address"))?,
-        )
-    } else {
-        None
-    };
-
+    let drive = drive_args(&args, &traffic, &target)?;
+    let front = resolve_front(&plan, &target).await?;
     let cluster = Cluster::new(
         client,
         &args.namespace,
@@ -120,49 +93,24 @@ pub async fn run(args: ClusterArgs, client: kube::Client) -> anyhow::Result<Clus
         cluster.scale_agents(want).await?;
         steps_log.push(format!("agent Deployment scaled {found} → {want}"));
     }
-    let result = drive_and_steps(
-        &args,
-        scenario,
-        &cluster,
-        plan,
-        drive,
-        front,
-        want,
-        &mut steps_log,
-    )
-    .await;
-    // Put the Deployment back however the run ended.
-    let now = cluster.agent_replicas().await.unwrap_or(want);
-    let end = if !args.keep_scale && now != found {
-        match cluster.scale_agents(found).await {
-            Ok(()) => {
-                steps_log.push(format!("agent Deployment restored {now} → {found}"));
-                found
-            }
-            Err(e) => {
-                steps_log.push(format!(
-                    "restoring the agent Deployment to {found} failed: {e:#}"
-                ));
-                now
-            }
-        }
-    } else {
-        now
-    };
-    let (report, agent_pods, mut failures, marks, touched) = result?;
+    let testbed = (&args, scenario, &cluster);
+    let result = drive_and_steps(testbed, &plan, drive, front, want, &mut steps_log).await;
+    let end = restore(&args, &cluster, (found, want), &mut steps_log).await;
+    let (report, agent_pods, mut failures, marks) = result?;
     steps_log.extend(scenario_notes(scenario));
 
     let expect = &scenario.expect;
+    let touched: HashSet<usize> = plan
+        .iter()
+        .filter(|p| p.step.action.changes_agent())
+        .map(|p| p.step.agent)
+        .collect();
     failures.extend(judge::expectations(&report, expect, &touched));
-    let bounds = DriveBounds {
-        max_errors: args
-            .run
-            .max_errors
-            .or(expect.max_errors)
-            .or(expect.max_error_fraction.is_none().then_some(0)),
-        allow_refused: expect.allow_refused,
-        max_orphaned: args.run.max_orphaned.or(expect.max_orphaned).or(Some(0)),
+    let zero = ZeroUnlessSet {
+        errors: true,
+        orphaned: true,
     };
+    let bounds = DriveBounds::new(&args.run, expect, zero);
     failures.extend(bounds.failures(&report, &[]));
     let marks = Mark::all(marks, &report);
     Ok(ClusterReport {
@@ -182,47 +130,95 @@ pub async fn run(args: ClusterArgs, client: kube::Client) -> anyhow::Result<Clus
     })
 }
 
+/// The main drive's configuration, checked.
+fn drive_args(
+    args: &ClusterArgs,
+    traffic: &Traffic,
+    target: &RpcAddr,
+) -> anyhow::Result<DriveArgs> {
+    let drive = DriveArgs {
+        target: target.clone(),
+        rate: traffic.rate,
+        duration: traffic.duration,
+        timeout: args.timeout,
+        app_time: traffic.app_time,
+        attack_fraction: traffic.attack_fraction,
+        anomalous_fraction: traffic.anomalous_fraction,
+        agents_admin: Vec::new(),
+        no_progress: true,
+        ..DriveArgs::default()
+    };
+    if let Err(errs) = drive.validate() {
+        anyhow::bail!("{}", errs.join("; "));
+    }
+    Ok(drive)
+}
+
+/// Bad clients and floods connect to one address: the Service's, resolved once (if the plan
+/// has any).
+async fn resolve_front(
+    plan: &[plan::Planned],
+    target: &RpcAddr,
+) -> anyhow::Result<Option<SocketAddr>> {
+    if !plan.iter().any(|p| p.op == Op::Background) {
+        return Ok(None);
+    }
+    let RpcAddr::Tcp(t) = target else {
+        anyhow::bail!("bad-clients, conn-flood: --target must be host:port");
+    };
+    let addr = tokio::net::lookup_host(t.as_str())
+        .await?
+        .next()
+        .with_context(|| format!("{t} resolves to no address"))?;
+    Ok(Some(addr))
+}
+
+/// Puts the agent Deployment back to the `found` replicas however the run ended (unless
+/// `--keep-scale`); returns the replicas it ends with.
+async fn restore(
+    args: &ClusterArgs,
+    cluster: &Cluster,
+    (found, want): (i32, i32),
+    log: &mut Vec<String>,
+) -> i32 {
+    let now = cluster.agent_replicas().await.unwrap_or(want);
+    if args.keep_scale || now == found {
+        return now;
+    }
+    match cluster.scale_agents(found).await {
+        Ok(()) => {
+            log.push(format!("agent Deployment restored {now} → {found}"));
+            found
+        }
+        Err(e) => {
+            log.push(format!(
+                "restoring the agent Deployment to {found} failed: {e:#}"
+            ));
+            now
+        }
+    }
+}
+
 /// What the run produced before judging: the drive's report (agents filled in), the agent
-/// pods by index, failures found on the way, the steps' marks, the agents steps changed.
+/// pods by index, failures found on the way, the steps' marks.
 type Outcome = (
     DriveReport,
     Vec<String>,
     Vec<String>,
     Vec<(String, Duration)>,
-    HashSet<usize>,
 );
 
 /// Waits for the pods, reads the counters, drives while the steps run, reads them again.
-#[allow(clippy::too_many_arguments)]
 async fn drive_and_steps(
-    args: &ClusterArgs,
-    scenario: &Scenario,
-    cluster: &Cluster,
-    plan: Vec<plan::Planned>,
+    (args, scenario, cluster): (&ClusterArgs, &Scenario, &Cluster),
+    plan: &[plan::Planned],
     drive: DriveArgs,
-    front: Option<std::net::SocketAddr>,
+    front: Option<SocketAddr>,
     want: i32,
     log: &mut Vec<String>,
 ) -> anyhow::Result<Outcome> {
-    let took = cluster
-        .wait_serving(
-            &args.agent_selector,
-            want.max(0) as usize,
-            args.ready_timeout,
-        )
-        .await?;
-    log.push(format!("{want} agent pods serving after {took:?}"));
-    let mut agents = Agents::new(cluster.clone(), args.agent_admin_port);
-    agents.discover(true).await?;
-    log.push(format!("agents by index: {}", agents.names().join(", ")));
-    let mut proxies = Proxies::new(cluster.clone(), args.proxy_admin_port);
-    let serving = proxies.discover().await?;
-    let need = scenario.proxies.unwrap_or(1);
-    anyhow::ensure!(
-        serving >= need,
-        "{serving} proxy pods serving (-l {}), the scenario needs {need}",
-        args.proxy_selector
-    );
+    let (mut agents, mut proxies, serving) =
+        wait_serving(args, scenario, cluster, want, log).await?;
     eprintln!(
         "loadtest cluster: {} agent pod(s), {serving} proxy pod(s) in {}, target {}, {} tx/s for {:?}",
         agents.pods.len(),
@@ -231,12 +227,6 @@ async fn drive_and_steps(
         drive.rate,
         drive.duration
     );
-
-    let touched: HashSet<usize> = plan
-        .iter()
-        .filter(|p| p.step.action.changes_agent())
-        .map(|p| p.step.agent)
-        .collect();
     let timeline = Timeline::starting_now();
     let mut testbed = ClusterBed {
         agents: &mut agents,
@@ -249,7 +239,7 @@ async fn drive_and_steps(
     };
     let report = tokio::select! {
         r = crate::drive::run(drive.clone()) => r?,
-        _ = timeline.play(&mut testbed, &plan, "cluster") => unreachable!("steps never finish"),
+        _ = timeline.play(&mut testbed, plan, "cluster") => unreachable!("steps never finish"),
     };
     let mut report = report;
     let (mut lines, marks) = timeline.finish().await;
@@ -278,7 +268,38 @@ async fn drive_and_steps(
     proxies.discover().await?;
     lines.extend(proxies.lines().await);
     log.extend(lines);
-    Ok((report, agents.names(), failures, marks, touched))
+    Ok((report, agents.names(), failures, marks))
+}
+
+/// Waits until `want` agent pods and the proxies the scenario needs serve; the agents and
+/// proxies by index, and how many proxy pods serve.
+async fn wait_serving(
+    args: &ClusterArgs,
+    scenario: &Scenario,
+    cluster: &Cluster,
+    want: i32,
+    log: &mut Vec<String>,
+) -> anyhow::Result<(Agents, Proxies, usize)> {
+    let took = cluster
+        .wait_serving(
+            &args.agent_selector,
+            want.max(0) as usize,
+            args.ready_timeout,
+        )
+        .await?;
+    log.push(format!("{want} agent pods serving after {took:?}"));
+    let mut agents = Agents::new(cluster.clone(), args.agent_admin_port);
+    agents.discover(true).await?;
+    log.push(format!("agents by index: {}", agents.names().join(", ")));
+    let mut proxies = Proxies::new(cluster.clone(), args.proxy_admin_port);
+    let serving = proxies.discover().await?;
+    let need = scenario.proxies.unwrap_or(1);
+    anyhow::ensure!(
+        serving >= need,
+        "{serving} proxy pods serving (-l {}), the scenario needs {need}",
+        args.proxy_selector
+    );
+    Ok((agents, proxies, serving))
 }
 
 /// The cluster as a testbed: steps act through its API server.
@@ -393,29 +414,15 @@ pub async fn run_cli(args: ClusterArgs) -> anyhow::Result<i32> {
     for (i, pod) in report.agent_pods.iter().enumerate() {
         println!("agent {i}: pod {pod}");
     }
-    crate::local::print_steps(&report.steps, &report.marks);
+    crate::engine::print_steps(&report.steps, &report.marks);
     if let Some(path) = json {
         crate::drive::write_json(&path, &report)?;
     }
-    for f in &report.failures {
-        println!("FAIL: {f}");
-    }
-    let d = &report.drive;
-    let shares: Vec<String> = d
-        .agents
-        .iter()
-        .map(|a| format!("{:.1}", 100.0 * a.prerequest_share))
-        .collect();
-    println!(
-        "RESULT {}: cluster {}, {} agent pod(s), {:.0} tx/s, errors {} (refused {}), orphaned+expired {}, shares % [{}]",
-        verdict(&report.failures),
+    let summary = format!(
+        "cluster {}, {} agent pod(s), {}",
         report.namespace,
         report.agent_pods.len(),
-        d.achieved_rate,
-        d.total_errors(),
-        d.total_errors() - d.errors_except_refused(),
-        d.updates_orphaned + d.updates_expired,
-        shares.join(" ")
+        judge::drive_figures(&report.drive, false)
     );
-    Ok(if report.failures.is_empty() { 0 } else { 1 })
+    Ok(judge::print_result(&report.failures, &summary))
 }

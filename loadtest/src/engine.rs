@@ -6,7 +6,7 @@
 //! implements [`Testbed`]: how one step is applied there. Everything else about a scenario is
 //! the same on every testbed and lives here once: steps played at their times and logged as
 //! `t=… Action who: outcome`, the marks the judge counts failures after, the background steps
-//! (bursts, bad clients, floods) collected once the drive ends, and the PASS/FAIL verdict. A
+//! (bursts, bad clients, floods) collected once the drive ends. A
 //! new testbed brings its `apply` and its counters; the timeline, the log and the judging
 //! follow.
 
@@ -227,9 +227,4 @@ pub(crate) fn print_steps(steps: &[String], marks: &[Mark]) {
             m.at_ms, m.what, m.errors_after, m.refused_after
         );
     }
-}
-
-/// The RESULT line's verdict.
-pub(crate) fn verdict(failures: &[String]) -> &'static str {
-    if failures.is_empty() { "PASS" } else { "FAIL" }
 }

@@ -1,11 +1,13 @@
 //! Judging a finished drive against a scenario's `[expect]`: the bounds every run checks
 //! (errors, orphaned updates, overflow, agents' problems), PreRequest shares, failed-open and
 //! error fractions, and the summary of what went uninspected. Apart from the orchestration so
-//! that every mode that runs a scenario (`local`, `cluster`) judges it the same way.
+//! that every mode that runs a scenario (`local`, `cluster`) judges it the same way; and the
+//! `FAIL:` and `RESULT` lines every mode ends its output with.
 
 use std::collections::HashSet;
 
 use crate::drive::DriveReport;
+use crate::run_args::RunArgs;
 use crate::scenario::Expect;
 
 /// Bounds a drive must respect; what `run` and `--compare` both check.
@@ -18,7 +20,32 @@ pub(crate) struct DriveBounds {
     pub(crate) max_orphaned: Option<u64>,
 }
 
+/// Which bounds stand at zero when neither the command line nor the scenario sets them.
+pub(crate) struct ZeroUnlessSet {
+    /// Failed calls (never when the scenario bounds them by `max_error_fraction` instead).
+    pub(crate) errors: bool,
+    /// Orphaned + expired updates.
+    pub(crate) orphaned: bool,
+}
+
 impl DriveBounds {
+    /// The one way every mode builds its bounds: a flag (`--max-errors`, `--max-orphaned`)
+    /// overrides the scenario's `[expect]`, which overrides the mode's default (`zero`).
+    pub(crate) fn new(run: &RunArgs, expect: &Expect, zero: ZeroUnlessSet) -> DriveBounds {
+        let zero_errors = zero.errors && expect.max_error_fraction.is_none();
+        DriveBounds {
+            max_errors: run
+                .max_errors
+                .or(expect.max_errors)
+                .or(zero_errors.then_some(0)),
+            allow_refused: expect.allow_refused,
+            max_orphaned: run
+                .max_orphaned
+                .or(expect.max_orphaned)
+                .or(zero.orphaned.then_some(0)),
+        }
+    }
+
     /// Every bound `report` broke, and its problems except those of agents in `killed`
     /// (prefixes `agent ADMIN: `; a killed agent's counters cannot be read afterwards).
     pub(crate) fn failures(&self, report: &DriveReport, killed: &[String]) -> Vec<String> {
@@ -205,4 +232,46 @@ pub(crate) fn window_shares(
         100.0 * fair,
         shares.join(", ")
     )]
+}
+
+/// The RESULT line's verdict.
+pub(crate) fn verdict(failures: &[String]) -> &'static str {
+    if failures.is_empty() { "PASS" } else { "FAIL" }
+}
+
+/// Ends a judged run's output the one way every mode does (scripts read it): a `FAIL:` line per
+/// failed check, then `RESULT PASS|FAIL: {summary}`. Returns the exit status: 1 if any check
+/// failed.
+pub(crate) fn print_result(failures: &[String], summary: &str) -> i32 {
+    for f in failures {
+        println!("FAIL: {f}");
+    }
+    println!("RESULT {}: {summary}", verdict(failures));
+    if failures.is_empty() { 0 } else { 1 }
+}
+
+/// A drive's figures as local's and cluster's RESULT lines give them: rate, failed calls
+/// (refused ones apart), lost updates, PreRequest latency (`with_latency`), agents' shares.
+pub(crate) fn drive_figures(d: &DriveReport, with_latency: bool) -> String {
+    let shares: Vec<String> = d
+        .agents
+        .iter()
+        .map(|a| format!("{:.1}", 100.0 * a.prerequest_share))
+        .collect();
+    let latency = match d.tally.methods.get(crate::rpc::PRE_REQUEST) {
+        _ if !with_latency => String::new(),
+        pre => format!(
+            ", PreRequest p50 {} µs p99 {} µs",
+            pre.map_or(0, |m| m.latency_us.p50),
+            pre.map_or(0, |m| m.latency_us.p99)
+        ),
+    };
+    format!(
+        "{:.0} tx/s, errors {} (refused {}), orphaned+expired {}{latency}, shares % [{}]",
+        d.achieved_rate,
+        d.total_errors(),
+        d.total_errors() - d.errors_except_refused(),
+        d.updates_orphaned + d.updates_expired,
+        shares.join(" ")
+    )
 }

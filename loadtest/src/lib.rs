@@ -17,7 +17,11 @@ pub(crate) mod judge;
 pub mod local;
 pub mod netbed;
 pub mod overload;
+pub(crate) mod processes;
+pub(crate) mod prometheus;
+pub mod run_args;
 pub mod scenario;
+pub(crate) mod svg;
 
 // The simulator crate's modules, under the paths the rest of this crate names them by.
 pub use simulator::{addr, agent, http, rpc, units};

@@ -29,7 +29,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Agent(a) => loadtest::cli::run_agent(a).await,
             Command::Drive(d) => loadtest::drive::run_cli(d).await,
-            Command::Local(l) => loadtest::local::run_cli(l).await,
+            Command::Local(l) => loadtest::cli::run_local(l).await,
             Command::Cluster(c) => loadtest::cluster::run_cli(c).await,
             Command::Bench(b) => loadtest::bench::run_cli(b).await,
         }

@@ -31,12 +31,10 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use serde::Serialize;
 
-/// The RPC port of every proxy replica, and of the Service VIP in front of them.
-pub const RPC_PORT: u16 = 9999;
+pub use nft::{RPC_PORT, VIP};
+
 /// The admin port of every proxy replica.
 pub const ADMIN_PORT: u16 = 9901;
-/// The Service's virtual address: on no interface, only in the clients' DNAT rules.
-pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 /// The switch's own address (the orchestrator's host).
 const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// Name prefix of every namespace a bed makes: `ltb<pid>-…`.

@@ -36,6 +36,9 @@
 //! host while the Service VIP still lists it, `unlist-proxy` takes it out of the VIP's set (its
 //! node declared NotReady), `heal-proxy` brings it back.
 
+pub mod autoscale;
+mod durations;
+
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -52,7 +55,7 @@ pub struct Scenario {
     /// Transactions per second.
     pub rate: Option<f64>,
     /// Drive duration (`10s`).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "durations::optional")]
     pub duration: Option<Duration>,
     /// Fraction of attack (flagged) transactions.
     pub attack_fraction: Option<f64>,
@@ -76,7 +79,7 @@ pub struct Scenario {
     pub ramp: Option<Ramp>,
     /// A closed autoscaling loop instead of one drive (see [`crate::autoscale`]).
     #[serde(default)]
-    pub autoscale: Option<crate::autoscale::AutoscaleSpec>,
+    pub autoscale: Option<autoscale::AutoscaleSpec>,
     /// The agents' CPU shape, `fifo` or `ps` (`--agent-shape` overrides it).
     pub agent_shape: Option<String>,
     /// Each agent's workers (agent i takes entry i modulo the length), e.g. `[1, 2]`: agents of
@@ -119,10 +122,10 @@ pub struct Flow {
 #[serde(deny_unknown_fields)]
 pub struct InspectedWindow {
     /// Window start, from the drive's start.
-    #[serde(with = "duration")]
+    #[serde(with = "durations::required")]
     pub from: Duration,
     /// Window end (default the drive's end).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "durations::optional")]
     pub to: Option<Duration>,
     /// Least fraction of the calls of each second inspected.
     pub min_fraction: f64,
@@ -140,7 +143,7 @@ pub struct Ramp {
     /// Highest rate tried.
     pub max_rate: f64,
     /// Length of each rate's drive.
-    #[serde(with = "duration")]
+    #[serde(with = "durations::required")]
     pub step_duration: Duration,
 }
 
@@ -175,7 +178,7 @@ pub struct Expect {
     pub window_max_fair: Option<f64>,
     /// Time after which the proxies' RSS and fds are sampled for growth (default a quarter of
     /// the drive).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "durations::optional")]
     pub warmup: Option<Duration>,
     /// Most RSS growth, KiB, of a proxy process that lived through the whole drive: median of
     /// the last quarter's samples minus the median of the quarter after warm-up.
@@ -196,7 +199,7 @@ pub struct Expect {
     /// workers / service time, `slow` steps before `capacity_share_from` applied): 0.2 = ±20 %.
     pub capacity_share_tolerance: Option<f64>,
     /// Start of the `capacity_share_tolerance` window (default the drive's start).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "durations::optional")]
     pub capacity_share_from: Option<Duration>,
 }
 
@@ -205,7 +208,7 @@ pub struct Expect {
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// Time after the drive starts.
-    #[serde(with = "duration")]
+    #[serde(with = "durations::required")]
     pub at: Duration,
     /// What to do.
     pub action: Action,
@@ -217,7 +220,7 @@ pub struct Step {
     pub proxy: usize,
     /// `pause`: how long the agent stays stopped; `drain-proxy`: how long its endpoint stays in
     /// the Service VIP after the SIGTERM (netns bed; default 0).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "durations::optional")]
     pub duration: Option<Duration>,
     /// `slow`: the service time factor; `burst`: the extra rate as a multiple of the drive's.
     pub factor: Option<f64>,
@@ -230,7 +233,7 @@ pub struct Step {
     /// `burst`: extra transactions per second.
     pub rate: Option<f64>,
     /// Repeat the step at this period until the drive ends.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "durations::optional")]
     pub every: Option<Duration>,
 }
 
@@ -455,28 +458,6 @@ impl Scenario {
         }
         out.sort_by_key(|s| s.at);
         out
-    }
-}
-
-mod duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        crate::units::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// An optional duration in the units' one format (`2s`, `500ms`); the autoscale spec uses it too.
-pub(crate) mod opt_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let s = Option::<String>::deserialize(d)?;
-        s.map(|s| crate::units::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
     }
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The overload matrix: every `loadtest/scenarios/overload-*.toml` on both agent shapes (FIFO
-workers and processor sharing), on the release build, and one table of what issue 28's acceptance
-judges: the pool's capacity, the load offered (× capacity), the inspected calls as a fraction of
+workers and processor sharing), on the release build, and one table of what an overload run is
+judged by: the pool's capacity, the load offered (× capacity), the inspected calls as a fraction of
 the capacity, the p99 of calls not inspected and of inspected PreRequests, the worst second's
 inspected fraction in the scenario's windows, each flow's inspected fraction, each agent's share
 of timely answers against its capacity share, the proxies' CPU per call offered, and the verdict.

@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use super::run::{PolicyRun, Setup, need};
 
-/// The goals (issue 22).
+/// The goals a policy is held to, in `table` and `label`: at most this fraction of calls
+/// uninspected (an autoscaler exists so that the agents keep up).
 pub const MAX_UNINSPECTED: f64 = 0.001;
 /// PreRequest p99 goal, milliseconds.
 pub const MAX_P99_MS: f64 = 80.0;

@@ -13,11 +13,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::Policy;
 use super::hpa::{self, Hpa, Observation};
 use crate::drive::profile::RateProfile;
 use crate::drive::{DriveArgs, DriveReport};
-use crate::local::procs::{FileState, Pool};
+use crate::processes::{ChildProcesses, FileState};
+use crate::scenario::autoscale::Policy;
 
 /// Everything one policy's run needs; the same for every policy of a scenario.
 #[derive(Debug, Clone)]
@@ -150,47 +150,29 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
     let dir = tempfile::Builder::new()
         .prefix("loadtest-autoscale-")
         .tempdir()?;
-    let mut pool = Pool::new(dir.path().join("agents.json"), setup.bed.clone());
+    let mut procs = ChildProcesses::new(dir.path().join("agents.json"), setup.bed.clone());
     let module = setup.bed.as_ref().map(|b| b.module_host()).transpose()?;
     let initial = match policy {
         Policy::Fixed => setup.fixed_agents,
         _ => setup.hpa.min_replicas.max(setup.need_at(0.0)),
     };
-    pool.spawn_agents(&setup.exe, initial as usize, &setup.agent_args)
+    procs
+        .spawn_agents(&setup.exe, initial as usize, &setup.agent_args)
         .await?;
     let mut listen = Vec::new();
     for _ in &setup.shares {
         listen.push(
-            pool.spawn_proxy(&setup.proxy_bin, &setup.proxy_args)
+            procs
+                .spawn_proxy(&setup.proxy_bin, &setup.proxy_args)
                 .await?,
         );
     }
-    let admins: Vec<_> = pool.fronts.iter().filter_map(|f| f.admin).collect();
-    let hpa = match policy {
-        Policy::Fixed => None,
-        Policy::Demand => Some(Hpa::new(setup.hpa.clone())),
-        Policy::Cpu => {
-            Some(Hpa::new(setup.hpa.with_metrics(|m| {
-                matches!(m, hpa::Metric::CpuUtilization { .. })
-            })))
-        }
-    };
+    let admins: Vec<_> = procs.fronts.iter().filter_map(|f| f.admin).collect();
     let record = Arc::new(Mutex::new(Record::default()));
     let start = Instant::now();
     let on = module.as_ref().map(|(rt, _)| rt.handle().clone());
     let drives = setup.shares.iter().zip(&listen).map(|(share, addr)| {
-        let profile = setup.profile.scaled(*share);
-        let drive = crate::drive::run(DriveArgs {
-            target: (*addr).into(),
-            update_target: None,
-            rate: profile.peak().max(1.0),
-            duration: setup.duration,
-            concurrency: None,
-            profile: Some(Arc::new(profile)),
-            agents_admin: Vec::new(),
-            no_progress: true,
-            ..setup.drive.clone()
-        });
+        let drive = crate::drive::run(setup.share_drive(*share, *addr));
         // On the bed, from the module's host.
         crate::netbed::on_module_host(on.clone(), drive)
     });
@@ -203,9 +185,9 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
         .collect();
     let mut ctl = Controller {
         setup,
-        pool: &mut pool,
+        procs: &mut procs,
         pods,
-        hpa,
+        hpa: emulated_hpa(setup, policy),
         admins,
         start,
         spec_replicas: initial,
@@ -221,8 +203,8 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
     for r in reports {
         drives.push(r?);
     }
-    let mut problems = pool.check_alive();
-    problems.extend(pool.stop().await);
+    let mut problems = procs.check_alive();
+    problems.extend(procs.stop().await);
     if let Some((rt, _)) = module {
         rt.shutdown_background();
     }
@@ -237,9 +219,40 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
     })
 }
 
+/// The HPA a policy scales by: the manifest's, its CPU metric alone, or none.
+fn emulated_hpa(setup: &Setup, policy: Policy) -> Option<Hpa> {
+    match policy {
+        Policy::Fixed => None,
+        Policy::Demand => Some(Hpa::new(setup.hpa.clone())),
+        Policy::Cpu => {
+            Some(Hpa::new(setup.hpa.with_metrics(|m| {
+                matches!(m, hpa::Metric::CpuUtilization { .. })
+            })))
+        }
+    }
+}
+
+impl Setup {
+    /// The drive of one proxy replica: `share` of the load at `addr`.
+    fn share_drive(&self, share: f64, addr: std::net::SocketAddr) -> DriveArgs {
+        let profile = self.profile.scaled(share);
+        DriveArgs {
+            target: addr.into(),
+            update_target: None,
+            rate: profile.peak().max(1.0),
+            duration: self.duration,
+            concurrency: None,
+            profile: Some(Arc::new(profile)),
+            agents_admin: Vec::new(),
+            no_progress: true,
+            ..self.drive.clone()
+        }
+    }
+}
+
 struct Controller<'a> {
     setup: &'a Setup,
-    pool: &'a mut Pool,
+    procs: &'a mut ChildProcesses,
     pods: Vec<PodState>,
     hpa: Option<Hpa>,
     admins: Vec<std::net::SocketAddr>,
@@ -293,12 +306,12 @@ impl Controller<'_> {
                 Phase::Starting { ready_at } if ready_at <= now => {
                     p.phase = Phase::Ready { since: now };
                     p.last_busy = (now, 0);
-                    self.pool.agents[p.agent].state = FileState::Ready;
+                    self.procs.agents[p.agent].state = FileState::Ready;
                     changed = true;
                 }
                 Phase::Terminating { remove_at } if remove_at <= now => {
                     p.phase = Phase::Removed { stop_at: now + 0.2 };
-                    self.pool.agents[p.agent].state = FileState::Removed;
+                    self.procs.agents[p.agent].state = FileState::Removed;
                     changed = true;
                 }
                 Phase::Removed { stop_at } if stop_at <= now => {
@@ -308,11 +321,11 @@ impl Controller<'_> {
                 _ => {}
             }
         }
-        if changed && let Err(e) = self.pool.write_agents_file() {
+        if changed && let Err(e) = self.procs.write_agents_file() {
             self.note(format!("writing the agents file: {e:#}"));
         }
         for i in stop {
-            if let Err(e) = self.pool.stop_agent(i).await {
+            if let Err(e) = self.procs.stop_agent(i).await {
                 self.note(format!("stopping agent {i}: {e:#}"));
             }
         }
@@ -373,7 +386,7 @@ impl Controller<'_> {
                     cpu: None,
                 }),
                 Phase::Ready { .. } => {
-                    let admin = self.pool.agents[p.agent].admin;
+                    let admin = self.procs.agents[p.agent].admin;
                     let busy = match crate::http::get(admin, "/stats").await {
                         Ok(b) => serde_json::from_slice::<crate::agent::AgentStats>(&b)
                             .ok()
@@ -441,9 +454,9 @@ impl Controller<'_> {
         let (_, live) = self.counts();
         if want > live {
             for _ in live..want {
-                let agent = self.pool.add_agent().await?;
+                let agent = self.procs.add_agent().await?;
                 // Not in the membership until ready.
-                self.pool.agents[agent].state = FileState::Removed;
+                self.procs.agents[agent].state = FileState::Removed;
                 self.pods.push(PodState {
                     agent,
                     phase: Phase::Starting {
@@ -471,7 +484,7 @@ impl Controller<'_> {
             p.phase = match p.phase {
                 Phase::Starting { .. } => Phase::Removed { stop_at: now },
                 _ => {
-                    self.pool.agents[p.agent].state = FileState::Terminating;
+                    self.procs.agents[p.agent].state = FileState::Terminating;
                     changed = true;
                     Phase::Terminating {
                         remove_at: now + TERMINATING,
@@ -480,7 +493,7 @@ impl Controller<'_> {
             };
         }
         if changed {
-            self.pool.write_agents_file()?;
+            self.procs.write_agents_file()?;
         }
         Ok(())
     }

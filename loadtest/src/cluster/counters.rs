@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::api::{Cluster, PodInfo};
 use crate::agent::AgentStats;
 use crate::drive::DriveReport;
-use crate::local::compare::sum_counter;
+use crate::prometheus::sum_counter;
 
 /// One agent pod seen during the run; its index is its place in [`Agents::pods`].
 pub(crate) struct AgentPod {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::addr::RpcAddr;
-use crate::local::RunArgs;
+use crate::run_args::RunArgs;
 use crate::units::parse_duration;
 
 /// `loadtest cluster` options.

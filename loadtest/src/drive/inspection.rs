@@ -11,7 +11,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::report::{Latency, histogram};
+use super::latency::{Latency, histogram};
 
 /// Latency of the calls that failed and of the PreRequests answered, as they end.
 #[derive(Debug)]

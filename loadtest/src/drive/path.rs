@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 
-use super::Client;
-use super::report::Recorder;
+use super::client::Client;
+use super::recorder::Recorder;
 use crate::addr::RpcAddr;
 
 /// One module source with a rate of its own (`[[flow]]` of a scenario): its own timetable and

@@ -4,27 +4,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::client::ErrorKind;
+use super::inspection::Inspection;
+use super::latency::{Latency, LatencyDiff};
 use crate::agent::AgentStats;
-
-/// Collects results while the drive runs.
-#[derive(Debug)]
-pub(crate) struct Recorder {
-    inner: Mutex<BTreeMap<&'static str, MethodRecorder>>,
-    /// When the drive started; calls are bucketed in the timeline from then on.
-    start: OnceLock<tokio::time::Instant>,
-    timeline: Mutex<Vec<Bucket>>,
-    /// How far behind its scheduled instant each transaction started (open loop).
-    lateness: Mutex<Histogram<u64>>,
-    /// Failed calls' and inspected PreRequests' latency from the call's own start.
-    pub(crate) inspection: super::inspection::InspectionRecorder,
-}
 
 /// Width of one timeline bucket.
 pub const BUCKET: Duration = Duration::from_millis(100);
@@ -44,139 +31,6 @@ pub struct Bucket {
     pub prerequests: u64,
     /// Highest PreRequest latency, microseconds.
     pub pre_latency_max_us: u64,
-}
-
-#[derive(Debug)]
-struct MethodRecorder {
-    ok: u64,
-    errors: BTreeMap<ErrorKind, u64>,
-    hist: Histogram<u64>,
-}
-
-impl Recorder {
-    pub(crate) fn new() -> Recorder {
-        Recorder {
-            inner: Mutex::new(BTreeMap::new()),
-            start: OnceLock::new(),
-            timeline: Mutex::new(Vec::new()),
-            lateness: Mutex::new(histogram()),
-            inspection: super::inspection::InspectionRecorder::new(),
-        }
-    }
-
-    /// Records how late (after its scheduled instant) a transaction started.
-    pub(crate) fn record_lateness(&self, late: Duration) {
-        let us = (late.as_micros() as u64).max(1);
-        self.lateness
-            .lock()
-            .expect("not poisoned")
-            .saturating_record(us);
-    }
-
-    /// Start lateness quantiles, if any transaction recorded one.
-    pub(crate) fn lateness(&self) -> Option<Latency> {
-        let h = self.lateness.lock().expect("not poisoned");
-        (!h.is_empty()).then(|| Latency::of(&h))
-    }
-
-    /// Starts the timeline.
-    pub(crate) fn set_start(&self, start: tokio::time::Instant) {
-        let _ = self.start.set(start);
-    }
-
-    /// The timeline so far.
-    pub(crate) fn timeline(&self) -> Vec<Bucket> {
-        self.timeline.lock().expect("not poisoned").clone()
-    }
-
-    /// Records one call of `method` that took `latency` (recorded for failures too).
-    pub(crate) fn record(&self, method: &'static str, latency: Duration, error: Option<ErrorKind>) {
-        let mut map = self.inner.lock().expect("not poisoned");
-        let m = map.entry(method).or_insert_with(|| MethodRecorder {
-            ok: 0,
-            errors: BTreeMap::new(),
-            hist: histogram(),
-        });
-        match error {
-            None => m.ok += 1,
-            Some(k) => *m.errors.entry(k).or_default() += 1,
-        }
-        let us = (latency.as_micros() as u64).max(1);
-        m.hist.saturating_record(us);
-        drop(map);
-        if let Some(start) = self.start.get() {
-            let i = (start.elapsed().as_nanos() / BUCKET.as_nanos()) as usize;
-            let mut t = self.timeline.lock().expect("not poisoned");
-            if t.len() <= i {
-                t.resize(i + 1, Bucket::default());
-            }
-            let b = &mut t[i];
-            b.calls += 1;
-            if let Some(k) = error {
-                b.errors += 1;
-                if k == ErrorKind::Refused {
-                    b.refused += 1;
-                }
-            }
-            if method == crate::rpc::PRE_REQUEST {
-                b.prerequests += 1;
-                b.pre_latency_sum_us += us;
-                b.pre_latency_max_us = b.pre_latency_max_us.max(us);
-            }
-        }
-    }
-
-    pub(crate) fn methods(&self) -> BTreeMap<String, MethodReport> {
-        let map = self.inner.lock().expect("not poisoned");
-        map.iter()
-            .map(|(name, m)| {
-                let errors: u64 = m.errors.values().sum();
-                let report = MethodReport {
-                    calls: m.ok + errors,
-                    ok: m.ok,
-                    errors: m.errors.iter().map(|(k, v)| (*k, *v)).collect(),
-                    latency_us: Latency::of(&m.hist),
-                };
-                (name.to_string(), report)
-            })
-            .collect()
-    }
-}
-
-/// Microseconds from 1 µs to 120 s, 3 significant digits.
-pub(super) fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
-}
-
-/// Latency quantiles in microseconds.
-#[derive(Debug, Clone, Serialize)]
-pub struct Latency {
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// Maximum.
-    pub max: u64,
-    /// Mean.
-    pub mean: f64,
-}
-
-impl Latency {
-    pub(super) fn of(h: &Histogram<u64>) -> Latency {
-        let q = |p: f64| h.value_at_quantile(p);
-        Latency {
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-            p999: q(0.999),
-            max: h.max(),
-            mean: h.mean(),
-        }
-    }
 }
 
 /// One RPC method's results.
@@ -234,25 +88,6 @@ pub struct PathReport {
     pub tally: Tally,
 }
 
-/// Path B's latency minus path A's for one method, microseconds (positive: B is slower).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct LatencyDiff {
-    /// Difference of the medians.
-    pub p50: i64,
-    /// Difference of the 99th percentiles.
-    pub p99: i64,
-}
-
-impl LatencyDiff {
-    /// `b − a`.
-    pub fn between(a: &Latency, b: &Latency) -> LatencyDiff {
-        LatencyDiff {
-            p50: b.p50 as i64 - a.p50 as i64,
-            p99: b.p99 as i64 - a.p99 as i64,
-        }
-    }
-}
-
 /// One agent's counters over the drive (differences of its `/stats`).
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentReport {
@@ -296,7 +131,7 @@ pub struct DriveReport {
     /// With flows (module sources with rates of their own): each flow's calls.
     pub flows: Vec<PathReport>,
     /// Latency of the calls not inspected and of the inspected PreRequests.
-    pub inspection: super::inspection::Inspection,
+    pub inspection: Inspection,
     /// With `--compare-target`: per method both paths carried, B − A.
     pub difference_us: BTreeMap<String, LatencyDiff>,
     /// Per agent, when `--agents-admin` was given.
@@ -460,57 +295,55 @@ impl DriveReport {
             }
         }
         if !self.agents.is_empty() {
-            let _ = writeln!(
-                o,
-                "{:<22} {:>7} {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
-                "agent admin",
-                "share",
-                "prereqs",
-                "updates",
-                "matched",
-                "orphaned",
-                "expired",
-                "conns"
-            );
-            for a in &self.agents {
-                match &a.stats {
-                    Some(s) => {
-                        let _ = writeln!(
-                            o,
-                            "{:<22} {:>6.1}% {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
-                            a.admin.to_string(),
-                            100.0 * a.prerequest_share,
-                            s.prerequests,
-                            s.updaterequests,
-                            s.updates_matched,
-                            s.updates_orphaned,
-                            s.updates_expired,
-                            s.connections
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(
-                            o,
-                            "{:<22} stats unavailable: {}",
-                            a.admin.to_string(),
-                            a.error.as_deref().unwrap_or("?")
-                        );
-                    }
-                }
-            }
-            let frac = self
-                .orphaned_fraction
-                .map_or("n/a".to_string(), |f| format!("{f:.3}"));
-            let _ = writeln!(
-                o,
-                "updates: matched {} orphaned {} expired {}; orphaned fraction {frac}",
-                self.updates_matched, self.updates_orphaned, self.updates_expired
-            );
+            self.write_agents(&mut o);
         }
         for p in &self.problems {
             let _ = writeln!(o, "problem: {p}");
         }
         o
+    }
+
+    /// The agents' table and the updates' totals.
+    fn write_agents(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "{:<22} {:>7} {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
+            "agent admin", "share", "prereqs", "updates", "matched", "orphaned", "expired", "conns"
+        );
+        for a in &self.agents {
+            match &a.stats {
+                Some(s) => {
+                    let _ = writeln!(
+                        o,
+                        "{:<22} {:>6.1}% {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
+                        a.admin.to_string(),
+                        100.0 * a.prerequest_share,
+                        s.prerequests,
+                        s.updaterequests,
+                        s.updates_matched,
+                        s.updates_orphaned,
+                        s.updates_expired,
+                        s.connections
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        o,
+                        "{:<22} stats unavailable: {}",
+                        a.admin.to_string(),
+                        a.error.as_deref().unwrap_or("?")
+                    );
+                }
+            }
+        }
+        let frac = self
+            .orphaned_fraction
+            .map_or("n/a".to_string(), |f| format!("{f:.3}"));
+        let _ = writeln!(
+            o,
+            "updates: matched {} orphaned {} expired {}; orphaned fraction {frac}",
+            self.updates_matched, self.updates_orphaned, self.updates_expired
+        );
     }
 }
 

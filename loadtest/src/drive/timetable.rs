@@ -112,8 +112,8 @@ impl Timetable {
 /// Open loop: one timetable at `rate` (or the profile), or one per flow, each on its flow's
 /// host if it has one. Returns the transactions skipped (concurrency bound reached).
 pub(super) async fn open_loop(
-    ctx: &Arc<super::Ctx>,
-    args: &super::DriveArgs,
+    ctx: &Arc<super::transaction::Ctx>,
+    args: &super::args::DriveArgs,
     start: Instant,
     tasks: &TaskTracker,
 ) -> anyhow::Result<u64> {

@@ -3,9 +3,9 @@
 //! an agent), PreRequest shares over the window after a `snapshot` step, and the proxies' own
 //! count of uninspected calls by reason.
 
-use super::procs::{FileState, Pool};
 use crate::agent::AgentStats;
 use crate::drive::DriveReport;
+use crate::processes::{ChildProcesses, FileState};
 use crate::scenario::Expect;
 
 async fn read_stats(admin: std::net::SocketAddr) -> Result<AgentStats, String> {
@@ -15,7 +15,7 @@ async fn read_stats(admin: std::net::SocketAddr) -> Result<AgentStats, String> {
     serde_json::from_slice(&body).map_err(|e| e.to_string())
 }
 
-impl Pool {
+impl ChildProcesses {
     /// Reads every agent's counters as the drive starts.
     pub(crate) async fn read_before(&mut self) {
         let reads = self.agents.iter().map(|a| read_stats(a.admin));

@@ -6,7 +6,7 @@ use crate::agent::Shape;
 use crate::scenario::{Action, Scenario, Step};
 use crate::units::ServiceTime;
 
-use super::LocalArgs;
+use super::options::LocalArgs;
 
 /// One agent's CPU.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,5 +1,5 @@
 //! `loadtest local --compare`: the proxy's overhead over talking straight to an agent, measured
-//! in one run (issue #3, acceptance point 8).
+//! in one run, both paths side by side.
 //!
 //! 1. After a 1 s paired warm-up, a paired open-loop drive (`--rate`, default 2,000 tx/s, for `--duration`, default 10 s):
 //!    transactions alternate between agent 0 (path A, direct) and the proxy (path B), so both
@@ -29,9 +29,12 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{DriveBounds, LocalArgs, procs::Pool};
+use super::options::LocalArgs;
 use crate::drive::{self, DriveArgs, DriveReport, Latency, LatencyDiff};
+use crate::judge::{DriveBounds, ZeroUnlessSet};
+use crate::processes::ChildProcesses;
 use crate::rpc::{PRE_REQUEST, UPDATE_REQUEST};
+use crate::scenario::Expect;
 use crate::units::ServiceTime;
 
 /// Target: most p50 overhead (proxy − direct), microseconds.
@@ -117,25 +120,12 @@ pub struct UpstreamConnects {
     pub per_s: f64,
 }
 
-/// Sum of every sample of counter `name` in a Prometheus text exposition (0 if absent).
-pub fn sum_counter(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let rest = match rest.strip_prefix('{') {
-                Some(labels) => &labels[labels.find('}')? + 1..],
-                None if rest.starts_with(char::is_whitespace) => rest,
-                None => return None, // another metric with this name as a prefix
-            };
-            rest.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .fold(0.0, |sum, v| sum + v) // `.sum()` of nothing is -0.0
-}
-
 async fn read_connects(admin: SocketAddr) -> anyhow::Result<f64> {
     let body = crate::http::get(admin, "/metrics").await?;
-    Ok(sum_counter(&String::from_utf8_lossy(&body), CONNECTS))
+    Ok(crate::prometheus::sum_counter(
+        &String::from_utf8_lossy(&body),
+        CONNECTS,
+    ))
 }
 
 /// Runs the measurement and returns its report (with `failures` filled).
@@ -148,17 +138,18 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
     let dir = tempfile::Builder::new()
         .prefix("loadtest-compare-")
         .tempdir()?;
-    let mut pool = Pool::new(dir.path().join("agents.json"), None);
-    let result = measure(args, &exe, n, concurrency, &mut pool).await;
-    let mut failures = pool.check_alive();
-    failures.extend(pool.stop().await);
+    let mut procs = ChildProcesses::new(dir.path().join("agents.json"), None);
+    let result = measure(args, &exe, n, concurrency, &mut procs).await;
+    let mut failures = procs.check_alive();
+    failures.extend(procs.stop().await);
     let (direct, proxy, paired, max_rate, upstream) = result?;
 
-    let bounds = DriveBounds {
-        max_errors: Some(args.run.max_errors.unwrap_or(0)),
-        allow_refused: false,
-        max_orphaned: Some(args.run.max_orphaned.unwrap_or(0)),
+    // The overhead is measured without a scenario: nothing may fail, nothing may be lost.
+    let zero = ZeroUnlessSet {
+        errors: true,
+        orphaned: true,
     };
+    let bounds = DriveBounds::new(&args.run, &Expect::default(), zero);
     failures.extend(bounds.failures(&paired, &[]));
     for (path, r) in &max_rate.runs {
         failures.extend(
@@ -168,6 +159,30 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
                 .map(|f| format!("max-rate run via {path}: {f}")),
         );
     }
+    let overhead = overheads(&paired, args.compare_block, &mut failures);
+    if upstream.after > upstream.before {
+        failures.push(format!(
+            "{} upstream connects during the paired run ({:.2}/s; 0 expected in steady state)",
+            upstream.after - upstream.before,
+            upstream.per_s
+        ));
+    }
+    Ok(CompareReport {
+        agents: n,
+        direct: direct.to_string(),
+        proxy: proxy.to_string(),
+        paired,
+        block: args.compare_block,
+        overhead,
+        max_rate,
+        upstream,
+        failures,
+    })
+}
+
+/// Each checked method's latency on both paths and the overhead, against the targets (p99
+/// only when paired by transaction, `block` 1).
+fn overheads(paired: &DriveReport, block: u64, failures: &mut Vec<String>) -> Vec<MethodOverhead> {
     let mut overhead = Vec::new();
     for method in CHECKED {
         let (Some(a), Some(b), Some(diff)) = (
@@ -201,7 +216,7 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
         }
         // In blocks, a machine hiccup lands on one path only: an A/A run moved p99 by up to
         // ±1.8 ms. Only the transaction-paired run holds p99 to its target.
-        if args.compare_block == 1 && o.overhead_us.p99 > P99_TARGET_US {
+        if block == 1 && o.overhead_us.p99 > P99_TARGET_US {
             failures.push(format!(
                 "{short} p99 overhead {} µs > {P99_TARGET_US} µs",
                 o.overhead_us.p99
@@ -209,24 +224,7 @@ pub async fn run(args: &LocalArgs) -> anyhow::Result<CompareReport> {
         }
         overhead.push(o);
     }
-    if upstream.after > upstream.before {
-        failures.push(format!(
-            "{} upstream connects during the paired run ({:.2}/s; 0 expected in steady state)",
-            upstream.after - upstream.before,
-            upstream.per_s
-        ));
-    }
-    Ok(CompareReport {
-        agents: n,
-        direct: direct.to_string(),
-        proxy: proxy.to_string(),
-        paired,
-        block: args.compare_block,
-        overhead,
-        max_rate,
-        upstream,
-        failures,
-    })
+    overhead
 }
 
 type Measured = (
@@ -237,23 +235,24 @@ type Measured = (
     UpstreamConnects,
 );
 
-/// Starts the children into `pool` (the caller stops them) and runs the three measurements.
+/// Starts the children into `procs` (the caller stops them) and runs the three measurements.
 async fn measure(
     args: &LocalArgs,
     exe: &std::path::Path,
     n: usize,
     concurrency: usize,
-    pool: &mut Pool,
+    procs: &mut ChildProcesses,
 ) -> anyhow::Result<Measured> {
-    pool.spawn_agents(exe, n, &args.agent_process_args())
+    procs
+        .spawn_agents(exe, n, &args.agent_process_args())
         .await?;
-    let proxy = pool
+    let proxy = procs
         .spawn_proxy(&args.proxy_bin(exe)?, &args.proxy_args)
         .await?;
-    let admin = pool.fronts[0]
+    let admin = procs.fronts[0]
         .admin
         .expect("the proxy has an admin address");
-    let direct = pool.agents[0].rpc;
+    let direct = procs.agents[0].rpc;
     let base = DriveArgs {
         target: direct.into(),
         app_time: args.run.app_time.unwrap_or(DriveArgs::default().app_time),
@@ -268,7 +267,7 @@ async fn measure(
         compare_block: args.compare_block,
         rate: args.run.rate.unwrap_or(2000.0),
         duration: args.run.duration.unwrap_or(Duration::from_secs(10)),
-        agents_admin: pool.agents.iter().map(|a| a.admin).collect(),
+        agents_admin: procs.agents.iter().map(|a| a.admin).collect(),
         ..base.clone()
     };
     eprintln!(
@@ -295,8 +294,19 @@ async fn measure(
         per_s: (after - before) / window_s,
     };
 
-    // Maximum rate: the workers wait on RPCs only (no app time), else the rate measures the
-    // app time instead of the path.
+    let max_rate = max_rate(args, &base, [direct, proxy], concurrency).await?;
+    Ok((direct, proxy, paired, max_rate, upstream))
+}
+
+/// Maximum rate: closed loops of `concurrency` workers on each path in turn, `ROUNDS` times.
+/// The workers wait on RPCs only (no app time), else the rate measures the app time instead of
+/// the path.
+async fn max_rate(
+    args: &LocalArgs,
+    base: &DriveArgs,
+    [direct, proxy]: [SocketAddr; 2],
+    concurrency: usize,
+) -> anyhow::Result<MaxRate> {
     let mut runs = Vec::new();
     for round in 0..ROUNDS {
         for (path, addr) in [("direct", direct), ("proxy", proxy)] {
@@ -324,7 +334,7 @@ async fn measure(
     };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (d, p) = (rates("direct"), rates("proxy"));
-    let max_rate = MaxRate {
+    Ok(MaxRate {
         concurrency,
         run_s: args.max_rate_duration.as_secs_f64(),
         direct_mean: mean(&d),
@@ -333,8 +343,7 @@ async fn measure(
         direct: d,
         proxy: p,
         runs,
-    };
-    Ok((direct, proxy, paired, max_rate, upstream))
+    })
 }
 
 impl CompareReport {
@@ -418,8 +427,8 @@ impl CompareReport {
         o
     }
 
-    /// The `RESULT PASS|FAIL: ...` line.
-    pub fn result_line(&self) -> String {
+    /// What the RESULT line says after its verdict.
+    pub fn result_summary(&self) -> String {
         let methods: Vec<String> = self
             .overhead
             .iter()
@@ -437,12 +446,7 @@ impl CompareReport {
             })
             .collect();
         format!(
-            "RESULT {}: overhead µs {}; max tx/s direct {:.0} proxy {:.0} (ratio {:.2}); upstream connects {:.2}/s",
-            if self.failures.is_empty() {
-                "PASS"
-            } else {
-                "FAIL"
-            },
+            "overhead µs {}; max tx/s direct {:.0} proxy {:.0} (ratio {:.2}); upstream connects {:.2}/s",
             methods.join("; "),
             self.max_rate.direct_mean,
             self.max_rate.proxy_mean,
@@ -462,34 +466,8 @@ pub async fn run_cli(args: LocalArgs) -> anyhow::Result<i32> {
     if let Some(path) = &args.run.json {
         drive::write_json(path, &report)?;
     }
-    for f in &report.failures {
-        println!("FAIL: {f}");
-    }
-    println!("{}", report.result_line());
-    Ok(if report.failures.is_empty() { 0 } else { 1 })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upstream_connects_sum_every_result_label() {
-        let text = "# HELP sigsci_proxy_upstream_connects_total New upstream connections\n\
-                    # TYPE sigsci_proxy_upstream_connects_total counter\n\
-                    sigsci_proxy_upstream_connects_total{result=\"ok\"} 2\n\
-                    sigsci_proxy_upstream_connects_total{result=\"error\"} 3\n\
-                    sigsci_proxy_upstream_connects_total_other 100\n\
-                    sigsci_proxy_rpcs_total{method=\"x\"} 7\n";
-        assert_eq!(sum_counter(text, CONNECTS), 5.0);
-        assert_eq!(
-            sum_counter("sigsci_proxy_upstream_connects_total 4\n", CONNECTS),
-            4.0
-        );
-        let absent = sum_counter("", CONNECTS);
-        assert!(
-            absent == 0.0 && absent.is_sign_positive(),
-            "absent counts as 0, printed as 0 (not -0): {absent}"
-        );
-    }
+    Ok(crate::judge::print_result(
+        &report.failures,
+        &report.result_summary(),
+    ))
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use super::RunArgs;
-use super::procs;
+use crate::processes;
+use crate::run_args::RunArgs;
 use crate::units::{ServiceTime, parse_duration};
 
 /// What sits between the emulated modules and the agents.
@@ -147,7 +147,7 @@ impl LocalArgs {
     pub(crate) fn proxy_bin(&self, exe: &std::path::Path) -> anyhow::Result<PathBuf> {
         match &self.proxy_bin {
             Some(b) => Ok(b.clone()),
-            None => procs::find_proxy_bin(exe),
+            None => processes::find_proxy_bin(exe),
         }
     }
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Via;
-use super::procs::{self, FileState, Pool};
+use super::options::Via;
 use crate::drive::DriveArgs;
 use crate::engine::{Marks, Testbed, Timeline};
+use crate::processes::{self, ChildProcesses, FileState};
 use crate::scenario::{Action, Step};
 
-/// Everything a step needs besides the pool.
+/// Everything a step needs besides the child processes.
 pub(crate) struct StepCtx {
     pub(crate) via: Via,
     /// The run's timeline: its start, log, marks and background steps.
@@ -27,9 +27,9 @@ pub(crate) struct StepCtx {
     pub(crate) modules: Option<tokio::runtime::Handle>,
 }
 
-/// The local processes as a testbed: the pool, and what its steps need.
+/// The local processes as a testbed: the child processes, and what their steps need.
 pub(crate) struct LocalBed<'a> {
-    pub(crate) pool: &'a mut Pool,
+    pub(crate) procs: &'a mut ChildProcesses,
     pub(crate) cx: StepCtx,
 }
 
@@ -37,15 +37,14 @@ impl Testbed for LocalBed<'_> {
     type Planned = Step;
 
     async fn apply(&mut self, step: &Step) -> anyhow::Result<String> {
-        self.pool.apply(step, &self.cx).await
+        self.procs.apply(step, &self.cx).await
     }
 }
 
-impl Pool {
+impl ChildProcesses {
     /// Applies one step; returns what it did.
     pub(crate) async fn apply(&mut self, step: &Step, cx: &StepCtx) -> anyhow::Result<String> {
-        let t = &cx.timeline;
-        let (via, start, log, marks) = (cx.via, t.start, &t.log, &t.marks);
+        let (t, via) = (&cx.timeline, cx.via);
         match step.action {
             Action::Add => {
                 anyhow::ensure!(via == Via::Proxy, "add only applies via the proxy");
@@ -54,175 +53,182 @@ impl Pool {
                     added.push(self.add_agent().await?);
                 }
                 self.write_agents_file()?;
-                return Ok(format!("agents {added:?} started and added as ready"));
+                Ok(format!("agents {added:?} started and added as ready"))
             }
             Action::Scale => {
                 anyhow::ensure!(via == Via::Proxy, "scale only applies via the proxy");
-                return self.scale_to(step.count.expect("checked at load")).await;
+                self.scale_to(step.count.expect("checked at load")).await
             }
             Action::Replace => {
                 anyhow::ensure!(via == Via::Proxy, "replace only applies via the proxy");
-                let old = self
-                    .agents
-                    .iter()
-                    .position(|a| a.state == FileState::Ready && !a.expect_exit)
-                    .ok_or_else(|| anyhow::anyhow!("no ready agent to replace"))?;
-                let new = self.add_agent().await?;
-                self.write_agents_file()?;
-                self.agents[old].state = FileState::Terminating;
-                self.write_agents_file()?;
-                let what = format!("agent {old} Replace");
-                let admin = self.agents[old].admin;
-                tokio::spawn(watch_last_prerequest(
-                    admin,
-                    what,
-                    start,
-                    log.clone(),
-                    marks.clone(),
-                ));
-                // A pod's context-expiration-long wait is not needed here: the app time is
-                // milliseconds, so a second delivers every pending update.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                self.agents[old].state = FileState::Removed;
-                self.write_agents_file()?;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                self.stop_agent(old).await?;
-                return Ok(format!(
-                    "agent {new} added; agent {old} terminating, removed 1 s later, stopped"
-                ));
+                self.replace(t).await
             }
-            Action::Snapshot => {
-                let reads = self.agents.iter().map(|a| {
-                    let (admin, gone) = (a.admin, a.expect_exit);
-                    let last = a.last.as_ref().map(|s| s.prerequests);
-                    async move {
-                        if gone {
-                            return last;
-                        }
-                        let body = crate::http::get(admin, "/stats").await.ok()?;
-                        serde_json::from_slice::<crate::agent::AgentStats>(&body)
-                            .ok()
-                            .map(|s| s.prerequests)
-                    }
-                });
-                let snap = futures::future::join_all(reads).await;
-                let line = format!("PreRequests per agent {snap:?}");
-                self.snapshot = Some(snap);
-                return Ok(line);
-            }
-            Action::Burst => {
-                return Ok(t.start_burst(step, &cx.drive, cx.modules.as_ref()));
-            }
-            Action::BadClients | Action::ConnFlood => {
-                return Ok(t.start_abuse(step, cx.front));
-            }
+            Action::Snapshot => self.snapshot().await,
+            Action::Burst => Ok(t.start_burst(step, &cx.drive, cx.modules.as_ref())),
+            Action::BadClients | Action::ConnFlood => Ok(t.start_abuse(step, cx.front)),
             Action::StopAgent => {
                 self.stop_agent(step.agent).await?;
-                return Ok("stopped (POST /shutdown)".into());
+                Ok("stopped (POST /shutdown)".into())
             }
             Action::CutAgent
             | Action::HealAgent
             | Action::CutProxy
             | Action::UnlistProxy
-            | Action::HealProxy => return self.network_fault(step, cx).await,
-            _ => {}
-        }
-        match step.action {
+            | Action::HealProxy => self.network_fault(step, cx).await,
             Action::RestartProxy => {
                 let (status, exited, ready) = self.restart_proxy(step.proxy).await?;
-                return Ok(format!(
+                Ok(format!(
                     "old process exited {status} after {exited:?}; new one ready {ready:?} after SIGTERM"
-                ));
+                ))
             }
-            Action::DrainProxy => {
-                let t0 = start.elapsed();
-                let unlist_after = step.duration.unwrap_or_default();
-                let (flip, status, exit) = self.drain_proxy(step.proxy, unlist_after).await?;
-                marks
-                    .lock()
-                    .expect("not poisoned")
-                    .push((format!("proxy {} exited", step.proxy), t0 + exit));
-                return Ok(format!(
-                    "/readyz not 200 after {}; exited {status} after {exit:?}",
-                    flip.map_or("never".into(), |d| format!("{d:?}"))
-                ));
+            Action::DrainProxy => self.drain(step, t).await,
+            Action::Terminate | Action::Ready | Action::Remove => {
+                self.set_membership(step, via, t).await
             }
-            _ => {}
+            Action::Kill | Action::Slow | Action::Fault | Action::Pause => {
+                self.act_on_agent(step, t).await
+            }
         }
-        let proxy_admin = self.fronts.first().and_then(|f| f.admin);
+    }
+
+    /// What a Deployment rollout does to one pod: a new agent joins, the oldest ready one
+    /// turns terminating, leaves a second later and stops.
+    async fn replace(&mut self, t: &Timeline) -> anyhow::Result<String> {
+        let old = self
+            .agents
+            .iter()
+            .position(|a| a.state == FileState::Ready && !a.expect_exit)
+            .ok_or_else(|| anyhow::anyhow!("no ready agent to replace"))?;
+        let new = self.add_agent().await?;
+        self.write_agents_file()?;
+        self.agents[old].state = FileState::Terminating;
+        self.write_agents_file()?;
+        let what = format!("agent {old} Replace");
+        let admin = self.agents[old].admin;
+        let (log, marks) = (t.log.clone(), t.marks.clone());
+        tokio::spawn(watch_last_prerequest(admin, what, t.start, log, marks));
+        // A pod's context-expiration-long wait is not needed here: the app time is
+        // milliseconds, so a second delivers every pending update.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.agents[old].state = FileState::Removed;
+        self.write_agents_file()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.stop_agent(old).await?;
+        Ok(format!(
+            "agent {new} added; agent {old} terminating, removed 1 s later, stopped"
+        ))
+    }
+
+    /// Every agent's PreRequests so far (a stopped one's last count): the start of the window
+    /// `window_min_fair`/`window_max_fair` judge.
+    async fn snapshot(&mut self) -> anyhow::Result<String> {
+        let reads = self.agents.iter().map(|a| {
+            let (admin, gone) = (a.admin, a.expect_exit);
+            let last = a.last.as_ref().map(|s| s.prerequests);
+            async move {
+                if gone {
+                    return last;
+                }
+                let body = crate::http::get(admin, "/stats").await.ok()?;
+                serde_json::from_slice::<crate::agent::AgentStats>(&body)
+                    .ok()
+                    .map(|s| s.prerequests)
+            }
+        });
+        let snap = futures::future::join_all(reads).await;
+        let line = format!("PreRequests per agent {snap:?}");
+        self.snapshot = Some(snap);
+        Ok(line)
+    }
+
+    /// SIGTERM to a proxy replica; marks when it exited.
+    async fn drain(&mut self, step: &Step, t: &Timeline) -> anyhow::Result<String> {
+        let t0 = t.start.elapsed();
+        let unlist_after = step.duration.unwrap_or_default();
+        let (flip, status, exit) = self.drain_proxy(step.proxy, unlist_after).await?;
+        t.marks
+            .lock()
+            .expect("not poisoned")
+            .push((format!("proxy {} exited", step.proxy), t0 + exit));
+        Ok(format!(
+            "/readyz not 200 after {}; exited {status} after {exit:?}",
+            flip.map_or("never".into(), |d| format!("{d:?}"))
+        ))
+    }
+
+    /// An agent's state in the agents file; watches for its last PreRequest unless it
+    /// turned ready.
+    async fn set_membership(
+        &mut self,
+        step: &Step,
+        via: Via,
+        t: &Timeline,
+    ) -> anyhow::Result<String> {
         let agent = self
             .agents
             .get_mut(step.agent)
             .ok_or_else(|| anyhow::anyhow!("no agent {}", step.agent))?;
-        let needs_file = matches!(
-            step.action,
-            Action::Terminate | Action::Ready | Action::Remove
-        );
-        if needs_file && via != Via::Proxy {
+        if via != Via::Proxy {
             anyhow::bail!(
                 "{:?} only applies via the proxy (membership file)",
                 step.action
             );
         }
+        agent.state = match step.action {
+            Action::Terminate => FileState::Terminating,
+            Action::Ready => FileState::Ready,
+            _ => FileState::Removed,
+        };
+        let admin = agent.admin;
+        self.write_agents_file()?;
+        if step.action != Action::Ready {
+            let what = format!("agent {} {:?}", step.agent, step.action);
+            let (log, marks) = (t.log.clone(), t.marks.clone());
+            tokio::spawn(watch_last_prerequest(admin, what, t.start, log, marks));
+        }
+        Ok("agents file updated".into())
+    }
+
+    /// Kill, slow, fault or pause one agent process.
+    async fn act_on_agent(&mut self, step: &Step, t: &Timeline) -> anyhow::Result<String> {
+        let proxy_admin = self.fronts.first().and_then(|f| f.admin);
+        let agent = self
+            .agents
+            .get_mut(step.agent)
+            .ok_or_else(|| anyhow::anyhow!("no agent {}", step.agent))?;
         match step.action {
-            Action::Terminate => agent.state = FileState::Terminating,
-            Action::Ready => agent.state = FileState::Ready,
-            Action::Remove => agent.state = FileState::Removed,
             Action::Kill => {
                 agent.expect_exit = true;
                 agent.child.start_kill()?;
                 if let Some(admin) = proxy_admin {
                     let id = format!("agent-{}", step.agent);
-                    let (log, marks) = (log.clone(), marks.clone());
-                    tokio::spawn(watch_ejection(admin, id, start, log, marks));
+                    let (log, marks) = (t.log.clone(), t.marks.clone());
+                    tokio::spawn(watch_ejection(admin, id, t.start, log, marks));
                 }
-                return Ok("killed".into());
+                Ok("killed".into())
             }
             Action::Slow => {
                 let f = step.factor.expect("checked at load");
                 crate::http::post(agent.admin, &format!("/fault?slow={f}")).await?;
-                return Ok(format!("slow x{f}"));
+                Ok(format!("slow x{f}"))
             }
             Action::Fault => {
                 let q = step.query.as_deref().expect("checked at load");
                 crate::http::post(agent.admin, &format!("/fault?{q}")).await?;
-                return Ok(format!("fault {q}"));
+                Ok(format!("fault {q}"))
             }
-            Action::Pause => {
+            _ => {
                 let d = step.duration.expect("checked at load");
-                procs::signal(&agent.child, "STOP").await;
+                processes::signal(&agent.child, "STOP").await;
                 tokio::time::sleep(d).await;
-                procs::signal(&agent.child, "CONT").await;
-                return Ok(format!("stopped for {d:?}"));
+                processes::signal(&agent.child, "CONT").await;
+                Ok(format!("stopped for {d:?}"))
             }
-            Action::RestartProxy
-            | Action::DrainProxy
-            | Action::Add
-            | Action::Scale
-            | Action::Replace
-            | Action::Snapshot
-            | Action::Burst
-            | Action::BadClients
-            | Action::ConnFlood
-            | Action::StopAgent
-            | Action::CutAgent
-            | Action::HealAgent
-            | Action::CutProxy
-            | Action::UnlistProxy
-            | Action::HealProxy => unreachable!("handled above"),
         }
-        let admin = agent.admin;
-        self.write_agents_file()?;
-        if step.action != Action::Ready {
-            let what = format!("agent {} {:?}", step.agent, step.action);
-            let (log, marks) = (log.clone(), marks.clone());
-            tokio::spawn(watch_last_prerequest(admin, what, start, log, marks));
-        }
-        Ok("agents file updated".into())
     }
 }
 
-impl Pool {
+impl ChildProcesses {
     /// A host vanishing from the netns bed, or coming back.
     async fn network_fault(&mut self, step: &Step, cx: &StepCtx) -> anyhow::Result<String> {
         use crate::netbed::Role;

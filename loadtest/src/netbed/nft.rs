@@ -8,12 +8,15 @@
 //! endpoint. A Service with no ready endpoint rejects (the client sees a refused connection).
 
 use std::io::Write as _;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
 
-use super::{RPC_PORT, VIP};
+/// The RPC port of every proxy replica, and of the Service VIP in front of them.
+pub const RPC_PORT: u16 = 9999;
+/// The Service's virtual address: on no interface, only in the clients' DNAT rules.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 
 /// The `kube-proxy` table for a VIP in front of `endpoints`, replacing any previous one in one
 /// transaction.

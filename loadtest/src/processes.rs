@@ -1,5 +1,8 @@
 //! Child processes of the orchestrator: simulated agents, the proxy, HAProxy; and the agents
-//! file the proxy watches.
+//! file the proxy watches. Below the runners (`local`, `bench`, autoscale), which each start
+//! their children through it.
+
+pub(crate) mod haproxy;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -115,9 +118,10 @@ pub(crate) struct Front {
     restart: Option<(PathBuf, Vec<String>, PathBuf)>,
 }
 
-/// All children of one run.
+/// All child processes of one run (agents and fronts) and the agents file; not a pool of
+/// agents to balance over (that is `agent_pool::Pool`, in the proxy).
 #[derive(Debug)]
-pub(crate) struct Pool {
+pub(crate) struct ChildProcesses {
     pub(crate) agents: Vec<AgentProc>,
     pub(crate) agents_file: PathBuf,
     pub(crate) fronts: Vec<Front>,
@@ -131,9 +135,9 @@ pub(crate) struct Pool {
     pub(crate) bed: Option<Arc<Bed>>,
 }
 
-impl Pool {
-    pub(crate) fn new(agents_file: PathBuf, bed: Option<Arc<Bed>>) -> Pool {
-        Pool {
+impl ChildProcesses {
+    pub(crate) fn new(agents_file: PathBuf, bed: Option<Arc<Bed>>) -> ChildProcesses {
+        ChildProcesses {
             agents: Vec::new(),
             agents_file,
             fronts: Vec::new(),
@@ -392,45 +396,12 @@ impl Pool {
     ) -> anyhow::Result<SocketAddr> {
         let i = self.fronts.len();
         let (listen, _) = self.front_addrs(i)?;
-        let mut cfg = format!(
-            "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\n\
-             frontend rpc\n  bind {listen}\n  default_backend agents\n\nbackend agents\n  balance {balance}\n"
-        );
-        for a in &self.agents {
-            cfg.push_str(&format!("  server agent-{} {}\n", a.index, a.rpc));
-        }
+        let servers = self.agents.iter().map(|a| (a.index, a.rpc));
+        let cfg = haproxy::config(listen, "", balance, servers);
         let path = dir.join(format!("haproxy-{i}.cfg"));
         std::fs::write(&path, cfg)?;
-        let (mut command, _) = placed(self.bed.as_deref(), Role::Proxy, i, bin)?;
-        let mut child = command
-            .arg("-f")
-            .arg(&path)
-            .arg("-db")
-            .arg("-q")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (install it: apt-get install -y haproxy)",
-                    bin.display()
-                )
-            })?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!("haproxy exited at start: {status}");
-            }
-            if tokio::net::TcpStream::connect(listen).await.is_ok() {
-                break;
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "haproxy not accepting within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (command, _) = placed(self.bed.as_deref(), Role::Proxy, i, bin)?;
+        let child = haproxy::start(command, bin, &path, listen, "haproxy").await?;
         self.list_front(i, true)?;
         self.fronts.push(Front {
             name: format!("haproxy ({balance})"),
