@@ -11,8 +11,9 @@
 //! shrinks by a fifth, or by the ratio of target to mean when that is less, down to a half per
 //! window (multiplicative decrease following the gradient), and by half after a timeout or an
 //! answer at twice the target (once per window, without waiting for the window's end); at or below target,
-//! if the limit was reached in the window, it grows by a tenth, at least one, or doubles until
-//! the first decrease (a new agent starts at 2 in every replica: TCP's slow start) (Netflix's
+//! if the limit was reached in the window, it grows by a tenth, at least one. A new agent starts
+//! at 2 in every replica and, until the first decrease, gains a slot per answer that did not
+//! queue while the limit is reached (TCP's slow start: doubling every round trip) (Netflix's
 //! concurrency-limits, AIMD against a latency gradient; Envoy's adaptive concurrency filter
 //! samples the minimum against the current one the same way). Several replicas sharing an agent each see the latency
 //! all of them cause, so together they settle where it stays at target.
@@ -34,9 +35,9 @@ pub struct LimitConfig {
     /// The limit of an agent with no sample yet. Default 2: every replica starts here, so a
     /// rollout of replicas into a saturated pool of slow agents queues in each agent no more
     /// than a deadline's worth (at 8, two replicas queued 16 calls of 10 ms in one agent at
-    /// once, and the first 400 ms timed out). Until the first decrease the limit doubles every
-    /// window it was reached with answers at target (TCP's slow start), so a fast pool is at
-    /// 16 within about 300 ms; calls past it wait in the proxy meanwhile.
+    /// once, and the first 400 ms timed out). Until the first decrease, while the limit is
+    /// reached, every answer within `slack` of the latency without queueing adds a slot (TCP's
+    /// slow start): the limit doubles every round trip until answers queue.
     pub initial: u32,
     /// The least limit. Default 1.
     pub min: u32,
@@ -182,6 +183,16 @@ impl ConcurrencyLimit {
         }
         s.min_now = s.min_now.min(rtt_ns);
         let window = self.config.window.as_nanos() as u64;
+        let baseline = s.min_now.min(s.min_before);
+        if s.slow_start
+            && self.reached.load(Relaxed)
+            && rtt_ns <= baseline + self.config.slack.as_nanos() as f64
+        {
+            // Slow start: one more slot per answer that did not queue (TCP's, per ACK), so a
+            // limit that is reached doubles every round trip until answers show queueing.
+            s.limit += 1.0;
+            self.set(&mut s);
+        }
         if rtt_ns > 2.0 * self.target(s.min_now.min(s.min_before)) && self.cut(&mut s, now_ns) {
             // An answer at twice the target says the agent already queues more than a window
             // can wait for (a cold start of 8 slots into a full pool, a capacity that fell):
@@ -215,9 +226,7 @@ impl ConcurrencyLimit {
             // follows the gradient, at most a half per window, as Gradient2's does.
             s.limit *= (target / mean).clamp(0.5, 0.8);
             s.slow_start = false;
-        } else if reached && s.slow_start {
-            s.limit *= 2.0;
-        } else if reached {
+        } else if reached && !s.slow_start {
             s.limit += (s.limit * 0.1).max(1.0);
         }
         self.set(&mut s);
@@ -413,12 +422,19 @@ mod tests {
     }
 
     #[test]
-    fn a_fast_agent_reaches_sixteen_slots_from_its_start_of_two_within_400_ms() {
-        // Sixteen workers of 1 ms, kept saturated: slow start doubles the limit each window.
+    fn a_fast_agent_reaches_its_parallelism_from_its_start_of_two_within_milliseconds() {
+        // Sixteen workers of 1 ms, kept saturated: slow start adds a slot per answer that did
+        // not queue, and stops where answers start to queue.
         let limit = ConcurrencyLimit::new(LimitConfig::default(), 0);
         assert_eq!(limit.slots(), 2);
-        saturate(&limit, 16, 1.0, 0, 400);
-        assert!(limit.slots() >= 16, "{} slots", limit.slots());
+        saturate(&limit, 16, 1.0, 0, 20);
+        // At most where an answer takes 2 ms more than alone (48 in flight, 3 ms), inside the
+        // 4 ms target (twice 1 ms plus 2).
+        assert!(
+            (16..=50).contains(&limit.slots()),
+            "{} slots",
+            limit.slots()
+        );
     }
 
     #[test]
