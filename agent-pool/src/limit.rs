@@ -8,9 +8,7 @@
 //! mean latency of the window is held against a target derived from the agent's latency
 //! without queueing (the least answer time of the last 10 s): twice it plus 2 ms of slack,
 //! never above `max_target` (a quarter of the RPC deadline by default). Above target the limit
-//! shrinks by a fifth, or by the ratio of target to mean when that is less, down to a half per
-//! window (multiplicative decrease following the gradient), and by half after a timeout or an
-//! answer at twice the target (once per window, without waiting for the window's end); at or below target,
+//! shrinks by a fifth (multiplicative decrease), and by half after a timeout; at or below target,
 //! if the limit was reached in the window, it grows by a tenth, at least one. A new agent starts
 //! at 2 in every replica and, until the first decrease, gains a slot per answer that did not
 //! queue while the limit is reached (TCP's slow start: doubling every round trip) (Netflix's
@@ -193,15 +191,6 @@ impl ConcurrencyLimit {
             s.limit += 1.0;
             self.set(&mut s);
         }
-        if rtt_ns > 2.0 * self.target(s.min_now.min(s.min_before)) && self.cut(&mut s, now_ns) {
-            // An answer at twice the target says the agent already queues more than a window
-            // can wait for (a cold start of 8 slots into a full pool, a capacity that fell):
-            // every call sent meanwhile would join that queue. The window starts again.
-            s.window_start_ns = now_ns;
-            s.count = 0;
-            s.sum_ns = 0.0;
-            return;
-        }
         if now_ns.saturating_sub(s.window_start_ns) < window || s.count < self.config.window_samples
         {
             return;
@@ -222,9 +211,7 @@ impl ConcurrencyLimit {
             return;
         }
         if mean > target {
-            // Far above target (a cold start into a full pool, a capacity that fell), the cut
-            // follows the gradient, at most a half per window, as Gradient2's does.
-            s.limit *= (target / mean).clamp(0.5, 0.8);
+            s.limit *= 0.8;
             s.slow_start = false;
         } else if reached && !s.slow_start {
             s.limit += (s.limit * 0.1).max(1.0);
@@ -253,23 +240,17 @@ impl ConcurrencyLimit {
     }
 
     /// A call that got no answer within its deadline: the agent is far behind. Halves the
-    /// limit, at most once per window (as does an answer at twice the target).
+    /// limit, at most once per window.
     pub(crate) fn timed_out(&self, now_ns: u64) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.cut(&mut s, now_ns);
-    }
-
-    /// Halves the limit unless it was cut within the last window; whether it did.
-    fn cut(&self, s: &mut State, now_ns: u64) -> bool {
         let window = self.config.window.as_nanos() as u64;
         if s.last_cut_ns != 0 && now_ns.saturating_sub(s.last_cut_ns) < window {
-            return false;
+            return;
         }
         s.last_cut_ns = now_ns.max(1);
         s.limit *= 0.5;
         s.slow_start = false;
-        self.set(s);
-        true
+        self.set(&mut s);
     }
 
     /// The latency the window's mean is held to.
@@ -367,44 +348,6 @@ mod tests {
         saturate(&limit, 2, 5.0, now, 1_000);
         let after = limit.slots();
         assert!(after <= 5 && after < before, "{before} -> {after}");
-    }
-
-    #[test]
-    fn a_cold_start_into_a_saturated_agent_cuts_its_queue_within_two_windows() {
-        // One worker of 10 ms, held at the limit from the first call: a start of 8 queues
-        // 80 ms in the agent, four times the 20 ms cap of the target.
-        let config = LimitConfig {
-            initial: 8,
-            ..LimitConfig::default()
-        };
-        let limit = ConcurrencyLimit::new(config, 0);
-        let mut now = 0;
-        while now < 200 * MS {
-            let n = limit.slots();
-            limit.started(u64::from(n));
-            now += 10 * MS;
-            limit.answered(f64::from(n) * 10.0 * MS as f64, now);
-        }
-        // Cut by a fifth a window it would still be at 5 (8 x 0.8^2).
-        assert!(limit.slots() <= 2, "{} slots", limit.slots());
-    }
-
-    #[test]
-    fn an_answer_at_twice_the_target_halves_the_limit_at_once_and_once_per_window() {
-        let config = LimitConfig {
-            initial: 8,
-            ..LimitConfig::default()
-        };
-        let limit = ConcurrencyLimit::new(config, 0);
-        let now = quiet(&limit, 5.0, 0);
-        assert_eq!(limit.slots(), 8);
-        // Target 12 ms (twice 5 ms plus 2): 30 ms is far above it.
-        limit.answered(30.0 * MS as f64, now + MS);
-        assert_eq!(limit.slots(), 4, "halved before the window ended");
-        limit.answered(30.0 * MS as f64, now + 2 * MS);
-        assert_eq!(limit.slots(), 4, "one cut per window");
-        limit.answered(30.0 * MS as f64, now + 102 * MS);
-        assert_eq!(limit.slots(), 2);
     }
 
     #[test]
