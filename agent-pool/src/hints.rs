@@ -22,8 +22,8 @@ pub struct HintsConfig {
     pub min_agents: u32,
     /// Highest [`Hints::recommended`] (never applied to [`Hints::demand`]). Default 100.
     pub max_agents: u32,
-    /// Time constant of the EWMAs of outstanding requests and of the RPC rate; zero means no
-    /// smoothing. Default 10 s.
+    /// Time constant of the EWMAs of outstanding requests and of the RPC rate (which rises at
+    /// once and only falls smoothly); zero means no smoothing. Default 10 s.
     pub smoothing: Duration,
     /// How often [`Pool::run`](crate::Pool::run) ticks. Default 1 s.
     pub tick: Duration,
@@ -177,8 +177,15 @@ impl HintsState {
                 };
                 self.outstanding_ewma += alpha * (sample - self.outstanding_ewma);
                 if dt > 0.0 {
+                    // Up at once, down smoothly: a tick's rate is already a mean over the tick,
+                    // and the autoscaler must see a step while the proxy sheds it, not a tenth
+                    // of it per tick (the HPA scales up with no window; down after its own).
                     let rate = (input.started + input.shed) as f64 / dt;
-                    self.rate_ewma += alpha * (rate - self.rate_ewma);
+                    if rate > self.rate_ewma {
+                        self.rate_ewma = rate;
+                    } else {
+                        self.rate_ewma += alpha * (rate - self.rate_ewma);
+                    }
                 }
             }
         }

@@ -134,8 +134,9 @@ impl Snapshot {
     }
 
     /// Like [`pick`](Self::pick) (or [`pick_excluding`](Self::pick_excluding) with `not`), among
-    /// the agents below their concurrency limit only ([`Agent::has_free_slot`]). `None` when
-    /// every agent that takes work is at its limit: the caller queues the call.
+    /// the agents below their concurrency limit only ([`Agent::has_free_slot`]); when every
+    /// agent that takes work is at its limit, a joining agent below its limit. `None` when
+    /// there is none: the caller queues the call.
     #[inline]
     pub fn pick_free(&self, not: Option<&Agent>) -> Option<Arc<Agent>> {
         self.pick_with(LazyNow::new(self.epoch), not, true)
@@ -213,11 +214,15 @@ impl Snapshot {
                 None => Err(()),
             }
         };
-        let a = tier(&self.ready, &mut now)
-            .or_else(|()| tier(&self.terminating, &mut now))
-            .or_else(|()| tier(&self.joining, &mut now))
-            .ok()
-            .flatten()?;
+        let a = match tier(&self.ready, &mut now).or_else(|()| tier(&self.terminating, &mut now)) {
+            // Every agent that takes work is at its limit: a joining agent with a free slot
+            // takes the call rather than let it wait or be shed. A shed call is certainly
+            // uninspected; the orphaned update a joining agent risks (another replica may not
+            // know it yet) is only possible.
+            Ok(None) => picker::pick(&self.joining, &mut now, exclude, true).cloned(),
+            Ok(Some(a)) => Some(a),
+            Err(()) => tier(&self.joining, &mut now).ok().flatten(),
+        }?;
         a.count_pick();
         Some(a)
     }

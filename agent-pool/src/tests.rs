@@ -236,6 +236,35 @@ fn a_joining_agent_takes_work_only_after_the_join_delay_but_is_found_by_token_at
 }
 
 #[test]
+fn a_joining_agent_below_its_limit_takes_calls_when_every_ready_agent_is_at_its_limit() {
+    // The overload queue's pick: a call that would wait, or be shed, goes to a new agent
+    // whose join delay is not over (an orphaned update is possible, a shed call is certain).
+    let config = PoolConfig {
+        limit: crate::LimitConfig {
+            initial: 1,
+            min: 1,
+            max: 1,
+            ..crate::LimitConfig::default()
+        },
+        ..PoolConfig::default()
+    };
+    let (pool, _) = pool_of(1, config);
+    pool.apply(Update::Upsert(ep(1)));
+    let (ready, new) = (agent(&pool, 0), agent(&pool, 1));
+    assert_eq!(new.state(), AgentState::Joining);
+    let snap = pool.snapshot();
+    assert!(Arc::ptr_eq(&snap.pick_free(None).unwrap(), &ready));
+    let _busy = ready.start();
+    assert!(Arc::ptr_eq(&snap.pick_free(None).unwrap(), &new));
+    assert!(
+        Arc::ptr_eq(&snap.pick().unwrap(), &ready),
+        "without the limit, the ready agent"
+    );
+    let _also = new.start();
+    assert!(snap.pick_free(None).is_none(), "both at their limits");
+}
+
+#[test]
 fn joining_agents_take_work_when_no_other_agent_can() {
     // Scale from zero: better inspected by an agent another replica may not know yet than not
     // inspected at all.

@@ -164,3 +164,32 @@ fn smoothed_hints_rise_within_a_few_ticks() {
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
     assert_eq!(seen[9], 4, "{seen:?}");
 }
+
+#[test]
+fn the_rate_demand_rises_in_one_tick_and_falls_smoothly() {
+    let hints = HintsConfig {
+        smoothing: Duration::from_secs(10),
+        target_rpc_per_agent: Some(100.0),
+        ..hints_config()
+    };
+    let (pool, t0) = pool_of(
+        2,
+        PoolConfig {
+            hints,
+            ..PoolConfig::default()
+        },
+    );
+    pool.tick(t0);
+    for i in 0..500 {
+        agent(&pool, i % 2).start_at(t0).finish(Outcome::Success);
+    }
+    pool.tick(t0 + S);
+    let risen = pool.hints().demand;
+    assert!(
+        (4.99..=5.01).contains(&risen),
+        "500 calls/s at 100 per agent: {risen}"
+    );
+    pool.tick(t0 + 2 * S);
+    let fallen = pool.hints().demand;
+    assert!(fallen < risen && fallen > 4.0, "{risen} -> {fallen}");
+}
