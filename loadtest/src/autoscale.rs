@@ -23,8 +23,10 @@
 //! load = [["0s", 1.0], ["10s", 1.0], ["40s", 6.0]]   # agents' worth over the run
 //! policies = ["demand", "cpu", "fixed"]
 //! max_uninspected = 0.001         # exit status 1 if the first policy loses more
+//! min_demand_while_shedding = 1.0 # and if, while it sheds, its demand's p10 ÷ load is lower
 //! ```
 
+mod demand;
 pub mod hpa;
 mod judge;
 pub mod manifest;
@@ -212,9 +214,21 @@ fn proxy_args(args: &LocalArgs, traffic: &Traffic, spec: &AutoscaleSpec) -> Vec<
     proxy_args
 }
 
-/// The first policy past `max_uninspected`, and any process that exited under a policy.
+/// The first policy past `max_uninspected` or below `min_demand_while_shedding`, and any
+/// process that exited under a policy.
 fn failures(spec: &AutoscaleSpec, reports: &[PolicyReport]) -> Vec<String> {
     let mut failures = Vec::new();
+    let first_p10 = reports
+        .first()
+        .and_then(|f| f.figures.demand_while_shedding.p10.map(|p| (f, p)));
+    if let (Some(min), Some((first, p10))) = (spec.min_demand_while_shedding, first_p10)
+        && p10 < min
+    {
+        failures.push(format!(
+            "{:?}: while shedding, the summed demand was {p10:.2}× the offered load (p10), less than {min:.2}×",
+            first.run.policy
+        ));
+    }
     if let (Some(max), Some(first)) = (spec.max_uninspected, reports.first())
         && first.figures.uninspected > max
     {
@@ -278,7 +292,7 @@ fn row(p: Policy, f: &Figures) -> String {
         .map(|t| t.map_or("never".into(), |t| format!("{t:.1}")))
         .collect();
     format!(
-        "| {} | {:.3}% ({} of {}) | {:.1} | {:.0} / {:.0} = {:.2}× | {} (load {}) | {} | {} | {:.1} | {} |",
+        "| {} | {:.3}% ({} of {}) | {:.1} | {:.0} / {:.0} = {:.2}× | {} (load {}) | {} | {} | {:.1} | {} | {} |",
         policy_name(p),
         100.0 * f.uninspected,
         f.failed_calls,
@@ -297,12 +311,24 @@ fn row(p: Policy, f: &Figures) -> String {
         },
         f.under_provisioned_s,
         f.peak_pods,
+        shed_demand(&f.demand_while_shedding),
     )
+}
+
+/// `min, p10, p50 (n, below 1)`, or `-` without shed calls.
+fn shed_demand(d: &demand::ShedDemand) -> String {
+    match (d.min, d.p10, d.p50) {
+        (Some(min), Some(p10), Some(p50)) => format!(
+            "{min:.2}, {p10:.2}, {p50:.2} ({}, {})",
+            d.intervals, d.below_one
+        ),
+        _ => "-".into(),
+    }
 }
 
 fn table(r: &AutoscaleReport, setup: &run::Setup) -> String {
     let mut o = format!(
-        "\n{} (time ×{}: sync {:?}, agent startup {:?})\n\n| policy | uninspected calls | PreRequest p99 ms | agent-s / ideal | direction changes | scale events | s to enough agents after each rise | s under-provisioned | peak agents |\n|---|---|---|---|---|---|---|---|---|\n",
+        "\n{} (time ×{}: sync {:?}, agent startup {:?})\n\n| policy | uninspected calls | PreRequest p99 ms | agent-s / ideal | direction changes | scale events | s to enough agents after each rise | s under-provisioned | peak agents | demand ÷ load while shedding: min, p10, p50 (intervals, below 1) |\n|---|---|---|---|---|---|---|---|---|---|\n",
         r.scenario, r.time_scale, setup.sync, setup.startup
     );
     for p in &r.policies {

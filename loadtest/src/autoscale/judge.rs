@@ -1,9 +1,11 @@
 //! The figures a policy is judged by, from its run: uninspected calls, PreRequest p99, the
 //! agent-seconds paid against the ideal, how often the scale direction changed against how
-//! often the load did, and how long after each rise of the load enough agents were ready.
+//! often the load did, how long after each rise of the load enough agents were ready, and
+//! whether the demand the HPA read covered the load while the proxies shed ([`super::demand`]).
 
 use serde::Serialize;
 
+use super::demand::{ShedDemand, while_shedding};
 use super::run::{PolicyRun, Setup, need};
 
 /// The goals a policy is held to, in `table` and `label`: at most this fraction of calls
@@ -46,6 +48,8 @@ pub struct Figures {
     pub under_provisioned_s: f64,
     /// Most agents at once.
     pub peak_pods: u32,
+    /// Summed demand ÷ offered agents' worth over the half-second intervals with shed calls.
+    pub demand_while_shedding: ShedDemand,
 }
 
 impl Figures {
@@ -124,6 +128,7 @@ pub fn figures(setup: &Setup, run: &PolicyRun) -> Figures {
         time_to_enough_s,
         under_provisioned_s: under,
         peak_pods: run.samples.iter().map(|s| s.pods).max().unwrap_or(0),
+        demand_while_shedding: while_shedding(&run.demand),
     }
 }
 

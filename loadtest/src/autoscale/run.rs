@@ -4,7 +4,9 @@
 //! `sigsci_proxy_agent_demand` from `/metrics`, summed and rounded up as the adapter rule does;
 //! each ready agent's busy fraction as its CPU utilization) and scales the agents as the
 //! Deployment would: a new agent joins the proxies' membership only after the startup delay, a
-//! removed one turns terminating, leaves a second later and stops.
+//! removed one turns terminating, leaves a second later and stops. Every half second, under
+//! every policy, it also records the proxies' summed demand and shed calls
+//! ([`super::demand`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::demand::{self, DemandSample};
 use super::hpa::{self, Hpa, Observation};
 use crate::drive::profile::RateProfile;
 use crate::drive::{DriveArgs, DriveReport};
@@ -113,6 +116,8 @@ pub struct PolicyRun {
     pub samples: Vec<Sample>,
     /// Changes of the replicas.
     pub events: Vec<ScaleEvent>,
+    /// The proxies' summed demand and shed calls, every 500 ms.
+    pub demand: Vec<DemandSample>,
     /// One drive per proxy replica.
     pub drives: Vec<DriveReport>,
     /// Children that misbehaved.
@@ -142,6 +147,7 @@ struct PodState {
 struct Record {
     samples: Vec<Sample>,
     events: Vec<ScaleEvent>,
+    demand: Vec<DemandSample>,
     problems: Vec<String>,
 }
 
@@ -168,6 +174,7 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
         );
     }
     let admins: Vec<_> = procs.fronts.iter().filter_map(|f| f.admin).collect();
+    let admins_len = admins.len();
     let record = Arc::new(Mutex::new(Record::default()));
     let start = Instant::now();
     let on = module.as_ref().map(|(rt, _)| rt.handle().clone());
@@ -192,6 +199,7 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
         start,
         spec_replicas: initial,
         record: record.clone(),
+        shed: vec![0; admins_len],
     };
     let drives = futures::future::join_all(drives);
     let reports = tokio::select! {
@@ -214,6 +222,7 @@ pub(crate) async fn run(setup: &Setup, policy: Policy) -> anyhow::Result<PolicyR
         policy,
         samples: rec.samples,
         events: rec.events,
+        demand: rec.demand,
         drives,
         problems: rec.problems,
     })
@@ -259,6 +268,8 @@ struct Controller<'a> {
     start: Instant,
     spec_replicas: u32,
     record: Arc<Mutex<Record>>,
+    /// Each proxy's shed calls at its last read.
+    shed: Vec<u64>,
 }
 
 /// How long a removed agent stays terminating before it leaves the membership (its pending
@@ -272,6 +283,7 @@ impl Controller<'_> {
         let sync = self.setup.sync.as_secs_f64();
         let mut next_sync = sync;
         let mut next_sample = 0.0;
+        let mut next_demand = 0.0;
         loop {
             tick.tick().await;
             let now = self.start.elapsed().as_secs_f64();
@@ -285,6 +297,10 @@ impl Controller<'_> {
             if now >= next_sample {
                 self.sample(now);
                 next_sample += 0.25;
+            }
+            if now >= next_demand {
+                self.sample_demand(now).await;
+                next_demand += 0.5;
             }
         }
     }
@@ -361,17 +377,42 @@ impl Controller<'_> {
     /// The adapter's value: `sum(sigsci_proxy_agent_demand)` over every proxy, rounded up if
     /// the manifest's rule does; `None` if a proxy cannot be read (the metric is then
     /// unavailable to the HPA).
-    async fn demand(&self) -> Option<f64> {
-        let mut sum = 0.0;
-        for a in &self.admins {
-            let body = crate::http::get(*a, "/metrics").await.ok()?;
-            sum += metric_value(&String::from_utf8_lossy(&body), "sigsci_proxy_agent_demand")?;
-        }
+    async fn demand(&mut self) -> Option<f64> {
+        let sum = self.read_proxies().await?;
         Some(if self.setup.demand_ceil {
             (sum - 1e-9).ceil().max(0.0)
         } else {
             sum
         })
+    }
+
+    /// Every proxy's `/metrics`: the summed demand (`None` if a proxy cannot be read), and
+    /// each one's shed calls noted in `shed` as read.
+    async fn read_proxies(&mut self) -> Option<f64> {
+        let mut sum = Some(0.0);
+        for (i, a) in self.admins.iter().enumerate() {
+            let Ok(body) = crate::http::get(*a, "/metrics").await else {
+                sum = None;
+                continue;
+            };
+            let text = String::from_utf8_lossy(&body);
+            self.shed[i] = demand::labelled_sum(&text, "sigsci_proxy_queue_shed_total") as u64;
+            let d = metric_value(&text, "sigsci_proxy_agent_demand");
+            sum = sum.zip(d).map(|(s, d)| s + d);
+        }
+        sum
+    }
+
+    /// Records the proxies' demand and shed calls against the load offered now.
+    async fn sample_demand(&mut self, now: f64) {
+        let demand = self.read_proxies().await;
+        let s = DemandSample {
+            t: now,
+            demand,
+            shed: self.shed.iter().sum(),
+            offered: self.setup.load_at(now),
+        };
+        self.record.lock().expect("not poisoned").demand.push(s);
     }
 
     /// Each live pod as the resource-metrics path sees it: ready ones with their busy fraction

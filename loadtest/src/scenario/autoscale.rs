@@ -51,4 +51,9 @@ pub struct AutoscaleSpec {
     pub policies: Option<Vec<Policy>>,
     /// Most failed calls as a fraction of all, for the first policy: the exit status.
     pub max_uninspected: Option<f64>,
+    /// Lowest 10th percentile of the summed demand ÷ offered agents' worth over the intervals
+    /// in which calls were shed, for the first policy: the exit status (a run without shed
+    /// calls meets it).
+    #[serde(default)]
+    pub min_demand_while_shedding: Option<f64>,
 }
