@@ -7,6 +7,7 @@
 //! read timeout (slow clients), after the idle timeout, or once draining and idle.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,10 +66,16 @@ enum Event {
     Shed,
 }
 
-/// Serves one connection until it closes.
-pub(crate) async fn serve(mut stream: Stream, shared: Arc<Shared>, admitted: Admitted) {
+/// Serves one connection until it closes; `peer` is the address `accept` returned (TCP).
+pub(crate) async fn serve(
+    mut stream: Stream,
+    peer: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    admitted: Admitted,
+) {
     m::connections_open(1.0);
-    let result = run(&mut stream, &shared, &admitted).await;
+    let flow = flow_of(&stream, peer);
+    let result = run(&mut stream, &shared, &admitted, &flow).await;
     m::connections_open(-1.0);
     let Err(e) = result else { return };
     if let Some(u) = e.uninspected() {
@@ -228,9 +235,13 @@ impl Progress {
 
 /// One connection's loop: decodes calls up to the in-flight limit, waits for the next event
 /// (an answer, bytes, a deadline, the drain, a shed) and handles it, until the connection ends.
-async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Result<(), ClientError> {
+async fn run(
+    stream: &mut Stream,
+    shared: &Shared,
+    admitted: &Admitted,
+    flow: &Flow,
+) -> Result<(), ClientError> {
     let mut at = Progress::new(shared.limits);
-    let flow = flow_of(stream);
     let mut in_flight = FuturesUnordered::new();
     // Answers that came while another was being written, in the order they came.
     let mut answered = VecDeque::new();
@@ -247,7 +258,7 @@ async fn run(stream: &mut Stream, shared: &Shared, admitted: &Admitted) -> Resul
         while in_flight.len() + answered.len() < shared.max_in_flight_per_connection
             && let Some(frame) = at.next_frame()?
         {
-            in_flight.push(call(&shared.router, frame, &flow)?);
+            in_flight.push(call(&shared.router, frame, flow)?);
         }
         let pending = in_flight.len() + answered.len();
         if pending >= shared.max_in_flight_per_connection {
@@ -338,11 +349,13 @@ async fn on_event<F: Future<Output = Bytes>>(
 }
 
 /// Whose calls these are, for the overload queue's fairness: the peer's address (one app pod),
-/// or on a Unix socket the peer process.
-fn flow_of(stream: &Stream) -> Flow {
-    match &**stream {
-        Either::Left(tcp) => tcp.peer_addr().map_or(Flow::Unknown, |a| Flow::ip(a.ip())),
-        Either::Right(unix) => unix.peer_cred().map_or(Flow::Unknown, |c| Flow::Process {
+/// or on a Unix socket the peer process. A TCP peer's address is the one `accept` returned:
+/// asking the socket again would be one more system call per connection.
+fn flow_of(stream: &Stream, peer: Option<SocketAddr>) -> Flow {
+    match (&**stream, peer) {
+        (Either::Left(_), Some(a)) => Flow::ip(a.ip()),
+        (Either::Left(tcp), None) => tcp.peer_addr().map_or(Flow::Unknown, |a| Flow::ip(a.ip())),
+        (Either::Right(unix), _) => unix.peer_cred().map_or(Flow::Unknown, |c| Flow::Process {
             pid: c.pid().unwrap_or_default(),
             uid: c.uid(),
         }),

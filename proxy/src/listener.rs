@@ -378,7 +378,7 @@ async fn admit(
         Some(peer) => debug_span!("conn", client.addr = %peer),
         None => debug_span!("conn", client.addr = "unix"),
     };
-    let serve = downstream::serve(accepted.stream, shared.clone(), admitted);
+    let serve = downstream::serve(accepted.stream, accepted.peer, shared.clone(), admitted);
     tracker.spawn(serve.instrument(span));
 }
 

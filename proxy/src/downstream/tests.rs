@@ -36,7 +36,7 @@ async fn served(config: Config) -> Served {
         .await
         .unwrap();
     let (module, proxy) = UnixStream::pair().unwrap();
-    let task = tokio::spawn(serve(Stream::unix(proxy), shared, admitted));
+    let task = tokio::spawn(serve(Stream::unix(proxy), None, shared, admitted));
     Served {
         module,
         task,
