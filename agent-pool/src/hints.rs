@@ -48,8 +48,10 @@ pub struct Hints {
     /// Agents' worth of work this proxy sends: the larger of total outstanding EWMA ÷ target
     /// outstanding per agent and RPC rate ÷ target RPC/s per agent. Calls the proxy shed or
     /// queues because every agent was at its limit count as offered: in the rate, and in the
-    /// outstanding as waiting plus shed per second × the typical latency. Not rounded, not clamped,
-    /// not held: the pool needs `ceil` of the sum over every proxy replica.
+    /// outstanding as waiting plus shed per second × the typical latency; a shed PreRequest
+    /// counts the UpdateRequests and PostRequests an answered one brings on average, which its
+    /// module, failing open, never sends. Not rounded, not clamped, not held: the pool needs
+    /// `ceil` of the sum over every proxy replica.
     pub demand: f64,
     /// `ceil(demand)` within `min_agents..=max_agents`: the pool this proxy alone would need.
     /// For people reading `/hints`; never sum it over replicas (each rounds up and counts at
@@ -90,8 +92,9 @@ pub(crate) struct TickInput {
     pub(crate) total_outstanding: u64,
     /// Requests started since the previous tick.
     pub(crate) started: u64,
-    /// Calls shed since the previous tick without reaching an agent (all at their limits).
-    pub(crate) shed: u64,
+    /// Calls shed since the previous tick without reaching an agent (all at their limits),
+    /// with the follow-ups of shed PreRequests.
+    pub(crate) shed: f64,
     /// Calls waiting in the proxy for an agent's slot.
     pub(crate) waiting: u64,
     /// The agents' typical latency (what a shed call would have kept outstanding).
@@ -162,7 +165,7 @@ impl HintsState {
             .last
             .map(|last| now.saturating_duration_since(last).as_secs_f64());
         let shed_out = match (dt, input.typical_latency) {
-            (Some(dt), Some(lat)) if dt > 0.0 => input.shed as f64 / dt * lat.as_secs_f64(),
+            (Some(dt), Some(lat)) if dt > 0.0 => input.shed / dt * lat.as_secs_f64(),
             _ => 0.0,
         };
         let sample = input.total_outstanding as f64 + input.waiting as f64 + shed_out;
@@ -180,7 +183,7 @@ impl HintsState {
                     // Up at once, down smoothly: a tick's rate is already a mean over the tick,
                     // and the autoscaler must see a step while the proxy sheds it, not a tenth
                     // of it per tick (the HPA scales up with no window; down after its own).
-                    let rate = (input.started + input.shed) as f64 / dt;
+                    let rate = (input.started as f64 + input.shed) / dt;
                     if rate > self.rate_ewma {
                         self.rate_ewma = rate;
                     } else {

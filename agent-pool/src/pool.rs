@@ -166,10 +166,15 @@ struct Inner {
     current: ArcSwap<Snapshot>,
     members: Mutex<Members>,
     hints: Mutex<HintsState>,
-    /// Calls the proxy shed without starting them on any agent (all at their limits), and
-    /// the count at the previous tick: offered load the agents never saw.
-    shed: AtomicU64,
+    /// Calls the proxy shed without starting them on any agent (all at their limits), in
+    /// thousandths of a call (a shed PreRequest counts its follow-up calls too), and the count
+    /// at the previous tick: offered load the agents never saw.
+    shed_milli: AtomicU64,
     shed_mark: AtomicU64,
+    /// PreRequests an agent answered, and UpdateRequests and PostRequests offered: how many
+    /// follow-up calls an inspected PreRequest brings.
+    pres_answered: AtomicU64,
+    follow_ups: AtomicU64,
     /// Calls waiting in the proxy for a slot now.
     waiting: AtomicU64,
 }
@@ -210,8 +215,10 @@ impl Pool {
                 members: Mutex::new(Members::default()),
                 params,
                 config,
-                shed: AtomicU64::new(0),
+                shed_milli: AtomicU64::new(0),
                 shed_mark: AtomicU64::new(0),
+                pres_answered: AtomicU64::new(0),
+                follow_ups: AtomicU64::new(0),
                 waiting: AtomicU64::new(0),
             }),
         }
@@ -384,8 +391,8 @@ impl Pool {
                 input.ready_agents += 1;
             }
         }
-        let shed = self.inner.shed.load(Relaxed);
-        input.shed = shed.saturating_sub(self.inner.shed_mark.swap(shed, Relaxed));
+        let shed = self.inner.shed_milli.load(Relaxed);
+        input.shed = shed.saturating_sub(self.inner.shed_mark.swap(shed, Relaxed)) as f64 / 1000.0;
         input.waiting = self.inner.waiting.load(Relaxed);
         input.typical_latency = snap.typical_latency();
         let hints = lock(&self.inner.hints).tick(now, input).clone();
@@ -403,9 +410,32 @@ impl Pool {
     }
 
     /// Counts a call the proxy shed because every agent was at its concurrency limit: load
-    /// the agents never saw, which the hint must still ask agents for.
-    pub fn count_shed(&self) {
-        self.inner.shed.fetch_add(1, Relaxed);
+    /// the agents never saw, which the hint must still ask agents for. A shed PreRequest
+    /// counts the follow-up calls an inspected one brings on average as well: its module fails
+    /// open and never sends them, yet the agents must be there for them.
+    pub fn count_shed(&self, pre_request: bool) {
+        let mut calls = 1.0;
+        if pre_request {
+            let pres = self.inner.pres_answered.load(Relaxed);
+            if pres > 0 {
+                calls += self.inner.follow_ups.load(Relaxed) as f64 / pres as f64;
+            }
+        }
+        self.inner
+            .shed_milli
+            .fetch_add((calls * 1000.0).round() as u64, Relaxed);
+    }
+
+    /// Counts a PreRequest an agent answered (see [`count_shed`](Self::count_shed)).
+    #[inline]
+    pub fn count_pre_answered(&self) {
+        self.inner.pres_answered.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an UpdateRequest or PostRequest offered (see [`count_shed`](Self::count_shed)).
+    #[inline]
+    pub fn count_follow_up(&self) {
+        self.inner.follow_ups.fetch_add(1, Relaxed);
     }
 
     /// Calls waiting in the proxy for an agent's slot now (counted as outstanding in the hint).

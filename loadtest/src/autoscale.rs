@@ -194,9 +194,10 @@ fn setup(
 }
 
 /// The proxies' flags: the scenario's and the command line's, then a demand target of one
-/// agent's worth and a smoothing scaled with time, unless set.
+/// agent's worth and a smoothing and a hint tick scaled with time, unless set.
 fn proxy_args(args: &LocalArgs, traffic: &Traffic, spec: &AutoscaleSpec) -> Vec<String> {
     let smoothing = Duration::from_secs(10).mul_f64(spec.time_scale);
+    let tick = Duration::from_secs(1).mul_f64(spec.time_scale);
     let mut proxy_args = traffic.scenario.proxy_args.clone();
     proxy_args.extend(args.proxy_args.iter().cloned());
     let given = |flag: &str| proxy_args.iter().any(|a| a.starts_with(flag));
@@ -208,6 +209,12 @@ fn proxy_args(args: &LocalArgs, traffic: &Traffic, spec: &AutoscaleSpec) -> Vec<
         defaults.extend([
             "--hints-smoothing".into(),
             format!("{}ms", smoothing.as_millis()),
+        ]);
+    }
+    if !given("--hints-tick") {
+        defaults.extend([
+            "--hints-tick".into(),
+            format!("{}ms", tick.as_millis().max(10)),
         ]);
     }
     proxy_args.extend(defaults);

@@ -77,6 +77,7 @@ impl Config {
         pool.hints.min_agents = self.hints_min_agents;
         pool.hints.max_agents = self.hints_max_agents;
         pool.hints.smoothing = self.hints_smoothing;
+        pool.hints.tick = self.hints_tick;
         if !self.rpc_timeout.is_zero() {
             // An agent's answers are held to a quarter of the deadline: the rest is for the
             // queue, a retry and the way back.

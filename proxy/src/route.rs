@@ -87,6 +87,9 @@ impl Router {
             m::uninspected(m::Uninspected::InFlightLimit);
             return error_response(msgid, "sigsci-proxy: too many calls in flight");
         };
+        if matches!(method, Method::UpdateRequest | Method::PostRequest) {
+            self.pool.count_follow_up();
+        }
         let snapshot = self.pool.snapshot();
         let (slot, restore) = match target(method, &frame, &snapshot) {
             Target::Balanced => (
@@ -114,6 +117,9 @@ impl Router {
         }
         match result {
             Ok(response) => {
+                if method == Method::PreRequest {
+                    self.pool.count_pre_answered();
+                }
                 m::rpc_finished(method, m::RpcOutcome::Ok, started.elapsed());
                 respond(&response, msgid, &answered_by, &snapshot)
             }
@@ -155,7 +161,7 @@ impl Router {
                 m::queue_shed(cause);
                 m::rpc_finished(method, m::RpcOutcome::Shed, started.elapsed());
                 m::uninspected(m::Uninspected::Shed);
-                self.pool.count_shed();
+                self.pool.count_shed(method == Method::PreRequest);
                 error_response(msgid, "sigsci-proxy: overloaded: every agent at its limit")
             }
         }

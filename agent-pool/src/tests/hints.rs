@@ -193,3 +193,36 @@ fn the_rate_demand_rises_in_one_tick_and_falls_smoothly() {
     let fallen = pool.hints().demand;
     assert!(fallen < risen && fallen > 4.0, "{risen} -> {fallen}");
 }
+
+#[test]
+fn a_shed_pre_request_counts_the_follow_ups_an_inspected_one_brings() {
+    let hints = HintsConfig {
+        target_rpc_per_agent: Some(100.0),
+        ..hints_config()
+    };
+    let (pool, t0) = pool_of(
+        1,
+        PoolConfig {
+            hints,
+            ..PoolConfig::default()
+        },
+    );
+    pool.tick(t0);
+    // One UpdateRequest or PostRequest for every five PreRequests answered.
+    for i in 0..10 {
+        pool.count_pre_answered();
+        if i % 5 == 0 {
+            pool.count_follow_up();
+        }
+    }
+    for _ in 0..100 {
+        pool.count_shed(true);
+    }
+    pool.count_shed(false);
+    pool.tick(t0 + S);
+    let demand = pool.hints().demand;
+    assert!(
+        (1.20..=1.22).contains(&demand),
+        "121 calls/s at 100 per agent: {demand}"
+    );
+}

@@ -224,6 +224,10 @@ options! {
     #[arg(env = "SIGSCI_PROXY_HINTS_SMOOTHING", value_name = "DURATION")]
     hints_smoothing: Dur => Duration = Dur(pool().hints.smoothing),
 
+    /// Autoscaling hint: how often the demand is computed (a tick's rate is its sample).
+    #[arg(env = "SIGSCI_PROXY_HINTS_TICK", value_name = "DURATION")]
+    hints_tick: Dur => Duration = Dur(pool().hints.tick),
+
     /// After a drain starts, keep accepting this long while endpoints converge.
     #[arg(env = "SIGSCI_PROXY_DRAIN_DELAY", value_name = "DURATION")]
     drain_delay: Dur => Duration = Dur(Duration::from_secs(5)),

@@ -237,7 +237,7 @@ fn help_shows_each_default_from_the_table() {
     }
     // Each default shown, given as the flag, leaves the configuration as it was.
     let texts = options::default_texts();
-    assert_eq!(texts.len(), 39, "{texts:?}");
+    assert_eq!(texts.len(), 40, "{texts:?}");
     let base = format!("{:?}", parse(&["--agents", "127.0.0.1:1"]).unwrap());
     for (id, text) in &texts {
         let flag = format!("--{}", id.replace('_', "-"));

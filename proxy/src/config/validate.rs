@@ -70,6 +70,7 @@ impl Config {
             ("latency-decay", self.latency_decay),
             ("agents-file-poll", self.agents_file_poll),
             ("agents-dns-interval", self.agents_dns_interval),
+            ("hints-tick", self.hints_tick),
         ];
         for (option, d) in periods {
             if d.is_zero() {
