@@ -165,21 +165,28 @@ fn smoothed_hints_rise_within_a_few_ticks() {
     assert_eq!(seen[9], 4, "{seen:?}");
 }
 
-#[test]
-fn the_rate_demand_rises_in_one_tick_and_falls_smoothly() {
+/// `n` agents, a demand of one agent per 100 RPC/s, the rate smoothed over `smoothing`; ticked
+/// once at the returned instant.
+fn rate_pool(n: usize, smoothing: Duration) -> (Pool, Instant) {
     let hints = HintsConfig {
-        smoothing: Duration::from_secs(10),
+        smoothing,
         target_rpc_per_agent: Some(100.0),
         ..hints_config()
     };
     let (pool, t0) = pool_of(
-        2,
+        n,
         PoolConfig {
             hints,
             ..PoolConfig::default()
         },
     );
     pool.tick(t0);
+    (pool, t0)
+}
+
+#[test]
+fn the_rate_demand_rises_in_one_tick_and_falls_smoothly() {
+    let (pool, t0) = rate_pool(2, Duration::from_secs(10));
     for i in 0..500 {
         agent(&pool, i % 2).start_at(t0).finish(Outcome::Success);
     }
@@ -196,18 +203,7 @@ fn the_rate_demand_rises_in_one_tick_and_falls_smoothly() {
 
 #[test]
 fn a_shed_pre_request_counts_the_follow_ups_an_inspected_one_brings() {
-    let hints = HintsConfig {
-        target_rpc_per_agent: Some(100.0),
-        ..hints_config()
-    };
-    let (pool, t0) = pool_of(
-        1,
-        PoolConfig {
-            hints,
-            ..PoolConfig::default()
-        },
-    );
-    pool.tick(t0);
+    let (pool, t0) = rate_pool(1, Duration::ZERO);
     // One UpdateRequest or PostRequest for every five PreRequests answered.
     for i in 0..10 {
         pool.count_pre_answered();
