@@ -110,14 +110,7 @@ fn hints_take_the_rate_when_it_needs_more_agents_and_stay_within_bounds() {
         max_agents: 5,
         ..hints_config()
     };
-    let (pool, t0) = pool_of(
-        2,
-        PoolConfig {
-            hints,
-            ..PoolConfig::default()
-        },
-    );
-    pool.tick(t0);
+    let (pool, t0) = hinted_pool(2, hints);
     assert_eq!(pool.hints().recommended, 2, "min_agents");
     // 350 requests in one second: 350 RPC/s ÷ 100 = 4 agents, though none is outstanding.
     for i in 0..350 {
@@ -165,14 +158,8 @@ fn smoothed_hints_rise_within_a_few_ticks() {
     assert_eq!(seen[9], 4, "{seen:?}");
 }
 
-/// `n` agents, a demand of one agent per 100 RPC/s, the rate smoothed over `smoothing`; ticked
-/// once at the returned instant.
-fn rate_pool(n: usize, smoothing: Duration) -> (Pool, Instant) {
-    let hints = HintsConfig {
-        smoothing,
-        target_rpc_per_agent: Some(100.0),
-        ..hints_config()
-    };
+/// `n` agents whose pool computes hints with `hints`; ticked once at the returned instant.
+fn hinted_pool(n: usize, hints: HintsConfig) -> (Pool, Instant) {
     let (pool, t0) = pool_of(
         n,
         PoolConfig {
@@ -182,6 +169,18 @@ fn rate_pool(n: usize, smoothing: Duration) -> (Pool, Instant) {
     );
     pool.tick(t0);
     (pool, t0)
+}
+
+/// `n` agents, a demand of one agent per 100 RPC/s, the rate smoothed over `smoothing`.
+fn rate_pool(n: usize, smoothing: Duration) -> (Pool, Instant) {
+    hinted_pool(
+        n,
+        HintsConfig {
+            smoothing,
+            target_rpc_per_agent: Some(100.0),
+            ..hints_config()
+        },
+    )
 }
 
 #[test]
